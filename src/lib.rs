@@ -1,0 +1,9 @@
+//! infermq: ONNX models as a service over RabbitMQ.
+//!
+//! The flow of a prediction job: [`protocol`] (decode) → [`broker`] (consume, publish with
+//! confirms) → [`batching`] (dynamic batches per model version) → [`runtime`] (ONNX Runtime
+//! sessions), with models found by [`repository`] and new versions made by [`training`].
+//! [`telemetry`] exposes Prometheus metrics and health; [`worker`] wires it all together.
+
+pub mod protocol;
+pub mod runtime;
