@@ -68,7 +68,10 @@ pub fn init(configured: Option<&Path>) -> Result<&'static Environment, Environme
 
 /// The environment if [`init`] already succeeded.
 pub fn environment() -> Option<&'static Environment> {
-    LOADED.get().and_then(|l| l.as_ref().ok()).map(|l| &l.environment)
+    LOADED
+        .get()
+        .and_then(|l| l.as_ref().ok())
+        .map(|l| &l.environment)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -1,0 +1,384 @@
+//! Configuration: built-in defaults → `config/default.toml` → `--config FILE` → environment
+//! `INFERMQ__SECTION__KEY`, validated once at start into typed sections that are passed to
+//! constructors. Unknown keys and invalid values stop the start with a message naming the key.
+//!
+//! Also the per-model `config.toml` of the model repository ([`ModelConfig`]).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The defaults, compiled in so a binary started anywhere behaves the same.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("{path}: {message}")]
+    ModelConfig { path: PathBuf, message: String },
+}
+
+/// The whole worker configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub broker: BrokerSettings,
+    pub repository: RepositorySettings,
+    pub runtime: RuntimeSettings,
+    pub http: HttpSettings,
+    pub batching: BatchingSettings,
+    pub training: TrainingSettings,
+    pub worker: WorkerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    pub url: String,
+    pub prefix: String,
+    pub prefetch: u16,
+    pub max_message_bytes: usize,
+    pub delivery_limit: u32,
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("prefetch", &self.prefetch)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("delivery_limit", &self.delivery_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `amqp://user:secret@host` → `amqp://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositorySettings {
+    pub path: PathBuf,
+    pub models: Vec<String>,
+    pub poll_interval_ms: u64,
+}
+
+/// An execution provider name as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Cuda,
+    Cpu,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    pub library: PathBuf,
+    pub execution_providers: Vec<ExecutionProvider>,
+    pub require_gpu: bool,
+    pub intra_threads: usize,
+}
+
+impl RuntimeSettings {
+    /// The configured library path, `None` when left empty.
+    pub fn library(&self) -> Option<&Path> {
+        (!self.library.as_os_str().is_empty()).then_some(self.library.as_path())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingSettings {
+    pub max_batch_size: usize,
+    pub max_queue_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSettings {
+    pub enabled: bool,
+    pub concurrency: usize,
+    pub consumer_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub shutdown_timeout_ms: u64,
+}
+
+impl WorkerSettings {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Settings {
+    /// Loads the layers and validates the result. `file` is `--config FILE`;
+    /// `defaults_file` is `config/default.toml` when it exists in the working directory.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// [`Settings::load`] with an explicit environment, for tests.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        use config::{Config, Environment, File, FileFormat};
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        let local = Path::new("config/default.toml");
+        if local.is_file() {
+            builder = builder.add_source(File::from(local).format(FileFormat::Toml));
+        }
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    message: format!("{} does not exist", file.display()),
+                });
+            }
+            builder = builder.add_source(File::from(file).format(FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("INFERMQ__"))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("INFERMQ")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("runtime.execution_providers")
+                .with_list_parse_key("repository.models")
+                .source(Some(env)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if !self.broker.url.starts_with("amqp://") && !self.broker.url.starts_with("amqps://") {
+            return invalid("broker.url", "must start with amqp:// or amqps://");
+        }
+        if self.broker.prefix.is_empty() || self.broker.prefix.contains(char::is_whitespace) {
+            return invalid("broker.prefix", "must be a non-empty name without spaces");
+        }
+        if self.broker.max_message_bytes == 0 {
+            return invalid("broker.max_message_bytes", "must be at least 1");
+        }
+        if self.broker.delivery_limit == 0 {
+            return invalid("broker.delivery_limit", "must be at least 1");
+        }
+        if self.broker.reconnect_initial_ms == 0
+            || self.broker.reconnect_max_ms < self.broker.reconnect_initial_ms
+        {
+            return invalid(
+                "broker.reconnect_max_ms",
+                "needs 0 < reconnect_initial_ms <= reconnect_max_ms",
+            );
+        }
+        if self.repository.poll_interval_ms == 0 {
+            return invalid("repository.poll_interval_ms", "must be at least 1");
+        }
+        if self.runtime.execution_providers.is_empty() {
+            return invalid(
+                "runtime.execution_providers",
+                "must name at least one of cuda, cpu",
+            );
+        }
+        if self.runtime.require_gpu
+            && !self
+                .runtime
+                .execution_providers
+                .contains(&ExecutionProvider::Cuda)
+        {
+            return invalid(
+                "runtime.require_gpu",
+                "is true but runtime.execution_providers has no \"cuda\"",
+            );
+        }
+        if self.batching.max_batch_size > 65536 {
+            return invalid("batching.max_batch_size", "must be at most 65536");
+        }
+        if self.training.concurrency == 0 {
+            return invalid("training.concurrency", "must be at least 1");
+        }
+        if self.log.level.trim().is_empty() {
+            return invalid("log.level", "must not be empty");
+        }
+        Ok(())
+    }
+}
+
+/// Which versions of a model are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    /// The N highest versions.
+    Latest(usize),
+    All,
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those present (any order in, ascending out).
+    pub fn select(&self, present: &[u64]) -> Vec<u64> {
+        let mut versions = present.to_vec();
+        versions.sort_unstable();
+        versions.dedup();
+        match self {
+            VersionPolicy::Latest(n) => versions.split_off(versions.len().saturating_sub(*n)),
+            VersionPolicy::All => versions,
+            VersionPolicy::Specific(wanted) => versions
+                .into_iter()
+                .filter(|v| wanted.contains(v))
+                .collect(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Table(RawTable),
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawTable {
+            latest: Option<usize>,
+            specific: Option<Vec<u64>>,
+            all: Option<toml::Value>,
+        }
+        let err = || {
+            serde::de::Error::custom("expected \"all\", \"latest\", { latest = N }, { all = {} } or { specific = [versions] }")
+        };
+        match Raw::deserialize(d).map_err(|_| err())? {
+            Raw::Name(n) if n == "all" => Ok(VersionPolicy::All),
+            Raw::Name(n) if n == "latest" => Ok(VersionPolicy::Latest(1)),
+            Raw::Name(_) => Err(err()),
+            Raw::Table(t) => match (t.latest, t.specific, t.all) {
+                (Some(0), None, None) => Err(serde::de::Error::custom("latest must be at least 1")),
+                (Some(n), None, None) => Ok(VersionPolicy::Latest(n)),
+                (None, Some(v), None) if !v.is_empty() => Ok(VersionPolicy::Specific(v)),
+                (None, None, Some(_)) => Ok(VersionPolicy::All),
+                _ => Err(err()),
+            },
+        }
+    }
+}
+
+/// `models/<name>/config.toml`: every key optional; defaults work for any ONNX model.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Rows per batch; 0 = the model has no batch dimension (one job per run).
+    pub max_batch_size: Option<usize>,
+    pub max_queue_delay_ms: Option<u64>,
+    #[serde(default)]
+    pub preferred_batch_sizes: Vec<usize>,
+    pub instances: Option<usize>,
+    pub execution_providers: Option<Vec<ExecutionProvider>>,
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
+}
+
+impl ModelConfig {
+    /// Reads `path`; a missing file is the default configuration.
+    pub fn read(path: &Path) -> Result<ModelConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
+            Err(e) => {
+                return Err(ConfigError::ModelConfig {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        let config: ModelConfig = toml::from_str(&text).map_err(|e| ConfigError::ModelConfig {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if config.instances == Some(0) {
+            return Err(ConfigError::ModelConfig {
+                path: path.to_path_buf(),
+                message: "instances must be at least 1".into(),
+            });
+        }
+        if config.preferred_batch_sizes.contains(&0) {
+            return Err(ConfigError::ModelConfig {
+                path: path.to_path_buf(),
+                message: "preferred_batch_sizes must be at least 1".into(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn write(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    file
+}
+
+#[test]
+fn defaults_load_and_match_the_contract() {
+    let s = Settings::load_from(None, env(&[])).unwrap();
+    assert_eq!(s.broker.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert_eq!(s.broker.prefix, "infermq");
+    assert_eq!(s.broker.max_message_bytes, 16 * 1024 * 1024);
+    assert_eq!(
+        s.runtime.execution_providers,
+        vec![ExecutionProvider::Cuda, ExecutionProvider::Cpu]
+    );
+    assert!(!s.runtime.require_gpu);
+    assert_eq!(s.http.listen.port(), 8080);
+    assert_eq!(s.repository.path, PathBuf::from("models"));
+}
+
+#[test]
+fn environment_overrides_file_which_overrides_defaults() {
+    let file = write("[broker]\nprefix = \"fromfile\"\nprefetch = 7\n");
+    let s = Settings::load_from(
+        Some(file.path()),
+        env(&[
+            ("INFERMQ__BROKER__PREFIX", "fromenv"),
+            ("INFERMQ__RUNTIME__EXECUTION_PROVIDERS", "cpu"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.broker.prefix, "fromenv");
+    assert_eq!(s.broker.prefetch, 7);
+    assert_eq!(s.runtime.execution_providers, vec![ExecutionProvider::Cpu]);
+}
+
+#[test]
+fn unknown_keys_are_refused_with_the_key_named() {
+    let file = write("[broker]\nprefixx = \"typo\"\n");
+    let err = Settings::load_from(Some(file.path()), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prefixx"), "{err}");
+    let err = Settings::load_from(None, env(&[("INFERMQ__HTTP__LISTN", "x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("listn"), "{err}");
+}
+
+#[test]
+fn invalid_values_are_refused_with_the_key_named() {
+    let err = Settings::load_from(None, env(&[("INFERMQ__HTTP__LISTEN", "not-an-address")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("listen"), "{err}");
+    let err = Settings::load_from(None, env(&[("INFERMQ__BROKER__URL", "http://x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("broker.url"), "{err}");
+    let err = Settings::load_from(
+        None,
+        env(&[
+            ("INFERMQ__RUNTIME__REQUIRE_GPU", "true"),
+            ("INFERMQ__RUNTIME__EXECUTION_PROVIDERS", "cpu"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("runtime.require_gpu"), "{err}");
+    let err = Settings::load_from(
+        None,
+        env(&[("INFERMQ__RUNTIME__EXECUTION_PROVIDERS", "tpu")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tpu"), "{err}");
+    let err = Settings::load_from(Some(Path::new("/nonexistent.toml")), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--config"), "{err}");
+}
+
+#[test]
+fn broker_url_password_is_redacted_in_debug() {
+    let s = Settings::load_from(
+        None,
+        env(&[("INFERMQ__BROKER__URL", "amqp://user:hunter2@host:5672/%2f")]),
+    )
+    .unwrap();
+    let debug = format!("{:?}", s.broker);
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(debug.contains("user:***@host"), "{debug}");
+}
+
+#[test]
+fn version_policies_select_versions() {
+    let present = [3, 1, 10, 2];
+    let cases: &[(&str, Vec<u64>)] = &[
+        ("", vec![10]),
+        ("version_policy = \"all\"", vec![1, 2, 3, 10]),
+        ("version_policy = { latest = 2 }", vec![3, 10]),
+        ("version_policy = { specific = [1, 3, 99] }", vec![1, 3]),
+        ("version_policy = { all = {} }", vec![1, 2, 3, 10]),
+    ];
+    for (text, want) in cases {
+        let file = write(text);
+        let config = ModelConfig::read(file.path()).unwrap();
+        assert_eq!(&config.version_policy.select(&present), want, "{text}");
+    }
+}
+
+#[test]
+fn model_config_errors_name_the_key() {
+    for (text, needle) in [
+        ("max_batch_size = \"big\"", "max_batch_size"),
+        ("instances = 0", "instances"),
+        ("version_policy = { latest = 0 }", "latest"),
+        ("batch = 3", "batch"),
+        ("preferred_batch_sizes = [0]", "preferred_batch_sizes"),
+    ] {
+        let file = write(text);
+        let err = ModelConfig::read(file.path()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+    assert_eq!(
+        ModelConfig::read(Path::new("/nonexistent/config.toml")).unwrap(),
+        ModelConfig::default()
+    );
+}
