@@ -5,6 +5,7 @@
 //! sessions), with models found by [`repository`] and new versions made by [`training`].
 //! [`telemetry`] exposes Prometheus metrics and health; [`worker`] wires it all together.
 
+pub mod batching;
 pub mod config;
 pub mod protocol;
 pub mod runtime;
