@@ -158,10 +158,10 @@ impl Metrics {
             .with_label_values(&[build_version, ort_version])
             .set(1);
         Metrics {
-            jobs: counter_vec(&r, "infermq_jobs_total", "Prediction jobs finished, by outcome (success, error code, requeued, dead_lettered).", &["model", "version", "outcome"]),
+            jobs: counter_vec(&r, "infermq_jobs_total", "Prediction jobs handled, by outcome: success, the error code answered, requeued or dead_lettered.", &["model", "version", "outcome"]),
             rows: counter_vec(&r, "infermq_rows_total", "Rows (dimension 0) of prediction jobs run.", MV),
             batch_size: histogram_vec(&r, "infermq_batch_size", "Rows per batch run on ONNX Runtime.", batch_buckets, MV),
-            queue_wait: latency(&r, "infermq_queue_wait_seconds", "Time from publish (AMQP timestamp) or receipt to the start of the job's batch."),
+            queue_wait: latency(&r, "infermq_queue_wait_seconds", "Time from receipt of a job to the start of the batch that runs it."),
             batch_assembly: latency(&r, "infermq_batch_assembly_seconds", "Time to concatenate a batch's jobs into input tensors."),
             compute: latency(&r, "infermq_compute_seconds", "ONNX Runtime run time per batch."),
             publish: latency(&r, "infermq_publish_seconds", "Time to publish a result until the broker confirms it."),

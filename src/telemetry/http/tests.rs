@@ -184,3 +184,28 @@ fn find_model_in_every_shape() {
 
     assert_eq!(find_model(json!("iris"), "iris"), None);
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections() {
+    let server = start(model_list()).await;
+    // A scraper's connection kept alive after one answer must not hold the shutdown.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let request = "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut reply = Vec::new();
+    let read_answer = async {
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&reply).ends_with("\r\n\r\nok") {
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "connection closed before the answer");
+            reply.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(DEADLINE, read_answer)
+        .await
+        .expect("answered in time");
+    stop(server).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await;
+    assert!(closed.expect("closed in time").is_ok() && rest.is_empty());
+}
