@@ -81,6 +81,12 @@ impl Outcome {
     }
 }
 
+impl From<ErrorCode> for Outcome {
+    fn from(code: ErrorCode) -> Self {
+        Outcome::Error(code)
+    }
+}
+
 /// Every metric family of a worker, registered in its own registry.
 pub struct Metrics {
     registry: Registry,
@@ -316,6 +322,12 @@ impl Metrics {
     }
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
 /// The series of one model version, resolved once.
 struct ModelSeries {
     jobs: [IntCounter; 9],
@@ -334,6 +346,12 @@ struct ModelSeries {
 #[derive(Clone)]
 pub struct ModelMetrics {
     inner: Arc<ModelSeries>,
+}
+
+impl std::fmt::Debug for ModelMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelMetrics").finish_non_exhaustive()
+    }
 }
 
 impl ModelMetrics {

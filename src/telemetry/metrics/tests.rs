@@ -133,6 +133,9 @@ fn outcome_labels_are_the_contract_codes() {
     for (i, o) in Outcome::ALL.into_iter().enumerate() {
         assert_eq!(o.index(), i);
     }
+    for code in ErrorCode::ALL {
+        assert_eq!(Outcome::from(code).as_str(), code.as_str());
+    }
 }
 
 #[test]
