@@ -9,3 +9,4 @@ pub mod batching;
 pub mod config;
 pub mod protocol;
 pub mod runtime;
+pub mod telemetry;

@@ -1,0 +1,14 @@
+//! Telemetry: Prometheus metrics, the HTTP health and model endpoints, and logging setup.
+//!
+//! Beside the flow rather than in it: every stage (`broker`, `batching`, `runtime`,
+//! `repository`, `training`) records into one shared [`Metrics`]; [`http::serve`] exposes
+//! it with `/healthz`, `/readyz` and `/v2/models`; [`logging::init`] installs `tracing`
+//! output once at start. `docs/METRICS.md` documents every series and endpoint.
+
+pub mod http;
+pub mod logging;
+pub mod metrics;
+
+pub use http::{serve, HttpState, StatusSource};
+pub use logging::LogFormat;
+pub use metrics::{Metrics, ModelMetrics, Outcome};
