@@ -2,7 +2,38 @@
 //!
 //! First stage of the flow: `protocol` → `broker` → `batching` → `runtime`. Nothing here
 //! sees a channel or a session; it takes bytes and returns typed values.
+//!
+//! - [`decode_request`] / [`encode_request`]: prediction jobs, JSON or binary extension.
+//! - [`validate_request`]: a decoded job against the model's [`ModelSignature`].
+//! - [`encode_response`] / [`encode_error`] / [`decode_response`]: results.
+//! - [`Tensor::concat_rows`] / [`Tensor::slice_rows`]: batching along dimension 0.
+//!
+//! JSON conventions (non-finite floats as `"NaN"`/`"Infinity"`/`"-Infinity"`, integers
+//! strictly as JSON integers, BYTES as UTF-8 strings) are documented in `data.rs`.
 
+mod binary;
+mod data;
+mod data_write;
+pub mod error;
+pub mod request;
+pub mod response;
+pub mod tensor;
 pub mod types;
+mod validate;
+mod wire;
 
+#[cfg(test)]
+mod tests_errors;
+#[cfg(test)]
+mod tests_roundtrip;
+
+pub use error::ProtocolError;
+pub use request::{
+    decode_request, encode_request, validate_request, InferenceRequest, RequestedOutput,
+};
+pub use response::{
+    decode_response, encode_error, encode_response, DecodedResponse, EncodedBody,
+    InferenceResponse, OutputTensor, ResultParameters,
+};
+pub use tensor::{Tensor, TensorData};
 pub use types::{DataType, ErrorCode, ModelSignature, TensorSpec};

@@ -1,0 +1,113 @@
+//! Checks a decoded request against the model's signature before it may join a batch.
+//!
+//! Every model input present exactly once, no unknown inputs, datatypes, ranks and fixed
+//! dimensions as the model declares them (`-1` is dynamic), batched inputs (dimension 0
+//! dynamic) agreeing on their number of rows (at least one), requested outputs that exist.
+
+use super::error::ProtocolError;
+use super::request::InferenceRequest;
+use super::types::{ModelSignature, TensorSpec};
+
+fn describe(spec: &TensorSpec) -> String {
+    format!("{} {:?}", spec.datatype, spec.shape)
+}
+
+fn describe_all(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| format!("{} ({})", s.name, describe(s)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks `req` against `sig`; the first problem found is returned.
+pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<(), ProtocolError> {
+    let mut seen: Vec<Option<usize>> = vec![None; sig.inputs.len()];
+    // (rows, path) of the first batched input.
+    let mut batch: Option<(usize, String)> = None;
+    for (i, input) in req.inputs.iter().enumerate() {
+        let path = format!("inputs[{i}] ({:?})", input.name);
+        let Some(k) = sig.inputs.iter().position(|s| s.name == input.name) else {
+            return Err(ProtocolError::UnknownInput {
+                path: format!("inputs[{i}]"),
+                name: input.name.clone(),
+                expected: describe_all(&sig.inputs),
+            });
+        };
+        if let Some(first) = seen[k] {
+            return Err(ProtocolError::DuplicateInput {
+                path: format!("inputs[{i}]"),
+                name: input.name.clone(),
+                first,
+            });
+        }
+        seen[k] = Some(i);
+        let spec = &sig.inputs[k];
+        if input.datatype != spec.datatype {
+            return Err(ProtocolError::DatatypeMismatch {
+                path,
+                expected: spec.datatype,
+                got: input.datatype,
+            });
+        }
+        if input.shape.len() != spec.shape.len() {
+            return Err(ProtocolError::RankMismatch {
+                path,
+                expected: spec.shape.len(),
+                model_shape: spec.shape.clone(),
+                got: input.shape.len(),
+                shape: input.shape.clone(),
+            });
+        }
+        for (dim, (&want, &got)) in spec.shape.iter().zip(&input.shape).enumerate() {
+            if want >= 0 && usize::try_from(want) != Ok(got) {
+                return Err(ProtocolError::DimensionMismatch {
+                    path,
+                    dim,
+                    expected: want,
+                    got,
+                });
+            }
+        }
+        if spec.is_batched() {
+            let rows = input.shape[0];
+            if rows == 0 {
+                return Err(ProtocolError::EmptyBatch { path });
+            }
+            match &batch {
+                Some((expected, first)) if *expected != rows => {
+                    return Err(ProtocolError::BatchMismatch {
+                        path,
+                        first: first.clone(),
+                        expected: *expected,
+                        got: rows,
+                    })
+                }
+                Some(_) => {}
+                None => batch = Some((rows, path)),
+            }
+        }
+    }
+    if let Some(k) = seen.iter().position(Option::is_none) {
+        let spec = &sig.inputs[k];
+        return Err(ProtocolError::MissingInput {
+            name: spec.name.clone(),
+            spec: describe(spec),
+        });
+    }
+    for (i, o) in req.outputs.iter().flatten().enumerate() {
+        if !sig.outputs.iter().any(|s| s.name == o.name) {
+            return Err(ProtocolError::UnknownOutput {
+                path: format!("outputs[{i}]"),
+                name: o.name.clone(),
+                valid: sig
+                    .outputs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    Ok(())
+}
