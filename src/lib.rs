@@ -6,7 +6,9 @@
 //! [`telemetry`] exposes Prometheus metrics and health; [`worker`] wires it all together.
 
 pub mod batching;
+pub mod broker;
 pub mod config;
 pub mod protocol;
+pub mod repository;
 pub mod runtime;
 pub mod telemetry;

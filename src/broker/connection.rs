@@ -1,0 +1,99 @@
+//! Connecting to RabbitMQ, with capped exponential backoff and full jitter between attempts.
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+/// Backoff between connection attempts: `initial · 2^attempt`, capped, with full jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The upper bound of the next delay (before jitter).
+    pub fn ceiling(&self) -> Duration {
+        self.initial
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max)
+    }
+
+    /// The next delay: uniform in `[ceiling/2, ceiling]`.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let half = ceiling / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Connects, retrying with `backoff` until it succeeds or `cancel` fires (then `None`).
+pub async fn connect_with_retry(
+    url: &str,
+    name: &str,
+    backoff: &mut Backoff,
+    cancel: &CancellationToken,
+) -> Option<Connection> {
+    loop {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let attempt = tokio::select! {
+            result = Connection::connect(url, properties) => result,
+            () = cancel.cancelled() => return None,
+        };
+        match attempt {
+            Ok(connection) => {
+                backoff.reset();
+                return Some(connection);
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Broker connection failed");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_inside_bounds() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let ceilings: Vec<u64> = (0..6)
+            .map(|_| {
+                let ceiling = b.ceiling();
+                let delay = b.next_delay();
+                assert!(
+                    delay >= ceiling / 2 && delay <= ceiling,
+                    "{delay:?} outside [{:?}, {ceiling:?}]",
+                    ceiling / 2
+                );
+                ceiling.as_millis() as u64
+            })
+            .collect();
+        assert_eq!(ceilings, vec![100, 200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,185 @@
+//! Reading the AMQP properties and headers the contract gives meaning to.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+
+/// The binary extension's header (matched case-insensitively).
+pub const BINARY_HEADER: &str = "inference-header-content-length";
+
+fn find<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {
+    headers?
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// An integer header value, whatever integer (or numeric string) type the producer used.
+pub fn as_i128(value: &AMQPValue) -> Option<i128> {
+    Some(match value {
+        AMQPValue::ShortShortInt(v) => *v as i128,
+        AMQPValue::ShortShortUInt(v) => *v as i128,
+        AMQPValue::ShortInt(v) => *v as i128,
+        AMQPValue::ShortUInt(v) => *v as i128,
+        AMQPValue::LongInt(v) => *v as i128,
+        AMQPValue::LongUInt(v) => *v as i128,
+        AMQPValue::LongLongInt(v) => *v as i128,
+        AMQPValue::Timestamp(v) => *v as i128,
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
+        _ => return None,
+    })
+}
+
+/// A string header value (strings, or integers written as text).
+pub fn as_string(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        other => as_i128(other).map(|v| v.to_string()),
+    }
+}
+
+/// A header that is present but unreadable is the producer's error, named here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("header {name}: {message}")]
+pub struct HeaderError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+/// The contract's headers and properties of one delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobHeaders {
+    pub model_version: Option<String>,
+    pub deadline: Option<SystemTime>,
+    pub binary_header_len: Option<usize>,
+    /// Earlier deliveries of this message (quorum queues' `x-delivery-count`).
+    pub delivery_count: u32,
+}
+
+impl JobHeaders {
+    pub fn read(properties: &BasicProperties) -> Result<JobHeaders, HeaderError> {
+        let headers = properties.headers().as_ref();
+        let model_version = find(headers, "x-model-version")
+            .map(|v| {
+                as_string(v).ok_or(HeaderError {
+                    name: "x-model-version",
+                    message: "expected a string or integer".into(),
+                })
+            })
+            .transpose()?;
+        let header_deadline = find(headers, "x-deadline-ms")
+            .map(|v| match as_i128(v) {
+                Some(ms) if ms >= 0 => {
+                    Ok(UNIX_EPOCH + Duration::from_millis(ms.min(u64::MAX as i128) as u64))
+                }
+                _ => Err(HeaderError {
+                    name: "x-deadline-ms",
+                    message: format!("expected unix epoch milliseconds, got {v:?}"),
+                }),
+            })
+            .transpose()?;
+        let binary_header_len = find(headers, BINARY_HEADER)
+            .map(|v| match as_i128(v) {
+                Some(n) if n >= 0 && n <= usize::MAX as i128 => Ok(n as usize),
+                _ => Err(HeaderError {
+                    name: BINARY_HEADER,
+                    message: format!("expected a non-negative byte count, got {v:?}"),
+                }),
+            })
+            .transpose()?;
+        let delivery_count = find(headers, "x-delivery-count")
+            .and_then(as_i128)
+            .unwrap_or(0)
+            .clamp(0, u32::MAX as i128) as u32;
+        // `expiration` is a TTL in ms from publication; with `timestamp` (seconds) it is a deadline.
+        let expiry = match (properties.expiration(), properties.timestamp()) {
+            (Some(ttl), Some(ts)) => ttl
+                .as_str()
+                .parse::<u64>()
+                .ok()
+                .map(|ttl| UNIX_EPOCH + Duration::from_secs(*ts) + Duration::from_millis(ttl)),
+            _ => None,
+        };
+        let deadline = match (header_deadline, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(JobHeaders {
+            model_version,
+            deadline,
+            binary_header_len,
+            delivery_count,
+        })
+    }
+
+    /// True when the deadline has passed at `now`.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{LongString, ShortString};
+
+    fn props(pairs: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut table = FieldTable::default();
+        for (k, v) in pairs {
+            table.insert(ShortString::from(*k), v.clone());
+        }
+        BasicProperties::default().with_headers(table)
+    }
+
+    #[test]
+    fn reads_contract_headers_of_any_integer_type() {
+        let h = JobHeaders::read(&props(&[
+            ("x-model-version", AMQPValue::LongInt(3)),
+            (
+                "Inference-Header-Content-Length",
+                AMQPValue::LongString(LongString::from("120")),
+            ),
+            ("x-deadline-ms", AMQPValue::LongLongInt(1_000)),
+            ("x-delivery-count", AMQPValue::LongLongInt(2)),
+        ]))
+        .unwrap();
+        assert_eq!(h.model_version.as_deref(), Some("3"));
+        assert_eq!(h.binary_header_len, Some(120));
+        assert_eq!(h.deadline, Some(UNIX_EPOCH + Duration::from_secs(1)));
+        assert_eq!(h.delivery_count, 2);
+        assert!(h.expired(SystemTime::now()));
+    }
+
+    #[test]
+    fn bad_headers_are_named() {
+        let err = JobHeaders::read(&props(&[(
+            "x-deadline-ms",
+            AMQPValue::LongString(LongString::from("soon")),
+        )]))
+        .unwrap_err();
+        assert_eq!(err.name, "x-deadline-ms");
+        let err = JobHeaders::read(&props(&[(BINARY_HEADER, AMQPValue::LongInt(-1))])).unwrap_err();
+        assert_eq!(err.name, BINARY_HEADER);
+    }
+
+    #[test]
+    fn expiration_with_timestamp_is_a_deadline() {
+        let p = BasicProperties::default()
+            .with_timestamp(10)
+            .with_expiration(ShortString::from("500"));
+        let h = JobHeaders::read(&p).unwrap();
+        assert_eq!(h.deadline, Some(UNIX_EPOCH + Duration::from_millis(10_500)));
+        assert!(JobHeaders::read(&BasicProperties::default())
+            .unwrap()
+            .deadline
+            .is_none());
+    }
+}

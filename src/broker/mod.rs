@@ -1,0 +1,11 @@
+//! RabbitMQ through lapin: the contract's topology, consuming, and publishing with confirms.
+//!
+//! Second stage of the flow: `protocol` → `broker` → `batching` → `runtime`.
+
+pub mod connection;
+pub mod headers;
+pub mod publisher;
+pub mod topology;
+
+pub use publisher::{Command, Disposition, OutgoingMessage, Settlement};
+pub use topology::Topology;

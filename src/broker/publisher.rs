@@ -1,0 +1,246 @@
+//! Publishing results with publisher confirms, and settling jobs only once that is done.
+//!
+//! Every job ends through a [`Command`]: its result (or error result) is published and, once the
+//! broker has confirmed it, the job's delivery is acked; or the delivery is requeued (an
+//! internal failure the delivery limit will eventually dead-letter); or the job is published to
+//! the dead-letter exchange with the reason in its headers, then acked. Nothing is acked before
+//! what answers it is confirmed, so a crash at any point leaves the job in its queue.
+//!
+//! A result the broker returns as unroutable (its `reply_to` queue is gone) is counted, logged
+//! and moved to the dead-letter exchange, so it is not lost either.
+
+use std::time::Instant;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Acker;
+use lapin::{BasicProperties, Channel};
+use lapin::{Confirmation, PublisherConfirm};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What to do with a job's delivery once its answer is safely in the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Answered (result or error result): ack.
+    Answer,
+    /// Internal failure: requeue; the queue's delivery limit dead-letters it eventually.
+    Requeue,
+    /// Published to the dead-letter exchange by the worker: ack.
+    DeadLetter,
+}
+
+/// How a settlement ended, reported to [`Settlement::on_done`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Acked or requeued as asked.
+    Done(Disposition),
+    /// The delivery's channel is gone; the broker redelivers the job.
+    ChannelLost,
+}
+
+/// A job's delivery and what to do with it.
+pub struct Settlement {
+    pub acker: Acker,
+    /// Connection generation the delivery came on; a stale one is not answered again.
+    pub generation: u64,
+    pub disposition: Disposition,
+    pub on_done: Option<Box<dyn FnOnce(Settled) + Send>>,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+/// Work for the publisher task.
+pub enum Command {
+    /// Publish, wait for the confirm, then settle.
+    Publish {
+        message: OutgoingMessage,
+        settlement: Settlement,
+    },
+    /// Settle without publishing (requeue).
+    Settle(Settlement),
+}
+
+/// Where unroutable results go, and what the publisher reports.
+#[derive(Clone)]
+pub struct PublisherContext {
+    pub dead_letter_exchange: String,
+    pub on_returned: std::sync::Arc<dyn Fn(&str) + Send + Sync>,
+    pub on_published: std::sync::Arc<dyn Fn(f64) + Send + Sync>,
+}
+
+/// Why the publisher stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PublisherError {
+    #[error("publishing failed: {0}")]
+    Publish(#[from] lapin::Error),
+}
+
+/// Runs until the command channel closes (after `cancel`, once every sender is gone) or the
+/// channel fails. In-flight confirms are awaited and settled before it returns.
+pub async fn publisher_task(
+    channel: Channel,
+    generation: u64,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    context: PublisherContext,
+    cancel: CancellationToken,
+) -> Result<(), PublisherError> {
+    let mut inflight = FuturesUnordered::new();
+    let result = loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { break Ok(()) };
+                match command {
+                    Command::Settle(settlement) => inflight.push(settle_later(None, settlement, generation, context.clone(), channel.clone())),
+                    Command::Publish { message, settlement } => {
+                        if settlement.generation != generation {
+                            // From a connection that is gone: the broker redelivers that job.
+                            finish(settlement, Settled::ChannelLost);
+                            continue;
+                        }
+                        let started = Instant::now();
+                        match publish(&channel, &message).await {
+                            Ok(confirm) => inflight.push(settle_later(Some((confirm, message, started)), settlement, generation, context.clone(), channel.clone())),
+                            Err(e) => {
+                                finish(settlement, Settled::ChannelLost);
+                                break Err(e.into());
+                            }
+                        }
+                    }
+                }
+            }
+            Some(()) = inflight.next(), if !inflight.is_empty() => {}
+            () = cancel.cancelled(), if commands.is_empty() && inflight.is_empty() => break Ok(()),
+        }
+    };
+    while inflight.next().await.is_some() {}
+    result
+}
+
+async fn publish(channel: &Channel, message: &OutgoingMessage) -> lapin::Result<PublisherConfirm> {
+    channel
+        .basic_publish(
+            message.exchange.as_str().into(),
+            message.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &message.body,
+            message.properties.clone(),
+        )
+        .await
+}
+
+type Pending = (PublisherConfirm, OutgoingMessage, Instant);
+
+async fn settle_later(
+    pending: Option<Pending>,
+    settlement: Settlement,
+    generation: u64,
+    context: PublisherContext,
+    channel: Channel,
+) {
+    if let Some((confirm, message, started)) = pending {
+        match confirm.await {
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
+                (context.on_published)(started.elapsed().as_secs_f64())
+            }
+            Ok(Confirmation::Ack(Some(returned))) => {
+                (context.on_returned)(&message.routing_key);
+                tracing::warn!(reply_to = %message.routing_key, reply_code = returned.reply_code, "Result returned as unroutable; moving it to the dead-letter exchange");
+                if !dead_letter_returned(&channel, &message, &context).await {
+                    // Could not keep the result anywhere: leave the job to be redelivered.
+                    requeue(settlement);
+                    return;
+                }
+            }
+            Ok(Confirmation::Nack(_)) | Err(_) => {
+                tracing::warn!(reply_to = %message.routing_key, "Result not confirmed by the broker; requeueing its job");
+                requeue(settlement);
+                return;
+            }
+        }
+    }
+    let _ = generation;
+    settle(settlement).await;
+}
+
+fn requeue(mut settlement: Settlement) {
+    settlement.disposition = Disposition::Requeue;
+    tokio::spawn(settle(settlement));
+}
+
+async fn dead_letter_returned(
+    channel: &Channel,
+    message: &OutgoingMessage,
+    context: &PublisherContext,
+) -> bool {
+    let mut headers = message.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from("x-returned-reply-to"),
+        AMQPValue::LongString(LongString::from(message.routing_key.as_str())),
+    );
+    let dead = OutgoingMessage {
+        exchange: context.dead_letter_exchange.clone(),
+        routing_key: message.routing_key.clone(),
+        body: message.body.clone(),
+        properties: message.properties.clone().with_headers(headers),
+    };
+    match publish(channel, &dead).await {
+        Ok(confirm) => matches!(confirm.await, Ok(Confirmation::Ack(None))),
+        Err(_) => false,
+    }
+}
+
+async fn settle(mut settlement: Settlement) {
+    let outcome = match settlement.disposition {
+        Disposition::Answer | Disposition::DeadLetter => {
+            settlement.acker.ack(BasicAckOptions::default()).await
+        }
+        Disposition::Requeue => {
+            settlement
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+    };
+    let settled = match outcome {
+        Ok(true) => Settled::Done(settlement.disposition),
+        Ok(false) | Err(_) => Settled::ChannelLost,
+    };
+    if let Some(on_done) = settlement.on_done.take() {
+        on_done(settled);
+    }
+}
+
+fn finish(mut settlement: Settlement, settled: Settled) {
+    if let Some(on_done) = settlement.on_done.take() {
+        on_done(settled);
+    }
+}
+
+/// Adds `x-error-code` / `x-error` to a copy of `headers`.
+pub fn with_error_headers(headers: Option<&FieldTable>, code: &str, error: &str) -> FieldTable {
+    let mut headers = headers.cloned().unwrap_or_default();
+    headers.insert(
+        ShortString::from("x-error-code"),
+        AMQPValue::LongString(LongString::from(code)),
+    );
+    headers.insert(
+        ShortString::from("x-error"),
+        AMQPValue::LongString(LongString::from(error)),
+    );
+    headers
+}

@@ -1,0 +1,256 @@
+//! ONNX Runtime sessions: execution providers, model signatures, and running one batch.
+//!
+//! Tensors cross the boundary as packed little-endian bytes ([`TensorData::Fixed`]), so a batch
+//! is copied once into an ONNX Runtime tensor and once out of it, whatever the datatype.
+
+use ort::ep::{self, ExecutionProvider as _};
+use ort::memory::Allocator;
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::{DynTensor, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
+
+use super::RuntimeError;
+use crate::config::ExecutionProvider;
+use crate::protocol::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
+
+/// How sessions are made: execution providers in order of preference, threads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    pub execution_providers: Vec<ExecutionProvider>,
+    /// Fail instead of falling back to the CPU when CUDA cannot be used.
+    pub require_gpu: bool,
+    /// Intra-op threads per session; 0 leaves ONNX Runtime's default.
+    pub intra_threads: usize,
+}
+
+impl SessionOptions {
+    pub fn cpu() -> SessionOptions {
+        SessionOptions {
+            execution_providers: vec![ExecutionProvider::Cpu],
+            require_gpu: false,
+            intra_threads: 1,
+        }
+    }
+
+    /// True when CUDA is asked for and the loaded ONNX Runtime was built with it.
+    pub fn cuda_available() -> bool {
+        ep::CUDA::is_available().unwrap_or(false)
+    }
+
+    /// Checks once at start that a required GPU can be had.
+    pub fn check(&self) -> Result<(), RuntimeError> {
+        if self.require_gpu && !Self::cuda_available() {
+            return Err(RuntimeError::GpuUnavailable(
+                "runtime.require_gpu is true but the loaded ONNX Runtime has no CUDA execution provider (use an onnxruntime-gpu build via runtime.library or ORT_DYLIB_PATH)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The execution providers actually registered, by name (for logs and /v2/models).
+    pub fn effective(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self
+            .execution_providers
+            .iter()
+            .filter_map(|p| match p {
+                ExecutionProvider::Cuda if Self::cuda_available() || self.require_gpu => {
+                    Some("cuda")
+                }
+                ExecutionProvider::Cuda => None,
+                ExecutionProvider::Cpu => Some("cpu"),
+            })
+            .collect();
+        if !names.contains(&"cpu") && !self.require_gpu {
+            names.push("cpu");
+        }
+        names
+    }
+
+    fn dispatches(&self) -> Vec<ep::ExecutionProviderDispatch> {
+        self.effective()
+            .into_iter()
+            .map(|name| match name {
+                "cuda" if self.require_gpu => ep::CUDA::default().build().error_on_failure(),
+                "cuda" => ep::CUDA::default().build(),
+                _ => ep::CPU::default().build(),
+            })
+            .collect()
+    }
+
+    /// Creates a session from ONNX bytes.
+    pub fn session(&self, model: &[u8]) -> Result<Session, RuntimeError> {
+        let environment = super::env::environment().ok_or(RuntimeError::NotInitialised)?;
+        self.build(environment, model)
+            .map_err(|e| RuntimeError::Load(e.to_string()))
+    }
+
+    fn build(
+        &self,
+        environment: &ort::environment::Environment,
+        model: &[u8],
+    ) -> ort::Result<Session> {
+        let mut builder = Session::builder(environment)?
+            .with_execution_providers(self.dispatches())?
+            .with_optimization_level(GraphOptimizationLevel::All)?;
+        if self.intra_threads > 0 {
+            builder = builder.with_intra_threads(self.intra_threads)?;
+        }
+        Ok(builder.commit_from_memory(model)?)
+    }
+}
+
+/// Maps an ONNX element type to the contract's datatype.
+pub fn datatype_of(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::U8,
+        TensorElementType::Uint16 => DataType::U16,
+        TensorElementType::Uint32 => DataType::U32,
+        TensorElementType::Uint64 => DataType::U64,
+        TensorElementType::Int8 => DataType::I8,
+        TensorElementType::Int16 => DataType::I16,
+        TensorElementType::Int32 => DataType::I32,
+        TensorElementType::Int64 => DataType::I64,
+        TensorElementType::Float16 => DataType::F16,
+        TensorElementType::Float32 => DataType::F32,
+        TensorElementType::Float64 => DataType::F64,
+        TensorElementType::String => DataType::Bytes,
+        _ => return None,
+    })
+}
+
+fn element_type_of(dt: DataType) -> TensorElementType {
+    match dt {
+        DataType::Bool => TensorElementType::Bool,
+        DataType::U8 => TensorElementType::Uint8,
+        DataType::U16 => TensorElementType::Uint16,
+        DataType::U32 => TensorElementType::Uint32,
+        DataType::U64 => TensorElementType::Uint64,
+        DataType::I8 => TensorElementType::Int8,
+        DataType::I16 => TensorElementType::Int16,
+        DataType::I32 => TensorElementType::Int32,
+        DataType::I64 => TensorElementType::Int64,
+        DataType::F16 => TensorElementType::Float16,
+        DataType::F32 => TensorElementType::Float32,
+        DataType::F64 => TensorElementType::Float64,
+        DataType::Bytes => TensorElementType::String,
+    }
+}
+
+fn spec_of(name: &str, dtype: &ValueType) -> Result<TensorSpec, RuntimeError> {
+    let unsupported = || RuntimeError::UnsupportedType {
+        name: name.to_string(),
+        ty: format!("{dtype:?}"),
+    };
+    let ty = dtype.tensor_type().ok_or_else(unsupported)?;
+    let datatype = datatype_of(ty).ok_or_else(unsupported)?;
+    let shape = dtype.tensor_shape().ok_or_else(unsupported)?;
+    Ok(TensorSpec {
+        name: name.to_string(),
+        datatype,
+        shape: shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
+    })
+}
+
+/// The inputs and outputs of a session.
+pub fn signature_of(session: &Session) -> Result<ModelSignature, RuntimeError> {
+    let inputs = session
+        .inputs()
+        .iter()
+        .map(|o| spec_of(o.name(), o.dtype()))
+        .collect::<Result<_, _>>()?;
+    let outputs = session
+        .outputs()
+        .iter()
+        .map(|o| spec_of(o.name(), o.dtype()))
+        .collect::<Result<_, _>>()?;
+    Ok(ModelSignature { inputs, outputs })
+}
+
+/// Runs one batch on a session: `inputs` in any order, returns every model output in the
+/// session's order.
+pub fn run_session(session: &mut Session, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+    run_inner(session, inputs).map_err(|e| RuntimeError::Run(e.to_string()))
+}
+
+fn to_ort(tensor: &Tensor) -> ort::Result<DynValue> {
+    let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+    match &tensor.data {
+        TensorData::Fixed(bytes) => {
+            let mut value = DynTensor::new(
+                &Allocator::default(),
+                element_type_of(tensor.datatype),
+                shape,
+            )?;
+            let len = value.size().unwrap_or(0);
+            if len != bytes.len() {
+                return Err(ort::Error::new(format!(
+                    "input {} holds {} bytes, its shape needs {len}",
+                    tensor.name,
+                    bytes.len()
+                )));
+            }
+            // SAFETY: the tensor was allocated on the CPU for exactly `len` bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    value.data_ptr_mut().cast::<u8>(),
+                    len,
+                )
+            };
+            Ok(value.into_dyn())
+        }
+        TensorData::Bytes(elements) => {
+            let strings = elements
+                .iter()
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+                .collect::<Vec<String>>();
+            Ok(OrtTensor::from_string_array((shape, strings.as_slice()))?.into_dyn())
+        }
+    }
+}
+
+fn from_ort(name: &str, value: &DynValue) -> ort::Result<Tensor> {
+    let dtype = value.dtype();
+    let ty = dtype
+        .tensor_type()
+        .ok_or_else(|| ort::Error::new(format!("output {name} is not a tensor")))?;
+    let datatype = datatype_of(ty)
+        .ok_or_else(|| ort::Error::new(format!("output {name} has unsupported type {ty:?}")))?;
+    let shape: Vec<usize> = dtype
+        .tensor_shape()
+        .map(|s| s.iter().map(|&d| d.max(0) as usize).collect())
+        .unwrap_or_default();
+    let data = if datatype == DataType::Bytes {
+        let (_, strings) = value.try_extract_strings()?;
+        TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect())
+    } else {
+        let tensor = value.view().downcast::<ort::value::DynTensorValueType>()?;
+        let len = tensor.size().unwrap_or(0);
+        // SAFETY: outputs live in CPU memory (no IoBinding), `len` bytes long, valid while `value` is.
+        let bytes = unsafe { std::slice::from_raw_parts(tensor.data_ptr().cast::<u8>(), len) };
+        TensorData::Fixed(bytes.to_vec())
+    };
+    Ok(Tensor {
+        name: name.to_string(),
+        datatype,
+        shape,
+        data,
+    })
+}
+
+fn run_inner(session: &mut Session, inputs: &[Tensor]) -> ort::Result<Vec<Tensor>> {
+    let values = inputs
+        .iter()
+        .map(|t| Ok((t.name.clone(), to_ort(t)?)))
+        .collect::<ort::Result<Vec<(String, DynValue)>>>()?;
+    let names: Vec<String> = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    let outputs = session.run(values)?;
+    names
+        .iter()
+        .map(|name| from_ort(name, &outputs[name.as_str()]))
+        .collect()
+}
