@@ -12,3 +12,4 @@ pub mod protocol;
 pub mod repository;
 pub mod runtime;
 pub mod telemetry;
+pub mod worker;

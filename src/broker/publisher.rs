@@ -9,8 +9,6 @@
 //! A result the broker returns as unroutable (its `reply_to` queue is gone) is counted, logged
 //! and moved to the dead-letter exchange, so it is not lost either.
 
-use std::time::Instant;
-
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -73,8 +71,8 @@ pub enum Command {
 #[derive(Clone)]
 pub struct PublisherContext {
     pub dead_letter_exchange: String,
+    /// Called with the `reply_to` of each result the broker returned as unroutable.
     pub on_returned: std::sync::Arc<dyn Fn(&str) + Send + Sync>,
-    pub on_published: std::sync::Arc<dyn Fn(f64) + Send + Sync>,
 }
 
 /// Why the publisher stopped.
@@ -99,16 +97,15 @@ pub async fn publisher_task(
             command = commands.recv() => {
                 let Some(command) = command else { break Ok(()) };
                 match command {
-                    Command::Settle(settlement) => inflight.push(settle_later(None, settlement, generation, context.clone(), channel.clone())),
+                    Command::Settle(settlement) => inflight.push(settle_later(None, settlement, context.clone(), channel.clone())),
                     Command::Publish { message, settlement } => {
                         if settlement.generation != generation {
                             // From a connection that is gone: the broker redelivers that job.
                             finish(settlement, Settled::ChannelLost);
                             continue;
                         }
-                        let started = Instant::now();
                         match publish(&channel, &message).await {
-                            Ok(confirm) => inflight.push(settle_later(Some((confirm, message, started)), settlement, generation, context.clone(), channel.clone())),
+                            Ok(confirm) => inflight.push(settle_later(Some((confirm, message)), settlement, context.clone(), channel.clone())),
                             Err(e) => {
                                 finish(settlement, Settled::ChannelLost);
                                 break Err(e.into());
@@ -140,20 +137,17 @@ async fn publish(channel: &Channel, message: &OutgoingMessage) -> lapin::Result<
         .await
 }
 
-type Pending = (PublisherConfirm, OutgoingMessage, Instant);
+type Pending = (PublisherConfirm, OutgoingMessage);
 
 async fn settle_later(
     pending: Option<Pending>,
     settlement: Settlement,
-    generation: u64,
     context: PublisherContext,
     channel: Channel,
 ) {
-    if let Some((confirm, message, started)) = pending {
+    if let Some((confirm, message)) = pending {
         match confirm.await {
-            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
-                (context.on_published)(started.elapsed().as_secs_f64())
-            }
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {}
             Ok(Confirmation::Ack(Some(returned))) => {
                 (context.on_returned)(&message.routing_key);
                 tracing::warn!(reply_to = %message.routing_key, reply_code = returned.reply_code, "Result returned as unroutable; moving it to the dead-letter exchange");
@@ -170,7 +164,6 @@ async fn settle_later(
             }
         }
     }
-    let _ = generation;
     settle(settlement).await;
 }
 

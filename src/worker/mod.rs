@@ -1,0 +1,230 @@
+//! The worker: wires configuration, ONNX Runtime, the model repository, RabbitMQ, batching,
+//! telemetry and shutdown together.
+//!
+//! # Delivery guarantees and shutdown
+//! A job is acked only after its answer (result, error result, or dead-letter copy) is confirmed
+//! by the broker, so a crash or a lost connection at any point leaves it in its queue to be
+//! delivered again (at-least-once; results carry the job's `id` to make duplicates harmless).
+//!
+//! On SIGTERM/SIGINT the worker stops consuming (prefetched jobs that had not started are
+//! returned to their queue), runs and answers what it holds, waits for the broker's confirms,
+//! acks, and closes — all within `worker.shutdown_timeout_ms`. What is still unsettled at the
+//! deadline is left to the broker, which redelivers it when the connection closes.
+//!
+//! On a lost connection the worker reconnects with capped exponential backoff and jitter,
+//! declares the topology again and resumes; `/readyz` answers 503 meanwhile.
+
+mod consumer;
+pub mod job;
+pub mod models;
+pub mod predict;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Topology;
+use crate::config::Settings;
+use crate::repository::ModelStore;
+use crate::runtime::{env, RuntimeError, SessionOptions};
+use crate::telemetry::{HttpState, Metrics, StatusSource};
+use job::Answerer;
+use models::{ModelRegistry, ModelSync};
+
+/// Why the worker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Environment(#[from] env::EnvironmentError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot listen on http.listen = {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("model repository {path}: {message}")]
+    Repository { path: String, message: String },
+}
+
+/// What `/readyz` and `/v2/models` report.
+pub struct WorkerStatus {
+    pub connected: AtomicBool,
+    pub stopping: AtomicBool,
+    pub registry: Arc<ModelRegistry>,
+}
+
+impl StatusSource for WorkerStatus {
+    fn readiness(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err("shutting down".into());
+        }
+        if !self.connected.load(Ordering::Acquire) {
+            return Err("broker not connected".into());
+        }
+        match self.registry.not_ready_reason() {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    fn models(&self) -> serde_json::Value {
+        self.registry.status_json()
+    }
+}
+
+/// A started worker's handles, for tests and the CLI.
+pub struct Worker {
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<ModelRegistry>,
+    pub status: Arc<WorkerStatus>,
+    pub http_addr: SocketAddr,
+}
+
+/// Starts the worker and runs it until `shutdown` is cancelled, then stops gracefully.
+/// `started` receives the handles once models are loaded and HTTP is listening.
+pub async fn run(
+    settings: Settings,
+    shutdown: CancellationToken,
+    started: Option<tokio::sync::oneshot::Sender<Worker>>,
+) -> Result<(), WorkerError> {
+    env::init(settings.runtime.library())?;
+    let options = SessionOptions {
+        execution_providers: settings.runtime.execution_providers.clone(),
+        require_gpu: settings.runtime.require_gpu,
+        intra_threads: settings.runtime.intra_threads,
+    };
+    options.check()?;
+    tracing::info!(providers = ?options.effective(), library = %env::resolve_library(settings.runtime.library()).display(), "ONNX Runtime ready");
+    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION"), "1.31.1"));
+    let topology = Topology::new(
+        settings.broker.prefix.clone(),
+        settings.broker.delivery_limit,
+    );
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    let answerer = Arc::new(Answerer {
+        commands: commands_tx,
+        metrics: metrics.clone(),
+        dead_letter_exchange: topology.dead_letter_exchange(),
+        delivery_limit: settings.broker.delivery_limit,
+        unsettled: AtomicI64::new(0),
+        settled: Notify::new(),
+    });
+    if !settings.repository.path.is_dir() {
+        return Err(WorkerError::Repository {
+            path: settings.repository.path.display().to_string(),
+            message: "not a directory (set repository.path or --models)".into(),
+        });
+    }
+    let registry = Arc::new(ModelRegistry::default());
+    let batch_tasks = TaskTracker::new();
+    let sync = Arc::new(ModelSync {
+        store: ModelStore::new(
+            &settings.repository.path,
+            settings.repository.models.clone(),
+        ),
+        registry: registry.clone(),
+        options,
+        defaults: settings.batching.clone(),
+        metrics: metrics.clone(),
+        answerer: answerer.clone(),
+        tracker: batch_tasks.clone(),
+    });
+    sync.sync().await;
+
+    let status = Arc::new(WorkerStatus {
+        connected: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        registry: registry.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(settings.http.listen)
+        .await
+        .map_err(|source| WorkerError::Listen {
+            addr: settings.http.listen,
+            source,
+        })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| WorkerError::Listen {
+            addr: settings.http.listen,
+            source,
+        })?;
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(crate::telemetry::serve(
+        listener,
+        HttpState {
+            metrics: metrics.clone(),
+            status: status.clone(),
+        },
+        http_stop.clone(),
+    ));
+    tracing::info!(%http_addr, "HTTP listening");
+
+    let reload = Arc::new(Notify::new());
+    let poll_stop = CancellationToken::new();
+    let poll = tokio::spawn(poll_task(
+        sync.clone(),
+        reload.clone(),
+        Duration::from_millis(settings.repository.poll_interval_ms),
+        poll_stop.clone(),
+    ));
+
+    if let Some(started) = started {
+        let _ = started.send(Worker {
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            status: status.clone(),
+            http_addr,
+        });
+    }
+
+    let broker = session::BrokerContext {
+        settings: settings.clone(),
+        topology,
+        registry: registry.clone(),
+        answerer: answerer.clone(),
+        metrics: metrics.clone(),
+        status: status.clone(),
+        reload,
+    };
+    session::broker_task(
+        Arc::new(broker),
+        commands_rx,
+        shutdown.clone(),
+        batch_tasks.clone(),
+    )
+    .await;
+
+    status.stopping.store(true, Ordering::Release);
+    poll_stop.cancel();
+    let _ = poll.await;
+    registry.clear();
+    batch_tasks.close();
+    http_stop.cancel();
+    let _ = http.await;
+    tracing::info!("Worker stopped");
+    Ok(())
+}
+
+/// Syncs the repository every `interval`, or at once when `reload` is notified.
+async fn poll_task(
+    sync: Arc<ModelSync>,
+    reload: Arc<Notify>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = reload.notified() => {}
+            () = stop.cancelled() => return,
+        }
+        sync.sync().await;
+    }
+}

@@ -1,0 +1,298 @@
+//! The broker side of the worker: one connection at a time, with its publisher and consumers,
+//! reconnecting after failures until shutdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::ConfirmSelectOptions;
+use lapin::Connection;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::consumer::{events_task, predict_consumer_task};
+use super::job::Answerer;
+use super::models::ModelRegistry;
+use super::predict::PredictContext;
+use super::WorkerStatus;
+use crate::broker::connection::{connect_with_retry, Backoff};
+use crate::broker::publisher::{publisher_task, PublisherContext};
+use crate::broker::{Command, Topology};
+use crate::config::Settings;
+use crate::telemetry::Metrics;
+
+/// What the broker side shares.
+pub struct BrokerContext {
+    pub settings: Settings,
+    pub topology: Topology,
+    pub registry: Arc<ModelRegistry>,
+    pub answerer: Arc<Answerer>,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<WorkerStatus>,
+    pub reload: Arc<Notify>,
+}
+
+enum SessionEnd {
+    /// Shutdown asked and done.
+    Stopped,
+    /// The connection or a channel failed.
+    Failed(String),
+}
+
+/// Connects, serves, reconnects on failure; returns after a graceful stop.
+pub async fn broker_task(
+    ctx: Arc<BrokerContext>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    shutdown: CancellationToken,
+    batch_tasks: TaskTracker,
+) {
+    let broker = &ctx.settings.broker;
+    let mut backoff = Backoff::new(
+        Duration::from_millis(broker.reconnect_initial_ms),
+        Duration::from_millis(broker.reconnect_max_ms),
+    );
+    let mut generation = 0u64;
+    loop {
+        let name = format!("infermq-worker-{}", std::process::id());
+        let Some(connection) =
+            connect_with_retry(&broker.url, &name, &mut backoff, &shutdown).await
+        else {
+            // Shutdown while disconnected: nothing can be acked; the broker redelivers.
+            return;
+        };
+        generation += 1;
+        let connection = Arc::new(connection);
+        let (end, returned) = session(
+            &ctx,
+            connection.clone(),
+            generation,
+            commands,
+            &shutdown,
+            &batch_tasks,
+        )
+        .await;
+        commands = returned;
+        ctx.status.connected.store(false, Ordering::Release);
+        ctx.metrics.set_broker_connected(false);
+        let _ = connection.close(200, "infermq worker closing".into()).await;
+        match end {
+            SessionEnd::Stopped => return,
+            SessionEnd::Failed(reason) => {
+                ctx.metrics.broker_reconnect();
+                let delay = backoff.next_delay();
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Broker session lost; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+struct Consumers {
+    running: BTreeMap<String, (CancellationToken, JoinHandle<()>)>,
+}
+
+impl Consumers {
+    async fn stop_all(&mut self) {
+        for (_, (cancel, _)) in self.running.iter() {
+            cancel.cancel();
+        }
+        for (_, (_, handle)) in std::mem::take(&mut self.running) {
+            let _ = handle.await;
+        }
+    }
+}
+
+async fn session(
+    ctx: &Arc<BrokerContext>,
+    connection: Arc<Connection>,
+    generation: u64,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    shutdown: &CancellationToken,
+    batch_tasks: &TaskTracker,
+) -> (SessionEnd, mpsc::UnboundedReceiver<Command>) {
+    let setup = async {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        ctx.topology.declare_shared(&channel).await?;
+        Ok::<_, lapin::Error>(channel)
+    }
+    .await;
+    let publish_channel = match setup {
+        Ok(channel) => channel,
+        Err(error) => return (SessionEnd::Failed(format!("setup: {error}")), commands),
+    };
+    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<String>();
+    let session_stop = CancellationToken::new();
+    let publisher_stop = CancellationToken::new();
+    let returned_metrics = ctx.metrics.clone();
+    let publisher_context = PublisherContext {
+        dead_letter_exchange: ctx.topology.dead_letter_exchange(),
+        on_returned: Arc::new(move |queue: &str| returned_metrics.result_returned(queue)),
+    };
+    let publisher = {
+        let stop = publisher_stop.clone();
+        tokio::spawn(async move {
+            let result = publisher_task(
+                publish_channel,
+                generation,
+                &mut commands,
+                publisher_context,
+                stop,
+            )
+            .await;
+            (result, commands)
+        })
+    };
+    let events = tokio::spawn(events_task(
+        connection.clone(),
+        ctx.topology.clone(),
+        ctx.reload.clone(),
+        session_stop.clone(),
+        failed_tx.clone(),
+    ));
+    let predict = Arc::new(PredictContext {
+        registry: ctx.registry.clone(),
+        answerer: ctx.answerer.clone(),
+        results_queue: ctx.topology.results_queue(),
+        max_message_bytes: ctx.settings.broker.max_message_bytes,
+    });
+    let mut consumers = Consumers {
+        running: BTreeMap::new(),
+    };
+    let mut names = ctx.registry.names();
+    let mut connection_events = connection.events_listener();
+    ctx.status.connected.store(true, Ordering::Release);
+    ctx.metrics.set_broker_connected(true);
+    tracing::info!(generation, "Broker connected");
+    let mut publisher = publisher;
+    let end = loop {
+        let wanted: BTreeSet<String> = names.borrow_and_update().clone();
+        reconcile(
+            ctx,
+            &connection,
+            generation,
+            &predict,
+            &mut consumers,
+            &wanted,
+            &failed_tx,
+        );
+        tokio::select! {
+            changed = names.changed() => if changed.is_err() { break SessionEnd::Stopped },
+            Some(reason) = failed_rx.recv() => break SessionEnd::Failed(reason),
+            event = connection_events.next() => if let Some(lapin::Event::Error(error)) = event {
+                break SessionEnd::Failed(format!("connection: {error}"));
+            },
+            joined = &mut publisher => {
+                let (result, commands) = joined.expect("publisher task panicked");
+                let reason = match result { Err(e) => e.to_string(), Ok(()) => "publisher stopped".into() };
+                session_stop.cancel();
+                consumers.stop_all().await;
+                let _ = events.await;
+                return (SessionEnd::Failed(reason), commands);
+            }
+            () = shutdown.cancelled() => break SessionEnd::Stopped,
+        }
+    };
+    session_stop.cancel();
+    consumers.stop_all().await;
+    let _ = events.await;
+    if matches!(end, SessionEnd::Stopped) {
+        ctx.status.stopping.store(true, Ordering::Release);
+        graceful_drain(ctx, batch_tasks).await;
+    }
+    publisher_stop.cancel();
+    let (result, commands) = publisher.await.expect("publisher task panicked");
+    if let Err(error) = result {
+        tracing::warn!(%error, "Publisher stopped with an error");
+    }
+    (end, commands)
+}
+
+/// Runs and answers everything already received, within the shutdown deadline.
+async fn graceful_drain(ctx: &Arc<BrokerContext>, batch_tasks: &TaskTracker) {
+    let deadline = ctx.settings.worker.shutdown_timeout();
+    let pending = ctx.answerer.unsettled.load(Ordering::Acquire);
+    tracing::info!(
+        pending,
+        timeout_ms = deadline.as_millis() as u64,
+        "Stopping: answering jobs in flight"
+    );
+    let drained = tokio::time::timeout(deadline, async {
+        ctx.registry.clear();
+        batch_tasks.close();
+        batch_tasks.wait().await;
+        ctx.answerer.wait_settled().await;
+    })
+    .await;
+    if drained.is_err() {
+        let left = ctx.answerer.unsettled.load(Ordering::Acquire);
+        tracing::warn!(
+            left,
+            "Shutdown deadline reached; unsettled jobs return to their queues"
+        );
+    }
+}
+
+/// Starts consumers for newly served models and stops those of models no longer served.
+fn reconcile(
+    ctx: &Arc<BrokerContext>,
+    connection: &Arc<Connection>,
+    generation: u64,
+    predict: &Arc<PredictContext>,
+    consumers: &mut Consumers,
+    wanted: &BTreeSet<String>,
+    failed: &mpsc::UnboundedSender<String>,
+) {
+    let stale: Vec<String> = consumers
+        .running
+        .keys()
+        .filter(|m| !wanted.contains(*m))
+        .cloned()
+        .collect();
+    for model in stale {
+        if let Some((cancel, handle)) = consumers.running.remove(&model) {
+            cancel.cancel();
+            drop(handle);
+        }
+    }
+    for model in wanted {
+        if consumers.running.contains_key(model) {
+            continue;
+        }
+        let prefetch = prefetch_for(ctx, model);
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(predict_consumer_task(
+            connection.clone(),
+            ctx.topology.clone(),
+            model.clone(),
+            prefetch,
+            predict.clone(),
+            generation,
+            cancel.clone(),
+            failed.clone(),
+        ));
+        consumers.running.insert(model.clone(), (cancel, handle));
+    }
+}
+
+/// `broker.prefetch`, or enough to fill batches: 2 × max_batch_size × instances, at least 64.
+fn prefetch_for(ctx: &BrokerContext, model: &str) -> u16 {
+    if ctx.settings.broker.prefetch > 0 {
+        return ctx.settings.broker.prefetch;
+    }
+    let wanted = ctx
+        .registry
+        .resolve(model, None)
+        .map(|v| 2 * v.limits.max_batch_size.max(1) * v.instances.max(1))
+        .unwrap_or(64);
+    wanted.clamp(64, u16::MAX as usize) as u16
+}
