@@ -5,5 +5,7 @@
 //! sessions), with models found by [`repository`] and new versions made by [`training`].
 //! [`telemetry`] exposes Prometheus metrics and health; [`worker`] wires it all together.
 
+pub mod onnx;
 pub mod protocol;
 pub mod runtime;
+pub mod training;
