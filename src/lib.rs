@@ -8,8 +8,10 @@
 pub mod batching;
 pub mod broker;
 pub mod config;
+pub mod onnx;
 pub mod protocol;
 pub mod repository;
 pub mod runtime;
 pub mod telemetry;
+pub mod training;
 pub mod worker;

@@ -1,0 +1,178 @@
+//! The models bundled in `models/`, generated deterministically by `make-models`.
+//!
+//! Every model here is fixed by a seed, so regenerating gives identical bytes (checked by
+//! `tests/models_reproducible.rs`). `iris` is trained by [`crate::training`] on
+//! `models/iris/iris.csv`; the others have seeded weights or none.
+
+use super::builder::{Dim, GraphBuilder};
+use super::proto::elem;
+use crate::training::rng::SeededRng;
+
+/// Seed of the `mlp` weights.
+pub const MLP_SEED: u64 = 256;
+/// Seed of the untrained `iris` weights.
+pub const IRIS_SEED: u64 = 4;
+
+/// A dense layer's parameters, row-major `[inputs, units]` weight and `[units]` bias.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense {
+    pub inputs: usize,
+    pub units: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    /// ONNX activation op (`Relu`, `Sigmoid`, `Tanh`, `Softmax`), or `None` for linear.
+    pub activation: Option<&'static str>,
+}
+
+/// Appends `MatMul → Add → activation` for each layer, naming the parameters `layer{i}.weight`
+/// and `layer{i}.bias`; the last layer's output is named `output`.
+pub fn dense_stack(g: &mut GraphBuilder, input: &str, layers: &[Dense], output: &str) {
+    let mut x = input.to_string();
+    for (i, layer) in layers.iter().enumerate() {
+        let w = g.init_f32(
+            &format!("layer{i}.weight"),
+            &[layer.inputs as i64, layer.units as i64],
+            &layer.weight,
+        );
+        let b = g.init_f32(
+            &format!("layer{i}.bias"),
+            &[layer.units as i64],
+            &layer.bias,
+        );
+        let last = i + 1 == layers.len();
+        let h = g.node("MatMul", &[&x, &w], vec![]);
+        x = match layer.activation {
+            None if last => {
+                g.node_to("Add", &[&h, &b], &[output], vec![]);
+                output.to_string()
+            }
+            None => g.node("Add", &[&h, &b], vec![]),
+            Some(act) => {
+                let z = g.node("Add", &[&h, &b], vec![]);
+                let attrs = if act == "Softmax" {
+                    vec![super::builder::attr_int("axis", -1)]
+                } else {
+                    vec![]
+                };
+                if last {
+                    g.node_to(act, &[&z], &[output], attrs);
+                    output.to_string()
+                } else {
+                    g.node(act, &[&z], attrs)
+                }
+            }
+        };
+    }
+}
+
+/// Seeded dense layers: He-uniform weights, zero biases.
+pub fn seeded_layers(seed: u64, sizes: &[(usize, usize, Option<&'static str>)]) -> Vec<Dense> {
+    let mut rng = SeededRng::new(seed);
+    sizes
+        .iter()
+        .map(|&(inputs, units, activation)| Dense {
+            inputs,
+            units,
+            weight: rng.he_uniform(inputs, units),
+            bias: vec![0.0; units],
+            activation,
+        })
+        .collect()
+}
+
+fn batched(n: i64) -> Vec<Dim> {
+    vec![Dim::batch(), Dim::Fixed(n)]
+}
+
+/// `iris`: `input` FP32 [-1,4] → dense 16 relu → dense 3 → softmax → `probabilities` FP32 [-1,3].
+pub fn iris(layers: &[Dense]) -> Vec<u8> {
+    let mut g = GraphBuilder::new("iris");
+    g.doc("Iris classifier: 4 measurements (cm) -> probabilities of setosa, versicolor, virginica");
+    let x = g.input("input", elem::FLOAT, &batched(4));
+    dense_stack(&mut g, &x, layers, "probabilities");
+    g.output("probabilities", elem::FLOAT, &batched(3));
+    g.to_bytes()
+}
+
+/// The untrained iris layers (seeded).
+pub fn iris_seeded_layers() -> Vec<Dense> {
+    seeded_layers(
+        IRIS_SEED,
+        &[(4, 16, Some("Relu")), (16, 3, Some("Softmax"))],
+    )
+}
+
+/// `mlp`: `input` FP32 [-1,256] → 1024 relu → 1024 relu → 10 → `logits` FP32 [-1,10].
+pub fn mlp_layers() -> Vec<Dense> {
+    seeded_layers(
+        MLP_SEED,
+        &[
+            (256, 1024, Some("Relu")),
+            (1024, 1024, Some("Relu")),
+            (1024, 10, None),
+        ],
+    )
+}
+
+/// The `mlp` model.
+pub fn mlp() -> Vec<u8> {
+    let mut g = GraphBuilder::new("mlp");
+    g.doc("Seeded 256-1024-1024-10 ReLU MLP (He-uniform weights) for load and batching tests");
+    let x = g.input("input", elem::FLOAT, &batched(256));
+    dense_stack(&mut g, &x, &mlp_layers(), "logits");
+    g.output("logits", elem::FLOAT, &batched(10));
+    g.to_bytes()
+}
+
+/// `mixed`: `ids` INT64 [-1,4], `mask` BOOL [-1,4] → `masked_sum` INT64 [-1,1] (sum of ids
+/// where mask) and `inverted` BOOL [-1,4] (not mask).
+pub fn mixed() -> Vec<u8> {
+    let mut g = GraphBuilder::new("mixed");
+    g.doc("Integer and boolean tensors: masked row sums and the inverted mask");
+    let ids = g.input("ids", elem::INT64, &batched(4));
+    let mask = g.input("mask", elem::BOOL, &batched(4));
+    let axes = g.init_i64("axes", &[1], &[1]);
+    let m = g.node(
+        "Cast",
+        &[&mask],
+        vec![super::builder::attr_int("to", elem::INT64 as i64)],
+    );
+    let prod = g.node("Mul", &[&ids, &m], vec![]);
+    g.node_to(
+        "ReduceSum",
+        &[&prod, &axes],
+        &["masked_sum"],
+        vec![super::builder::attr_int("keepdims", 1)],
+    );
+    g.node_to("Not", &[&mask], &["inverted"], vec![]);
+    g.output("masked_sum", elem::INT64, &batched(1));
+    g.output("inverted", elem::BOOL, &batched(4));
+    g.to_bytes()
+}
+
+/// `scaler`: `x` FP32 [-1,8] and `sr` FP32 scalar (shape [], not batched) → `y` = x * sr.
+pub fn scaler() -> Vec<u8> {
+    let mut g = GraphBuilder::new("scaler");
+    g.doc("Multiplies each row by a scalar input that has no batch dimension");
+    let x = g.input("x", elem::FLOAT, &batched(8));
+    let sr = g.input("sr", elem::FLOAT, &[]);
+    g.node_to("Mul", &[&x, &sr], &["y"], vec![]);
+    g.output("y", elem::FLOAT, &batched(8));
+    g.to_bytes()
+}
+
+/// `fixed`: `x` FP32 [3,4] (no batch dimension) → `y` FP32 [4,3] = 2 * x^T.
+pub fn fixed() -> Vec<u8> {
+    let mut g = GraphBuilder::new("fixed");
+    g.doc("Fixed shapes, no batch dimension: y = 2 * transpose(x)");
+    let x = g.input("x", elem::FLOAT, &[Dim::Fixed(3), Dim::Fixed(4)]);
+    let two = g.init_f32("two", &[], &[2.0]);
+    let t = g.node(
+        "Transpose",
+        &[&x],
+        vec![super::builder::attr_ints("perm", &[1, 0])],
+    );
+    g.node_to("Mul", &[&t, &two], &["y"], vec![]);
+    g.output("y", elem::FLOAT, &[Dim::Fixed(4), Dim::Fixed(3)]);
+    g.to_bytes()
+}

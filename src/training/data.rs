@@ -1,0 +1,446 @@
+//! Training data: where it comes from ([`DataSource`]), reading it ([`DataSource::load`]) and
+//! shaping it for a loss ([`Dataset::prepare`]).
+//!
+//! `data` in a job is one of:
+//! - inline: `{"x": [[5.1, 3.5, 1.4, 0.2], ...], "y": [0, ...]}` (`y` holds numbers, or rows of
+//!   numbers for one-hot or multi-output targets);
+//! - CSV: `{"uri": "file:///data/train.csv", "format": "csv", "label_column": "y"}`: a header
+//!   row, numeric cells; `label_column` defaults to the last column, the others are features;
+//! - NumPy: `{"uri": {"x": "file:///data/x.npy", "y": "file:///data/y.npy"}, "format": "npy"}`:
+//!   `x` of shape `[rows, features]`, `y` of shape `[rows]` or `[rows, outputs]`.
+//!
+//! `format` may be left out when the URI ends in `.csv` or the URIs are an `{x, y}` pair.
+//! Object-store URIs (`s3://`, `gs://`, ...) are refused: no object store is configured.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::job::Loss;
+use super::npy;
+use super::TrainingError;
+
+/// Where a job's data lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSource {
+    /// Parsed inline data.
+    Inline(RawData),
+    Csv {
+        path: PathBuf,
+        label_column: Option<String>,
+    },
+    Npy {
+        x: PathBuf,
+        y: PathBuf,
+    },
+}
+
+/// Rows of features and labels as read, before they are fitted to a loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawData {
+    pub rows: usize,
+    pub features: usize,
+    /// Row-major `rows × features`.
+    pub x: Vec<f32>,
+    /// Row-major `rows × y_columns`.
+    pub y: Vec<f64>,
+    /// `None` when each row has one plain label (`y` was flat).
+    pub y_columns: Option<usize>,
+    /// Field named in errors about labels (`data.y`, `data.label_column`, `data.uri.y`).
+    pub y_field: String,
+}
+
+/// Features and targets ready for the graphs: `y` is `rows × targets` (one-hot for classes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub rows: usize,
+    pub features: usize,
+    pub targets: usize,
+    pub x: Vec<f32>,
+    pub y: Vec<f32>,
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> TrainingError {
+    TrainingError::InvalidData {
+        field: field.to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn file_path(field: &str, uri: &str) -> Result<PathBuf, TrainingError> {
+    if let Some(rest) = uri.strip_prefix("file://") {
+        let path = rest.strip_prefix("localhost").unwrap_or(rest);
+        if !path.starts_with('/') {
+            return Err(invalid(
+                field,
+                format_args!("{uri:?} is not an absolute file:// URI"),
+            ));
+        }
+        return Ok(PathBuf::from(percent_decode(path)));
+    }
+    if let Some((scheme, _)) = uri.split_once("://") {
+        if !scheme.is_empty() {
+            return Err(invalid(
+                field,
+                format_args!(
+                    "{scheme}:// URIs: object store URIs are not configured on this worker"
+                ),
+            ));
+        }
+    }
+    Err(invalid(field, format_args!("{uri:?} is not a file:// URI")))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl DataSource {
+    /// Reads the `data` object of a job (inline data is parsed and checked here; files are read by
+    /// [`DataSource::load`]).
+    pub fn from_json(data: &Value) -> Result<DataSource, TrainingError> {
+        let Value::Object(map) = data else {
+            return Err(invalid(
+                "data",
+                "must be an object with x and y, or with uri",
+            ));
+        };
+        if let Some(key) = map
+            .keys()
+            .find(|k| !["x", "y", "uri", "format", "label_column"].contains(&k.as_str()))
+        {
+            return Err(invalid(&format!("data.{key}"), "unknown field"));
+        }
+        let format = match map.get("format") {
+            None => None,
+            Some(Value::String(f)) if f == "csv" || f == "npy" => Some(f.as_str()),
+            Some(other) => {
+                return Err(invalid(
+                    "data.format",
+                    format_args!("{other} is not \"csv\" or \"npy\""),
+                ))
+            }
+        };
+        let label_column = match map.get("label_column") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                return Err(invalid(
+                    "data.label_column",
+                    format_args!("{other} is not a string"),
+                ))
+            }
+        };
+        match (map.get("uri"), map.get("x"), map.get("y")) {
+            (None, Some(x), Some(y)) => Ok(DataSource::Inline(inline(x, y)?)),
+            (None, _, _) => Err(invalid("data", "needs x and y, or uri")),
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                Err(invalid("data", "has both uri and inline x/y"))
+            }
+            (Some(Value::String(uri)), None, None) => {
+                if format == Some("npy") {
+                    return Err(invalid(
+                        "data.uri",
+                        "npy data needs {\"x\": uri, \"y\": uri}",
+                    ));
+                }
+                let path = file_path("data.uri", uri)?;
+                if format.is_none() && path.extension().is_none_or(|e| e != "csv") {
+                    return Err(invalid(
+                        "data.format",
+                        "is required unless the uri ends in .csv",
+                    ));
+                }
+                Ok(DataSource::Csv { path, label_column })
+            }
+            (Some(Value::Object(pair)), None, None) => {
+                if format == Some("csv") {
+                    return Err(invalid("data.uri", "csv data takes a single uri string"));
+                }
+                if label_column.is_some() {
+                    return Err(invalid("data.label_column", "does not apply to npy data"));
+                }
+                let get = |k: &str| match pair.get(k) {
+                    Some(Value::String(u)) => file_path(&format!("data.uri.{k}"), u),
+                    _ => Err(invalid(
+                        &format!("data.uri.{k}"),
+                        "must be a file:// URI string",
+                    )),
+                };
+                if let Some(key) = pair.keys().find(|k| *k != "x" && *k != "y") {
+                    return Err(invalid(&format!("data.uri.{key}"), "unknown field"));
+                }
+                Ok(DataSource::Npy {
+                    x: get("x")?,
+                    y: get("y")?,
+                })
+            }
+            (Some(other), None, None) => Err(invalid(
+                "data.uri",
+                format_args!("{other} is not a URI or {{x, y}} pair"),
+            )),
+        }
+    }
+
+    /// Reads the data (files are read now).
+    pub fn load(&self) -> Result<RawData, TrainingError> {
+        match self {
+            DataSource::Inline(raw) => Ok(raw.clone()),
+            DataSource::Csv { path, label_column } => {
+                let text = read(path, "data.uri")?;
+                let text = String::from_utf8(text)
+                    .map_err(|_| invalid("data.uri", "the CSV file is not UTF-8"))?;
+                super::csv::parse(&text, label_column.as_deref())
+            }
+            DataSource::Npy { x, y } => npy_pair(x, y),
+        }
+    }
+}
+
+fn read(path: &Path, field: &str) -> Result<Vec<u8>, TrainingError> {
+    std::fs::read(path)
+        .map_err(|e| invalid(field, format_args!("cannot read {}: {e}", path.display())))
+}
+
+fn npy_pair(x: &Path, y: &Path) -> Result<RawData, TrainingError> {
+    let xa = npy::parse(&read(x, "data.uri.x")?).map_err(|e| invalid("data.uri.x", e))?;
+    let ya = npy::parse(&read(y, "data.uri.y")?).map_err(|e| invalid("data.uri.y", e))?;
+    let (rows, features) = match xa.shape[..] {
+        [r, f] => (r, f),
+        [r] => (r, 1),
+        ref s => {
+            return Err(invalid(
+                "data.uri.x",
+                format_args!("shape {s:?} is not [rows, features]"),
+            ))
+        }
+    };
+    let y_columns = match ya.shape[..] {
+        [r] if r == rows => None,
+        [r, c] if r == rows => Some(c),
+        ref s => {
+            return Err(invalid(
+                "data.uri.y",
+                format_args!("shape {s:?} does not match x's {rows} rows (expected [{rows}] or [{rows}, outputs])"),
+            ))
+        }
+    };
+    if let Some(i) = xa.values.iter().position(|v| !v.is_finite()) {
+        return Err(invalid(
+            "data.uri.x",
+            format_args!("row {} holds a non-finite value", i / features.max(1)),
+        ));
+    }
+    Ok(RawData {
+        rows,
+        features,
+        x: xa.values.iter().map(|&v| v as f32).collect(),
+        y: ya.values,
+        y_columns,
+        y_field: "data.uri.y".to_string(),
+    })
+}
+
+fn number(v: &Value, field: impl Fn() -> String) -> Result<f64, TrainingError> {
+    match v.as_f64() {
+        Some(n) if n.is_finite() => Ok(n),
+        _ => Err(invalid(&field(), format_args!("{v} is not a number"))),
+    }
+}
+
+fn inline(x: &Value, y: &Value) -> Result<RawData, TrainingError> {
+    let Value::Array(xs) = x else {
+        return Err(invalid("data.x", "must be an array of rows"));
+    };
+    let Value::Array(ys) = y else {
+        return Err(invalid("data.y", "must be an array"));
+    };
+    if xs.is_empty() {
+        return Err(invalid("data.x", "is empty"));
+    }
+    if xs.len() != ys.len() {
+        return Err(invalid(
+            "data.y",
+            format_args!("has {} rows, data.x has {}", ys.len(), xs.len()),
+        ));
+    }
+    let mut features = None;
+    let mut flat = Vec::new();
+    for (r, row) in xs.iter().enumerate() {
+        let values: Vec<f64> = match row {
+            Value::Array(cells) => cells
+                .iter()
+                .enumerate()
+                .map(|(c, v)| number(v, || format!("data.x[{r}][{c}]")))
+                .collect::<Result<_, _>>()?,
+            v => vec![number(v, || format!("data.x[{r}]"))?],
+        };
+        let n = *features.get_or_insert(values.len());
+        if values.len() != n || n == 0 {
+            return Err(invalid(
+                &format!("data.x[{r}]"),
+                format_args!("has {} values, expected {n} (as data.x[0])", values.len()),
+            ));
+        }
+        flat.extend(values.into_iter().map(|v| v as f32));
+    }
+    let (y, y_columns) = inline_labels(ys)?;
+    Ok(RawData {
+        rows: xs.len(),
+        features: features.unwrap_or(0),
+        x: flat,
+        y,
+        y_columns,
+        y_field: "data.y".to_string(),
+    })
+}
+
+fn inline_labels(ys: &[Value]) -> Result<(Vec<f64>, Option<usize>), TrainingError> {
+    if !matches!(ys.first(), Some(Value::Array(_))) {
+        let y = ys
+            .iter()
+            .enumerate()
+            .map(|(r, v)| number(v, || format!("data.y[{r}]")))
+            .collect::<Result<_, _>>()?;
+        return Ok((y, None));
+    }
+    let mut columns = None;
+    let mut y = Vec::new();
+    for (r, row) in ys.iter().enumerate() {
+        let Value::Array(cells) = row else {
+            return Err(invalid(
+                &format!("data.y[{r}]"),
+                "is not a row like data.y[0]",
+            ));
+        };
+        let n = *columns.get_or_insert(cells.len());
+        if cells.len() != n || n == 0 {
+            return Err(invalid(
+                &format!("data.y[{r}]"),
+                format_args!("has {} values, expected {n}", cells.len()),
+            ));
+        }
+        for (c, v) in cells.iter().enumerate() {
+            y.push(number(v, || format!("data.y[{r}][{c}]"))?);
+        }
+    }
+    Ok((y, columns))
+}
+
+impl Dataset {
+    /// Fits raw data to a network with `inputs` features and `units` outputs trained with `loss`:
+    /// class indices become one-hot rows, and every label is checked against the loss.
+    pub fn prepare(
+        raw: &RawData,
+        inputs: Option<usize>,
+        units: usize,
+        loss: Loss,
+    ) -> Result<Dataset, TrainingError> {
+        let field = raw.y_field.as_str();
+        if raw.rows == 0 {
+            return Err(invalid("data", "is empty"));
+        }
+        if let Some(n) = inputs.filter(|&n| n != raw.features) {
+            return Err(invalid(
+                "data.x",
+                format_args!("rows have {} features, the model takes {n}", raw.features),
+            ));
+        }
+        let class_indices = matches!(
+            (loss, raw.y_columns),
+            (Loss::SparseCategoricalCrossentropy, None | Some(1))
+                | (Loss::CategoricalCrossentropy, None)
+        );
+        let y = if class_indices {
+            one_hot(raw, units, field)?
+        } else {
+            let cols = raw.y_columns.unwrap_or(1);
+            if cols != units {
+                return Err(invalid(
+                    field,
+                    format_args!("rows have {cols} values, the output layer has {units} units"),
+                ));
+            }
+            if loss != Loss::Mse {
+                if let Some(i) = raw.y.iter().position(|v| !(0.0..=1.0).contains(v)) {
+                    return Err(invalid(
+                        field,
+                        format_args!(
+                            "row {}: {} is outside [0, 1], as {} needs",
+                            i / cols,
+                            raw.y[i],
+                            loss_name(loss)
+                        ),
+                    ));
+                }
+            }
+            raw.y.iter().map(|&v| v as f32).collect()
+        };
+        Ok(Dataset {
+            rows: raw.rows,
+            features: raw.features,
+            targets: units,
+            x: raw.x.clone(),
+            y,
+        })
+    }
+
+    /// SHA-256 of the prepared data: rows, features, targets (u64 LE), then `x` and `y` (f32 LE).
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for n in [self.rows, self.features, self.targets] {
+            h.update((n as u64).to_le_bytes());
+        }
+        for v in self.x.iter().chain(&self.y) {
+            h.update(v.to_le_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn loss_name(loss: Loss) -> &'static str {
+    match loss {
+        Loss::Mse => "mse",
+        Loss::BinaryCrossentropy => "binary_crossentropy",
+        Loss::CategoricalCrossentropy => "categorical_crossentropy",
+        Loss::SparseCategoricalCrossentropy => "sparse_categorical_crossentropy",
+    }
+}
+
+fn one_hot(raw: &RawData, units: usize, field: &str) -> Result<Vec<f32>, TrainingError> {
+    let mut y = vec![0.0f32; raw.rows * units];
+    for (r, &label) in raw.y.iter().enumerate() {
+        if label.fract() != 0.0 || label < 0.0 || label >= units as f64 {
+            return Err(invalid(
+                field,
+                format_args!(
+                    "row {r}: label {label} is out of range (expected an integer class in [0, {}])",
+                    units - 1
+                ),
+            ));
+        }
+        y[r * units + label as usize] = 1.0;
+    }
+    Ok(y)
+}

@@ -1,0 +1,254 @@
+//! The bundled models: `make-models` regenerates them byte for byte, and each one computes in
+//! ONNX Runtime what a plain Rust reference computes.
+//!
+//! Tolerance for floating-point outputs: |ort - reference| <= 1e-5 + 1e-4 * |reference|, the
+//! reference being computed in f64 from the weights read back out of the model file (ORT computes
+//! in f32, so only summation order and rounding differ).
+
+use std::path::Path;
+
+use infermq::onnx::{decode_model, initializer_f32};
+use infermq::training::rng::SeededRng;
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+
+const NAMES: [&str; 5] = ["iris", "mlp", "mixed", "scaler", "fixed"];
+
+fn committed(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name)
+        .join("1/model.onnx");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn session(bytes: &[u8]) -> Session {
+    let env = infermq::runtime::env::init(None).expect("ONNX Runtime loads");
+    Session::builder(env)
+        .expect("builder")
+        .commit_from_memory(bytes)
+        .expect("model loads in ONNX Runtime")
+}
+
+fn assert_close(got: &[f32], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-5 + 1e-4 * w.abs();
+        assert!(
+            (g as f64 - w).abs() <= tol,
+            "{what}[{i}]: ort {g} vs reference {w}"
+        );
+    }
+}
+
+#[test]
+fn regenerated_models_are_byte_identical() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_make-models"))
+        .arg(dir.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("make-models runs");
+    assert!(status.success(), "make-models failed: {status}");
+    for name in NAMES {
+        let fresh = std::fs::read(dir.path().join(name).join("1/model.onnx")).expect("written");
+        assert!(
+            fresh == committed(name),
+            "models/{name}/1/model.onnx differs from a fresh build"
+        );
+    }
+}
+
+/// Forward pass of a `layer{i}.weight`/`layer{i}.bias` dense stack in f64.
+fn dense_reference(model: &[u8], x: &[f32], rows: usize, acts: &[&str]) -> Vec<f64> {
+    let model = decode_model(model).expect("decodes");
+    let mut h: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let mut width = x.len() / rows;
+    for (i, act) in acts.iter().enumerate() {
+        let (wd, w) = initializer_f32(&model, &format!("layer{i}.weight")).expect("weight");
+        let (_, b) = initializer_f32(&model, &format!("layer{i}.bias")).expect("bias");
+        assert_eq!(wd[0] as usize, width);
+        let units = wd[1] as usize;
+        let mut out = vec![0.0f64; rows * units];
+        for r in 0..rows {
+            for u in 0..units {
+                let mut s = b[u] as f64;
+                for k in 0..width {
+                    s += h[r * width + k] * w[k * units + u] as f64;
+                }
+                out[r * units + u] = match *act {
+                    "relu" => s.max(0.0),
+                    _ => s,
+                };
+            }
+            if *act == "softmax" {
+                let row = &mut out[r * units..(r + 1) * units];
+                let m = row.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = row.iter().map(|v| (v - m).exp()).sum();
+                row.iter_mut().for_each(|v| *v = (*v - m).exp() / z);
+            }
+        }
+        h = out;
+        width = units;
+    }
+    h
+}
+
+fn random_f32(seed: u64, n: usize, scale: f64) -> Vec<f32> {
+    let mut rng = SeededRng::new(seed);
+    (0..n).map(|_| rng.symmetric(scale) as f32).collect()
+}
+
+fn run_f32(
+    s: &mut Session,
+    inputs: Vec<(&str, Tensor<f32>)>,
+    output: &str,
+) -> (Vec<i64>, Vec<f32>) {
+    let inputs: Vec<(String, SessionInputValue)> = inputs
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t.into()))
+        .collect();
+    let out = s.run(inputs).expect("runs");
+    let (shape, data) = out[output].try_extract_tensor::<f32>().expect("f32 output");
+    (shape.to_vec(), data.to_vec())
+}
+
+#[test]
+fn iris_computes_a_softmax_classifier() {
+    let bytes = committed("iris");
+    let x: Vec<f32> = vec![5.1, 3.5, 1.4, 0.2, 6.2, 2.9, 4.3, 1.3, 7.7, 3.0, 6.1, 2.3];
+    let mut s = session(&bytes);
+    let t = Tensor::from_array((vec![3i64, 4], x.clone())).expect("tensor");
+    let (shape, got) = run_f32(&mut s, vec![("input", t)], "probabilities");
+    assert_eq!(shape, vec![3, 3]);
+    let want = dense_reference(&bytes, &x, 3, &["relu", "softmax"]);
+    assert_close(&got, &want, "iris");
+    for row in got.chunks(3) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn mlp_computes_its_layers() {
+    let bytes = committed("mlp");
+    let x = random_f32(11, 5 * 256, 1.0);
+    let mut s = session(&bytes);
+    let t = Tensor::from_array((vec![5i64, 256], x.clone())).expect("tensor");
+    let (shape, got) = run_f32(&mut s, vec![("input", t)], "logits");
+    assert_eq!(shape, vec![5, 10]);
+    let want = dense_reference(&bytes, &x, 5, &["relu", "relu", "linear"]);
+    assert_close(&got, &want, "mlp");
+}
+
+#[test]
+fn mixed_sums_masked_ids_and_inverts_the_mask() {
+    let mut rng = SeededRng::new(3);
+    let rows = 6;
+    let ids: Vec<i64> = (0..rows * 4)
+        .map(|_| rng.below(2001) as i64 - 1000)
+        .collect();
+    let mask: Vec<bool> = (0..rows * 4).map(|_| rng.below(2) == 1).collect();
+    let mut s = session(&committed("mixed"));
+    let out = s
+        .run(ort::inputs![
+            "ids" => Tensor::from_array((vec![rows as i64, 4], ids.clone())).expect("ids"),
+            "mask" => Tensor::from_array((vec![rows as i64, 4], mask.clone())).expect("mask"),
+        ])
+        .expect("runs");
+    let (shape, sums) = out["masked_sum"].try_extract_tensor::<i64>().expect("i64");
+    assert_eq!(shape.to_vec(), vec![rows as i64, 1]);
+    let want: Vec<i64> = (0..rows)
+        .map(|r| {
+            (0..4)
+                .filter(|&c| mask[r * 4 + c])
+                .map(|c| ids[r * 4 + c])
+                .sum()
+        })
+        .collect();
+    assert_eq!(sums, want.as_slice());
+    let (shape, inv) = out["inverted"].try_extract_tensor::<bool>().expect("bool");
+    assert_eq!(shape.to_vec(), vec![rows as i64, 4]);
+    let want: Vec<bool> = mask.iter().map(|m| !m).collect();
+    assert_eq!(inv, want.as_slice());
+}
+
+#[test]
+fn scaler_multiplies_by_an_unbatched_scalar() {
+    let x = random_f32(5, 3 * 8, 10.0);
+    let mut s = session(&committed("scaler"));
+    let (shape, got) = run_f32(
+        &mut s,
+        vec![
+            (
+                "x",
+                Tensor::from_array((vec![3i64, 8], x.clone())).expect("x"),
+            ),
+            (
+                "sr",
+                Tensor::from_array((Vec::<i64>::new(), vec![0.5f32])).expect("sr"),
+            ),
+        ],
+        "y",
+    );
+    assert_eq!(shape, vec![3, 8]);
+    let want: Vec<f64> = x.iter().map(|&v| v as f64 * 0.5).collect();
+    assert_close(&got, &want, "scaler");
+}
+
+#[test]
+fn fixed_doubles_the_transpose() {
+    let x: Vec<f32> = (0..12).map(|i| i as f32 - 3.5).collect();
+    let mut s = session(&committed("fixed"));
+    let t = Tensor::from_array((vec![3i64, 4], x.clone())).expect("x");
+    let (shape, got) = run_f32(&mut s, vec![("x", t)], "y");
+    assert_eq!(shape, vec![4, 3]);
+    let want: Vec<f64> = (0..4)
+        .flat_map(|c| (0..3).map(move |r| (r, c)))
+        .map(|(r, c)| 2.0 * x[r * 4 + c] as f64)
+        .collect();
+    assert_close(&got, &want, "fixed");
+}
+
+/// The names and shapes the repository and the worker rely on, as ONNX Runtime reports them.
+#[test]
+fn bundled_models_declare_their_signatures() {
+    type Io = &'static [(&'static str, &'static [i64])];
+    let expect: [(&str, Io, Io); 5] = [
+        (
+            "iris",
+            &[("input", &[-1, 4])],
+            &[("probabilities", &[-1, 3])],
+        ),
+        ("mlp", &[("input", &[-1, 256])], &[("logits", &[-1, 10])]),
+        (
+            "mixed",
+            &[("ids", &[-1, 4]), ("mask", &[-1, 4])],
+            &[("masked_sum", &[-1, 1]), ("inverted", &[-1, 4])],
+        ),
+        (
+            "scaler",
+            &[("x", &[-1, 8]), ("sr", &[])],
+            &[("y", &[-1, 8])],
+        ),
+        ("fixed", &[("x", &[3, 4])], &[("y", &[4, 3])]),
+    ];
+    for (name, inputs, outputs) in expect {
+        let s = session(&committed(name));
+        let io = |outlets: &[ort::value::Outlet]| -> Vec<(String, Vec<i64>)> {
+            outlets
+                .iter()
+                .map(|o| {
+                    let shape = o.dtype().tensor_shape().expect("tensor").to_vec();
+                    (o.name().to_string(), shape)
+                })
+                .collect()
+        };
+        let want = |list: &[(&str, &[i64])]| -> Vec<(String, Vec<i64>)> {
+            list.iter()
+                .map(|(n, s)| (n.to_string(), s.to_vec()))
+                .collect()
+        };
+        assert_eq!(io(s.inputs()), want(inputs), "{name} inputs");
+        assert_eq!(io(s.outputs()), want(outputs), "{name} outputs");
+    }
+}
