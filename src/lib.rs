@@ -7,6 +7,7 @@
 
 pub mod batching;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod onnx;
 pub mod protocol;

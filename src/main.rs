@@ -1,1 +1,171 @@
-fn main() {}
+//! The `infermq` command line: the worker, a one-job client, the repository listing, and the
+//! load generator. Everything else lives in the library.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use infermq::client::{binary_header_len, header_str, headers, Client};
+use infermq::config::Settings;
+use infermq::protocol::{decode_request, decode_response, encode_request};
+use infermq::repository::ModelStore;
+use infermq::runtime::{env, OrtBackend, SessionOptions};
+use infermq::worker;
+
+#[derive(Parser)]
+#[command(name = "infermq", version, about = "ONNX models as a service over RabbitMQ")]
+struct Cli {
+    /// Configuration file (TOML), layered over the defaults and under INFERMQ__SECTION__KEY.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every model of the repository over RabbitMQ.
+    Worker {
+        /// Model repository (overrides repository.path).
+        #[arg(long)]
+        models: Option<PathBuf>,
+    },
+    /// Send one prediction job through the broker and print the result.
+    Predict {
+        #[arg(long)]
+        model: String,
+        /// Model version (sent as the x-model-version header).
+        #[arg(long)]
+        version: Option<String>,
+        /// KServe v2 request body (JSON); `-` or absent reads standard input.
+        #[arg(long)]
+        input: Option<String>,
+        /// Send the inputs with the v2 binary tensor extension.
+        #[arg(long)]
+        binary: bool,
+        #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+    },
+    /// List the repository: models, versions, configuration, inputs and outputs.
+    Models {
+        #[arg(long)]
+        models: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Command::Worker { models: Some(dir) } | Command::Models { models: Some(dir) } = &cli.command {
+        settings.repository.path = dir.clone();
+    }
+    infermq::telemetry::logging::init(settings.log.format, &settings.log.level).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Worker { .. } => run_worker(settings).await,
+            Command::Predict { model, version, input, binary, timeout_s } => predict(&settings, &model, version, input, binary, timeout_s).await,
+            Command::Models { .. } => list_models(&settings),
+        }
+    })
+}
+
+async fn run_worker(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::error!(%error, "Cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        signals.cancel();
+    });
+    worker::run(settings, shutdown, None).await?;
+    Ok(())
+}
+
+async fn predict(settings: &Settings, model: &str, version: Option<String>, input: Option<String>, binary: bool, timeout_s: u64) -> anyhow::Result<()> {
+    let mut text = Vec::new();
+    match input.as_deref() {
+        None | Some("-") => {
+            std::io::stdin().read_to_end(&mut text)?;
+        }
+        Some(path) => text = std::fs::read(path).with_context(|| format!("reading {path}"))?,
+    }
+    // Parse locally first so a typo is reported here, then re-encode (JSON or binary).
+    let request = decode_request(&text, None).map_err(|e| anyhow::anyhow!("input: {e}"))?;
+    let body = encode_request(&request, binary);
+    let mut client = Client::connect(&settings.broker.url).await?;
+    let queue = format!("{}.predict.{model}", settings.broker.prefix);
+    let extra = match &version {
+        Some(v) => headers(&[("x-model-version", v.as_str())]),
+        None => headers(&[]),
+    };
+    let delivery = client.call(&queue, &body, extra, Duration::from_secs(timeout_s)).await?;
+    client.close().await;
+    let code = header_str(&delivery, "x-error-code");
+    match binary_header_len(&delivery) {
+        None => println!("{}", String::from_utf8_lossy(&delivery.data)),
+        Some(len) => {
+            let decoded = decode_response(&delivery.data, Some(len)).map_err(|e| anyhow::anyhow!("result: {e}"))?;
+            let re = infermq::protocol::encode_response(&infermq::protocol::InferenceResponse {
+                id: decoded.id.as_deref(),
+                model_name: decoded.model_name.as_deref().unwrap_or(model),
+                model_version: decoded.model_version.as_deref().unwrap_or(""),
+                outputs: decoded.outputs.into_iter().map(|tensor| infermq::protocol::OutputTensor { tensor, binary: false }).collect(),
+                parameters: decoded.parameters.unwrap_or(infermq::protocol::ResultParameters { batch_size: 0, queue_ms: 0.0, compute_ms: 0.0 }),
+            });
+            println!("{}", String::from_utf8_lossy(&re.body));
+        }
+    }
+    if let Some(code) = code {
+        bail!("the job was answered with error code {code}");
+    }
+    Ok(())
+}
+
+fn list_models(settings: &Settings) -> anyhow::Result<()> {
+    env::init(settings.runtime.library())?;
+    let store = ModelStore::new(&settings.repository.path, settings.repository.models.clone());
+    let (models, broken) = store.scan()?;
+    let options = SessionOptions { execution_providers: vec![infermq::config::ExecutionProvider::Cpu], require_gpu: false, intra_threads: 1 };
+    let mut out = Vec::new();
+    for entry in models {
+        let mut versions = Vec::new();
+        for &version in &entry.versions {
+            let loaded = store.read_version(&entry.name, version).map_err(|e| e.to_string()).and_then(|bytes| OrtBackend::load(&bytes, &options).map_err(|e| e.to_string()));
+            use infermq::runtime::Backend;
+            versions.push(match loaded {
+                Ok(backend) => serde_json::json!({"version": version.to_string(), "served": entry.served.contains(&version), "inputs": backend.signature().inputs, "outputs": backend.signature().outputs}),
+                Err(error) => serde_json::json!({"version": version.to_string(), "served": entry.served.contains(&version), "error": error}),
+            });
+        }
+        out.push(serde_json::json!({
+            "name": entry.name,
+            "config": {
+                "max_batch_size": entry.config.max_batch_size,
+                "max_queue_delay_ms": entry.config.max_queue_delay_ms,
+                "preferred_batch_sizes": entry.config.preferred_batch_sizes,
+                "instances": entry.config.instances,
+                "version_policy": format!("{:?}", entry.config.version_policy),
+            },
+            "versions": versions,
+        }));
+    }
+    for (name, error) in broken {
+        out.push(serde_json::json!({"name": name, "error": error.to_string()}));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! A small producer for the contract: publishes jobs with confirms and `mandatory`, and reads
+//! answers from its own exclusive reply queue. Used by `infermq predict`, the tests and any Rust
+//! program that wants to call the fleet.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+
+use crate::broker::headers::BINARY_HEADER;
+use crate::protocol::EncodedBody;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("no queue {0}: no worker serves that model (the broker returned the job)")]
+    Unroutable(String),
+    #[error("the broker refused the job (nack)")]
+    Refused,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A connection with a confirm-mode channel and an exclusive reply queue.
+pub struct Client {
+    connection: Connection,
+    channel: Channel,
+    reply_queue: String,
+    replies: Consumer,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        let connection = Connection::connect(url, ConnectionProperties::default().with_connection_name("infermq-client".into())).await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel.queue_declare("".into(), options, FieldTable::default()).await?;
+        let reply_queue = queue.name().to_string();
+        let consume = BasicConsumeOptions {
+            no_ack: true,
+            ..BasicConsumeOptions::default()
+        };
+        let replies = channel.basic_consume(reply_queue.as_str().into(), "".into(), consume, FieldTable::default()).await?;
+        Ok(Client {
+            connection,
+            channel,
+            reply_queue,
+            replies,
+        })
+    }
+
+    /// The exclusive queue answers come to.
+    pub fn reply_queue(&self) -> &str {
+        &self.reply_queue
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Properties for a job: persistent, `reply_to` this client, the given correlation id and
+    /// headers, and the binary header when the body is binary.
+    pub fn job_properties(&self, correlation_id: &str, body: &EncodedBody, headers: FieldTable) -> BasicProperties {
+        let mut headers = headers;
+        if let Some(len) = body.header_len {
+            headers.insert(ShortString::from(BINARY_HEADER), AMQPValue::LongLongInt(len as i64));
+        }
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(body.content_type.into())
+            .with_reply_to(self.reply_queue.as_str().into())
+            .with_correlation_id(correlation_id.into())
+            .with_headers(headers)
+    }
+
+    /// Publishes to the default exchange with `mandatory` and waits for the broker's confirm.
+    pub async fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) -> Result<(), ClientError> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self.channel.basic_publish("".into(), queue.into(), options, body, properties).await?.await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(ClientError::Unroutable(queue.to_string())),
+            Confirmation::Nack(_) => Err(ClientError::Refused),
+        }
+    }
+
+    /// The next answer on the reply queue, within `timeout`.
+    pub async fn next_reply(&mut self, timeout: Duration) -> Result<Delivery, ClientError> {
+        match tokio::time::timeout(timeout, self.replies.next()).await {
+            Ok(Some(Ok(delivery))) => Ok(delivery),
+            Ok(Some(Err(e))) => Err(e.into()),
+            Ok(None) | Err(_) => Err(ClientError::Timeout(timeout)),
+        }
+    }
+
+    /// Publishes one job and waits for its answer.
+    pub async fn call(&mut self, queue: &str, body: &EncodedBody, headers: FieldTable, timeout: Duration) -> Result<Delivery, ClientError> {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let properties = self.job_properties(&correlation_id, body, headers);
+        self.publish(queue, &body.body, properties).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let delivery = self.next_reply(left).await?;
+            if delivery.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(correlation_id.as_str()) {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+/// Reads a header as text (for `x-error-code`, `x-event`).
+pub fn header_str(delivery: &Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    headers.inner().iter().find(|(k, _)| k.as_str().eq_ignore_ascii_case(name)).and_then(|(_, v)| crate::broker::headers::as_string(v))
+}
+
+/// The binary header length of an answer, if it is binary.
+pub fn binary_header_len(delivery: &Delivery) -> Option<usize> {
+    header_str(delivery, BINARY_HEADER).and_then(|v| v.parse().ok())
+}
+
+/// A header table from string pairs.
+pub fn headers(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in pairs {
+        table.insert(ShortString::from(*k), AMQPValue::LongString(LongString::from(*v)));
+    }
+    table
+}
