@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 
@@ -36,21 +38,36 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let connection = Connection::connect(url, ConnectionProperties::default().with_connection_name("infermq-client".into())).await?;
+        let connection = Connection::connect(
+            url,
+            ConnectionProperties::default().with_connection_name("infermq-client".into()),
+        )
+        .await?;
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let options = QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,
             ..QueueDeclareOptions::default()
         };
-        let queue = channel.queue_declare("".into(), options, FieldTable::default()).await?;
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await?;
         let reply_queue = queue.name().to_string();
         let consume = BasicConsumeOptions {
             no_ack: true,
             ..BasicConsumeOptions::default()
         };
-        let replies = channel.basic_consume(reply_queue.as_str().into(), "".into(), consume, FieldTable::default()).await?;
+        let replies = channel
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "".into(),
+                consume,
+                FieldTable::default(),
+            )
+            .await?;
         Ok(Client {
             connection,
             channel,
@@ -70,10 +87,18 @@ impl Client {
 
     /// Properties for a job: persistent, `reply_to` this client, the given correlation id and
     /// headers, and the binary header when the body is binary.
-    pub fn job_properties(&self, correlation_id: &str, body: &EncodedBody, headers: FieldTable) -> BasicProperties {
+    pub fn job_properties(
+        &self,
+        correlation_id: &str,
+        body: &EncodedBody,
+        headers: FieldTable,
+    ) -> BasicProperties {
         let mut headers = headers;
         if let Some(len) = body.header_len {
-            headers.insert(ShortString::from(BINARY_HEADER), AMQPValue::LongLongInt(len as i64));
+            headers.insert(
+                ShortString::from(BINARY_HEADER),
+                AMQPValue::LongLongInt(len as i64),
+            );
         }
         BasicProperties::default()
             .with_delivery_mode(2)
@@ -84,12 +109,21 @@ impl Client {
     }
 
     /// Publishes to the default exchange with `mandatory` and waits for the broker's confirm.
-    pub async fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) -> Result<(), ClientError> {
+    pub async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), ClientError> {
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = self.channel.basic_publish("".into(), queue.into(), options, body, properties).await?.await?;
+        let confirm = self
+            .channel
+            .basic_publish("".into(), queue.into(), options, body, properties)
+            .await?
+            .await?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(ClientError::Unroutable(queue.to_string())),
@@ -107,7 +141,13 @@ impl Client {
     }
 
     /// Publishes one job and waits for its answer.
-    pub async fn call(&mut self, queue: &str, body: &EncodedBody, headers: FieldTable, timeout: Duration) -> Result<Delivery, ClientError> {
+    pub async fn call(
+        &mut self,
+        queue: &str,
+        body: &EncodedBody,
+        headers: FieldTable,
+        timeout: Duration,
+    ) -> Result<Delivery, ClientError> {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let properties = self.job_properties(&correlation_id, body, headers);
         self.publish(queue, &body.body, properties).await?;
@@ -115,7 +155,13 @@ impl Client {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let delivery = self.next_reply(left).await?;
-            if delivery.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(correlation_id.as_str()) {
+            if delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str())
+                == Some(correlation_id.as_str())
+            {
                 return Ok(delivery);
             }
         }
@@ -129,7 +175,11 @@ impl Client {
 /// Reads a header as text (for `x-error-code`, `x-event`).
 pub fn header_str(delivery: &Delivery, name: &str) -> Option<String> {
     let headers = delivery.properties.headers().as_ref()?;
-    headers.inner().iter().find(|(k, _)| k.as_str().eq_ignore_ascii_case(name)).and_then(|(_, v)| crate::broker::headers::as_string(v))
+    headers
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| crate::broker::headers::as_string(v))
 }
 
 /// The binary header length of an answer, if it is binary.
@@ -141,7 +191,10 @@ pub fn binary_header_len(delivery: &Delivery) -> Option<usize> {
 pub fn headers(pairs: &[(&str, &str)]) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in pairs {
-        table.insert(ShortString::from(*k), AMQPValue::LongString(LongString::from(*v)));
+        table.insert(
+            ShortString::from(*k),
+            AMQPValue::LongString(LongString::from(*v)),
+        );
     }
     table
 }

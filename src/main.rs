@@ -17,7 +17,11 @@ use infermq::runtime::{env, OrtBackend, SessionOptions};
 use infermq::worker;
 
 #[derive(Parser)]
-#[command(name = "infermq", version, about = "ONNX models as a service over RabbitMQ")]
+#[command(
+    name = "infermq",
+    version,
+    about = "ONNX models as a service over RabbitMQ"
+)]
 struct Cli {
     /// Configuration file (TOML), layered over the defaults and under INFERMQ__SECTION__KEY.
     #[arg(long, global = true)]
@@ -60,15 +64,26 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut settings = Settings::load(cli.config.as_deref())?;
-    if let Command::Worker { models: Some(dir) } | Command::Models { models: Some(dir) } = &cli.command {
+    if let Command::Worker { models: Some(dir) } | Command::Models { models: Some(dir) } =
+        &cli.command
+    {
         settings.repository.path = dir.clone();
     }
-    infermq::telemetry::logging::init(settings.log.format, &settings.log.level).map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    infermq::telemetry::logging::init(settings.log.format, &settings.log.level)
+        .map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Worker { .. } => run_worker(settings).await,
-            Command::Predict { model, version, input, binary, timeout_s } => predict(&settings, &model, version, input, binary, timeout_s).await,
+            Command::Predict {
+                model,
+                version,
+                input,
+                binary,
+                timeout_s,
+            } => predict(&settings, &model, version, input, binary, timeout_s).await,
             Command::Models { .. } => list_models(&settings),
         }
     })
@@ -78,13 +93,14 @@ async fn run_worker(settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(error) => {
-                tracing::error!(%error, "Cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::error!(%error, "Cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
@@ -95,7 +111,14 @@ async fn run_worker(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn predict(settings: &Settings, model: &str, version: Option<String>, input: Option<String>, binary: bool, timeout_s: u64) -> anyhow::Result<()> {
+async fn predict(
+    settings: &Settings,
+    model: &str,
+    version: Option<String>,
+    input: Option<String>,
+    binary: bool,
+    timeout_s: u64,
+) -> anyhow::Result<()> {
     let mut text = Vec::new();
     match input.as_deref() {
         None | Some("-") => {
@@ -112,19 +135,35 @@ async fn predict(settings: &Settings, model: &str, version: Option<String>, inpu
         Some(v) => headers(&[("x-model-version", v.as_str())]),
         None => headers(&[]),
     };
-    let delivery = client.call(&queue, &body, extra, Duration::from_secs(timeout_s)).await?;
+    let delivery = client
+        .call(&queue, &body, extra, Duration::from_secs(timeout_s))
+        .await?;
     client.close().await;
     let code = header_str(&delivery, "x-error-code");
     match binary_header_len(&delivery) {
         None => println!("{}", String::from_utf8_lossy(&delivery.data)),
         Some(len) => {
-            let decoded = decode_response(&delivery.data, Some(len)).map_err(|e| anyhow::anyhow!("result: {e}"))?;
+            let decoded = decode_response(&delivery.data, Some(len))
+                .map_err(|e| anyhow::anyhow!("result: {e}"))?;
             let re = infermq::protocol::encode_response(&infermq::protocol::InferenceResponse {
                 id: decoded.id.as_deref(),
                 model_name: decoded.model_name.as_deref().unwrap_or(model),
                 model_version: decoded.model_version.as_deref().unwrap_or(""),
-                outputs: decoded.outputs.into_iter().map(|tensor| infermq::protocol::OutputTensor { tensor, binary: false }).collect(),
-                parameters: decoded.parameters.unwrap_or(infermq::protocol::ResultParameters { batch_size: 0, queue_ms: 0.0, compute_ms: 0.0 }),
+                outputs: decoded
+                    .outputs
+                    .into_iter()
+                    .map(|tensor| infermq::protocol::OutputTensor {
+                        tensor,
+                        binary: false,
+                    })
+                    .collect(),
+                parameters: decoded
+                    .parameters
+                    .unwrap_or(infermq::protocol::ResultParameters {
+                        batch_size: 0,
+                        queue_ms: 0.0,
+                        compute_ms: 0.0,
+                    }),
             });
             println!("{}", String::from_utf8_lossy(&re.body));
         }
@@ -137,14 +176,24 @@ async fn predict(settings: &Settings, model: &str, version: Option<String>, inpu
 
 fn list_models(settings: &Settings) -> anyhow::Result<()> {
     env::init(settings.runtime.library())?;
-    let store = ModelStore::new(&settings.repository.path, settings.repository.models.clone());
+    let store = ModelStore::new(
+        &settings.repository.path,
+        settings.repository.models.clone(),
+    );
     let (models, broken) = store.scan()?;
-    let options = SessionOptions { execution_providers: vec![infermq::config::ExecutionProvider::Cpu], require_gpu: false, intra_threads: 1 };
+    let options = SessionOptions {
+        execution_providers: vec![infermq::config::ExecutionProvider::Cpu],
+        require_gpu: false,
+        intra_threads: 1,
+    };
     let mut out = Vec::new();
     for entry in models {
         let mut versions = Vec::new();
         for &version in &entry.versions {
-            let loaded = store.read_version(&entry.name, version).map_err(|e| e.to_string()).and_then(|bytes| OrtBackend::load(&bytes, &options).map_err(|e| e.to_string()));
+            let loaded = store
+                .read_version(&entry.name, version)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| OrtBackend::load(&bytes, &options).map_err(|e| e.to_string()));
             use infermq::runtime::Backend;
             versions.push(match loaded {
                 Ok(backend) => serde_json::json!({"version": version.to_string(), "served": entry.served.contains(&version), "inputs": backend.signature().inputs, "outputs": backend.signature().outputs}),

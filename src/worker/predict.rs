@@ -151,12 +151,13 @@ pub fn handle_delivery(
         .or(request.model_version.as_deref());
     let served = match ctx.registry.resolve(model, version) {
         Ok(served) => served,
+        // Counted under version "": a label never takes a value the producer chose.
         Err((code, message)) => {
             return answer_error(
                 answerer,
                 reply,
                 model,
-                version.unwrap_or(""),
+                "",
                 id.as_deref(),
                 code,
                 &message,

@@ -1,0 +1,213 @@
+//! Test harness: a worker in this process (or as a child process) against the real RabbitMQ and
+//! the real ONNX Runtime, with a random prefix so tests never share queues, and a client.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use infermq::client::Client;
+use infermq::config::Settings;
+use infermq::worker::{self, Worker};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn random_prefix() -> String {
+    format!("test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A copy of the bundled models (only `names`), so a test may add or break versions.
+pub fn model_repository(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    for name in names {
+        copy_dir(&root.join(name), &dir.path().join(name));
+    }
+    dir
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Settings for a test worker: its prefix, its repository, an ephemeral HTTP port, CPU only.
+pub fn settings(prefix: &str, models: &Path, extra: &[(&str, &str)]) -> Settings {
+    let mut env: Vec<(String, String)> = vec![
+        ("INFERMQ__BROKER__URL".into(), amqp_url()),
+        ("INFERMQ__BROKER__PREFIX".into(), prefix.into()),
+        (
+            "INFERMQ__REPOSITORY__PATH".into(),
+            models.display().to_string(),
+        ),
+        ("INFERMQ__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
+        ("INFERMQ__RUNTIME__EXECUTION_PROVIDERS".into(), "cpu".into()),
+        (
+            "INFERMQ__WORKER__SHUTDOWN_TIMEOUT_MS".into(),
+            "20000".into(),
+        ),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::load_from(None, env).expect("test settings")
+}
+
+/// A worker running in this process.
+pub struct TestWorker {
+    pub prefix: String,
+    pub handles: Worker,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), worker::WorkerError>>,
+}
+
+impl TestWorker {
+    pub async fn start(settings: Settings) -> TestWorker {
+        let prefix = settings.broker.prefix.clone();
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(worker::run(settings, shutdown.clone(), Some(tx)));
+        let handles = rx.await.expect("worker failed to start");
+        let worker = TestWorker {
+            prefix,
+            handles,
+            shutdown,
+            task,
+        };
+        worker.wait_ready().await;
+        worker
+    }
+
+    /// Polls /readyz (bounded) until it answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if http_get(self.handles.http_addr, "/readyz")
+                .await
+                .map(|(status, _)| status)
+                == Some(200)
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "worker not ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (bounded) until the rendered metrics contain `needle`: counters move when the
+    /// broker confirms an ack, a moment after the client already has its answer.
+    pub async fn wait_for_metric(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.handles.metrics.render();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "metrics never showed {needle}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn queue(&self, model: &str) -> String {
+        format!("{}.predict.{model}", self.prefix)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("worker task")
+            .expect("worker result");
+        cleanup(&self.prefix).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+pub async fn client() -> Client {
+    Client::connect(&amqp_url()).await.expect("client connects")
+}
+
+/// Deletes a test prefix's queues and exchanges (best effort).
+pub async fn cleanup(prefix: &str) {
+    let Ok(connection) =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    for model in [
+        "iris",
+        "mlp",
+        "mixed",
+        "scaler",
+        "fixed",
+        "trained",
+        "regression",
+    ] {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(
+                    format!("{prefix}.predict.{model}").as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+    }
+    for queue in ["train", "results", "dead"] {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(
+                    format!("{prefix}.{queue}").as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+    }
+    for exchange in ["dlx", "models"] {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .exchange_delete(
+                    format!("{prefix}.{exchange}").as_str().into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await;
+        }
+    }
+    let _ = connection.close(200, "cleanup".into()).await;
+}
+
+pub fn manifest_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
