@@ -181,7 +181,16 @@ async fn bad_jobs_get_the_contract_error_codes_and_good_jobs_still_work() {
         r#"{{"inputs":[{{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}],"pad":"{}"}}"#,
         "x".repeat(5000)
     );
-    let cases: Vec<(&str, String, String, Vec<(&str, &str)>, &str, &str)> = vec![
+    // (case, queue, body, headers, expected code, what the message must name)
+    type Case<'a> = (
+        &'a str,
+        String,
+        String,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         ("not JSON", iris.clone(), "this is not json".into(), vec![], "invalid_request", ""),
         ("missing input", worker.queue("mixed"), r#"{"inputs":[{"name":"ids","shape":[1,4],"datatype":"INT64","data":[1,2,3,4]}]}"#.into(), vec![], "invalid_request", "mask"),
         ("wrong datatype", iris.clone(), r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"INT64","data":[1,2,3,4]}]}"#.into(), vec![], "invalid_request", "datatype"),

@@ -36,6 +36,9 @@ pub struct ModelEntry {
     pub served: Vec<u64>,
 }
 
+/// Servable models, and the models whose configuration was refused (with why).
+pub type Scan = (Vec<ModelEntry>, Vec<(String, RepositoryError)>);
+
 /// A model repository rooted at a directory.
 #[derive(Debug, Clone)]
 pub struct ModelStore {
@@ -82,9 +85,7 @@ impl ModelStore {
 
     /// Every servable model, sorted by name. A model whose `config.toml` is invalid is reported
     /// in the second list and left out of the first.
-    pub fn scan(
-        &self,
-    ) -> Result<(Vec<ModelEntry>, Vec<(String, RepositoryError)>), RepositoryError> {
+    pub fn scan(&self) -> Result<Scan, RepositoryError> {
         let mut models = Vec::new();
         let mut broken = Vec::new();
         let entries = std::fs::read_dir(&self.root).map_err(io(&self.root))?;

@@ -94,7 +94,7 @@ impl SessionOptions {
         if self.intra_threads > 0 {
             builder = builder.with_intra_threads(self.intra_threads)?;
         }
-        Ok(builder.commit_from_memory(model)?)
+        builder.commit_from_memory(model)
     }
 }
 

@@ -75,12 +75,12 @@ impl Reply {
     }
 }
 
-/// Answers a delivery with an error result, before it became a job (no version known).
+/// Answers a delivery with an error result before it became a job. Counted on `metrics` when
+/// the version is known, else under version "" (never a producer-chosen label value).
 pub fn answer_error(
     answerer: &Arc<Answerer>,
     reply: Reply,
     model: &str,
-    version: &str,
     id: Option<&str>,
     code: ErrorCode,
     message: &str,
@@ -98,7 +98,7 @@ pub fn answer_error(
     let outcome = Outcome::Error(code);
     match metrics {
         Some(m) => m.job(outcome),
-        None => answerer.metrics.job(model, version, outcome),
+        None => answerer.metrics.job(model, "", outcome),
     }
     let done = answerer.clone();
     send(

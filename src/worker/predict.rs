@@ -94,7 +94,6 @@ pub fn handle_delivery(
             answerer,
             reply,
             model,
-            "",
             None,
             ErrorCode::TooLarge,
             &message,
@@ -108,7 +107,6 @@ pub fn handle_delivery(
                 answerer,
                 reply,
                 model,
-                "",
                 None,
                 ErrorCode::InvalidRequest,
                 &e.to_string(),
@@ -122,7 +120,6 @@ pub fn handle_delivery(
             answerer,
             reply,
             model,
-            "",
             None,
             ErrorCode::DeadlineExceeded,
             "deadline passed before the job was read (x-deadline-ms or expiration)",
@@ -132,16 +129,7 @@ pub fn handle_delivery(
     let request = match decode_request(&data, headers.binary_header_len) {
         Ok(request) => request,
         Err(e) => {
-            return answer_error(
-                answerer,
-                reply,
-                model,
-                "",
-                None,
-                e.code(),
-                &e.to_string(),
-                None,
-            )
+            return answer_error(answerer, reply, model, None, e.code(), &e.to_string(), None)
         }
     };
     let id = request.id.clone();
@@ -153,16 +141,7 @@ pub fn handle_delivery(
         Ok(served) => served,
         // Counted under version "": a label never takes a value the producer chose.
         Err((code, message)) => {
-            return answer_error(
-                answerer,
-                reply,
-                model,
-                "",
-                id.as_deref(),
-                code,
-                &message,
-                None,
-            )
+            return answer_error(answerer, reply, model, id.as_deref(), code, &message, None)
         }
     };
     if let Err(e) = validate_request(&request, &served.signature) {
@@ -170,7 +149,6 @@ pub fn handle_delivery(
             answerer,
             reply,
             model,
-            &served.label,
             id.as_deref(),
             e.code(),
             &e.to_string(),
@@ -224,11 +202,8 @@ fn submit(
         }
         (rows, key)
     };
-    let ranges = if max == 0 {
-        vec![0..1]
-    } else {
-        split_rows(rows, max)
-    };
+    // An unbatched model counts each job as one row: one chunk, whatever its shape.
+    let ranges = split_rows(rows, max);
     let job = Arc::new(JobState::new(
         request.id.take(),
         served.model.clone(),

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Tools the tests call: promtool (Debian's prometheus package) to check the metrics exposition,
+# and Python's onnx package to check saved models with onnx.checker.
+set -euo pipefail
+if ! command -v promtool >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
+if ! python3 -c "import onnx" >/dev/null 2>&1; then
+  python3 -m pip install --quiet onnx
+fi
