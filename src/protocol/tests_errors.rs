@@ -187,6 +187,10 @@ fn wants_binary_follows_the_rule() {
     assert!(r.wants_binary("b"));
     assert!(r.wants_binary("c"));
     assert!(r.wants_binary("not-listed"));
+    let r = decode_request(br#"{"inputs":[],"parameters":{"model_version":4}}"#, None).unwrap();
+    assert_eq!(r.model_version.as_deref(), Some("4"));
+    let r = decode_request(br#"{"inputs":[],"parameters":{"model_version":1.5}}"#, None);
+    assert!(r.is_err());
     let r = decode_request(
         br#"{"inputs":[],"outputs":[{"name":"b","parameters":{"binary_data":true}}]}"#,
         None,
