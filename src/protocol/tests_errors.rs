@@ -147,6 +147,11 @@ fn decodes_nested_scalar_empty_and_binary() {
     )
     .unwrap();
     assert_eq!(r.inputs[0].to_f32_vec(), Some(vec![1.0, 2.0]));
+    let nested = r#"[["a", "b\u00e9"], ["", "\"q\""]]"#;
+    let r = decode_request(one_input("BYTES", "[2, 2]", nested).as_bytes(), None).unwrap();
+    let expected: Vec<Vec<u8>> = vec!["a".into(), "bé".into(), "".into(), "\"q\"".into()];
+    assert_eq!(r.inputs[0].data, TensorData::Bytes(expected));
+    assert_eq!(r.inputs[0].row_shape(), &[2]);
     let r = decode_request(one_input("FP64", "[]", "[5]").as_bytes(), None).unwrap();
     assert_eq!(r.inputs[0].element_count(), 1);
     let r = decode_request(one_input("FP32", "[0, 3]", "[]").as_bytes(), None).unwrap();
