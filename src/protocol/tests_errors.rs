@@ -25,7 +25,7 @@ fn json_decode_errors() {
         (one_input("FP32", "[1]", "[NaN]"), "malformed_json", "invalid JSON"),
         (r#"{"outputs":[]}"#.into(), "malformed_json", "missing field `inputs`"),
         (one_input("FP8", "[1]", "[1]"), "datatype", r#"inputs[0].datatype: expected one of BOOL"#),
-        (one_input("FP32", "[-1, 4]", "[1]"), "shape", "inputs[0].shape: expected non-negative dimensions, got [-1, 4]"),
+        (one_input("FP32", "[-1, 4]", "[1]"), "shape", "inputs[0].shape: expected non-negative dimensions with a representable element count, got [-1, 4]"),
         (
             one_input("FP32", "[4294967296, 4294967296, 4294967296]", "[1]"),
             "shape",
