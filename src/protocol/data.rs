@@ -1,7 +1,8 @@
 //! Tensor element codecs: JSON `data` arrays to packed buffers.
 //!
-//! JSON is parsed straight from the raw `data` text into the packed buffer with a
-//! `DeserializeSeed` once the datatype is known (no `serde_json::Value`); `data_write.rs`
+//! JSON is parsed straight from the raw `data` text into the packed buffer once the
+//! datatype is known, never through `serde_json::Value`: numbers and BOOL by the byte
+//! scanner of `data_fast.rs`, BYTES and every error case by a `DeserializeSeed`; `data_write.rs`
 //! writes the same conventions back, and `binary.rs` handles the binary extension.
 //!
 //! Non-finite floats: JSON has no NaN or infinities, so they are written as the strings
@@ -23,6 +24,22 @@ use std::fmt;
 /// Parses the raw JSON text of a `data` field (flat or nested) for `datatype`.
 /// `path` names the tensor (`inputs[0]`) in errors; `capacity` is the expected element count.
 pub(crate) fn parse_json_data(
+    raw: &str,
+    path: &str,
+    datatype: DataType,
+    capacity: usize,
+) -> Result<(TensorData, usize), ProtocolError> {
+    if datatype != DataType::Bytes {
+        if let Some((packed, count)) = super::data_fast::parse_fixed(raw, datatype, capacity) {
+            return Ok((TensorData::Fixed(packed), count));
+        }
+    }
+    // Slow path: BYTES, and anything the fast path declined (it gives the precise error).
+    parse_with_serde(raw, path, datatype, capacity)
+}
+
+/// The serde visitor path alone (BYTES, errors; tests compare it with the fast path).
+pub(crate) fn parse_with_serde(
     raw: &str,
     path: &str,
     datatype: DataType,

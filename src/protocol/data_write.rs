@@ -47,35 +47,42 @@ pub(crate) fn write_str(buf: &mut Vec<u8>, s: &str) {
 }
 
 fn write_fixed(buf: &mut Vec<u8>, datatype: DataType, b: &[u8]) {
-    let size = datatype.element_size().unwrap_or(1);
     let mut f = CompactFormatter;
-    for (i, c) in b.chunks_exact(size).enumerate() {
-        if i > 0 {
-            buf.push(b',');
-        }
-        // Writing into a Vec<u8> cannot fail; the results are ignored.
-        let _ = match datatype {
-            DataType::Bool => f.write_bool(buf, c[0] != 0),
-            DataType::U8 => f.write_u8(buf, c[0]),
-            DataType::I8 => f.write_i8(buf, c[0] as i8),
-            DataType::U16 => f.write_u16(buf, u16::from_le_bytes([c[0], c[1]])),
-            DataType::I16 => f.write_i16(buf, i16::from_le_bytes([c[0], c[1]])),
-            DataType::U32 => f.write_u32(buf, u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            DataType::I32 => f.write_i32(buf, i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            DataType::U64 => f.write_u64(buf, u64::from_le_bytes(arr8(c))),
-            DataType::I64 => f.write_i64(buf, i64::from_le_bytes(arr8(c))),
-            DataType::F16 => write_f32(buf, f16::from_le_bytes([c[0], c[1]]).to_f32()),
-            DataType::F32 => write_f32(buf, f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            DataType::F64 => write_f64(buf, f64::from_le_bytes(arr8(c))),
-            DataType::Bytes => Ok(()),
-        };
+    // One monomorphised loop per datatype: no per-element dispatch on the datatype.
+    // Writing into a Vec<u8> cannot fail; the io::Results are ignored.
+    match datatype {
+        DataType::Bool => each::<1>(buf, b, |buf, c| f.write_bool(buf, c[0] != 0)),
+        DataType::U8 => each::<1>(buf, b, |buf, c| f.write_u8(buf, c[0])),
+        DataType::I8 => each::<1>(buf, b, |buf, c| f.write_i8(buf, c[0] as i8)),
+        DataType::U16 => each::<2>(buf, b, |buf, c| f.write_u16(buf, u16::from_le_bytes(c))),
+        DataType::I16 => each::<2>(buf, b, |buf, c| f.write_i16(buf, i16::from_le_bytes(c))),
+        DataType::U32 => each::<4>(buf, b, |buf, c| f.write_u32(buf, u32::from_le_bytes(c))),
+        DataType::I32 => each::<4>(buf, b, |buf, c| f.write_i32(buf, i32::from_le_bytes(c))),
+        DataType::U64 => each::<8>(buf, b, |buf, c| f.write_u64(buf, u64::from_le_bytes(c))),
+        DataType::I64 => each::<8>(buf, b, |buf, c| f.write_i64(buf, i64::from_le_bytes(c))),
+        DataType::F16 => each::<2>(buf, b, |buf, c| {
+            write_f32(buf, f16::from_le_bytes(c).to_f32())
+        }),
+        DataType::F32 => each::<4>(buf, b, |buf, c| write_f32(buf, f32::from_le_bytes(c))),
+        DataType::F64 => each::<8>(buf, b, |buf, c| write_f64(buf, f64::from_le_bytes(c))),
+        DataType::Bytes => {}
     }
 }
 
-fn arr8(c: &[u8]) -> [u8; 8] {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&c[..8]);
-    a
+/// Writes each `N`-byte element of `b` with `write`, comma-separated.
+fn each<const N: usize>(
+    buf: &mut Vec<u8>,
+    b: &[u8],
+    mut write: impl FnMut(&mut Vec<u8>, [u8; N]) -> std::io::Result<()>,
+) {
+    for (i, c) in b.chunks_exact(N).enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        let mut a = [0u8; N];
+        a.copy_from_slice(c);
+        let _ = write(buf, a);
+    }
 }
 
 fn write_f32(buf: &mut Vec<u8>, v: f32) -> std::io::Result<()> {

@@ -20,7 +20,7 @@ pub enum ProtocolError {
     UnknownDatatype { path: String, got: String },
 
     /// A dimension of `shape` is negative or too large.
-    #[error("{path}.shape: expected non-negative dimensions, got {got:?}")]
+    #[error("{path}.shape: expected non-negative dimensions with a representable element count, got {got:?}")]
     InvalidShape { path: String, got: Vec<i64> },
 
     /// The number of elements does not match the shape.

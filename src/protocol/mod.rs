@@ -13,6 +13,7 @@
 
 mod binary;
 mod data;
+mod data_fast;
 mod data_write;
 pub mod error;
 pub mod request;

@@ -83,7 +83,7 @@ struct OutputParams {
 
 #[derive(Deserialize)]
 struct RequestParams {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_integer")]
     model_version: Option<String>,
     #[serde(default)]
     binary_data_output: Option<bool>,
@@ -91,6 +91,20 @@ struct RequestParams {
     classification: Option<IgnoredAny>,
     #[serde(default)]
     class_count: Option<IgnoredAny>,
+}
+
+/// KServe parameters may be strings or integers; a version is read as either (`"3"` or `3`).
+fn string_or_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Version {
+        Text(String),
+        Number(u64),
+    }
+    Ok(Option::<Version>::deserialize(d)?.map(|v| match v {
+        Version::Text(s) => s,
+        Version::Number(n) => n.to_string(),
+    }))
 }
 
 fn unsupported(path: String, parameter: &str) -> ProtocolError {

@@ -52,9 +52,14 @@ impl Tensor {
         self.shape.first().copied().unwrap_or(1)
     }
 
+    /// The dimensions after the first: jobs with equal row shapes can share a batch.
+    pub fn row_shape(&self) -> &[usize] {
+        self.shape.get(1..).unwrap_or(&[])
+    }
+
     /// Data units (bytes for fixed-size datatypes, elements for BYTES) in one row.
     fn row_units(&self) -> usize {
-        let per_row: usize = self.shape.iter().skip(1).product();
+        let per_row: usize = self.row_shape().iter().product();
         per_row * self.datatype.element_size().unwrap_or(1)
     }
 

@@ -25,7 +25,7 @@ fn json_decode_errors() {
         (one_input("FP32", "[1]", "[NaN]"), "malformed_json", "invalid JSON"),
         (r#"{"outputs":[]}"#.into(), "malformed_json", "missing field `inputs`"),
         (one_input("FP8", "[1]", "[1]"), "datatype", r#"inputs[0].datatype: expected one of BOOL"#),
-        (one_input("FP32", "[-1, 4]", "[1]"), "shape", "inputs[0].shape: expected non-negative dimensions, got [-1, 4]"),
+        (one_input("FP32", "[-1, 4]", "[1]"), "shape", "inputs[0].shape: expected non-negative dimensions with a representable element count, got [-1, 4]"),
         (
             one_input("FP32", "[4294967296, 4294967296, 4294967296]", "[1]"),
             "shape",
@@ -147,6 +147,11 @@ fn decodes_nested_scalar_empty_and_binary() {
     )
     .unwrap();
     assert_eq!(r.inputs[0].to_f32_vec(), Some(vec![1.0, 2.0]));
+    let nested = r#"[["a", "b\u00e9"], ["", "\"q\""]]"#;
+    let r = decode_request(one_input("BYTES", "[2, 2]", nested).as_bytes(), None).unwrap();
+    let expected: Vec<Vec<u8>> = vec!["a".into(), "bé".into(), "".into(), "\"q\"".into()];
+    assert_eq!(r.inputs[0].data, TensorData::Bytes(expected));
+    assert_eq!(r.inputs[0].row_shape(), &[2]);
     let r = decode_request(one_input("FP64", "[]", "[5]").as_bytes(), None).unwrap();
     assert_eq!(r.inputs[0].element_count(), 1);
     let r = decode_request(one_input("FP32", "[0, 3]", "[]").as_bytes(), None).unwrap();
@@ -187,6 +192,10 @@ fn wants_binary_follows_the_rule() {
     assert!(r.wants_binary("b"));
     assert!(r.wants_binary("c"));
     assert!(r.wants_binary("not-listed"));
+    let r = decode_request(br#"{"inputs":[],"parameters":{"model_version":4}}"#, None).unwrap();
+    assert_eq!(r.model_version.as_deref(), Some("4"));
+    let r = decode_request(br#"{"inputs":[],"parameters":{"model_version":1.5}}"#, None);
+    assert!(r.is_err());
     let r = decode_request(
         br#"{"inputs":[],"outputs":[{"name":"b","parameters":{"binary_data":true}}]}"#,
         None,
