@@ -31,7 +31,13 @@ pub struct Answerer {
 }
 
 impl Answerer {
-    fn job_done(&self) {
+    /// Counts a job as received and not yet settled (for graceful shutdown).
+    pub fn job_started(&self) {
+        self.unsettled.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a job as settled.
+    pub fn job_done(&self) {
         if self.unsettled.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.settled.notify_waiters();
         }
@@ -86,15 +92,8 @@ pub fn answer_error(
     message: &str,
     metrics: Option<&ModelMetrics>,
 ) {
-    answerer.unsettled.fetch_add(1, Ordering::AcqRel);
-    let body = encode_error(id, model, code, message);
-    let headers = with_error_headers(None, code.as_str(), message);
-    let message = OutgoingMessage {
-        exchange: String::new(),
-        routing_key: reply.routing_key.clone(),
-        properties: reply.result_properties("application/json", headers),
-        body,
-    };
+    answerer.job_started();
+    let message = error_result(&reply, id, model, code, message);
     let outcome = Outcome::Error(code);
     match metrics {
         Some(m) => m.job(outcome),
@@ -110,8 +109,72 @@ pub fn answer_error(
     );
 }
 
+/// An error result for `reply`, with the `x-error-code` and `x-error` headers.
+pub fn error_result(
+    reply: &Reply,
+    id: Option<&str>,
+    model: &str,
+    code: ErrorCode,
+    message: &str,
+) -> OutgoingMessage {
+    OutgoingMessage {
+        exchange: String::new(),
+        routing_key: reply.routing_key.clone(),
+        properties: reply.result_properties(
+            "application/json",
+            with_error_headers(None, code.as_str(), message),
+        ),
+        body: encode_error(id, model, code, message),
+    }
+}
+
+/// An internal failure: requeue the job, or — on what the queue's delivery limit makes its last
+/// delivery — publish it to the dead-letter exchange with `x-error-code: internal` and `x-error`
+/// added, then ack. `on_done` learns which (`Requeued` or `DeadLettered`) and how it settled.
+pub fn requeue_or_dead_letter(
+    answerer: &Answerer,
+    reply: Reply,
+    message: &str,
+    on_done: Box<dyn FnOnce(Outcome, Settled) + Send>,
+) {
+    if reply.delivery_count + 1 >= answerer.delivery_limit {
+        let headers = with_error_headers(
+            reply.properties.headers().as_ref(),
+            ErrorCode::Internal.as_str(),
+            message,
+        );
+        let out = OutgoingMessage {
+            exchange: answerer.dead_letter_exchange.clone(),
+            routing_key: reply.queue.clone(),
+            properties: reply.properties.clone().with_headers(headers),
+            body: reply.body.clone(),
+        };
+        send(
+            answerer,
+            out,
+            reply,
+            Disposition::DeadLetter,
+            Box::new(move |settled| on_done(Outcome::DeadLettered, settled)),
+        );
+        return;
+    }
+    let settlement = Settlement {
+        acker: reply.acker,
+        generation: reply.generation,
+        disposition: Disposition::Requeue,
+        on_done: Some(Box::new(move |settled| on_done(Outcome::Requeued, settled))),
+    };
+    if let Err(unsent) = answerer.commands.send(Command::Settle(settlement)) {
+        if let Command::Settle(mut settlement) = unsent.0 {
+            if let Some(on_done) = settlement.on_done.take() {
+                on_done(Settled::ChannelLost);
+            }
+        }
+    }
+}
+
 /// Hands a message and its job's settlement to the publisher; `on_done` runs once settled.
-fn send(
+pub fn send(
     answerer: &Answerer,
     message: OutgoingMessage,
     reply: Reply,
@@ -320,49 +383,31 @@ impl JobState {
             return;
         };
         if code != ErrorCode::Internal {
-            let body = encode_error(self.id.as_deref(), &self.model, code, message);
-            let headers = with_error_headers(None, code.as_str(), message);
-            let out = OutgoingMessage {
-                exchange: String::new(),
-                routing_key: reply.routing_key.clone(),
-                properties: reply.result_properties("application/json", headers),
-                body,
-            };
+            let out = error_result(&reply, self.id.as_deref(), &self.model, code, message);
             self.settle(out, reply, Disposition::Answer, Outcome::Error(code));
             return;
         }
         tracing::warn!(model = %self.model, version = %self.version, error = %message, delivery_count = reply.delivery_count, "Job failed");
-        if reply.delivery_count + 1 >= self.answerer.delivery_limit {
-            let headers =
-                with_error_headers(reply.properties.headers().as_ref(), code.as_str(), message);
-            let out = OutgoingMessage {
-                exchange: self.answerer.dead_letter_exchange.clone(),
-                routing_key: reply.queue.clone(),
-                properties: reply.properties.clone().with_headers(headers),
-                body: reply.body.clone(),
-            };
-            self.settle(out, reply, Disposition::DeadLetter, Outcome::DeadLettered);
-        } else {
-            let metrics = self.metrics.clone();
-            let answerer = self.answerer.clone();
-            let settlement = Settlement {
-                acker: reply.acker,
-                generation: reply.generation,
-                disposition: Disposition::Requeue,
-                on_done: Some(Box::new(move |_| {
-                    metrics.job(Outcome::Requeued);
-                    metrics.pending_add(-1);
-                    answerer.job_done();
-                })),
-            };
-            if let Err(unsent) = self.answerer.commands.send(Command::Settle(settlement)) {
-                if let Command::Settle(mut settlement) = unsent.0 {
-                    if let Some(on_done) = settlement.on_done.take() {
-                        on_done(Settled::ChannelLost);
-                    }
+        let metrics = self.metrics.clone();
+        let answerer = self.answerer.clone();
+        let handed = Instant::now();
+        let received = self.received;
+        requeue_or_dead_letter(
+            &self.answerer,
+            reply,
+            message,
+            Box::new(move |outcome, settled| {
+                if settled == Settled::Done(Disposition::DeadLetter) {
+                    metrics.publish(handed.elapsed().as_secs_f64());
+                    metrics.end_to_end(received.elapsed().as_secs_f64());
                 }
-            }
-        }
+                if matches!(settled, Settled::Done(_)) {
+                    metrics.job(outcome);
+                }
+                metrics.pending_add(-1);
+                answerer.job_done();
+            }),
+        );
     }
 
     fn take_reply(&self) -> Option<Reply> {
