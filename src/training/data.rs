@@ -115,6 +115,11 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Parses CSV text (see the module documentation); `label_column` defaults to the last column.
+pub fn from_csv(text: &str, label_column: Option<&str>) -> Result<RawData, TrainingError> {
+    super::csv::parse(text, label_column)
+}
+
 impl DataSource {
     /// Reads the `data` object of a job (inline data is parsed and checked here; files are read by
     /// [`DataSource::load`]).
