@@ -36,7 +36,7 @@ pub struct EpochReport {
 }
 
 /// A finished training run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TrainOutcome {
     /// The ONNX inference model (`input` FP32 [-1, features] → `output` FP32 [-1, units]).
     pub model: Vec<u8>,
@@ -46,6 +46,18 @@ pub struct TrainOutcome {
     /// Training rows processed, over all epochs.
     pub samples: u64,
     pub duration_ms: f64,
+}
+
+impl std::fmt::Debug for TrainOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOutcome")
+            .field("model", &format_args!("<{} bytes>", self.model.len()))
+            .field("metrics", &self.metrics)
+            .field("epochs", &self.history.len())
+            .field("samples", &self.samples)
+            .field("duration_ms", &self.duration_ms)
+            .finish()
+    }
 }
 
 /// Creates ONNX Runtime sessions; the worker's implementation applies its execution providers.
@@ -209,12 +221,24 @@ fn split(
     if job.shuffle {
         rng.shuffle(&mut order);
     }
-    let held = (rows as f64 * job.validation_split).floor() as usize;
-    if held >= rows {
-        return Err(TrainingError::InvalidData {
-            field: "validation_split".to_string(),
-            message: format!("leaves no training rows out of {rows}"),
-        });
+    // As Keras: the training rows are round(rows * (1 - split)), the rest are held out.
+    let kept = (rows as f64 * (1.0 - job.validation_split)).round() as usize;
+    let held = rows - kept;
+    let invalid = |message: String| TrainingError::InvalidData {
+        field: "validation_split".to_string(),
+        message,
+    };
+    if kept == 0 {
+        return Err(invalid(format!(
+            "{} leaves no training rows out of {rows}",
+            job.validation_split
+        )));
+    }
+    if held == 0 && job.validation_split > 0.0 {
+        return Err(invalid(format!(
+            "{} holds out no rows out of {rows}",
+            job.validation_split
+        )));
     }
     let val = order.split_off(rows - held);
     Ok((order, val))
