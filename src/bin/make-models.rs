@@ -31,7 +31,12 @@ fn iris() -> anyhow::Result<Vec<u8>> {
         intra_threads: Some(1),
     };
     let outcome = train(&job, None, &sessions, &mut |_| {}, &|| false)?;
-    println!("iris: {:?}", outcome.metrics);
+    println!(
+        "iris: trained {} epochs in {:.0} ms, {:?}",
+        outcome.history.len(),
+        outcome.duration_ms,
+        outcome.metrics
+    );
     let trained = decode_model(&outcome.model)?;
     let net = Network {
         inputs: 4,
