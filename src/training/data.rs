@@ -267,23 +267,12 @@ fn npy_pair(x: &Path, y: &Path) -> Result<RawData, TrainingError> {
 }
 
 impl Dataset {
-    /// Fits raw data to a network with `inputs` features and `units` outputs trained with `loss`:
+    /// Fits raw data to a network with `units` outputs trained with `loss`:
     /// class indices become one-hot rows, and every label is checked against the loss.
-    pub fn prepare(
-        raw: &RawData,
-        inputs: Option<usize>,
-        units: usize,
-        loss: Loss,
-    ) -> Result<Dataset, TrainingError> {
+    pub fn prepare(raw: &RawData, units: usize, loss: Loss) -> Result<Dataset, TrainingError> {
         let field = raw.y_field.as_str();
         if raw.rows == 0 {
             return Err(invalid("data", "is empty"));
-        }
-        if let Some(n) = inputs.filter(|&n| n != raw.features) {
-            return Err(invalid(
-                "data.x",
-                format_args!("rows have {} features, the model takes {n}", raw.features),
-            ));
         }
         let class_indices = matches!(
             (loss, raw.y_columns),

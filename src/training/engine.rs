@@ -140,7 +140,7 @@ pub fn train(
         layers: job.layers.clone(),
         loss: job.loss,
     };
-    let data = Dataset::prepare(&raw, None, net.units(), job.loss)?;
+    let data = Dataset::prepare(&raw, net.units(), job.loss)?;
     let mut rng = SeededRng::new(job.seed);
     let params = initial_parameters(&net, init_from, &mut rng)?;
     let (train_idx, val_idx) = split(data.rows, job, &mut rng)?;
