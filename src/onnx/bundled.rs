@@ -148,7 +148,7 @@ pub fn scaler() -> Vec<u8> {
     g.to_bytes()
 }
 
-/// `fixed`: `x` FP32 [3,4] (no batch dimension) → `y` FP32 [4,3] = 2 * x^T.
+/// `fixed`: `x` FP32 `[3, 4]` (no batch dimension) → `y` FP32 `[4, 3]` = `2 * x^T`.
 pub fn fixed() -> Vec<u8> {
     let mut g = GraphBuilder::new("fixed");
     g.doc("Fixed shapes, no batch dimension: y = 2 * transpose(x)");

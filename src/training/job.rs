@@ -1,16 +1,18 @@
 //! The training job: the JSON body of a message on `infermq.train`, validated into typed values.
 //!
-//! Field reference (defaults in brackets):
+//! Field reference (defaults in parentheses):
 //! - `id`, `model_name` (letters, digits, `_`, `-`, `.`; it names a repository folder);
-//! - `layers`: `[{"units": n, "activation": relu|sigmoid|tanh|linear|softmax [linear]}]`, the
+//! - `layers`: `[{"units": n, "activation": relu|sigmoid|tanh|linear|softmax (linear)}]`, the
 //!   last one is the output layer;
-//! - `loss`: `mse`, `binary_crossentropy`, `categorical_crossentropy` (one-hot `y`),
-//!   `sparse_categorical_crossentropy` (class index `y`);
-//! - `optimizer` [adam, 0.001]: `{"type": "sgd", "learning_rate", "momentum" [0]}` or
-//!   `{"type": "adam", "learning_rate", "beta_1" [0.9], "beta_2" [0.999], "epsilon" [1e-7]}`,
-//!   each with an optional `schedule` (see [`Schedule`]);
-//! - `epochs` [10], `batch_size` [32], `validation_split` [0], `seed` [0], `shuffle` [true],
-//!   `early_stopping`: `{"patience" [0], "min_delta" [0]}` (monitors `val_loss` when there is a
+//! - `loss`: `mse`, `binary_crossentropy` (targets in [0, 1], sigmoid output),
+//!   `categorical_crossentropy` (one-hot `y` rows, or class indices, which are one-hot encoded),
+//!   `sparse_categorical_crossentropy` (class index `y`); both categorical losses need a softmax
+//!   output layer with at least 2 units;
+//! - `optimizer` (adam): `{"type": "sgd", "learning_rate" (0.01), "momentum" (0)}` or
+//!   `{"type": "adam", "learning_rate" (0.001), "beta_1" (0.9), "beta_2" (0.999),
+//!   "epsilon" (1e-7)}`, each with an optional `schedule` (see [`Schedule`]);
+//! - `epochs` (10), `batch_size` (32), `validation_split` (0), `seed` (0), `shuffle` (true),
+//!   `early_stopping`: `{"patience" (0), "min_delta" (0)}` (monitors `val_loss` when there is a
 //!   validation split, else `loss`; the best weights are kept);
 //! - `data`: see [`super::data::DataSource`]; `init_from`: `{"model_version": "3"}`.
 //!
