@@ -52,11 +52,53 @@ fn regenerated_models_are_byte_identical() {
     assert!(status.success(), "make-models failed: {status}");
     for name in NAMES {
         let fresh = std::fs::read(dir.path().join(name).join("1/model.onnx")).expect("written");
-        assert!(
-            fresh == committed(name),
+        if fresh == committed(name) {
+            continue;
+        }
+        assert_eq!(
+            name, "iris",
             "models/{name}/1/model.onnx differs from a fresh build"
         );
+        iris_within_rounding(&fresh, &committed("iris"));
     }
+}
+
+/// `iris` is trained on ONNX Runtime's CPU kernels, whose vectorised reductions can round
+/// differently on another processor family; there, the retrained weights must agree within 1e-3
+/// and everything but the weights and the metrics must be identical (on the machine that
+/// committed it the bytes are identical).
+fn iris_within_rounding(fresh: &[u8], committed: &[u8]) {
+    eprintln!("models/iris differs from a fresh build; comparing weights within 1e-3");
+    let (mut a, mut b) = (
+        decode_model(fresh).expect("fresh"),
+        decode_model(committed).expect("committed"),
+    );
+    for name in [
+        "layer0.weight",
+        "layer0.bias",
+        "layer1.weight",
+        "layer1.bias",
+    ] {
+        let (da, va) = initializer_f32(&a, name).expect("fresh weight");
+        let (db, vb) = initializer_f32(&b, name).expect("committed weight");
+        assert_eq!(da, db, "{name} shape");
+        for (x, y) in va.iter().zip(&vb) {
+            assert!(
+                (x - y).abs() <= 1e-3 * (1.0 + y.abs()),
+                "{name}: {x} vs {y}"
+            );
+        }
+    }
+    for model in [&mut a, &mut b] {
+        model.metadata_props.retain(|e| e.key != "infermq.metrics");
+        for t in &mut model.graph.as_mut().expect("graph").initializer {
+            t.raw_data.clear();
+        }
+    }
+    assert!(
+        a == b,
+        "models/iris differs from a fresh build beyond its weights"
+    );
 }
 
 /// Forward pass of a `layer{i}.weight`/`layer{i}.bias` dense stack in f64.
@@ -126,6 +168,35 @@ fn iris_computes_a_softmax_classifier() {
     for row in got.chunks(3) {
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
+}
+
+#[test]
+fn bundled_iris_is_a_trained_classifier() {
+    let csv = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/iris/iris.csv"))
+        .expect("iris.csv");
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for line in csv.lines().skip(1) {
+        let cells: Vec<f32> = line
+            .split(',')
+            .map(|c| c.parse().expect("number"))
+            .collect();
+        x.extend_from_slice(&cells[..4]);
+        y.push(cells[4] as usize);
+    }
+    assert_eq!(y.len(), 150);
+    for class in 0..3 {
+        assert_eq!(y.iter().filter(|&&c| c == class).count(), 50);
+    }
+    let mut s = session(&committed("iris"));
+    let t = Tensor::from_array((vec![150i64, 4], x)).expect("tensor");
+    let (_, p) = run_f32(&mut s, vec![("input", t)], "probabilities");
+    let hits = p
+        .chunks(3)
+        .zip(&y)
+        .filter(|(row, &c)| row.iter().all(|&v| v <= row[c]))
+        .count();
+    assert!(hits >= 143, "{hits}/150 correct");
 }
 
 #[test]

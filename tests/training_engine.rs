@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use infermq::onnx::builder::Dim;
 use infermq::onnx::proto::elem;
 use infermq::onnx::{decode_model, initializer_f32, metadata};
+use infermq::protocol::ErrorCode;
 use infermq::training::autodiff::Tape;
 use infermq::training::graph::Network;
 use infermq::training::job::{Activation, Layer, Loss, Optimizer};
@@ -574,4 +575,214 @@ fn the_written_model_passes_onnx_checker() {
         .status()
         .expect("python3 runs (pip install onnx)");
     assert!(status.success(), "onnx.checker rejected the model");
+}
+
+fn iris_with(patch: serde_json::Value) -> String {
+    let mut job: serde_json::Value = serde_json::from_str(&iris_job(11, 5)).expect("job");
+    for (k, v) in patch.as_object().expect("object") {
+        job[k] = v.clone();
+    }
+    job.to_string()
+}
+
+#[test]
+fn init_from_continues_from_the_given_weights() {
+    let first = run_job(&iris_job(2, 5)).expect("first");
+    let job = parse_job(
+        iris_with(serde_json::json!({
+            "epochs": 1, "optimizer": {"type": "sgd", "learning_rate": 1e-9},
+            "init_from": {"model_version": "1"}
+        }))
+        .as_bytes(),
+    )
+    .expect("job");
+    assert_eq!(job.init_from_version(), Some("1"));
+    let sessions = CpuSessions::default();
+    let next =
+        train(&job, Some(&first.model), &sessions, &mut |_| {}, &|| false).expect("continues");
+    for name in ["layer0.weight", "layer1.bias"] {
+        for (a, b) in weights(&first.model, name)
+            .iter()
+            .zip(weights(&next.model, name))
+        {
+            assert!((a - b).abs() < 1e-6, "{name}: {a} vs {b}");
+        }
+    }
+    let model = decode_model(&next.model).expect("model");
+    assert_eq!(metadata(&model, "infermq.init_from"), Some("1"));
+
+    let wider = parse_job(
+        iris_with(serde_json::json!({
+            "layers": [{"units": 8, "activation": "relu"}, {"units": 3, "activation": "softmax"}]
+        }))
+        .as_bytes(),
+    )
+    .expect("job");
+    let e = train(&wider, Some(&first.model), &sessions, &mut |_| {}, &|| {
+        false
+    })
+    .expect_err("mismatch");
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
+    assert!(
+        e.to_string().contains("init_from") && e.to_string().contains("layer0.weight"),
+        "{e}"
+    );
+    let e = train(
+        &wider,
+        Some(b"not a model"),
+        &sessions,
+        &mut |_| {},
+        &|| false,
+    )
+    .expect_err("garbage");
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
+}
+
+#[test]
+fn early_stopping_keeps_the_best_weights() {
+    let out = run_job(&iris_with(serde_json::json!({
+        "epochs": 300, "validation_split": 0.3, "early_stopping": {"patience": 3},
+        "optimizer": {"type": "adam", "learning_rate": 0.05}
+    })))
+    .expect("trains");
+    let val: Vec<f64> = out
+        .history
+        .iter()
+        .map(|r| r.val_loss.expect("val_loss"))
+        .collect();
+    let best = val.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!(out.history.len() < 300, "never stopped: {val:?}");
+    let tail = &val[val.len() - 4..];
+    assert!(
+        tail[1..].iter().all(|v| *v >= tail[0].min(best)),
+        "stopped while improving: {tail:?}"
+    );
+    assert!(
+        (out.metrics["val_loss"] - best).abs() < 1e-9,
+        "{} vs best {best}",
+        out.metrics["val_loss"]
+    );
+    assert!(
+        out.metrics.contains_key("val_accuracy")
+            && out.history[0].metrics.contains_key("val_accuracy")
+    );
+    assert_eq!(out.samples, out.history.len() as u64 * 105);
+}
+
+#[test]
+fn npy_pairs_train_a_binary_classifier() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut rng = SeededRng::new(21);
+    let rows = 200;
+    let x: Vec<f32> = (0..rows * 2).map(|_| rng.symmetric(1.0) as f32).collect();
+    let y: Vec<i64> = x.chunks(2).map(|r| i64::from(r[0] + r[1] > 0.0)).collect();
+    let (xp, yp) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    std::fs::write(&xp, infermq::training::npy::write_f32(&[rows, 2], &x)).expect("x");
+    std::fs::write(&yp, infermq::training::npy::write_i64(&[rows], &y)).expect("y");
+    let body = serde_json::json!({
+        "id": "npy", "model_name": "sign", "loss": "binary_crossentropy",
+        "layers": [{"units": 8, "activation": "tanh"}, {"units": 1, "activation": "sigmoid"}],
+        "optimizer": {"type": "adam", "learning_rate": 0.05,
+                      "schedule": {"type": "step_decay", "decay_rate": 0.5, "decay_epochs": 10}},
+        "epochs": 30, "batch_size": 32, "seed": 3,
+        "data": {"uri": {"x": format!("file://{}", xp.display()), "y": format!("file://{}", yp.display())},
+                 "format": "npy"}
+    });
+    let out = run_job(&body.to_string()).expect("trains");
+    assert!(out.metrics["accuracy"] >= 0.95, "{:?}", out.metrics);
+}
+
+#[test]
+fn categorical_one_hot_with_sgd_and_exponential_decay_learns() {
+    let mut rng = SeededRng::new(8);
+    let x: Vec<Vec<f64>> = (0..90)
+        .map(|i| {
+            let c = (i % 3) as f64;
+            vec![c + 0.3 * rng.symmetric(1.0), -c + 0.3 * rng.symmetric(1.0)]
+        })
+        .collect();
+    let y: Vec<Vec<f64>> = (0..90)
+        .map(|i| (0..3).map(|c| f64::from(u8::from(i % 3 == c))).collect())
+        .collect();
+    let body = serde_json::json!({
+        "id": "cat", "model_name": "cat", "loss": "categorical_crossentropy",
+        "layers": [{"units": 8, "activation": "sigmoid"}, {"units": 3, "activation": "softmax"}],
+        "optimizer": {"type": "sgd", "learning_rate": 0.5, "momentum": 0.9,
+                      "schedule": {"type": "exponential_decay", "decay_rate": 0.5, "decay_steps": 200}},
+        "epochs": 40, "batch_size": 10, "seed": 1, "data": {"x": x, "y": y}
+    });
+    let out = run_job(&body.to_string()).expect("trains");
+    assert!(out.history.last().expect("epochs").loss < out.history[0].loss / 4.0);
+    assert!(out.metrics["accuracy"] >= 0.95, "{:?}", out.metrics);
+}
+
+#[test]
+fn bad_data_is_an_invalid_request_naming_the_field() {
+    let cases = [
+        (
+            serde_json::json!({"data": {"x": [[1, 2, 3, 4], [1, 2, 3, 4]], "y": [0, 3]}}),
+            "label 3 is out of range",
+        ),
+        (
+            serde_json::json!({"data": {"x": [[1, 2, 3, 4]], "y": [0.5]}}),
+            "label 0.5 is out of range",
+        ),
+        (
+            serde_json::json!({"data": {"uri": "file:///nonexistent/iris.csv"}}),
+            "cannot read",
+        ),
+        (
+            serde_json::json!({"data": {"uri": format!("file://{}/models/iris/iris.csv", env!("CARGO_MANIFEST_DIR")), "label_column": "kind"}}),
+            "data.label_column",
+        ),
+        (
+            serde_json::json!({"loss": "binary_crossentropy",
+                "layers": [{"units": 1, "activation": "sigmoid"}],
+                "data": {"x": [[1], [2]], "y": [0, 2]}}),
+            "outside [0, 1]",
+        ),
+        (
+            serde_json::json!({"loss": "mse", "layers": [{"units": 2}], "data": {"x": [[1], [2]], "y": [0, 2]}}),
+            "the output layer has 2 units",
+        ),
+        (
+            serde_json::json!({"validation_split": 0.1, "data": {"x": [[1, 2, 3, 4]], "y": [0]}}),
+            "validation_split: 0.1 holds out no rows",
+        ),
+        (
+            serde_json::json!({"validation_split": 0.9, "data": {"x": [[1, 2, 3, 4]], "y": [0]}}),
+            "validation_split: 0.9 leaves no training rows",
+        ),
+    ];
+    for (patch, want) in cases {
+        let e = run_job(&iris_with(patch.clone())).expect_err(&patch.to_string());
+        assert_eq!(e.code(), ErrorCode::InvalidRequest, "{e}");
+        assert!(e.to_string().contains(want), "{patch}: {e}");
+    }
+}
+
+#[test]
+fn divergence_is_reported() {
+    let x: Vec<Vec<f64>> = (0..20).map(|i| vec![i as f64 * 100.0]).collect();
+    let y: Vec<f64> = (0..20).map(|i| i as f64 * 1e4).collect();
+    let body = serde_json::json!({
+        "id": "boom", "model_name": "boom", "layers": [{"units": 1}], "loss": "mse",
+        "optimizer": {"type": "sgd", "learning_rate": 1000.0}, "epochs": 50, "data": {"x": x, "y": y}
+    });
+    let e = run_job(&body.to_string()).expect_err("diverges");
+    assert!(matches!(e, TrainingError::Diverged { .. }), "{e}");
+}
+
+#[test]
+fn should_stop_ends_the_run_for_a_retry() {
+    let job = parse_job(iris_job(1, 50).as_bytes()).expect("job");
+    let calls = std::cell::Cell::new(0);
+    let stop = || {
+        calls.set(calls.get() + 1);
+        calls.get() > 20
+    };
+    let e = train(&job, None, &CpuSessions::default(), &mut |_| {}, &stop).expect_err("stopped");
+    assert!(matches!(e, TrainingError::Stopped));
+    assert_eq!(e.code(), ErrorCode::Internal);
+    assert_eq!(calls.get(), 21);
 }

@@ -1,8 +1,8 @@
 //! The models bundled in `models/`, generated deterministically by `make-models`.
 //!
 //! Every model here is fixed by a seed, so regenerating gives identical bytes (checked by
-//! `tests/models_reproducible.rs`). `iris` is trained by [`crate::training`] on
-//! `models/iris/iris.csv`; the others have seeded weights or none.
+//! `tests/models_reproducible.rs`). `iris` is not here: `make-models` trains it with
+//! [`crate::training`] on `models/iris/iris.csv` (see [`IRIS_JOB`]).
 
 use super::builder::{Dim, GraphBuilder};
 use super::proto::elem;
@@ -10,8 +10,13 @@ use crate::training::rng::SeededRng;
 
 /// Seed of the `mlp` weights.
 pub const MLP_SEED: u64 = 256;
-/// Seed of the untrained `iris` weights.
-pub const IRIS_SEED: u64 = 4;
+/// The training job that makes `iris` version 1 (its data is replaced by `models/iris/iris.csv`).
+pub const IRIS_JOB: &str = r#"{"id": "iris-v1", "model_name": "iris",
+ "layers": [{"units": 16, "activation": "relu"}, {"units": 3, "activation": "softmax"}],
+ "loss": "sparse_categorical_crossentropy",
+ "optimizer": {"type": "adam", "learning_rate": 0.01},
+ "epochs": 150, "batch_size": 16, "seed": 7,
+ "data": {"x": [[0, 0, 0, 0]], "y": [0]}}"#;
 
 /// A dense layer's parameters, row-major `[inputs, units]` weight and `[units]` bias.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,24 +89,6 @@ fn batched(n: i64) -> Vec<Dim> {
     vec![Dim::batch(), Dim::Fixed(n)]
 }
 
-/// `iris`: `input` FP32 [-1,4] → dense 16 relu → dense 3 → softmax → `probabilities` FP32 [-1,3].
-pub fn iris(layers: &[Dense]) -> Vec<u8> {
-    let mut g = GraphBuilder::new("iris");
-    g.doc("Iris classifier: 4 measurements (cm) -> probabilities of setosa, versicolor, virginica");
-    let x = g.input("input", elem::FLOAT, &batched(4));
-    dense_stack(&mut g, &x, layers, "probabilities");
-    g.output("probabilities", elem::FLOAT, &batched(3));
-    g.to_bytes()
-}
-
-/// The untrained iris layers (seeded).
-pub fn iris_seeded_layers() -> Vec<Dense> {
-    seeded_layers(
-        IRIS_SEED,
-        &[(4, 16, Some("Relu")), (16, 3, Some("Softmax"))],
-    )
-}
-
 /// `mlp`: `input` FP32 [-1,256] → 1024 relu → 1024 relu → 10 → `logits` FP32 [-1,10].
 pub fn mlp_layers() -> Vec<Dense> {
     seeded_layers(
@@ -161,7 +148,7 @@ pub fn scaler() -> Vec<u8> {
     g.to_bytes()
 }
 
-/// `fixed`: `x` FP32 [3,4] (no batch dimension) → `y` FP32 [4,3] = 2 * x^T.
+/// `fixed`: `x` FP32 `[3, 4]` (no batch dimension) → `y` FP32 `[4, 3]` = `2 * x^T`.
 pub fn fixed() -> Vec<u8> {
     let mut g = GraphBuilder::new("fixed");
     g.doc("Fixed shapes, no batch dimension: y = 2 * transpose(x)");

@@ -150,7 +150,7 @@ impl Tape {
         output
     }
 
-    /// `a @ w` for `a` [B, n] and `w` [n, m].
+    /// `a @ w` for `a` `[B, n]` and `w` `[n, m]`.
     pub fn matmul(&mut self, a: &str, w: &str) -> String {
         let y = self.graph.node("MatMul", &[a, w], vec![]);
         let op = Op::MatMul {
@@ -160,7 +160,7 @@ impl Tape {
         self.record(op, a, y, &[a, w])
     }
 
-    /// `h + b` for `h` [B, m] and a bias `b` [m].
+    /// `h + b` for `h` `[B, m]` and a bias `b` `[m]`.
     pub fn add_bias(&mut self, h: &str, b: &str) -> String {
         let y = self.graph.node("Add", &[h, b], vec![]);
         let op = Op::AddBias {
@@ -260,7 +260,7 @@ impl Tape {
         self.record(Op::MeanAll { x: x.into() }, x, y, &[x])
     }
 
-    /// The sum over the last axis: [B, m] → [B].
+    /// The sum over the last axis: `[B, m]` → `[B]`.
     pub fn sum_last(&mut self, x: &str) -> String {
         let axes = self.axes(true);
         let y = self

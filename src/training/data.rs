@@ -115,6 +115,11 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Parses CSV text (see the module documentation); `label_column` defaults to the last column.
+pub fn from_csv(text: &str, label_column: Option<&str>) -> Result<RawData, TrainingError> {
+    super::csv::parse(text, label_column)
+}
+
 impl DataSource {
     /// Reads the `data` object of a job (inline data is parsed and checked here; files are read by
     /// [`DataSource::load`]).
@@ -152,7 +157,7 @@ impl DataSource {
             }
         };
         match (map.get("uri"), map.get("x"), map.get("y")) {
-            (None, Some(x), Some(y)) => Ok(DataSource::Inline(inline(x, y)?)),
+            (None, Some(x), Some(y)) => Ok(DataSource::Inline(super::inline::parse(x, y)?)),
             (None, _, _) => Err(invalid("data", "needs x and y, or uri")),
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 Err(invalid("data", "has both uri and inline x/y"))
@@ -261,110 +266,13 @@ fn npy_pair(x: &Path, y: &Path) -> Result<RawData, TrainingError> {
     })
 }
 
-fn number(v: &Value, field: impl Fn() -> String) -> Result<f64, TrainingError> {
-    match v.as_f64() {
-        Some(n) if n.is_finite() => Ok(n),
-        _ => Err(invalid(&field(), format_args!("{v} is not a number"))),
-    }
-}
-
-fn inline(x: &Value, y: &Value) -> Result<RawData, TrainingError> {
-    let Value::Array(xs) = x else {
-        return Err(invalid("data.x", "must be an array of rows"));
-    };
-    let Value::Array(ys) = y else {
-        return Err(invalid("data.y", "must be an array"));
-    };
-    if xs.is_empty() {
-        return Err(invalid("data.x", "is empty"));
-    }
-    if xs.len() != ys.len() {
-        return Err(invalid(
-            "data.y",
-            format_args!("has {} rows, data.x has {}", ys.len(), xs.len()),
-        ));
-    }
-    let mut features = None;
-    let mut flat = Vec::new();
-    for (r, row) in xs.iter().enumerate() {
-        let values: Vec<f64> = match row {
-            Value::Array(cells) => cells
-                .iter()
-                .enumerate()
-                .map(|(c, v)| number(v, || format!("data.x[{r}][{c}]")))
-                .collect::<Result<_, _>>()?,
-            v => vec![number(v, || format!("data.x[{r}]"))?],
-        };
-        let n = *features.get_or_insert(values.len());
-        if values.len() != n || n == 0 {
-            return Err(invalid(
-                &format!("data.x[{r}]"),
-                format_args!("has {} values, expected {n} (as data.x[0])", values.len()),
-            ));
-        }
-        flat.extend(values.into_iter().map(|v| v as f32));
-    }
-    let (y, y_columns) = inline_labels(ys)?;
-    Ok(RawData {
-        rows: xs.len(),
-        features: features.unwrap_or(0),
-        x: flat,
-        y,
-        y_columns,
-        y_field: "data.y".to_string(),
-    })
-}
-
-fn inline_labels(ys: &[Value]) -> Result<(Vec<f64>, Option<usize>), TrainingError> {
-    if !matches!(ys.first(), Some(Value::Array(_))) {
-        let y = ys
-            .iter()
-            .enumerate()
-            .map(|(r, v)| number(v, || format!("data.y[{r}]")))
-            .collect::<Result<_, _>>()?;
-        return Ok((y, None));
-    }
-    let mut columns = None;
-    let mut y = Vec::new();
-    for (r, row) in ys.iter().enumerate() {
-        let Value::Array(cells) = row else {
-            return Err(invalid(
-                &format!("data.y[{r}]"),
-                "is not a row like data.y[0]",
-            ));
-        };
-        let n = *columns.get_or_insert(cells.len());
-        if cells.len() != n || n == 0 {
-            return Err(invalid(
-                &format!("data.y[{r}]"),
-                format_args!("has {} values, expected {n}", cells.len()),
-            ));
-        }
-        for (c, v) in cells.iter().enumerate() {
-            y.push(number(v, || format!("data.y[{r}][{c}]"))?);
-        }
-    }
-    Ok((y, columns))
-}
-
 impl Dataset {
-    /// Fits raw data to a network with `inputs` features and `units` outputs trained with `loss`:
+    /// Fits raw data to a network with `units` outputs trained with `loss`:
     /// class indices become one-hot rows, and every label is checked against the loss.
-    pub fn prepare(
-        raw: &RawData,
-        inputs: Option<usize>,
-        units: usize,
-        loss: Loss,
-    ) -> Result<Dataset, TrainingError> {
+    pub fn prepare(raw: &RawData, units: usize, loss: Loss) -> Result<Dataset, TrainingError> {
         let field = raw.y_field.as_str();
         if raw.rows == 0 {
             return Err(invalid("data", "is empty"));
-        }
-        if let Some(n) = inputs.filter(|&n| n != raw.features) {
-            return Err(invalid(
-                "data.x",
-                format_args!("rows have {} features, the model takes {n}", raw.features),
-            ));
         }
         let class_indices = matches!(
             (loss, raw.y_columns),
@@ -389,7 +297,7 @@ impl Dataset {
                             "row {}: {} is outside [0, 1], as {} needs",
                             i / cols,
                             raw.y[i],
-                            loss_name(loss)
+                            loss.as_str()
                         ),
                     ));
                 }
@@ -416,15 +324,6 @@ impl Dataset {
             h.update(v.to_le_bytes());
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-fn loss_name(loss: Loss) -> &'static str {
-    match loss {
-        Loss::Mse => "mse",
-        Loss::BinaryCrossentropy => "binary_crossentropy",
-        Loss::CategoricalCrossentropy => "categorical_crossentropy",
-        Loss::SparseCategoricalCrossentropy => "sparse_categorical_crossentropy",
     }
 }
 

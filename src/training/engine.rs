@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor};
+use ort::session::Session;
+use ort::value::DynValue;
 
 use crate::onnx::proto::elem;
 use crate::onnx::{decode_model, initializer_f32};
@@ -20,10 +20,8 @@ use super::graph::Network;
 use super::job::{Activation, TrainJob};
 use super::metrics::Accumulator;
 use super::rng::SeededRng;
+use super::state::{copy_parameters, evaluate, gather, step, tensor, State};
 use super::TrainingError;
-
-/// Rows per evaluation batch.
-const EVAL_BATCH: usize = 4096;
 
 /// One epoch's figures, as sent in a progress message.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -38,7 +36,7 @@ pub struct EpochReport {
 }
 
 /// A finished training run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TrainOutcome {
     /// The ONNX inference model (`input` FP32 [-1, features] → `output` FP32 [-1, units]).
     pub model: Vec<u8>,
@@ -48,6 +46,18 @@ pub struct TrainOutcome {
     /// Training rows processed, over all epochs.
     pub samples: u64,
     pub duration_ms: f64,
+}
+
+impl std::fmt::Debug for TrainOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOutcome")
+            .field("model", &format_args!("<{} bytes>", self.model.len()))
+            .field("metrics", &self.metrics)
+            .field("epochs", &self.history.len())
+            .field("samples", &self.samples)
+            .field("duration_ms", &self.duration_ms)
+            .finish()
+    }
 }
 
 /// Creates ONNX Runtime sessions; the worker's implementation applies its execution providers.
@@ -113,127 +123,6 @@ fn initial_parameters(
     Ok(out)
 }
 
-/// Rows `idx` of a row-major matrix with `width` columns.
-fn gather(values: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(idx.len() * width);
-    for &i in idx {
-        out.extend_from_slice(&values[i * width..(i + 1) * width]);
-    }
-    out
-}
-
-fn tensor(rows: usize, width: usize, values: Vec<f32>) -> ort::Result<DynValue> {
-    Ok(Tensor::from_array((vec![rows as i64, width as i64], values))?.into_dyn())
-}
-
-fn scalar(v: f32) -> ort::Result<DynValue> {
-    Ok(Tensor::from_array(((), vec![v]))?.into_dyn())
-}
-
-/// Parameters and optimizer state, as ONNX Runtime values fed back step after step.
-struct State {
-    names: Vec<String>,
-    values: Vec<DynValue>,
-    /// How many of `names` are parameters (the rest is optimizer state).
-    params: usize,
-}
-
-impl State {
-    fn new(net: &Network, job: &TrainJob, params: &[Vec<f32>]) -> ort::Result<State> {
-        let mut names = Vec::new();
-        let mut values = Vec::new();
-        let shapes = net.parameters();
-        for ((name, shape), p) in shapes.iter().zip(params) {
-            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-            names.push(name.clone());
-            values.push(Tensor::from_array((dims, p.clone()))?.into_dyn());
-        }
-        for (name, shape) in &shapes {
-            for state in Network::state_names(&job.optimizer, name) {
-                let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-                let zeros = vec![0.0f32; shape.iter().product()];
-                names.push(state);
-                values.push(Tensor::from_array((dims, zeros))?.into_dyn());
-            }
-        }
-        Ok(State {
-            names,
-            values,
-            params: shapes.len(),
-        })
-    }
-
-    fn parameters(&self) -> ort::Result<Vec<Vec<f32>>> {
-        self.values[..self.params]
-            .iter()
-            .map(|v| Ok(v.try_extract_tensor::<f32>()?.1.to_vec()))
-            .collect()
-    }
-
-    fn views(&self) -> impl Iterator<Item = (String, SessionInputValue<'_>)> {
-        self.names
-            .iter()
-            .cloned()
-            .zip(self.values.iter().map(SessionInputValue::from))
-    }
-}
-
-/// One optimizer step on a batch; returns (loss, predictions).
-fn step(
-    session: &mut Session,
-    state: &mut State,
-    x: DynValue,
-    y: DynValue,
-    lr: f32,
-    t: f32,
-) -> ort::Result<(f64, Vec<f32>)> {
-    let mut inputs: Vec<(String, SessionInputValue)> = vec![
-        ("x".into(), x.into()),
-        ("y".into(), y.into()),
-        ("lr".into(), scalar(lr)?.into()),
-        ("step".into(), scalar(t)?.into()),
-    ];
-    inputs.extend(state.views());
-    let mut out = session.run(inputs)?;
-    let loss = out["loss"].try_extract_tensor::<f32>()?.1[0] as f64;
-    let pred = out["prediction"].try_extract_tensor::<f32>()?.1.to_vec();
-    for (name, value) in state.names.iter().zip(state.values.iter_mut()) {
-        if let Some(next) = out.remove(format!("{name}.next")) {
-            *value = next;
-        }
-    }
-    Ok((loss, pred))
-}
-
-/// Loss and metrics of `params` over rows `idx`.
-fn evaluate(
-    session: &mut Session,
-    net: &Network,
-    data: &Dataset,
-    state: &State,
-    idx: &[usize],
-    acc: &mut Accumulator,
-) -> ort::Result<()> {
-    for chunk in idx.chunks(EVAL_BATCH) {
-        let x = gather(&data.x, data.features, chunk);
-        let y = gather(&data.y, data.targets, chunk);
-        let mut inputs: Vec<(String, SessionInputValue)> = vec![
-            ("x".into(), tensor(chunk.len(), data.features, x)?.into()),
-            (
-                "y".into(),
-                tensor(chunk.len(), data.targets, y.clone())?.into(),
-            ),
-        ];
-        inputs.extend(state.views().take(state.params));
-        let out = session.run(inputs)?;
-        let loss = out["loss"].try_extract_tensor::<f32>()?.1[0] as f64;
-        let pred = out["prediction"].try_extract_tensor::<f32>()?.1;
-        acc.add(loss, pred, &y);
-    }
-    let _ = net;
-    Ok(())
-}
-
 /// Trains the job's network; see the module documentation. `init_from` holds the bytes of the
 /// model version named by `init_from`; `progress` is called after every epoch; `should_stop` is
 /// polled between batches and ends the run with [`TrainingError::Stopped`].
@@ -251,7 +140,7 @@ pub fn train(
         layers: job.layers.clone(),
         loss: job.loss,
     };
-    let data = Dataset::prepare(&raw, None, net.units(), job.loss)?;
+    let data = Dataset::prepare(&raw, net.units(), job.loss)?;
     let mut rng = SeededRng::new(job.seed);
     let params = initial_parameters(&net, init_from, &mut rng)?;
     let (train_idx, val_idx) = split(data.rows, job, &mut rng)?;
@@ -283,7 +172,7 @@ pub fn train(
     for (idx, prefix) in [(&run.train_idx, ""), (&run.val_idx, "val_")] {
         if !idx.is_empty() {
             let mut acc = Accumulator::new(job.loss, net.units());
-            evaluate(&mut eval_session, &net, &data, &state, idx, &mut acc).map_err(runtime)?;
+            evaluate(&mut eval_session, &data, &state, idx, &mut acc).map_err(runtime)?;
             metrics.extend(acc.metrics(prefix));
         }
     }
@@ -313,7 +202,7 @@ fn result_model(
             serde_json::to_string(metrics).unwrap_or_default(),
         ),
         ("infermq.data_sha256".to_string(), data.sha256()),
-        ("infermq.loss".to_string(), format!("{:?}", job.loss)),
+        ("infermq.loss".to_string(), job.loss.as_str().to_string()),
     ];
     if let Some(v) = &job.init_from {
         meta.push(("infermq.init_from".to_string(), v.clone()));
@@ -332,12 +221,24 @@ fn split(
     if job.shuffle {
         rng.shuffle(&mut order);
     }
-    let held = (rows as f64 * job.validation_split).floor() as usize;
-    if held >= rows {
-        return Err(TrainingError::InvalidData {
-            field: "validation_split".to_string(),
-            message: format!("leaves no training rows out of {rows}"),
-        });
+    // As Keras: the training rows are round(rows * (1 - split)), the rest are held out.
+    let kept = (rows as f64 * (1.0 - job.validation_split)).round() as usize;
+    let held = rows - kept;
+    let invalid = |message: String| TrainingError::InvalidData {
+        field: "validation_split".to_string(),
+        message,
+    };
+    if kept == 0 {
+        return Err(invalid(format!(
+            "{} leaves no training rows out of {rows}",
+            job.validation_split
+        )));
+    }
+    if held == 0 && job.validation_split > 0.0 {
+        return Err(invalid(format!(
+            "{} holds out no rows out of {rows}",
+            job.validation_split
+        )));
     }
     let val = order.split_off(rows - held);
     Ok((order, val))
@@ -377,15 +278,8 @@ impl Run<'_> {
             let mut val_loss = None;
             if !self.val_idx.is_empty() {
                 acc = Accumulator::new(self.job.loss, self.net.units());
-                evaluate(
-                    eval_session,
-                    self.net,
-                    self.data,
-                    state,
-                    &self.val_idx,
-                    &mut acc,
-                )
-                .map_err(runtime)?;
+                evaluate(eval_session, self.data, state, &self.val_idx, &mut acc)
+                    .map_err(runtime)?;
                 val_loss = Some(acc.loss());
                 metrics.extend(acc.metrics("val_"));
             }
@@ -455,18 +349,4 @@ impl Run<'_> {
         }
         Ok(acc)
     }
-}
-
-/// A copy of the parameters (for early stopping's best weights).
-fn copy_parameters(state: &State) -> ort::Result<Vec<DynValue>> {
-    let shapes: Vec<Vec<i64>> = state.values[..state.params]
-        .iter()
-        .map(|v| Ok(v.try_extract_tensor::<f32>()?.0.to_vec()))
-        .collect::<ort::Result<_>>()?;
-    state
-        .parameters()?
-        .into_iter()
-        .zip(shapes)
-        .map(|(p, dims)| Ok(Tensor::from_array((dims, p))?.into_dyn()))
-        .collect()
 }

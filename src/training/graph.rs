@@ -206,3 +206,75 @@ impl Network {
         tape.into_graph().to_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::decode_model;
+
+    fn names(values: &[crate::onnx::proto::ValueInfoProto]) -> Vec<String> {
+        values.iter().map(|v| v.name.clone()).collect()
+    }
+
+    #[test]
+    fn step_graph_feeds_parameters_and_state_through() {
+        let net = Network {
+            inputs: 4,
+            layers: vec![Layer {
+                units: 3,
+                activation: Activation::Softmax,
+            }],
+            loss: Loss::SparseCategoricalCrossentropy,
+        };
+        let adam = Optimizer::Adam {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+        };
+        let model = decode_model(&net.train_step_model(&adam, elem::FLOAT)).expect("decodes");
+        let graph = model.graph.expect("graph");
+        let inputs = names(&graph.input);
+        let outputs = names(&graph.output);
+        let expect_in = [
+            "x",
+            "y",
+            "layer0.weight",
+            "layer0.bias",
+            "lr",
+            "step",
+            "layer0.weight.m",
+            "layer0.weight.v",
+            "layer0.bias.m",
+            "layer0.bias.v",
+        ];
+        assert_eq!(inputs, expect_in);
+        for name in &expect_in[2..] {
+            if *name != "lr" && *name != "step" {
+                assert!(outputs.contains(&format!("{name}.next")), "{name}.next");
+            }
+        }
+        assert_eq!(&outputs[..2], ["loss", "prediction"]);
+    }
+
+    #[test]
+    fn parameters_follow_the_layers() {
+        let net = Network {
+            inputs: 5,
+            layers: vec![
+                Layer {
+                    units: 7,
+                    activation: Activation::Tanh,
+                },
+                Layer {
+                    units: 2,
+                    activation: Activation::Linear,
+                },
+            ],
+            loss: Loss::Mse,
+        };
+        let p = net.parameters();
+        assert_eq!(p[0], ("layer0.weight".to_string(), vec![5, 7]));
+        assert_eq!(p[3], ("layer1.bias".to_string(), vec![2]));
+        assert_eq!(net.units(), 2);
+    }
+}

@@ -13,11 +13,14 @@ mod csv;
 pub mod data;
 pub mod engine;
 pub mod graph;
+mod inline;
 pub mod job;
 pub mod metrics;
 pub mod npy;
 pub mod optimizer;
 pub mod rng;
+pub mod spec;
+mod state;
 
 #[cfg(test)]
 mod job_tests;
