@@ -19,6 +19,7 @@ pub mod job;
 pub mod models;
 pub mod predict;
 mod session;
+pub mod train;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -186,12 +187,27 @@ pub async fn run(
 
     let broker = session::BrokerContext {
         settings: settings.clone(),
-        topology,
+        topology: topology.clone(),
         registry: registry.clone(),
         answerer: answerer.clone(),
         metrics: metrics.clone(),
         status: status.clone(),
-        reload,
+        reload: reload.clone(),
+        training: settings.training.enabled.then(|| {
+            Arc::new(train::TrainContext {
+                topology: topology.clone(),
+                store: ModelStore::new(&settings.repository.path, vec![]),
+                options: sync.options.clone(),
+                metrics: metrics.clone(),
+                answerer: answerer.clone(),
+                results_queue: topology.results_queue(),
+                concurrency: settings.training.concurrency.min(u16::MAX as usize) as u16,
+                consumer_timeout_ms: settings.training.consumer_timeout_ms,
+                max_message_bytes: settings.broker.max_message_bytes,
+                reload: reload.clone(),
+                stop: shutdown.clone(),
+            })
+        }),
     };
     session::broker_task(
         Arc::new(broker),

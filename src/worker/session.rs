@@ -34,6 +34,8 @@ pub struct BrokerContext {
     pub metrics: Arc<Metrics>,
     pub status: Arc<WorkerStatus>,
     pub reload: Arc<Notify>,
+    /// Present when `training.enabled`.
+    pub training: Option<Arc<super::train::TrainContext>>,
 }
 
 enum SessionEnd {
@@ -152,6 +154,15 @@ async fn session(
             (result, commands)
         })
     };
+    let training = ctx.training.clone().map(|training| {
+        tokio::spawn(super::train::train_consumer_task(
+            connection.clone(),
+            training,
+            generation,
+            session_stop.clone(),
+            failed_tx.clone(),
+        ))
+    });
     let events = tokio::spawn(events_task(
         connection.clone(),
         ctx.topology.clone(),
@@ -197,6 +208,9 @@ async fn session(
                 session_stop.cancel();
                 consumers.stop_all().await;
                 let _ = events.await;
+                if let Some(training) = training {
+                    let _ = training.await;
+                }
                 return (SessionEnd::Failed(reason), commands);
             }
             () = shutdown.cancelled() => break SessionEnd::Stopped,
@@ -205,6 +219,9 @@ async fn session(
     session_stop.cancel();
     consumers.stop_all().await;
     let _ = events.await;
+    if let Some(training) = training {
+        let _ = training.await;
+    }
     if matches!(end, SessionEnd::Stopped) {
         ctx.status.stopping.store(true, Ordering::Release);
         graceful_drain(ctx, batch_tasks).await;

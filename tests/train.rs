@@ -1,0 +1,323 @@
+//! Training jobs through RabbitMQ: progress, a new served version, the models event, errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use infermq::client::{header_str, headers};
+use infermq::protocol::{decode_response, encode_request, EncodedBody, InferenceRequest, Tensor};
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+fn json_body(value: &serde_json::Value) -> EncodedBody {
+    EncodedBody {
+        body: serde_json::to_vec(value).unwrap(),
+        header_len: None,
+        content_type: "application/json",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iris_mlp_trained_through_the_broker_is_served_as_a_new_version() {
+    let repo = model_repository(&["iris"]);
+    let worker = TestWorker::start(settings(&random_prefix(), repo.path(), &[])).await;
+    let mut client = client().await;
+
+    // Watch the models exchange like another worker would.
+    let events_channel = client.channel().clone();
+    let events_queue = events_channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    events_channel
+        .queue_bind(
+            events_queue.name().as_str().into(),
+            format!("{}.models", worker.prefix).as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut events = events_channel
+        .basic_consume(
+            events_queue.name().as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let csv = manifest_path("models/iris/iris.csv");
+    let job = serde_json::json!({
+        "id": "train-iris", "model_name": "iris",
+        "layers": [{"units": 16, "activation": "relu"}, {"units": 3, "activation": "softmax"}],
+        "loss": "sparse_categorical_crossentropy",
+        "optimizer": {"type": "adam", "learning_rate": 0.01},
+        "epochs": 120, "batch_size": 16, "seed": 7,
+        "data": {"uri": format!("file://{}", csv.display()), "format": "csv", "label_column": "species"}
+    });
+    let correlation = "train-1";
+    let body = json_body(&job);
+    let properties = client.job_properties(correlation, &body, headers(&[]));
+    client
+        .publish(&format!("{}.train", worker.prefix), &body.body, properties)
+        .await
+        .unwrap();
+
+    let mut epochs = 0;
+    let result = loop {
+        let delivery = client
+            .next_reply(Duration::from_secs(120))
+            .await
+            .expect("training answer");
+        assert_eq!(
+            delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str()),
+            Some(correlation)
+        );
+        assert_eq!(
+            header_str(&delivery, "x-error-code"),
+            None,
+            "{}",
+            String::from_utf8_lossy(&delivery.data)
+        );
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+        match header_str(&delivery, "x-event").as_deref() {
+            Some("progress") => {
+                epochs += 1;
+                assert_eq!(body["id"], "train-iris");
+                assert_eq!(body["epoch"], epochs);
+                assert!(body["loss"].as_f64().unwrap().is_finite());
+            }
+            Some("result") => break body,
+            other => panic!("unexpected event {other:?}: {body}"),
+        }
+    };
+    assert_eq!(epochs, 120, "one progress message per epoch");
+    assert_eq!(result["model_name"], "iris");
+    assert_eq!(result["model_version"], "2");
+    assert_eq!(result["history"].as_array().unwrap().len(), 120);
+    let accuracy = result["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.95, "training accuracy {accuracy}");
+
+    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("models event")
+        .unwrap()
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
+    assert_eq!(
+        event,
+        serde_json::json!({"event": "model_version_ready", "model_name": "iris", "model_version": "2"})
+    );
+
+    // The worker serves the new version without a restart; predictions asking for it get it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while worker.handles.registry.resolve("iris", Some("2")).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "version 2 never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let setosa = InferenceRequest {
+        id: Some("p".into()),
+        inputs: vec![Tensor::from_f32("input", vec![1, 4], &[5.1, 3.5, 1.4, 0.2])],
+        outputs: None,
+        model_version: None,
+        binary_data_output: false,
+    };
+    let delivery = client
+        .call(
+            &worker.queue("iris"),
+            &encode_request(&setosa, false),
+            headers(&[("x-model-version", "2")]),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let res = decode_response(&delivery.data, None).unwrap();
+    assert_eq!(res.error, None);
+    assert_eq!(res.model_version.as_deref(), Some("2"));
+    let probabilities = res.outputs[0].to_f32_vec().unwrap();
+    assert!(
+        probabilities[0] > 0.9,
+        "a textbook setosa: {probabilities:?}"
+    );
+
+    // The written file is a plain ONNX model that onnx.checker accepts.
+    let path = repo.path().join("iris/2/model.onnx");
+    let check = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import onnx,sys; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    client.close().await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_training_jobs_are_answered_with_named_fields_and_new_models_are_created() {
+    let repo = model_repository(&["iris"]);
+    let worker = TestWorker::start(settings(&random_prefix(), repo.path(), &[])).await;
+    let mut client = client().await;
+    let train_queue = format!("{}.train", worker.prefix);
+    let base = serde_json::json!({
+        "id": "t", "model_name": "fresh",
+        "layers": [{"units": 1, "activation": "linear"}],
+        "loss": "mse", "optimizer": {"type": "adam", "learning_rate": 0.1},
+        "epochs": 200, "batch_size": 4, "seed": 1,
+        "data": {"x": [[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [6.0], [7.0]], "y": [[1.0], [3.0], [5.0], [7.0], [9.0], [11.0], [13.0], [15.0]]}
+    });
+    let cases = [
+        (
+            "/layers/0/activation",
+            serde_json::json!("swish"),
+            "invalid_request",
+            "activation",
+        ),
+        (
+            "/loss",
+            serde_json::json!("hinge"),
+            "invalid_request",
+            "loss",
+        ),
+        (
+            "/data/y",
+            serde_json::json!([[1.0]]),
+            "invalid_request",
+            "data",
+        ),
+        (
+            "/data/x",
+            serde_json::json!([[0.0], [1.0, 2.0]]),
+            "invalid_request",
+            "data.x",
+        ),
+    ];
+    for (pointer, value, code, needle) in cases {
+        let mut job = base.clone();
+        *job.pointer_mut(pointer).unwrap() = value;
+        let delivery = client
+            .call(
+                &train_queue,
+                &json_body(&job),
+                headers(&[]),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            header_str(&delivery, "x-error-code").as_deref(),
+            Some(code),
+            "{pointer}"
+        );
+        let (_, message) = decode_response(&delivery.data, None)
+            .unwrap()
+            .error
+            .unwrap();
+        assert!(message.contains(needle), "{pointer}: {message}");
+    }
+    let mut job = base.clone();
+    job["init_from"] = serde_json::json!({"model_version": "9"});
+    let delivery = client
+        .call(
+            &train_queue,
+            &json_body(&job),
+            headers(&[]),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        header_str(&delivery, "x-error-code").as_deref(),
+        Some("unknown_version")
+    );
+
+    // A model name not yet in the repository is created, served, and gets its own queue.
+    let mut reply = None;
+    let correlation = "fresh";
+    let body = json_body(&base);
+    client
+        .publish(
+            &train_queue,
+            &body.body,
+            client.job_properties(correlation, &body, headers(&[])),
+        )
+        .await
+        .unwrap();
+    while reply.is_none() {
+        let delivery = client.next_reply(Duration::from_secs(60)).await.unwrap();
+        if header_str(&delivery, "x-event").as_deref() == Some("result") {
+            reply = Some(serde_json::from_slice::<serde_json::Value>(&delivery.data).unwrap());
+        }
+    }
+    assert_eq!(reply.unwrap()["model_version"], "1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while worker.handles.registry.resolve("fresh", None).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new model never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let req = InferenceRequest {
+        id: None,
+        inputs: vec![Tensor::from_f32("input", vec![1, 1], &[10.0])],
+        outputs: None,
+        model_version: None,
+        binary_data_output: false,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let res = loop {
+        // The consumer for the new queue starts right after the model is loaded.
+        match client
+            .call(
+                &worker.queue("fresh"),
+                &encode_request(&req, false),
+                headers(&[]),
+                Duration::from_secs(30),
+            )
+            .await
+        {
+            Ok(delivery) => break decode_response(&delivery.data, None).unwrap(),
+            Err(infermq::client::ClientError::Unroutable(_))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let y = res.outputs[0].to_f32_vec().unwrap()[0];
+    assert!((y - 21.0).abs() < 0.5, "y = 2x + 1 at x = 10: got {y}");
+    client.close().await;
+    worker.stop().await;
+}
