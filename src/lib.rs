@@ -5,5 +5,6 @@
 //! sessions), with models found by [`repository`] and new versions made by [`training`].
 //! [`telemetry`] exposes Prometheus metrics and health; [`worker`] wires it all together.
 
+pub mod bench;
 pub mod protocol;
 pub mod runtime;
