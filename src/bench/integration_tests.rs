@@ -84,3 +84,50 @@ async fn echo_only_rate_run_with_binary_bodies_answers_every_job_once() {
     assert!(r.publish_rate > 0.0);
     assert_echo_queue_deleted(&a.url, &prefix).await;
 }
+
+/// `--echo` against a model queue served by a stand-in worker (a second echo consumer): both runs
+/// complete and the ratio is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_then_model_reports_both_and_the_ratio() {
+    let prefix = random_prefix();
+    let mut a = args(&prefix, &["--jobs", "1000", "--window", "64"]);
+    a.echo_only = false;
+    a.echo = true;
+    let connection = Connection::connect(&a.url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let model_queue = wire::model_queue(&prefix, "iris");
+    wire::declare_job_queue(&channel, &model_queue, &prefix)
+        .await
+        .unwrap();
+    let stand_in = EchoConsumer::start(&a.url, &model_queue, &wire::results_queue(&prefix))
+        .await
+        .unwrap();
+
+    let reports = run(&a).await;
+    let answered_by_stand_in = stand_in.stop().await.unwrap();
+    let deleted = channel
+        .queue_delete(model_queue.as_str().into(), Default::default())
+        .await;
+    let _ = connection.close(200, "test done".into()).await;
+
+    let reports = reports.unwrap();
+    deleted.unwrap();
+    assert_eq!(
+        reports.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(),
+        ["echo", "model"]
+    );
+    for r in &reports {
+        assert_eq!(
+            (r.ok, r.lost, r.duplicated, r.unexpected),
+            (1000, 0, 0, 0),
+            "{}",
+            r.label
+        );
+    }
+    assert_eq!(answered_by_stand_in, 1000);
+    assert_eq!(reports[1].queue, model_queue);
+    assert!(ratio(&reports).is_some_and(|x| x > 0.0));
+    assert_echo_queue_deleted(&a.url, &prefix).await;
+}
