@@ -6,6 +6,7 @@
 //! [`telemetry`] exposes Prometheus metrics and health; [`worker`] wires it all together.
 
 pub mod batching;
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;

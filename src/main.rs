@@ -54,6 +54,8 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
     },
+    /// Load generator: publishes jobs and measures throughput, latency, losses (see docs/LOADGEN.md).
+    Bench(infermq::bench::BenchArgs),
     /// List the repository: models, versions, configuration, inputs and outputs.
     Models {
         #[arg(long)]
@@ -85,6 +87,14 @@ fn main() -> anyhow::Result<()> {
                 timeout_s,
             } => predict(&settings, &model, version, input, binary, timeout_s).await,
             Command::Models { .. } => list_models(&settings),
+            Command::Bench(args) => {
+                let reports = infermq::bench::run(&args).await?;
+                let lost: u64 = reports.iter().map(|r| r.lost).sum();
+                if lost > 0 {
+                    bail!("{lost} jobs were never answered");
+                }
+                Ok(())
+            }
         }
     })
 }
