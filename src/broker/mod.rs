@@ -2,6 +2,7 @@
 //!
 //! Second stage of the flow: `protocol` → `broker` → `batching` → `runtime`.
 
+pub mod acks;
 pub mod connection;
 pub mod headers;
 pub mod publisher;

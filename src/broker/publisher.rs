@@ -9,10 +9,10 @@
 //! A result the broker returns as unroutable (its `reply_to` queue is gone) is counted, logged
 //! and moved to the dead-letter exchange, so it is not lost either.
 
+use super::acks::DeliveryRef;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::Acker;
 use lapin::{BasicProperties, Channel};
 use lapin::{Confirmation, PublisherConfirm};
 use tokio::sync::mpsc;
@@ -40,7 +40,7 @@ pub enum Settled {
 
 /// A job's delivery and what to do with it.
 pub struct Settlement {
-    pub acker: Acker,
+    pub delivery: DeliveryRef,
     /// Connection generation the delivery came on; a stale one is not answered again.
     pub generation: u64,
     pub disposition: Disposition,
@@ -196,23 +196,14 @@ async fn dead_letter_returned(
 }
 
 async fn settle(mut settlement: Settlement) {
-    let outcome = match settlement.disposition {
-        Disposition::Answer | Disposition::DeadLetter => {
-            settlement.acker.ack(BasicAckOptions::default()).await
-        }
-        Disposition::Requeue => {
-            settlement
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
+    let ok = match settlement.disposition {
+        Disposition::Answer | Disposition::DeadLetter => settlement.delivery.ack().await,
+        Disposition::Requeue => settlement.delivery.requeue().await,
     };
-    let settled = match outcome {
-        Ok(true) => Settled::Done(settlement.disposition),
-        Ok(false) | Err(_) => Settled::ChannelLost,
+    let settled = if ok {
+        Settled::Done(settlement.disposition)
+    } else {
+        Settled::ChannelLost
     };
     if let Some(on_done) = settlement.on_done.take() {
         on_done(settled);

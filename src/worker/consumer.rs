@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::predict::{handle_delivery, PredictContext};
+use crate::broker::acks::AckTracker;
 use crate::broker::Topology;
 
 /// Consumes `model`'s prediction queue until cancelled or the channel fails (reported on
@@ -54,11 +55,15 @@ pub async fn predict_consumer_task(
             return;
         }
     };
+    let acks = AckTracker::new(channel.clone());
     tracing::info!(%queue, prefetch, "Consuming");
     loop {
         tokio::select! {
             delivery = consumer.next() => match delivery {
-                Some(Ok(delivery)) => handle_delivery(&context, &model, &queue, delivery, generation),
+                Some(Ok(delivery)) => {
+                    let tracked = acks.delivered(delivery.delivery_tag);
+                    handle_delivery(&context, &model, &queue, delivery, tracked, generation)
+                }
                 Some(Err(error)) => {
                     let _ = failed.send(format!("consumer for {queue}: {error}"));
                     return;

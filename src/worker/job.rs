@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Acker, BasicProperties};
+use lapin::BasicProperties;
 use tokio::sync::{mpsc, Notify};
 
+use crate::broker::acks::DeliveryRef;
 use crate::broker::headers::BINARY_HEADER;
 use crate::broker::publisher::{with_error_headers, Settled};
 use crate::broker::{Command, Disposition, OutgoingMessage, Settlement};
@@ -59,7 +60,7 @@ impl Answerer {
 pub struct Reply {
     pub routing_key: String,
     pub correlation_id: Option<ShortString>,
-    pub acker: Acker,
+    pub delivery: DeliveryRef,
     pub generation: u64,
     /// The delivery as received, kept for dead-lettering.
     pub body: Vec<u8>,
@@ -159,7 +160,7 @@ pub fn requeue_or_dead_letter(
         return;
     }
     let settlement = Settlement {
-        acker: reply.acker,
+        delivery: reply.delivery,
         generation: reply.generation,
         disposition: Disposition::Requeue,
         on_done: Some(Box::new(move |settled| on_done(Outcome::Requeued, settled))),
@@ -182,7 +183,7 @@ pub fn send(
     on_done: Box<dyn FnOnce(Settled) + Send>,
 ) {
     let settlement = Settlement {
-        acker: reply.acker,
+        delivery: reply.delivery,
         generation: reply.generation,
         disposition,
         on_done: Some(on_done),

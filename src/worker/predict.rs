@@ -14,6 +14,7 @@ use lapin::message::Delivery;
 use super::job::{answer_error, Answerer, JobState, OutputPlan, Reply};
 use super::models::{ModelRegistry, ServedVersion};
 use crate::batching::{split_rows, Item};
+use crate::broker::acks::DeliveryRef;
 use crate::broker::headers::JobHeaders;
 use crate::protocol::{
     decode_request, validate_request, ErrorCode, InferenceRequest, Tensor, TensorData,
@@ -53,13 +54,13 @@ pub fn handle_delivery(
     model: &str,
     queue: &str,
     delivery: Delivery,
+    tracked: DeliveryRef,
     generation: u64,
 ) {
     let received = Instant::now();
     let Delivery {
         data,
         properties,
-        acker,
         redelivered,
         ..
     } = delivery;
@@ -75,7 +76,7 @@ pub fn handle_delivery(
     let mut reply = Reply {
         routing_key,
         correlation_id: properties.correlation_id().clone(),
-        acker,
+        delivery: tracked,
         generation,
         body: Vec::new(),
         properties,

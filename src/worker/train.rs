@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::job::{error_result, requeue_or_dead_letter, send, Answerer, Reply};
+use crate::broker::acks::{AckTracker, DeliveryRef};
 use crate::broker::headers::JobHeaders;
 use crate::broker::publisher::Settled;
 use crate::broker::{Disposition, OutgoingMessage, Topology};
@@ -90,7 +91,7 @@ pub async fn train_consumer_task(
         Ok::<_, lapin::Error>((channel, events, consumer))
     }
     .await;
-    let (_channel, events, mut consumer) = match started {
+    let (channel, events, mut consumer) = match started {
         Ok(started) => started,
         Err(error) => {
             let _ = failed.send(format!("training consumer: {error}"));
@@ -98,12 +99,14 @@ pub async fn train_consumer_task(
         }
     };
     tracing::info!(%queue, concurrency = ctx.concurrency, "Consuming training jobs");
+    let acks = AckTracker::individual(channel.clone());
     let running = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    running.spawn(handle_training(ctx.clone(), events.clone(), delivery, generation, queue.clone()));
+                    let tracked = acks.delivered(delivery.delivery_tag);
+                    running.spawn(handle_training(ctx.clone(), events.clone(), delivery, tracked, generation, queue.clone()));
                 }
                 Some(Err(error)) => {
                     let _ = failed.send(format!("training consumer: {error}"));
@@ -124,16 +127,14 @@ async fn handle_training(
     ctx: Arc<TrainContext>,
     events: Channel,
     delivery: Delivery,
+    tracked: DeliveryRef,
     generation: u64,
     queue: String,
 ) {
     let started = Instant::now();
     ctx.answerer.job_started();
     let Delivery {
-        data,
-        properties,
-        acker,
-        ..
+        data, properties, ..
     } = delivery;
     let routing_key = properties
         .reply_to()
@@ -147,7 +148,7 @@ async fn handle_training(
     let reply = Reply {
         routing_key,
         correlation_id: properties.correlation_id().clone(),
-        acker,
+        delivery: tracked,
         generation,
         body: data,
         properties,
