@@ -324,16 +324,22 @@ impl JobState {
     }
 
     fn assemble(&self, mut chunks: Vec<Vec<Tensor>>) -> Result<Vec<OutputTensor>, String> {
-        let mut selected = Vec::with_capacity(self.plan.outputs.len());
-        for &(index, binary) in &self.plan.outputs {
-            let tensor = if chunks.len() == 1 {
-                chunks[0].get(index).cloned()
+        let plan = &self.plan.outputs;
+        let single = chunks.len() == 1;
+        let mut selected = Vec::with_capacity(plan.len());
+        for (position, &(index, binary)) in plan.iter().enumerate() {
+            // Move each output out of the results; copy only one asked for twice.
+            let again = plan[position + 1..].iter().any(|&(i, _)| i == index);
+            let mut pieces = chunks.iter_mut().map(|c| match c.get_mut(index) {
+                Some(t) if again => Some(t.clone()),
+                Some(t) => Some(std::mem::replace(t, Tensor::from_f32("", vec![0], &[]))),
+                None => None,
+            });
+            let tensor = if single {
+                pieces.next().flatten()
             } else {
-                let pieces: Vec<Tensor> = chunks
-                    .iter_mut()
-                    .filter_map(|c| c.get(index).cloned())
-                    .collect();
-                Tensor::concat_rows(&pieces).ok()
+                let pieces: Option<Vec<Tensor>> = pieces.collect();
+                pieces.and_then(|p| Tensor::concat_rows(&p).ok())
             };
             let tensor = tensor
                 .ok_or_else(|| format!("output #{index} missing from the model's results"))?;
