@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Reruns every end-to-end figure of BENCHMARKS.md in one go, against the local RabbitMQ:
+#   1. iris, 1-row JSON jobs, in-flight window 256: worker vs. the echo ceiling (3 rounds)
+#   2. mlp (256→1024→1024→10), 64-row jobs (JSON and binary): rows/s vs. raw ONNX Runtime at
+#      the batch size the batcher formed, measured right after
+#   3. iris at half the measured maximum rate (open loop): p50/p99 latency
+#   4. worker RSS while it answers BENCH_RSS_JOBS jobs (default 1,000,000), sampled every 5 s
+# Then the criterion benches unless BENCH_CRITERION=0. Prints a summary; raw JSON goes to
+# target/bench/. Usage: scripts/bench.sh   (make bench)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=target/bench
+mkdir -p "$out"
+cargo build --release --quiet --bin infermq --bin ort-throughput
+bin=target/release/infermq
+prefix="bench$RANDOM$RANDOM"
+port=$((20000 + RANDOM % 20000))
+INFERMQ__BROKER__PREFIX=$prefix INFERMQ__HTTP__LISTEN=127.0.0.1:$port INFERMQ__LOG__LEVEL=warn \
+  $bin worker >"$out/worker.log" 2>&1 &
+worker=$!
+trap 'kill -TERM $worker 2>/dev/null || true; wait $worker 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "worker not ready"; cat "$out/worker.log"; exit 1; }
+run() { $bin bench --prefix "$prefix" --json "$@"; }
+
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== 1. iris, 1-row JSON jobs, window 256, vs. echo ceiling"
+for round in 1 2 3; do
+  run --model iris --jobs 20000 --rows 1 --window 256 --echo >"$out/iris-echo-$round.json"
+done
+python3 - "$out" <<'PY'
+import json, statistics, sys
+rounds = [json.load(open(f"{sys.argv[1]}/iris-echo-{r}.json")) for r in (1, 2, 3)]
+for r in rounds:
+    echo, model = r["reports"]
+    print(f"  echo {echo['jobs_per_s']:8.0f} jobs/s   worker {model['jobs_per_s']:8.0f} jobs/s   ratio {r['ratio']:.3f}   worker p50 {model['latency_ms']['p50']:.1f} ms p99 {model['latency_ms']['p99']:.1f} ms   mean batch {model['batch_size_mean']:.1f}   lost {model['lost']} dup {model['duplicated']}")
+print(f"  median ratio {statistics.median(r['ratio'] for r in rounds):.3f}")
+json.dump({"max_jobs_per_s": max(r["reports"][1]["jobs_per_s"] for r in rounds)}, open(f"{sys.argv[1]}/iris-max.json", "w"))
+PY
+
+echo "== 2. mlp, 64-row jobs, window 16, vs. raw ONNX Runtime (1 intra-op thread, as the worker)"
+for body in json binary; do
+  flag=""; [ $body = binary ] && flag="--binary"
+  run --model mlp --jobs 1500 --rows 64 --features 256 --window 16 $flag >"$out/mlp-$body.json"
+  batch=$(python3 -c "import json;r=json.load(open('$out/mlp-$body.json'))['reports'][0];print(max(1,round(r['batch_size_mean'])))")
+  target/release/ort-throughput models/mlp/1/model.onnx input 256 "$batch" 5 1 >"$out/ort-mlp-$body.json"
+  python3 - "$out" $body <<'PY'
+import json, sys
+r = json.load(open(f"{sys.argv[1]}/mlp-{sys.argv[2]}.json"))["reports"][0]
+o = json.load(open(f"{sys.argv[1]}/ort-mlp-{sys.argv[2]}.json"))
+print(f"  {sys.argv[2]:6}: worker {r['rows_per_s']:8.0f} rows/s at mean batch {r['batch_size_mean']:.1f}; raw ORT {o['rows_per_s']:8.0f} rows/s at batch {o['batch']} ({o['batch_ms']:.2f} ms/batch); ratio {r['rows_per_s']/o['rows_per_s']:.3f}; p99 {r['latency_ms']['p99']:.1f} ms; lost {r['lost']}")
+PY
+done
+
+echo "== 3. iris at half the maximum rate (open loop)"
+rate=$(python3 -c "import json;print(int(json.load(open('$out/iris-max.json'))['max_jobs_per_s']/2))")
+run --model iris --jobs $((rate * 5)) --rows 1 --rate "$rate" >"$out/iris-half.json"
+python3 - "$out" "$rate" <<'PY'
+import json, sys
+r = json.load(open(f"{sys.argv[1]}/iris-half.json"))["reports"][0]
+l = r["latency_ms"]
+print(f"  offered {sys.argv[2]} jobs/s, achieved {r['jobs_per_s']:.0f}: p50 {l['p50']:.2f} ms  p90 {l['p90']:.2f} ms  p99 {l['p99']:.2f} ms  max {l['max']:.2f} ms; mean batch {r['batch_size_mean']:.1f}; lost {r['lost']}")
+PY
+
+jobs=${BENCH_RSS_JOBS:-1000000}
+echo "== 4. worker RSS over $jobs iris jobs (window 256)"
+( while kill -0 $worker 2>/dev/null; do echo "$(date +%s) $(ps -o rss= -p $worker)"; sleep 5; done ) >"$out/rss.txt" &
+sampler=$!
+run --model iris --jobs "$jobs" --rows 1 --window 256 --timeout-s 120 >"$out/iris-rss.json"
+kill $sampler 2>/dev/null || true
+python3 - "$out" <<'PY'
+import json, sys
+rows = [l.split() for l in open(f"{sys.argv[1]}/rss.txt") if len(l.split()) == 2]
+mb = [int(r[1]) / 1024 for r in rows]
+r = json.load(open(f"{sys.argv[1]}/iris-rss.json"))["reports"][0]
+q = len(mb) // 4 or 1
+print(f"  {r['jobs']} jobs at {r['jobs_per_s']:.0f} jobs/s, lost {r['lost']}, duplicated {r['duplicated']}")
+print(f"  RSS MB: first {mb[0]:.1f}, after 1/4 {mb[q]:.1f}, at end {mb[-1]:.1f}, max {max(mb):.1f} ({len(mb)} samples)")
+PY
+
+if [ "${BENCH_CRITERION:-1}" != 0 ]; then
+  echo "== criterion (codec, batching, ort_session, training)"
+  cargo bench --quiet --bench codec --bench batching --bench ort_session --bench training -- --warm-up-time 1 --measurement-time 3 2>&1 \
+    | tee "$out/criterion.txt" | grep -E "^[a-z_]+/|time:|thrpt:" || true
+fi
