@@ -11,13 +11,27 @@ use infermq::runtime::{env, Backend, OrtBackend, SessionOptions};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() >= 6, "usage: ort-throughput MODEL INPUT FEATURES BATCH SECONDS [INTRA_THREADS]");
-    let (model, input, features, batch, seconds) = (&args[1], &args[2], args[3].parse::<usize>()?, args[4].parse::<usize>()?, args[5].parse::<f64>()?);
+    anyhow::ensure!(
+        args.len() >= 6,
+        "usage: ort-throughput MODEL INPUT FEATURES BATCH SECONDS [INTRA_THREADS]"
+    );
+    let (model, input, features, batch, seconds) = (
+        &args[1],
+        &args[2],
+        args[3].parse::<usize>()?,
+        args[4].parse::<usize>()?,
+        args[5].parse::<f64>()?,
+    );
     let intra_threads = args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(1);
     env::init(None)?;
-    let options = SessionOptions { intra_threads, ..SessionOptions::cpu() };
+    let options = SessionOptions {
+        intra_threads,
+        ..SessionOptions::cpu()
+    };
     let mut backend = OrtBackend::load(&std::fs::read(model)?, &options)?;
-    let values: Vec<f32> = (0..batch * features).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let values: Vec<f32> = (0..batch * features)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+        .collect();
     let tensor = Tensor::from_f32(input.as_str(), vec![batch, features], &values);
     for _ in 0..20 {
         backend.infer(std::slice::from_ref(&tensor))?;
@@ -32,6 +46,9 @@ fn main() -> anyhow::Result<()> {
     let total: f64 = times.iter().sum();
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
-    println!("{}", serde_json::json!({"batch": batch, "rows_per_s": (batch * times.len()) as f64 / total, "batch_ms": median * 1e3, "runs": times.len()}));
+    println!(
+        "{}",
+        serde_json::json!({"batch": batch, "rows_per_s": (batch * times.len()) as f64 / total, "batch_ms": median * 1e3, "runs": times.len()})
+    );
     Ok(())
 }

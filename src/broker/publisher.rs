@@ -92,35 +92,61 @@ pub async fn publisher_task(
     context: PublisherContext,
     cancel: CancellationToken,
 ) -> Result<(), PublisherError> {
+    // Publishes are pipelined: each command is one future (publish, await the confirm, settle),
+    // so no result waits for the one before it to reach the socket. Confirm tags are taken in
+    // the order the futures are first polled, which is the order of the commands.
     let mut inflight = FuturesUnordered::new();
     let result = loop {
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { break Ok(()) };
-                match command {
-                    Command::Settle(settlement) => inflight.push(settle_later(None, settlement, context.clone(), channel.clone())),
-                    Command::Publish { message, settlement } => {
-                        if settlement.generation != generation {
-                            // From a connection that is gone: the broker redelivers that job.
-                            finish(settlement, Settled::ChannelLost);
-                            continue;
-                        }
-                        match publish(&channel, &message).await {
-                            Ok(confirm) => inflight.push(settle_later(Some((confirm, message)), settlement, context.clone(), channel.clone())),
-                            Err(e) => {
-                                finish(settlement, Settled::ChannelLost);
-                                break Err(e.into());
-                            }
-                        }
-                    }
+                inflight.push(handle(command, channel.clone(), generation, context.clone()));
+            }
+            Some(failed) = inflight.next(), if !inflight.is_empty() => {
+                if let Some(error) = failed {
+                    break Err(error.into());
                 }
             }
-            Some(()) = inflight.next(), if !inflight.is_empty() => {}
             () = cancel.cancelled(), if commands.is_empty() && inflight.is_empty() => break Ok(()),
         }
     };
     while inflight.next().await.is_some() {}
     result
+}
+
+/// Carries out one command; returns the error if publishing failed (the channel is gone).
+async fn handle(
+    command: Command,
+    channel: Channel,
+    generation: u64,
+    context: PublisherContext,
+) -> Option<lapin::Error> {
+    match command {
+        Command::Settle(settlement) => {
+            settle(settlement).await;
+            None
+        }
+        Command::Publish {
+            message,
+            settlement,
+        } => {
+            if settlement.generation != generation {
+                // From a connection that is gone: the broker redelivers that job.
+                finish(settlement, Settled::ChannelLost);
+                return None;
+            }
+            match publish(&channel, &message).await {
+                Ok(confirm) => {
+                    settle_later(confirm, message, settlement, context, channel).await;
+                    None
+                }
+                Err(error) => {
+                    finish(settlement, Settled::ChannelLost);
+                    Some(error)
+                }
+            }
+        }
+    }
 }
 
 async fn publish(channel: &Channel, message: &OutgoingMessage) -> lapin::Result<PublisherConfirm> {
@@ -138,39 +164,29 @@ async fn publish(channel: &Channel, message: &OutgoingMessage) -> lapin::Result<
         .await
 }
 
-type Pending = (PublisherConfirm, OutgoingMessage);
-
 async fn settle_later(
-    pending: Option<Pending>,
-    settlement: Settlement,
+    confirm: PublisherConfirm,
+    message: OutgoingMessage,
+    mut settlement: Settlement,
     context: PublisherContext,
     channel: Channel,
 ) {
-    if let Some((confirm, message)) = pending {
-        match confirm.await {
-            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {}
-            Ok(Confirmation::Ack(Some(returned))) => {
-                (context.on_returned)(&message.routing_key);
-                tracing::warn!(reply_to = %message.routing_key, reply_code = returned.reply_code, "Result returned as unroutable; moving it to the dead-letter exchange");
-                if !dead_letter_returned(&channel, &message, &context).await {
-                    // Could not keep the result anywhere: leave the job to be redelivered.
-                    requeue(settlement);
-                    return;
-                }
+    match confirm.await {
+        Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {}
+        Ok(Confirmation::Ack(Some(returned))) => {
+            (context.on_returned)(&message.routing_key);
+            tracing::warn!(reply_to = %message.routing_key, reply_code = returned.reply_code, "Result returned as unroutable; moving it to the dead-letter exchange");
+            if !dead_letter_returned(&channel, &message, &context).await {
+                // Could not keep the result anywhere: leave the job to be redelivered.
+                settlement.disposition = Disposition::Requeue;
             }
-            Ok(Confirmation::Nack(_)) | Err(_) => {
-                tracing::warn!(reply_to = %message.routing_key, "Result not confirmed by the broker; requeueing its job");
-                requeue(settlement);
-                return;
-            }
+        }
+        Ok(Confirmation::Nack(_)) | Err(_) => {
+            tracing::warn!(reply_to = %message.routing_key, "Result not confirmed by the broker; requeueing its job");
+            settlement.disposition = Disposition::Requeue;
         }
     }
     settle(settlement).await;
-}
-
-fn requeue(mut settlement: Settlement) {
-    settlement.disposition = Disposition::Requeue;
-    tokio::spawn(settle(settlement));
 }
 
 async fn dead_letter_returned(
