@@ -46,6 +46,18 @@ pub fn as_string(value: &AMQPValue) -> Option<String> {
     }
 }
 
+/// A header value as a producer would write it: `"soon"`, `-1`.
+fn shown(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => {
+            format!("{:?}", as_string(value).unwrap_or_default())
+        }
+        other => as_i128(other)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| format!("{other:?}")),
+    }
+}
+
 /// A header that is present but unreadable is the producer's error, named here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("header {name}: {message}")]
@@ -82,7 +94,7 @@ impl JobHeaders {
                 }
                 _ => Err(HeaderError {
                     name: "x-deadline-ms",
-                    message: format!("expected unix epoch milliseconds, got {v:?}"),
+                    message: format!("expected unix epoch milliseconds, got {}", shown(v)),
                 }),
             })
             .transpose()?;
@@ -91,7 +103,7 @@ impl JobHeaders {
                 Some(n) if n >= 0 && n <= usize::MAX as i128 => Ok(n as usize),
                 _ => Err(HeaderError {
                     name: BINARY_HEADER,
-                    message: format!("expected a non-negative byte count, got {v:?}"),
+                    message: format!("expected a non-negative byte count, got {}", shown(v)),
                 }),
             })
             .transpose()?;
@@ -166,6 +178,10 @@ mod tests {
         )]))
         .unwrap_err();
         assert_eq!(err.name, "x-deadline-ms");
+        assert_eq!(
+            err.to_string(),
+            r#"header x-deadline-ms: expected unix epoch milliseconds, got "soon""#
+        );
         let err = JobHeaders::read(&props(&[(BINARY_HEADER, AMQPValue::LongInt(-1))])).unwrap_err();
         assert_eq!(err.name, BINARY_HEADER);
     }

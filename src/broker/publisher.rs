@@ -50,6 +50,8 @@ pub struct Settlement {
 /// A message to publish.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
+    /// The model the message answers for: the metrics label of a returned result.
+    pub model: std::sync::Arc<str>,
     pub exchange: String,
     pub routing_key: String,
     pub body: Vec<u8>,
@@ -72,7 +74,7 @@ pub enum Command {
 #[derive(Clone)]
 pub struct PublisherContext {
     pub dead_letter_exchange: String,
-    /// Called with the `reply_to` of each result the broker returned as unroutable.
+    /// Called with the model of each result the broker returned as unroutable.
     pub on_returned: std::sync::Arc<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -174,7 +176,7 @@ async fn settle_later(
     match confirm.await {
         Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {}
         Ok(Confirmation::Ack(Some(returned))) => {
-            (context.on_returned)(&message.routing_key);
+            (context.on_returned)(&message.model);
             tracing::warn!(reply_to = %message.routing_key, reply_code = returned.reply_code, "Result returned as unroutable; moving it to the dead-letter exchange");
             if !dead_letter_returned(&channel, &message, &context).await {
                 // Could not keep the result anywhere: leave the job to be redelivered.
@@ -200,6 +202,7 @@ async fn dead_letter_returned(
         AMQPValue::LongString(LongString::from(message.routing_key.as_str())),
     );
     let dead = OutgoingMessage {
+        model: message.model.clone(),
         exchange: context.dead_letter_exchange.clone(),
         routing_key: message.routing_key.clone(),
         body: message.body.clone(),

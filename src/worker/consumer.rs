@@ -56,13 +56,14 @@ pub async fn predict_consumer_task(
         }
     };
     let acks = AckTracker::new(channel.clone());
+    let label: Arc<str> = Arc::from(model.as_str());
     tracing::info!(%queue, prefetch, "Consuming");
     loop {
         tokio::select! {
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     let tracked = acks.delivered(delivery.delivery_tag);
-                    handle_delivery(&context, &model, &queue, delivery, tracked, generation)
+                    handle_delivery(&context, &label, &queue, delivery, tracked, generation)
                 }
                 Some(Err(error)) => {
                     let _ = failed.send(format!("consumer for {queue}: {error}"));

@@ -58,6 +58,8 @@ impl Answerer {
 
 /// Where and how to answer one delivery.
 pub struct Reply {
+    /// The model this delivery is for (from its queue; "" until a training job is read).
+    pub model: Arc<str>,
     pub routing_key: String,
     pub correlation_id: Option<ShortString>,
     pub delivery: DeliveryRef,
@@ -119,6 +121,7 @@ pub fn error_result(
     message: &str,
 ) -> OutgoingMessage {
     OutgoingMessage {
+        model: reply.model.clone(),
         exchange: String::new(),
         routing_key: reply.routing_key.clone(),
         properties: reply.result_properties(
@@ -145,6 +148,7 @@ pub fn requeue_or_dead_letter(
             message,
         );
         let out = OutgoingMessage {
+            model: reply.model.clone(),
             exchange: answerer.dead_letter_exchange.clone(),
             routing_key: reply.queue.clone(),
             properties: reply.properties.clone().with_headers(headers),
@@ -367,6 +371,7 @@ impl JobState {
             );
         }
         let message = OutgoingMessage {
+            model: self.model.clone(),
             exchange: String::new(),
             routing_key: reply.routing_key.clone(),
             properties: reply.result_properties(encoded.content_type, headers),

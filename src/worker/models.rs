@@ -280,7 +280,12 @@ impl ModelSync {
                 }
             }
         }
-        let present: BTreeSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        // A model whose config.toml was refused keeps serving what it had loaded.
+        let present: BTreeSet<&str> = entries
+            .iter()
+            .map(|e| e.name.as_str())
+            .chain(broken.iter().map(|(n, _)| n.as_str()))
+            .collect();
         let gone: Vec<(String, u64)> = self
             .registry
             .models

@@ -51,7 +51,7 @@ pub struct PredictContext {
 /// Handles one delivery from `queue` (the prediction queue of `model`).
 pub fn handle_delivery(
     ctx: &PredictContext,
-    model: &str,
+    model: &Arc<str>,
     queue: &str,
     delivery: Delivery,
     tracked: DeliveryRef,
@@ -74,6 +74,7 @@ pub fn handle_delivery(
         ctx.answerer.metrics.duplicate_delivery(model);
     }
     let mut reply = Reply {
+        model: model.clone(),
         routing_key,
         correlation_id: properties.correlation_id().clone(),
         delivery: tracked,

@@ -138,7 +138,7 @@ async fn session(
     let returned_metrics = ctx.metrics.clone();
     let publisher_context = PublisherContext {
         dead_letter_exchange: ctx.topology.dead_letter_exchange(),
-        on_returned: Arc::new(move |queue: &str| returned_metrics.result_returned(queue)),
+        on_returned: Arc::new(move |model: &str| returned_metrics.result_returned(model)),
     };
     let publisher = {
         let stop = publisher_stop.clone();

@@ -112,7 +112,10 @@ pub async fn train_consumer_task(
                     let _ = failed.send(format!("training consumer: {error}"));
                     break;
                 }
-                None => break,
+                None => {
+                    let _ = failed.send(format!("training consumer on {queue} was cancelled by the broker"));
+                    break;
+                }
             },
             () = cancel.cancelled() => break,
         }
@@ -145,7 +148,8 @@ async fn handle_training(
     let delivery_count = JobHeaders::read(&properties)
         .map(|h| h.delivery_count)
         .unwrap_or(0);
-    let reply = Reply {
+    let mut reply = Reply {
+        model: Arc::from(""),
         routing_key,
         correlation_id: properties.correlation_id().clone(),
         delivery: tracked,
@@ -185,6 +189,7 @@ async fn handle_training(
     };
     let id = job.id().to_string();
     let model = job.model_name().to_string();
+    reply.model = Arc::from(model.as_str());
     let init = match job.init_from_version() {
         None => None,
         Some(version) => match version
@@ -215,11 +220,13 @@ async fn handle_training(
         let routing_key = reply.routing_key.clone();
         let correlation_id = reply.correlation_id.clone();
         let id = id.clone();
+        let model_name = model.clone();
         tokio::spawn(async move {
             while let Some(report) = progress_rx.recv().await {
                 let mut body = serde_json::to_value(&report).unwrap_or_default();
                 body["id"] = serde_json::Value::String(id.clone());
                 let message = event_message(
+                    &model_name,
                     &routing_key,
                     correlation_id.clone(),
                     "progress",
@@ -260,7 +267,7 @@ async fn handle_training(
     });
     let _ = forward.await;
     ctx.metrics.training_in_progress(-1);
-    let mut reply = reply;
+
     let result = match outcome {
         Ok(outcome) => publish_version(&ctx, &events, &model, &id, outcome).await,
         Err(TrainingError::Stopped) => {
@@ -326,6 +333,7 @@ async fn publish_version(
 }
 
 fn event_message(
+    model: &str,
     routing_key: &str,
     correlation_id: Option<ShortString>,
     event: &str,
@@ -344,6 +352,7 @@ fn event_message(
         properties = properties.with_correlation_id(id);
     }
     OutgoingMessage {
+        model: Arc::from(model),
         exchange: String::new(),
         routing_key: routing_key.to_string(),
         body,
@@ -377,6 +386,7 @@ fn answer(
     match result {
         Ok((body, samples)) => {
             let message = event_message(
+                model,
                 &reply.routing_key,
                 reply.correlation_id.clone(),
                 "result",
