@@ -54,6 +54,7 @@ pub async fn predict_consumer_task(
             return;
         }
     };
+    let _consuming = context.registry.consuming(&model);
     tracing::info!(%queue, prefetch, "Consuming");
     loop {
         tokio::select! {

@@ -6,7 +6,7 @@
 //! broken version with an error log and a metric while the old one keeps serving.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -55,6 +55,8 @@ pub struct ModelRegistry {
     names: watch::Sender<BTreeSet<String>>,
     /// Models found in the repository at the last scan (for readiness).
     expected: RwLock<BTreeSet<String>>,
+    /// Running consumers per model: a served model is ready only once it is consumed.
+    consumers: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Default for ModelRegistry {
@@ -63,6 +65,7 @@ impl Default for ModelRegistry {
             models: RwLock::default(),
             names: watch::channel(BTreeSet::new()).0,
             expected: RwLock::default(),
+            consumers: Mutex::default(),
         }
     }
 }
@@ -177,6 +180,17 @@ impl ModelRegistry {
             .unwrap_or(false)
     }
 
+    /// Counts a consumer of `model`'s queue as running until the guard drops.
+    pub fn consuming(self: &Arc<Self>, model: &str) -> ConsumingGuard {
+        if let Ok(mut consumers) = self.consumers.lock() {
+            *consumers.entry(model.to_string()).or_default() += 1;
+        }
+        ConsumingGuard {
+            registry: self.clone(),
+            model: model.to_string(),
+        }
+    }
+
     /// Unloads every version (shutdown): their batch tasks finish what they hold and stop.
     pub fn clear(&self) {
         if let Ok(mut models) = self.models.write() {
@@ -185,14 +199,26 @@ impl ModelRegistry {
         self.publish_names();
     }
 
-    /// `None` when every model found in the repository has a served version.
+    /// `None` when every model found in the repository has a served version, and every served
+    /// model's queue is consumed (so a job published now is routed and read).
     pub fn not_ready_reason(&self) -> Option<String> {
         let expected = self.expected.read().ok()?.clone();
         let missing: Vec<String> = expected
             .into_iter()
             .filter(|m| self.versions_of(m).is_empty())
             .collect();
-        (!missing.is_empty()).then(|| format!("models not loaded: {}", missing.join(", ")))
+        if !missing.is_empty() {
+            return Some(format!("models not loaded: {}", missing.join(", ")));
+        }
+        let consumers = self.consumers.lock().ok()?;
+        let idle: Vec<String> = self
+            .names
+            .borrow()
+            .iter()
+            .filter(|m| consumers.get(*m).copied().unwrap_or(0) == 0)
+            .cloned()
+            .collect();
+        (!idle.is_empty()).then(|| format!("models not consumed yet: {}", idle.join(", ")))
     }
 
     /// The `/v2/models` document.
@@ -225,6 +251,25 @@ impl ModelRegistry {
             })
             .collect();
         json!(list)
+    }
+}
+
+/// Marks a consumer stopped when dropped (see [`ModelRegistry::consuming`]).
+pub struct ConsumingGuard {
+    registry: Arc<ModelRegistry>,
+    model: String,
+}
+
+impl Drop for ConsumingGuard {
+    fn drop(&mut self) {
+        if let Ok(mut consumers) = self.registry.consumers.lock() {
+            if let Some(n) = consumers.get_mut(&self.model) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    consumers.remove(&self.model);
+                }
+            }
+        }
     }
 }
 
