@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -45,8 +45,18 @@ impl ServedVersion {
 #[derive(Default)]
 struct ModelState {
     versions: BTreeMap<u64, Arc<ServedVersion>>,
-    /// Versions that failed to load, with the reason; not retried until they change on disk.
-    failed: BTreeMap<u64, String>,
+    /// Versions that failed to load, with the reason and the file as it was read; retried
+    /// once the file's size or modification time changes (it may have been half written).
+    failed: BTreeMap<u64, (String, Option<FileStamp>)>,
+}
+
+/// A model file's size and modification time.
+type FileStamp = (u64, Option<SystemTime>);
+
+fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()))
 }
 
 /// The served models, shared by consumers, the sync task and the HTTP status.
@@ -160,22 +170,24 @@ impl ModelRegistry {
         removed
     }
 
-    fn mark_failed(&self, model: &str, version: u64, reason: String) {
+    fn mark_failed(&self, model: &str, version: u64, reason: String, stamp: Option<FileStamp>) {
         if let Ok(mut models) = self.models.write() {
             models
                 .entry(model.to_string())
                 .or_default()
                 .failed
-                .insert(version, reason);
+                .insert(version, (reason, stamp));
         }
     }
 
-    fn has_failed(&self, model: &str, version: u64) -> bool {
+    /// True when `version` failed to load and its file has not changed since.
+    fn has_failed(&self, model: &str, version: u64, stamp: Option<FileStamp>) -> bool {
         self.models
             .read()
             .map(|m| {
                 m.get(model)
-                    .is_some_and(|s| s.failed.contains_key(&version))
+                    .and_then(|s| s.failed.get(&version))
+                    .is_some_and(|(_, failed)| *failed == stamp)
             })
             .unwrap_or(false)
     }
@@ -245,7 +257,7 @@ impl ModelRegistry {
                             "execution_providers": v.execution_providers,
                         })
                     })
-                    .chain(state.failed.iter().map(|(version, reason)| json!({"version": version.to_string(), "state": "FAILED", "reason": reason})))
+                    .chain(state.failed.iter().map(|(version, (reason, _))| json!({"version": version.to_string(), "state": "FAILED", "reason": reason})))
                     .collect();
                 json!({"name": name, "versions": versions})
             })
@@ -306,12 +318,14 @@ impl ModelSync {
         }
         for entry in &entries {
             for &version in entry.served.iter().rev() {
+                // Taken before reading, so a file still being written is retried once it changes.
+                let stamp = file_stamp(&self.store.model_path(&entry.name, version));
                 if self.registry.versions_of(&entry.name).contains(&version)
-                    || self.registry.has_failed(&entry.name, version)
+                    || self.registry.has_failed(&entry.name, version, stamp)
                 {
                     continue;
                 }
-                self.load(entry, version).await;
+                self.load(entry, version, stamp).await;
             }
             // Unload only once a replacement serves, so the model never goes dark.
             for version in self.registry.versions_of(&entry.name) {
@@ -343,12 +357,12 @@ impl ModelSync {
         self.registry.publish_names();
     }
 
-    async fn load(&self, entry: &ModelEntry, version: u64) {
+    async fn load(&self, entry: &ModelEntry, version: u64, stamp: Option<FileStamp>) {
         let started = Instant::now();
         let name = entry.name.clone();
         let bytes = match self.store.read_version(&name, version) {
             Ok(bytes) => bytes,
-            Err(error) => return self.refuse(&name, version, started, error.to_string()),
+            Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
         };
         let instances = entry.config.instances.unwrap_or(1);
         let mut options = self.options.clone();
@@ -367,8 +381,10 @@ impl ModelSync {
         .await;
         let backends = match loaded {
             Ok(Ok(backends)) => backends,
-            Ok(Err(error)) => return self.refuse(&name, version, started, error.to_string()),
-            Err(error) => return self.refuse(&name, version, started, error.to_string()),
+            Ok(Err(error)) => {
+                return self.refuse(&name, version, started, stamp, error.to_string())
+            }
+            Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
         };
         let signature = backends[0].signature().clone();
         let batchable = signature
@@ -401,7 +417,7 @@ impl ModelSync {
             .collect();
         let pool = match InstancePool::start(&name, boxed, idle_tx) {
             Ok(pool) => pool,
-            Err(error) => return self.refuse(&name, version, started, error.to_string()),
+            Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
         };
         let served = Arc::new(ServedVersion {
             model: Arc::from(name.as_str()),
@@ -434,7 +450,14 @@ impl ModelSync {
         self.registry.insert(served);
     }
 
-    fn refuse(&self, name: &str, version: u64, started: Instant, reason: String) {
+    fn refuse(
+        &self,
+        name: &str,
+        version: u64,
+        started: Instant,
+        stamp: Option<FileStamp>,
+        reason: String,
+    ) {
         tracing::error!(model = %name, version, error = %reason, "Model version refused; older versions keep serving");
         self.metrics.model_load(
             name,
@@ -442,7 +465,7 @@ impl ModelSync {
             started.elapsed().as_secs_f64(),
             false,
         );
-        self.registry.mark_failed(name, version, reason);
+        self.registry.mark_failed(name, version, reason, stamp);
     }
 
     fn unload(&self, name: &str, version: u64) {
