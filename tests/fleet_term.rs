@@ -59,6 +59,9 @@ async fn sigterm_mid_load_drains_cleanly_without_duplicates() {
         term.elapsed()
     );
     assert_eq!(status.code(), Some(0), "exit status {status}");
+    for line in first.log_lines("Stopped consuming") {
+        eprintln!("first worker: {line}");
+    }
     assert!(
         first.log_contains("SIGTERM received"),
         "the worker did not log the signal"
