@@ -1,7 +1,8 @@
 //! Running a fleet: the broker restarts (`rabbitmqctl stop_app`, 5 s, `start_app`) in the middle
 //! of a load. The worker reports not ready while the broker is down, reconnects by itself,
 //! declares its topology again and answers every job, including those it held when the broker
-//! went away. Alone in its binary: it stops the broker for every other test too.
+//! went away. Alone in its binary: it stops the broker for every other test too. Needs
+//! `rabbitmqctl` on PATH, allowed to control the broker under test.
 
 mod common;
 

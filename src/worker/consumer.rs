@@ -99,8 +99,9 @@ pub async fn predict_consumer_task(
 
 /// Holds `channel` open until every acker is used (acked or nacked: the frame is queued ahead of
 /// the channel's close) or poisoned (the channel or connection failed), then closes it by
-/// dropping it. Lapin offers no event for this, hence the short poll.
-async fn close_when_settled(channel: Channel, mut started: Vec<Acker>) {
+/// dropping it. Lapin offers no event for this, hence the short poll. Any consumer whose jobs
+/// settle after it stops (the training consumer too) needs this.
+pub(super) async fn close_when_settled(channel: Channel, mut started: Vec<Acker>) {
     loop {
         started.retain(Acker::usable);
         if started.is_empty() {
