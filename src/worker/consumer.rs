@@ -2,20 +2,21 @@
 //!
 //! Cancelling a consumer (shutdown, or its model left the repository) sends `basic.cancel`,
 //! then returns every delivery it had prefetched but not started to the queue (`nack`, requeue).
-//! Its channel stays open until every job it started is settled: closing a channel makes the
+//! Its channel stays open until the worker's jobs are settled: closing a channel makes the
 //! broker requeue its unacked deliveries, so a job answered a moment later could not be acked
 //! and would be answered again by the next worker.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Acker, Channel, Connection, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::job::Answerer;
 use super::predict::{handle_delivery, PredictContext};
 use crate::broker::Topology;
 
@@ -60,19 +61,10 @@ pub async fn predict_consumer_task(
     };
     let _consuming = context.registry.consuming(&model);
     tracing::info!(%queue, prefetch, "Consuming");
-    // Ackers of the deliveries handed to jobs (clones share the used/poisoned state); pruned of
-    // settled ones as it grows, so it stays near `prefetch` long.
-    let mut started: Vec<Acker> = Vec::new();
     loop {
         tokio::select! {
             delivery = consumer.next() => match delivery {
-                Some(Ok(delivery)) => {
-                    if started.len() >= 2 * usize::from(prefetch).max(64) {
-                        started.retain(Acker::usable);
-                    }
-                    started.push(delivery.acker.clone());
-                    handle_delivery(&context, &model, &queue, delivery, generation);
-                }
+                Some(Ok(delivery)) => handle_delivery(&context, &model, &queue, delivery, generation),
                 Some(Err(error)) => {
                     let _ = failed.send(format!("consumer for {queue}: {error}"));
                     return;
@@ -91,24 +83,22 @@ pub async fn predict_consumer_task(
         .is_ok()
     {
         let returned = requeue_buffered(&mut consumer).await;
-        started.retain(Acker::usable);
-        tracing::info!(%queue, returned, in_flight = started.len(), "Stopped consuming");
+        let unsettled = context.answerer.unsettled.load(Ordering::Acquire);
+        tracing::info!(%queue, returned, unsettled, "Stopped consuming");
     }
-    tokio::spawn(close_when_settled(channel, started));
+    tokio::spawn(close_when_settled(channel, context.answerer.clone()));
 }
 
-/// Holds `channel` open until every acker is used (acked or nacked: the frame is queued ahead of
-/// the channel's close) or poisoned (the channel or connection failed), then closes it by
-/// dropping it. Lapin offers no event for this, hence the short poll. Any consumer whose jobs
-/// settle after it stops (the training consumer too) needs this.
-pub(super) async fn close_when_settled(channel: Channel, mut started: Vec<Acker>) {
-    loop {
-        started.retain(Acker::usable);
-        if started.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Holds `channel` open until no job of this worker is left unsettled, then closes it by
+/// dropping it. An acker being used is not enough: lapin sends the ack from a task of its own,
+/// which a channel close issued meanwhile overtakes (the ack then fails and the broker requeues
+/// the answered job). Per channel, lapin reports nothing, so this waits for the worker-wide
+/// count: at shutdown that is the drain; after a model is removed under other load, its idle
+/// channel (no consumer, nothing unacked) may stay open until the worker is next idle or the
+/// connection closes. Any consumer whose jobs settle after it stops (the training consumer too)
+/// needs this.
+pub(super) async fn close_when_settled(channel: Channel, answerer: Arc<Answerer>) {
+    answerer.wait_settled().await;
     drop(channel);
 }
 
