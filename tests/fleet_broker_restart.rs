@@ -19,6 +19,20 @@ use lapin::{Connection, ConnectionProperties};
 const BEFORE: usize = 6_000;
 const AFTER: usize = 500;
 
+/// Runs `rabbitmqctl args…`, failing on a non-zero exit.
+pub fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// `rabbitmqctl stop_app`; `start_app` again when dropped, even if the test fails.
 struct BrokerStopped {
     started: bool,

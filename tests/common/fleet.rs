@@ -2,7 +2,6 @@
 //! answer tally, queue inspection, Prometheus text parsing and `rabbitmqctl`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -20,12 +19,6 @@ use tokio::task::JoinHandle;
 
 use super::{amqp_url, http_get};
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
-
 /// `infermq worker` as a child process; SIGKILLed (and its log tail printed, on a failing
 /// test) when dropped.
 pub struct ChildWorker {
@@ -38,7 +31,10 @@ pub struct ChildWorker {
 
 impl ChildWorker {
     pub fn spawn(prefix: &str, models: &Path, extra: &[(&str, &str)]) -> ChildWorker {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // A free port: bound, read, released.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("an ephemeral port");
         let log_dir = tempfile::tempdir().expect("tempdir");
         let log = log_dir.path().join("worker.log");
         let out = std::fs::File::create(&log).expect("log file");
@@ -66,10 +62,6 @@ impl ChildWorker {
             _log_dir: log_dir,
             exited: None,
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Polls `/readyz` until 200, failing if the process exits or `within` passes.
@@ -101,7 +93,7 @@ impl ChildWorker {
 
     pub fn sigterm(&self) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed: {status}");
@@ -122,21 +114,11 @@ impl ChildWorker {
         }
     }
 
-    /// The last 4 KiB of the worker's stdout and stderr.
+    /// The last 40 lines of the worker's stdout and stderr.
     pub fn log_tail(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut file) = std::fs::File::open(&self.log) {
-            let _ = file.read_to_string(&mut text);
-        }
-        let start = text.len().saturating_sub(4096);
-        let start = (start..text.len())
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(text.len());
-        text[start..].to_string()
-    }
-
-    pub fn log_contains(&self, needle: &str) -> bool {
-        std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(needle))
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// The log lines containing `needle`.
@@ -184,16 +166,8 @@ pub fn job_body(id: usize) -> EncodedBody {
     encode_request(&request, false)
 }
 
-/// Persistent job properties: `reply_to`, and `correlation_id` = the id.
-pub fn job_properties(id: usize, reply_to: &str) -> BasicProperties {
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_reply_to(reply_to.into())
-        .with_correlation_id(id.to_string().as_str().into())
-}
-
-/// Publishes jobs `ids` with `mandatory` and waits for every confirm (each must be a plain ack).
+/// Publishes jobs `ids` (persistent, `mandatory`, `correlation_id` = id) and waits for every
+/// confirm (each must be a plain ack).
 pub async fn publish_jobs(channel: &Channel, queue: &str, reply_to: &str, ids: Range<usize>) {
     let mut confirms = Vec::with_capacity(ids.len());
     for id in ids {
@@ -209,7 +183,11 @@ pub async fn publish_jobs(channel: &Channel, queue: &str, reply_to: &str, ids: R
                     queue.into(),
                     options,
                     &body.body,
-                    job_properties(id, reply_to),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into())
+                        .with_reply_to(reply_to.into())
+                        .with_correlation_id(id.to_string().as_str().into()),
                 )
                 .await
                 .expect("publish"),
@@ -385,20 +363,6 @@ pub async fn wait_metrics(
         assert!(Instant::now() < deadline, "metrics never matched:\n{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Runs `rabbitmqctl args…`, failing on a non-zero exit.
-pub fn rabbitmqctl(args: &[&str]) {
-    let output = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("run rabbitmqctl");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// After every job is answered: waits until the worker at `addr` holds no job and `queue` has
