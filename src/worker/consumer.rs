@@ -2,16 +2,21 @@
 //!
 //! Cancelling a consumer (shutdown, or its model left the repository) sends `basic.cancel`,
 //! then returns every delivery it had prefetched but not started to the queue (`nack`, requeue).
+//! Its channel stays open until the worker's jobs are settled: closing a channel makes the
+//! broker requeue its unacked deliveries, so a job answered a moment later could not be acked
+//! and would be answered again by the next worker.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::job::Answerer;
 use super::predict::{handle_delivery, PredictContext};
 use crate::broker::acks::AckTracker;
 use crate::broker::Topology;
@@ -55,6 +60,7 @@ pub async fn predict_consumer_task(
             return;
         }
     };
+    let _consuming = context.registry.consuming(&model);
     let acks = AckTracker::new(channel.clone());
     let label: Arc<str> = Arc::from(model.as_str());
     tracing::info!(%queue, prefetch, "Consuming");
@@ -83,8 +89,23 @@ pub async fn predict_consumer_task(
         .is_ok()
     {
         let returned = requeue_buffered(&mut consumer).await;
-        tracing::info!(%queue, returned, "Stopped consuming");
+        let unsettled = context.answerer.unsettled.load(Ordering::Acquire);
+        tracing::info!(%queue, returned, unsettled, "Stopped consuming");
     }
+    tokio::spawn(close_when_settled(channel, context.answerer.clone()));
+}
+
+/// Holds `channel` open until no job of this worker is left unsettled, then closes it by
+/// dropping it. An acker being used is not enough: lapin sends the ack from a task of its own,
+/// which a channel close issued meanwhile overtakes (the ack then fails and the broker requeues
+/// the answered job). Per channel, lapin reports nothing, so this waits for the worker-wide
+/// count: at shutdown that is the drain; after a model is removed under other load, its idle
+/// channel (no consumer, nothing unacked) may stay open until the worker is next idle or the
+/// connection closes. Any consumer whose jobs settle after it stops (the training consumer too)
+/// needs this.
+pub(super) async fn close_when_settled(channel: Channel, answerer: Arc<Answerer>) {
+    answerer.wait_settled().await;
+    drop(channel);
 }
 
 /// After `basic.cancel-ok` every delivery the broker sent is in the consumer's buffer: return

@@ -124,6 +124,12 @@ pub async fn train_consumer_task(
     // (or stop at shutdown) and settle through the publisher.
     running.close();
     running.wait().await;
+    // Finished jobs settle through the publisher: keep the channel (and so their deliveries)
+    // open until they have, or closing it would requeue answered jobs.
+    tokio::spawn(super::consumer::close_when_settled(
+        channel,
+        ctx.answerer.clone(),
+    ));
 }
 
 async fn handle_training(

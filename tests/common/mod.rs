@@ -2,6 +2,8 @@
 //! the real ONNX Runtime, with a random prefix so tests never share queues, and a client.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

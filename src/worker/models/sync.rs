@@ -1,0 +1,216 @@
+//! [`ModelSync`]: scans the repository and loads new versions (all their instances) before
+//! unloading the versions they replace, so serving never pauses; refuses a broken version with an
+//! error log and a metric while the old one keeps serving, and retries it once its file changes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::{file_stamp, FileStamp, ModelRegistry, ServedVersion};
+use crate::batching::{batch_task, BatchLimits, MakeTask};
+use crate::config::{BatchingSettings, ExecutionProvider};
+use crate::repository::{ModelEntry, ModelStore};
+use crate::runtime::{Backend, InstancePool, OrtBackend, SessionOptions};
+use crate::telemetry::Metrics;
+use crate::worker::job::Answerer;
+use crate::worker::predict::{run_batch, BatchInfo, Chunk, ShapeKey};
+
+/// Loads and unloads versions to match the repository.
+pub struct ModelSync {
+    pub store: ModelStore,
+    pub registry: Arc<ModelRegistry>,
+    pub options: SessionOptions,
+    pub defaults: BatchingSettings,
+    pub metrics: Arc<Metrics>,
+    pub answerer: Arc<Answerer>,
+    pub tracker: TaskTracker,
+}
+
+impl ModelSync {
+    /// One pass: scan, load what is new, then unload what is no longer served.
+    pub async fn sync(&self) {
+        let (entries, broken) = match self.store.scan() {
+            Ok(scan) => scan,
+            Err(error) => {
+                tracing::error!(%error, "Model repository scan failed");
+                return;
+            }
+        };
+        for (name, error) in &broken {
+            tracing::error!(model = %name, %error, "Model configuration refused");
+        }
+        if let Ok(mut expected) = self.registry.expected.write() {
+            *expected = entries
+                .iter()
+                .map(|e| e.name.clone())
+                .chain(broken.iter().map(|(n, _)| n.clone()))
+                .collect();
+        }
+        for entry in &entries {
+            for &version in entry.served.iter().rev() {
+                // Taken before reading, so a file still being written is retried once it changes.
+                let stamp = file_stamp(&self.store.model_path(&entry.name, version));
+                if self.registry.versions_of(&entry.name).contains(&version)
+                    || self.registry.has_failed(&entry.name, version, stamp)
+                {
+                    continue;
+                }
+                self.load(entry, version, stamp).await;
+            }
+            // Unload only once a replacement serves, so the model never goes dark.
+            for version in self.registry.versions_of(&entry.name) {
+                let keep = entry.served.contains(&version)
+                    || !entry
+                        .served
+                        .iter()
+                        .any(|v| self.registry.versions_of(&entry.name).contains(v));
+                if !keep {
+                    self.unload(&entry.name, version);
+                }
+            }
+        }
+        // A model whose config.toml was refused keeps serving what it had loaded.
+        let present: BTreeSet<&str> = entries
+            .iter()
+            .map(|e| e.name.as_str())
+            .chain(broken.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        let gone: Vec<(String, u64)> = self
+            .registry
+            .models
+            .read()
+            .map(|m| {
+                m.iter()
+                    .filter(|(n, _)| !present.contains(n.as_str()))
+                    .flat_map(|(n, s)| s.versions.keys().map(move |v| (n.clone(), *v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (name, version) in gone {
+            self.unload(&name, version);
+        }
+        self.registry.publish_names();
+    }
+
+    async fn load(&self, entry: &ModelEntry, version: u64, stamp: Option<FileStamp>) {
+        let started = Instant::now();
+        let name = entry.name.clone();
+        let bytes = match self.store.read_version(&name, version) {
+            Ok(bytes) => bytes,
+            Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
+        };
+        let instances = entry.config.instances.unwrap_or(1);
+        let mut options = self.options.clone();
+        if let Some(providers) = &entry.config.execution_providers {
+            options.execution_providers = providers.clone();
+            options.require_gpu &= providers.contains(&ExecutionProvider::Cuda);
+        }
+        let loaded = tokio::task::spawn_blocking({
+            let options = options.clone();
+            move || {
+                (0..instances)
+                    .map(|_| OrtBackend::load(&bytes, &options))
+                    .collect::<Result<Vec<_>, _>>()
+            }
+        })
+        .await;
+        let backends = match loaded {
+            Ok(Ok(backends)) => backends,
+            Ok(Err(error)) => {
+                return self.refuse(&name, version, started, stamp, error.to_string())
+            }
+            Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
+        };
+        let signature = backends[0].signature().clone();
+        let batchable = signature
+            .inputs
+            .iter()
+            .chain(&signature.outputs)
+            .all(|s| s.is_batched());
+        let configured = entry
+            .config
+            .max_batch_size
+            .unwrap_or(self.defaults.max_batch_size);
+        if configured > 0 && !batchable && entry.config.max_batch_size.is_some() {
+            tracing::warn!(model = %name, version, "max_batch_size ignored: not every input and output has a dynamic first dimension; running one job at a time");
+        }
+        let max_batch_size = if batchable { configured } else { 0 };
+        let delay = Duration::from_millis(
+            entry
+                .config
+                .max_queue_delay_ms
+                .unwrap_or(self.defaults.max_queue_delay_ms),
+        );
+        let limits = BatchLimits::new(max_batch_size, delay, &entry.config.preferred_batch_sizes);
+        let label: Arc<str> = Arc::from(version.to_string());
+        let metrics = self.metrics.model(&name, &label);
+        let (inbox, inbox_rx) = mpsc::unbounded_channel();
+        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
+        let boxed: Vec<Box<dyn Backend>> = backends
+            .into_iter()
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .collect();
+        let pool = match InstancePool::start(&name, boxed, idle_tx) {
+            Ok(pool) => pool,
+            Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
+        };
+        let served = Arc::new(ServedVersion {
+            model: Arc::from(name.as_str()),
+            version,
+            label,
+            signature,
+            limits: limits.clone(),
+            instances,
+            execution_providers: options.effective(),
+            metrics,
+            inbox,
+        });
+        // The batch task does not hold the inbox: unloading (dropping the registry's handle)
+        // closes it, and the task runs what it already holds, then stops.
+        let info = Arc::new(BatchInfo {
+            model: served.model.clone(),
+            label: served.label.clone(),
+            metrics: served.metrics.clone(),
+        });
+        let make_task: MakeTask<ShapeKey, Chunk> = Arc::new(move |batch| {
+            let info = info.clone();
+            Box::new(move |backend: &mut dyn Backend| run_batch(backend, &info, batch))
+        });
+        self.tracker
+            .spawn(batch_task(limits, inbox_rx, pool, idle_rx, make_task));
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.model_load(&name, &served.label, seconds, true);
+        self.metrics.set_model_loaded(&name, &served.label, true);
+        tracing::info!(model = %name, version, instances, max_batch_size, load_ms = (seconds * 1e3) as u64, providers = ?served.execution_providers, "Model version loaded");
+        self.registry.insert(served);
+    }
+
+    fn refuse(
+        &self,
+        name: &str,
+        version: u64,
+        started: Instant,
+        stamp: Option<FileStamp>,
+        reason: String,
+    ) {
+        tracing::error!(model = %name, version, error = %reason, "Model version refused; older versions keep serving");
+        self.metrics.model_load(
+            name,
+            &version.to_string(),
+            started.elapsed().as_secs_f64(),
+            false,
+        );
+        self.registry.mark_failed(name, version, reason, stamp);
+    }
+
+    fn unload(&self, name: &str, version: u64) {
+        if self.registry.remove(name, version).is_some() {
+            self.metrics
+                .set_model_loaded(name, &version.to_string(), false);
+            tracing::info!(model = %name, version, "Model version unloaded");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Running a fleet: a worker killed with SIGKILL in the middle of a load loses no job. Its
+//! unacked jobs return to the queue and a new worker answers them; results it had published
+//! but not acked come twice (at-least-once), which is counted and printed, not failed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fleet::*;
+use common::*;
+
+const JOBS: usize = 2_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_no_job() {
+    let repo = model_repository(&["iris"]);
+    let prefix = random_prefix();
+    let queue = format!("{prefix}.predict.iris");
+    let mut client = client().await;
+    let admin = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("admin connection");
+
+    let started = Instant::now();
+    let mut first = ChildWorker::spawn(&prefix, repo.path(), &[]);
+    first.wait_ready(Duration::from_secs(60)).await;
+    eprintln!("first worker ready in {:?}", started.elapsed());
+
+    // 2,000 jobs over about a second, while the first worker answers them.
+    let load = Instant::now();
+    let publisher = steady_publisher(
+        client.channel().clone(),
+        queue.clone(),
+        client.reply_queue().to_string(),
+        0..JOBS,
+        20,
+        Duration::from_millis(10),
+    );
+    let mut answers = Answers::default();
+    answers
+        .collect_until(&mut client, Duration::from_secs(60), |a| {
+            a.distinct() >= 300
+        })
+        .await;
+    first.sigkill();
+    let at_kill = answers.distinct();
+    eprintln!(
+        "SIGKILL after {at_kill} answers, {:?} into the load",
+        load.elapsed()
+    );
+    assert!(at_kill < JOBS, "the load ended before the kill");
+
+    let restarted = Instant::now();
+    let mut second = ChildWorker::spawn(&prefix, repo.path(), &[]);
+    second.wait_ready(Duration::from_secs(60)).await;
+    eprintln!("second worker ready in {:?}", restarted.elapsed());
+    let published_in = publisher.await.expect("publisher");
+    eprintln!("all {JOBS} jobs published in {published_in:?}");
+
+    answers
+        .collect_until(&mut client, Duration::from_secs(120), |a| {
+            a.distinct() == JOBS
+        })
+        .await;
+    eprintln!(
+        "every job answered {:?} after the load began",
+        load.elapsed()
+    );
+    settle(&mut client, &mut answers, second.addr, &admin, &queue).await;
+
+    assert!(answers.missing(0..JOBS).is_empty());
+    assert_eq!(answers.distinct(), JOBS, "answers for ids outside the load");
+    assert!(
+        answers.errors.is_empty(),
+        "errors: {:?}",
+        &answers.errors[..answers.errors.len().min(5)]
+    );
+    let metrics = scrape(second.addr).await;
+    eprintln!(
+        "duplicates after SIGKILL: {} answers for {} jobs ({} redeliveries seen by the second worker)",
+        answers.duplicates(),
+        answers.counts.values().filter(|&&n| n > 1).count(),
+        metric_sum(&metrics, "infermq_redeliveries_total", &[("model", "iris")])
+    );
+    drop(second);
+    client.close().await;
+    let _ = admin.close(200, "bye".into()).await;
+    cleanup(&prefix).await;
+}
