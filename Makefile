@@ -2,6 +2,8 @@
 .PHONY: setup run test lint bench models clean-ort
 
 CARGO ?= cargo
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 
 setup:
 	scripts/setup-ort.sh
@@ -13,8 +15,9 @@ run: setup
 test: setup
 	scripts/ensure-rabbitmq.sh
 	scripts/ensure-test-tools.sh
-	$(CARGO) test --all-targets --no-fail-fast
-	$(CARGO) test --doc
+	mkdir -p target
+	$(CARGO) test --all-targets --no-fail-fast 2>&1 | tee target/test.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "total: %d passed, %d failed\n", p, f }' target/test.log
 
 lint:
 	$(CARGO) fmt --check
