@@ -58,16 +58,19 @@ done
 echo "== 3. iris at half the maximum rate (open loop)"
 rate=$(python3 -c "import json;print(int(json.load(open('$out/iris-max.json'))['max_jobs_per_s']/2))")
 run --model iris --jobs $((rate * 5)) --rows 1 --rate "$rate" >"$out/iris-half.json"
+run --model iris --jobs $((rate * 5)) --rows 1 --rate "$rate" --echo-only >"$out/echo-half.json"
 python3 - "$out" "$rate" <<'PY'
 import json, sys
-r = json.load(open(f"{sys.argv[1]}/iris-half.json"))["reports"][0]
-l = r["latency_ms"]
-print(f"  offered {sys.argv[2]} jobs/s, achieved {r['jobs_per_s']:.0f}: p50 {l['p50']:.2f} ms  p90 {l['p90']:.2f} ms  p99 {l['p99']:.2f} ms  max {l['max']:.2f} ms; mean batch {r['batch_size_mean']:.1f}; lost {r['lost']}")
+for name, label in (("iris-half", "worker"), ("echo-half", "echo  ")):
+    r = json.load(open(f"{sys.argv[1]}/{name}.json"))["reports"][0]
+    l = r["latency_ms"]
+    batch = f"; mean batch {r['batch_size_mean']:.1f}" if r.get("batch_size_mean") else ""
+    print(f"  {label} offered {sys.argv[2]} jobs/s, achieved {r['jobs_per_s']:.0f}: p50 {l['p50']:.2f} ms  p90 {l['p90']:.2f} ms  p99 {l['p99']:.2f} ms  max {l['max']:.2f} ms{batch}; lost {r['lost']}")
 PY
 
 jobs=${BENCH_RSS_JOBS:-1000000}
 echo "== 4. worker RSS over $jobs iris jobs (window 256)"
-( while kill -0 $worker 2>/dev/null; do echo "$(date +%s) $(ps -o rss= -p $worker)"; sleep 5; done ) >"$out/rss.txt" &
+( while kill -0 "$worker" 2>/dev/null; do echo "$(date +%s) $(awk '/^VmRSS/ {print $2}' /proc/"$worker"/status)"; sleep 5; done ) >"$out/rss.txt" &
 sampler=$!
 run --model iris --jobs "$jobs" --rows 1 --window 256 --timeout-s 120 >"$out/iris-rss.json"
 kill $sampler 2>/dev/null || true

@@ -308,9 +308,11 @@ async fn bad_training_jobs_are_answered_with_named_fields_and_new_models_are_cre
             .await
         {
             Ok(delivery) => break decode_response(&delivery.data, None).unwrap(),
-            Err(infermq::client::ClientError::Unroutable(_))
-                if tokio::time::Instant::now() < deadline =>
-            {
+            // Until the new queue exists (returned) or its quorum is up (nacked), retry as a
+            // producer would.
+            Err(
+                infermq::client::ClientError::Unroutable(_) | infermq::client::ClientError::Refused,
+            ) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
             Err(e) => panic!("{e}"),

@@ -168,7 +168,8 @@ pub async fn run(
     tracing::info!(%http_addr, "HTTP listening");
 
     let reload = Arc::new(Notify::new());
-    let poll_stop = CancellationToken::new();
+    // Polling stops as soon as shutdown begins: a stopping worker loads nothing new.
+    let poll_stop = shutdown.child_token();
     let poll = tokio::spawn(poll_task(
         sync.clone(),
         reload.clone(),

@@ -65,6 +65,8 @@ pub struct ModelRegistry {
     expected: RwLock<BTreeSet<String>>,
     /// Running consumers per model: a served model is ready only once it is consumed.
     consumers: Mutex<BTreeMap<String, usize>>,
+    /// Set by [`ModelRegistry::clear`] at shutdown: nothing is served again afterwards.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ModelRegistry {
@@ -74,6 +76,7 @@ impl Default for ModelRegistry {
             names: watch::channel(BTreeSet::new()).0,
             expected: RwLock::default(),
             consumers: Mutex::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -151,6 +154,10 @@ impl ModelRegistry {
     }
 
     fn insert(&self, served: Arc<ServedVersion>) {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            // Loaded while the worker was stopping: dropping it ends its batch task.
+            return;
+        }
         if let Ok(mut models) = self.models.write() {
             let state = models.entry(served.model.to_string()).or_default();
             state.failed.remove(&served.version);
@@ -203,6 +210,8 @@ impl ModelRegistry {
 
     /// Unloads every version (shutdown): their batch tasks finish what they hold and stop.
     pub fn clear(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Ok(mut models) = self.models.write() {
             models.clear();
         }

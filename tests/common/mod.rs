@@ -76,6 +76,11 @@ pub struct TestWorker {
 
 impl TestWorker {
     pub async fn start(settings: Settings) -> TestWorker {
+        // Logs when asked for (RUST_LOG=infermq=debug), captured per test otherwise.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let prefix = settings.broker.prefix.clone();
         let shutdown = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
