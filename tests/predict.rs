@@ -232,7 +232,28 @@ async fn bad_jobs_get_the_contract_error_codes_and_good_jobs_still_work() {
             Some(queue.rsplit('.').next().unwrap()),
             "{name}"
         );
+        // The body's id survives early errors whenever the JSON is readable.
+        if body_has_readable_id(name) {
+            assert_eq!(res.id.as_deref(), Some("ok"), "{name}");
+        }
     }
+    // Without an id in the body, the AMQP message_id names the job in its answer.
+    let no_id =
+        r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
+    let body = infermq::protocol::EncodedBody {
+        body: no_id.as_bytes().to_vec(),
+        header_len: None,
+        content_type: "application/json",
+    };
+    let properties = client
+        .job_properties("mid", &body, headers(&[]))
+        .with_message_id("msg-7".into());
+    client.publish(&iris, &body.body, properties).await.unwrap();
+    let delivery = client.next_reply(TIMEOUT).await.unwrap();
+    assert_eq!(
+        decode_response(&delivery.data, None).unwrap().id.as_deref(),
+        Some("msg-7")
+    );
     // A job for a model nobody serves is returned by the broker (mandatory), not lost.
     let encoded = infermq::protocol::EncodedBody {
         body: good.as_bytes().to_vec(),
@@ -263,7 +284,7 @@ async fn bad_jobs_get_the_contract_error_codes_and_good_jobs_still_work() {
         Some("ok")
     );
     worker
-        .wait_for_metric(r#"infermq_jobs_total{model="iris",outcome="success",version="1"} 1"#)
+        .wait_for_metric(r#"infermq_jobs_total{model="iris",outcome="success",version="1"} 2"#)
         .await;
     worker
         .wait_for_metric(
@@ -275,4 +296,12 @@ async fn bad_jobs_get_the_contract_error_codes_and_good_jobs_still_work() {
         .await;
     client.close().await;
     worker.stop().await;
+}
+
+/// Cases whose body is the good job (id "ok"): their error answers carry that id.
+fn body_has_readable_id(case: &str) -> bool {
+    matches!(
+        case,
+        "unknown version" | "past deadline" | "bad deadline header"
+    )
 }

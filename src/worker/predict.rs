@@ -85,18 +85,24 @@ pub fn handle_delivery(
         delivery_count: 0,
     };
     let answerer = &ctx.answerer;
+    let message_id = reply
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str().to_string());
     if data.len() > ctx.max_message_bytes {
         let message = format!(
             "body: {} bytes exceeds broker.max_message_bytes = {}",
             data.len(),
             ctx.max_message_bytes
         );
-        // Too large to keep around for dead-lettering either: answered and acked.
+        // Too large to keep around for dead-lettering either, and answered without being
+        // parsed: only `message_id` can name it.
         return answer_error(
             answerer,
             reply,
             model,
-            None,
+            message_id.as_deref(),
             ErrorCode::TooLarge,
             &message,
             None,
@@ -105,24 +111,26 @@ pub fn handle_delivery(
     let headers = match JobHeaders::read(&reply.properties) {
         Ok(headers) => headers,
         Err(e) => {
+            let id = early_id(&data, None, message_id);
             return answer_error(
                 answerer,
                 reply,
                 model,
-                None,
+                id.as_deref(),
                 ErrorCode::InvalidRequest,
                 &e.to_string(),
                 None,
-            )
+            );
         }
     };
     reply.delivery_count = headers.delivery_count;
     if headers.expired(SystemTime::now()) {
+        let id = early_id(&data, headers.binary_header_len, message_id);
         return answer_error(
             answerer,
             reply,
             model,
-            None,
+            id.as_deref(),
             ErrorCode::DeadlineExceeded,
             "deadline passed before the job was read (x-deadline-ms or expiration)",
             None,
@@ -131,9 +139,22 @@ pub fn handle_delivery(
     let request = match decode_request(&data, headers.binary_header_len) {
         Ok(request) => request,
         Err(e) => {
-            return answer_error(answerer, reply, model, None, e.code(), &e.to_string(), None)
+            let id = early_id(&data, headers.binary_header_len, message_id);
+            return answer_error(
+                answerer,
+                reply,
+                model,
+                id.as_deref(),
+                e.code(),
+                &e.to_string(),
+                None,
+            );
         }
     };
+    let mut request = request;
+    if request.id.is_none() {
+        request.id = message_id;
+    }
     let id = request.id.clone();
     let version = headers
         .model_version
@@ -159,6 +180,23 @@ pub fn handle_delivery(
     }
     reply.body = data;
     submit(&served, answerer, request, reply, headers, received);
+}
+
+/// The job's `id` for an error found before the body was decoded (or when it failed to
+/// decode): the body's `id` if the JSON (header) can be read that far, else the AMQP
+/// `message_id`. Error path only: it reads the JSON once more.
+fn early_id(body: &[u8], header_len: Option<usize>, message_id: Option<String>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    let json = match header_len {
+        Some(n) => body.get(..n),
+        None => Some(body),
+    };
+    json.and_then(|j| serde_json::from_slice::<IdOnly>(j).ok())
+        .and_then(|x| x.id)
+        .or(message_id)
 }
 
 fn plan_outputs(served: &ServedVersion, request: &InferenceRequest) -> OutputPlan {
