@@ -18,7 +18,7 @@ port=$((20000 + RANDOM % 20000))
 INFERMQ__BROKER__PREFIX=$prefix INFERMQ__HTTP__LISTEN=127.0.0.1:$port INFERMQ__LOG__LEVEL=warn \
   $bin worker >"$out/worker.log" 2>&1 &
 worker=$!
-trap 'kill -TERM $worker 2>/dev/null || true; wait $worker 2>/dev/null || true' EXIT
+trap 'kill -TERM $worker 2>/dev/null || true; wait $worker 2>/dev/null || true; scripts/delete-prefix.sh "$prefix"' EXIT
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
   sleep 0.2
