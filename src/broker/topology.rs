@@ -130,15 +130,7 @@ impl Topology {
 
     /// Declares this worker's exclusive queue on the models exchange; returns its name.
     pub async fn declare_events_queue(&self, channel: &Channel) -> lapin::Result<String> {
-        let options = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = channel
-            .queue_declare("".into(), options, FieldTable::default())
-            .await?;
-        let name = queue.name().to_string();
+        let name = declare_private_queue(channel).await?;
         channel
             .queue_bind(
                 name.as_str().into(),
@@ -150,6 +142,19 @@ impl Topology {
             .await?;
         Ok(name)
     }
+}
+
+/// Declares a server-named queue that lives as long as this connection (events, replies).
+pub async fn declare_private_queue(channel: &Channel) -> lapin::Result<String> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), options, FieldTable::default())
+        .await?;
+    Ok(queue.name().to_string())
 }
 
 fn quorum() -> FieldTable {

@@ -56,6 +56,17 @@ impl Answerer {
     }
 }
 
+/// Where a job's answers go: its `reply_to`, or the results queue when it has none.
+pub fn reply_routing_key(properties: &BasicProperties, results_queue: &str) -> String {
+    properties
+        .reply_to()
+        .as_ref()
+        .map(|s| s.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(results_queue)
+        .to_string()
+}
+
 /// Where and how to answer one delivery.
 pub struct Reply {
     /// The model this delivery is for (from its queue; "" until a training job is read).

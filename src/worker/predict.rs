@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use lapin::message::Delivery;
 
-use super::job::{answer_error, Answerer, JobState, OutputPlan, Reply};
+use super::job::{answer_error, reply_routing_key, Answerer, JobState, OutputPlan, Reply};
 use super::models::{ModelRegistry, ServedVersion};
 use crate::batching::{split_rows, Item};
 use crate::broker::acks::DeliveryRef;
@@ -64,12 +64,7 @@ pub fn handle_delivery(
         redelivered,
         ..
     } = delivery;
-    let routing_key = properties
-        .reply_to()
-        .as_ref()
-        .map(|s| s.as_str().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| ctx.results_queue.clone());
+    let routing_key = reply_routing_key(&properties, &ctx.results_queue);
     if redelivered {
         ctx.answerer.metrics.duplicate_delivery(model);
     }

@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::job::{error_result, requeue_or_dead_letter, send, Answerer, Reply};
+use super::job::{error_result, reply_routing_key, requeue_or_dead_letter, send, Answerer, Reply};
 use crate::broker::acks::{AckTracker, DeliveryRef};
 use crate::broker::headers::JobHeaders;
 use crate::broker::publisher::Settled;
@@ -145,12 +145,7 @@ async fn handle_training(
     let Delivery {
         data, properties, ..
     } = delivery;
-    let routing_key = properties
-        .reply_to()
-        .as_ref()
-        .map(|s| s.as_str().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| ctx.results_queue.clone());
+    let routing_key = reply_routing_key(&properties, &ctx.results_queue);
     let delivery_count = JobHeaders::read(&properties)
         .map(|h| h.delivery_count)
         .unwrap_or(0);
