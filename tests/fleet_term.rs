@@ -76,24 +76,16 @@ async fn sigterm_mid_load_drains_cleanly_without_duplicates() {
     second.wait_ready(Duration::from_secs(60)).await;
     let published_in = publisher.await.expect("publisher");
     eprintln!("all {JOBS} jobs published in {published_in:?}");
-    answers
-        .collect_until(&mut client, Duration::from_secs(120), |a| {
-            a.distinct() == JOBS
-        })
-        .await;
-    eprintln!(
-        "every job answered {:?} after the load began",
-        load.elapsed()
-    );
-    settle(&mut client, &mut answers, second.addr, &admin, &queue).await;
-
-    assert!(answers.missing(0..JOBS).is_empty());
-    assert_eq!(answers.distinct(), JOBS, "answers for ids outside the load");
-    assert!(
-        answers.errors.is_empty(),
-        "errors: {:?}",
-        &answers.errors[..answers.errors.len().min(5)]
-    );
+    answer_all(
+        &mut client,
+        &mut answers,
+        JOBS,
+        load,
+        second.addr,
+        &admin,
+        &queue,
+    )
+    .await;
     let twice: Vec<_> = answers
         .counts
         .iter()

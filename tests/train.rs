@@ -239,10 +239,14 @@ async fn bad_training_jobs_are_answered_with_named_fields_and_new_models_are_cre
             Some(code),
             "{pointer}"
         );
-        let (_, message) = decode_response(&delivery.data, None)
-            .unwrap()
-            .error
-            .unwrap();
+        let res = decode_response(&delivery.data, None).unwrap();
+        assert_eq!(
+            res.id.as_deref(),
+            Some("t"),
+            "{pointer}: the job keeps its id"
+        );
+        assert_eq!(res.model_name.as_deref(), Some("fresh"), "{pointer}");
+        let (_, message) = res.error.unwrap();
         assert!(message.contains(needle), "{pointer}: {message}");
     }
     let mut job = base.clone();

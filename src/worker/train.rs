@@ -178,14 +178,18 @@ async fn handle_training(
     let job = match parse_job(&reply.body) {
         Ok(job) => job,
         Err(error) => {
+            // Name the job in its error result whenever its JSON can be read that far.
+            let named = named_job(&reply.body);
+            let (id, model) = (named.id.as_deref(), named.model_name.unwrap_or_default());
+            reply.model = Arc::from(model.as_str());
             return answer(
                 &ctx,
                 reply,
-                None,
-                "",
+                id,
+                &model,
                 Err((error.code(), error.to_string())),
                 started,
-            )
+            );
         }
     };
     let id = job.id().to_string();
@@ -279,6 +283,17 @@ async fn handle_training(
         Err(error) => Err((error.code(), error.to_string())),
     };
     answer(&ctx, reply, Some(&id), &model, result, started);
+}
+
+/// The `id` and `model_name` of a job body that failed validation, when they are readable.
+#[derive(Default, serde::Deserialize)]
+struct NamedJob {
+    id: Option<String>,
+    model_name: Option<String>,
+}
+
+fn named_job(body: &[u8]) -> NamedJob {
+    serde_json::from_slice(body).unwrap_or_default()
 }
 
 /// Writes the version, announces it, and returns the result body.

@@ -385,3 +385,31 @@ pub async fn settle(
     }
     answers.drain(client, Duration::from_millis(500)).await;
 }
+
+/// Collects answers until jobs `0..jobs` are all answered (bounded), lets the worker at `addr`
+/// settle so that late duplicates show up, and asserts none is missing and none is an error.
+pub async fn answer_all(
+    client: &mut Client,
+    answers: &mut Answers,
+    jobs: usize,
+    load: Instant,
+    addr: SocketAddr,
+    connection: &lapin::Connection,
+    queue: &str,
+) {
+    answers
+        .collect_until(client, Duration::from_secs(120), |a| a.distinct() == jobs)
+        .await;
+    eprintln!(
+        "every job answered {:?} after the load began",
+        load.elapsed()
+    );
+    settle(client, answers, addr, connection, queue).await;
+    assert!(answers.missing(0..jobs).is_empty());
+    assert_eq!(answers.distinct(), jobs, "answers for ids outside the load");
+    assert!(
+        answers.errors.is_empty(),
+        "errors: {:?}",
+        &answers.errors[..answers.errors.len().min(5)]
+    );
+}
