@@ -88,3 +88,53 @@ fn models_command_lists_signatures() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let repo = common::model_repository(&["iris"]);
+    let prefix = common::random_prefix();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infermq"))
+        .arg("worker")
+        .env("INFERMQ__REPOSITORY__PATH", repo.path())
+        .env("INFERMQ__HTTP__LISTEN", "127.0.0.1:0")
+        .env("INFERMQ__BROKER__PREFIX", &prefix)
+        .env("INFERMQ__BROKER__URL", common::amqp_url())
+        .env("INFERMQ__LOG__FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut seen = Vec::new();
+    // Read (bounded by the worker's own progress) until it consumes, then stop it.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let consuming = line.contains("Consuming");
+        seen.push(line);
+        if consuming || seen.len() > 200 {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}");
+    assert!(
+        seen.iter().any(|l| l.contains("Model version loaded")),
+        "{seen:?}"
+    );
+    for line in &seen {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            record["level"].is_string() && record["timestamp"].is_string(),
+            "{line}"
+        );
+        assert!(record["fields"]["message"].is_string(), "{line}");
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(common::cleanup(&prefix));
+}
