@@ -1,8 +1,9 @@
 //! Raw ONNX Runtime throughput of one model at one batch size: the ceiling the worker's
 //! compute-bound throughput is compared to (`scripts/bench.sh`).
 //!
-//! `ort-throughput MODEL.onnx INPUT_NAME FEATURES BATCH SECONDS [INTRA_THREADS]` prints one JSON
-//! line: `{"batch":…, "rows_per_s":…, "batch_ms":…}` (median batch latency).
+//! `ort-throughput MODEL.onnx INPUT_NAME FEATURES BATCH SECONDS [INTRA_THREADS] [cpu|cuda]` prints
+//! one JSON line: `{"batch":…, "rows_per_s":…, "batch_ms":…, "ep":…}` (median batch latency).
+//! `cuda` requires the CUDA execution provider (no silent CPU fallback), for GPU checks.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(
         args.len() >= 6,
-        "usage: ort-throughput MODEL INPUT FEATURES BATCH SECONDS [INTRA_THREADS]"
+        "usage: ort-throughput MODEL INPUT FEATURES BATCH SECONDS [INTRA_THREADS] [cpu|cuda]"
     );
     let (model, input, features, batch, seconds) = (
         &args[1],
@@ -23,11 +24,22 @@ fn main() -> anyhow::Result<()> {
         args[5].parse::<f64>()?,
     );
     let intra_threads = args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let ep = args.get(7).map(String::as_str).unwrap_or("cpu");
     env::init(None)?;
-    let options = SessionOptions {
-        intra_threads,
-        ..SessionOptions::cpu()
+    let options = match ep {
+        "cpu" => SessionOptions {
+            intra_threads,
+            ..SessionOptions::cpu()
+        },
+        // GPU checks must not pass on a silent CPU fallback: require CUDA.
+        "cuda" => SessionOptions {
+            execution_providers: vec![infermq::config::ExecutionProvider::Cuda],
+            require_gpu: true,
+            intra_threads,
+        },
+        other => anyhow::bail!("unknown execution provider {other:?} (cpu or cuda)"),
     };
+    options.check()?;
     let mut backend = OrtBackend::load(&std::fs::read(model)?, &options)?;
     let values: Vec<f32> = (0..batch * features)
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
@@ -48,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     let median = times[times.len() / 2];
     println!(
         "{}",
-        serde_json::json!({"batch": batch, "rows_per_s": (batch * times.len()) as f64 / total, "batch_ms": median * 1e3, "runs": times.len()})
+        serde_json::json!({"batch": batch, "rows_per_s": (batch * times.len()) as f64 / total, "batch_ms": median * 1e3, "runs": times.len(), "ep": ep})
     );
     Ok(())
 }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU check, run on the GPU host from the repository root in transfer 2 (see
+# scripts/gpu-stage.sh): unpacks ONNX Runtime's CUDA provider, then measures the mlp model
+# (256→1024→1024→10) on the CPU EP (all cores) and the CUDA EP (required: no silent fallback) at
+# batch 1–1024: rows/s and median batch latency after 20 warm-up runs. Writes $OUT/gpu.jsonl and
+# $OUT/card.txt and prints a table. GPU_CHECK_EPS="cpu" runs the CPU half only (to test the script).
+set -euo pipefail
+run=$(dirname "$0")
+out=${OUT:-/tmp/gpu-check}
+mkdir -p "$out"
+eps=${GPU_CHECK_EPS:-cpu cuda}
+seconds=${GPU_CHECK_SECONDS:-3}
+if [[ " $eps " == *" cuda "* ]]; then
+  python3 .gpu/ort/unpack.py /opt/ort .gpu/ort
+  export ORT_DYLIB_PATH=/opt/ort/libonnxruntime.so.1.31.1
+  LD_LIBRARY_PATH=$(find /opt /usr/local /usr/lib -xdev \( -name 'libcublasLt.so.13' -o -name 'libcudnn.so.9' -o -name 'libcufft.so.12' -o -name 'libcurand.so.10' -o -name 'libcudart.so.13' -o -name 'libcuda.so.1' \) -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
+  export LD_LIBRARY_PATH
+  nvidia-smi -L | tee "$out/card.txt"
+fi
+: >"$out/gpu.jsonl"
+for batch in 1 8 32 64 128 256 512 1024; do
+  for ep in $eps; do
+    threads=1; [ "$ep" = cpu ] && threads=$(nproc)
+    "$run/ort-throughput" "$run/mlp.onnx" input 256 "$batch" "$seconds" "$threads" "$ep" | tee -a "$out/gpu.jsonl"
+  done
+done
+python3 - "$out/gpu.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"{'batch':>6} {'ep':>5} {'rows/s':>12} {'batch ms':>9}")
+for r in rows:
+    print(f"{r['batch']:>6} {r['ep']:>5} {r['rows_per_s']:>12.0f} {r['batch_ms']:>9.3f}")
+PY
