@@ -4,6 +4,8 @@
 //! results (or oversized jobs) back with [`Tensor::slice_rows`]; both copy whole rows of
 //! bytes and never look at element values.
 
+use std::borrow::Borrow;
+
 use super::error::ProtocolError;
 use super::types::DataType;
 use half::f16;
@@ -105,8 +107,9 @@ impl Tensor {
 
     /// Joins `parts` along dimension 0, in order: the inverse of [`Tensor::slice_rows`].
     /// The parts must agree on name, datatype and every dimension but the first.
-    pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor, ProtocolError> {
-        let first = parts.first().ok_or(ProtocolError::EmptyConcat)?;
+    /// Takes owned tensors or references (`&[Tensor]`, `&[&Tensor]`).
+    pub fn concat_rows<T: Borrow<Tensor>>(parts: &[T]) -> Result<Tensor, ProtocolError> {
+        let first = parts.first().ok_or(ProtocolError::EmptyConcat)?.borrow();
         let mismatch = |index: usize, expected: String, got: String| {
             Err(ProtocolError::ConcatMismatch {
                 index,
@@ -119,7 +122,7 @@ impl Tensor {
         }
         let mut rows = 0usize;
         let mut units = 0usize;
-        for (i, p) in parts.iter().enumerate() {
+        for (i, p) in parts.iter().map(Borrow::borrow).enumerate() {
             if p.name != first.name {
                 return mismatch(i, format!("name {:?}", first.name), format!("{:?}", p.name));
             }
@@ -151,7 +154,7 @@ impl Tensor {
             TensorData::Fixed(_) => {
                 let mut out = Vec::with_capacity(units);
                 for p in parts {
-                    if let TensorData::Fixed(b) = &p.data {
+                    if let TensorData::Fixed(b) = &p.borrow().data {
                         out.extend_from_slice(b);
                     }
                 }
@@ -160,7 +163,7 @@ impl Tensor {
             TensorData::Bytes(_) => {
                 let mut out = Vec::with_capacity(units);
                 for p in parts {
-                    if let TensorData::Bytes(v) = &p.data {
+                    if let TensorData::Bytes(v) = &p.borrow().data {
                         out.extend(v.iter().cloned());
                     }
                 }
@@ -317,7 +320,7 @@ mod tests {
             assert!(err.contains("parts[1]") && err.contains(expected), "{err}");
         }
         assert!(matches!(
-            Tensor::concat_rows(&[]),
+            Tensor::concat_rows::<Tensor>(&[]),
             Err(ProtocolError::EmptyConcat)
         ));
     }

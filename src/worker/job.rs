@@ -340,24 +340,22 @@ impl JobState {
 
     fn assemble(&self, mut chunks: Vec<Vec<Tensor>>) -> Result<Vec<OutputTensor>, String> {
         let plan = &self.plan.outputs;
-        let single = chunks.len() == 1;
         let mut selected = Vec::with_capacity(plan.len());
         for (position, &(index, binary)) in plan.iter().enumerate() {
-            // Move each output out of the results; copy only one asked for twice.
-            let again = plan[position + 1..].iter().any(|&(i, _)| i == index);
-            let mut pieces = chunks.iter_mut().map(|c| match c.get_mut(index) {
-                Some(t) if again => Some(t.clone()),
-                Some(t) => Some(std::mem::replace(t, Tensor::from_f32("", vec![0], &[]))),
-                None => None,
-            });
-            let tensor = if single {
-                pieces.next().flatten()
+            let missing = || format!("output #{index} missing from the model's results");
+            let tensor = if let [only] = chunks.as_mut_slice() {
+                // Move the output out of the results; copy only one asked for twice.
+                let again = plan[position + 1..].iter().any(|&(i, _)| i == index);
+                let t = only.get_mut(index).ok_or_else(missing)?;
+                if again {
+                    t.clone()
+                } else {
+                    std::mem::replace(t, Tensor::from_f32("", vec![0], &[]))
+                }
             } else {
-                let pieces: Option<Vec<Tensor>> = pieces.collect();
-                pieces.and_then(|p| Tensor::concat_rows(&p).ok())
+                let pieces: Option<Vec<&Tensor>> = chunks.iter().map(|c| c.get(index)).collect();
+                Tensor::concat_rows(&pieces.ok_or_else(missing)?).map_err(|e| e.to_string())?
             };
-            let tensor = tensor
-                .ok_or_else(|| format!("output #{index} missing from the model's results"))?;
             selected.push(OutputTensor { tensor, binary });
         }
         Ok(selected)

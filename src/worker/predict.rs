@@ -16,9 +16,7 @@ use super::models::{ModelRegistry, ServedVersion};
 use crate::batching::{split_rows, Item};
 use crate::broker::acks::DeliveryRef;
 use crate::broker::headers::JobHeaders;
-use crate::protocol::{
-    decode_request, validate_request, ErrorCode, InferenceRequest, Tensor, TensorData,
-};
+use crate::protocol::{decode_request, validate_request, ErrorCode, InferenceRequest, Tensor};
 use crate::runtime::Backend;
 
 /// Non-batch dimensions of every input: jobs batch together only when these are equal.
@@ -131,7 +129,7 @@ pub fn handle_delivery(
             None,
         );
     }
-    let request = match decode_request(&data, headers.binary_header_len) {
+    let mut request = match decode_request(&data, headers.binary_header_len) {
         Ok(request) => request,
         Err(e) => {
             let id = early_id(&data, headers.binary_header_len, message_id);
@@ -146,7 +144,6 @@ pub fn handle_delivery(
             );
         }
     };
-    let mut request = request;
     if request.id.is_none() {
         request.id = message_id;
     }
@@ -282,47 +279,6 @@ fn submit(
     }
 }
 
-/// Concatenates the same input of several chunks along dimension 0.
-fn concat(parts: &[&Tensor]) -> Tensor {
-    let first = parts[0];
-    let rows: usize = parts.iter().map(|t| t.rows()).sum();
-    let mut shape = first.shape.clone();
-    shape[0] = rows;
-    let data = match &first.data {
-        TensorData::Fixed(_) => {
-            let mut bytes = Vec::with_capacity(parts.iter().map(|t| fixed_len(t)).sum());
-            for t in parts {
-                if let TensorData::Fixed(b) = &t.data {
-                    bytes.extend_from_slice(b);
-                }
-            }
-            TensorData::Fixed(bytes)
-        }
-        TensorData::Bytes(_) => TensorData::Bytes(
-            parts
-                .iter()
-                .flat_map(|t| match &t.data {
-                    TensorData::Bytes(v) => v.clone(),
-                    TensorData::Fixed(_) => Vec::new(),
-                })
-                .collect(),
-        ),
-    };
-    Tensor {
-        name: first.name.clone(),
-        datatype: first.datatype,
-        shape,
-        data,
-    }
-}
-
-fn fixed_len(t: &Tensor) -> usize {
-    match &t.data {
-        TensorData::Fixed(b) => b.len(),
-        TensorData::Bytes(_) => 0,
-    }
-}
-
 /// Runs chunks as one batch; returns each chunk's outputs, and the assembly and compute times.
 fn execute(
     backend: &mut dyn Backend,
@@ -334,8 +290,9 @@ fn execute(
         return Ok((vec![outputs], 0.0, started.elapsed().as_secs_f64()));
     }
     let inputs: Vec<Tensor> = (0..chunks[0].inputs.len())
-        .map(|i| concat(&chunks.iter().map(|c| &c.inputs[i]).collect::<Vec<_>>()))
-        .collect();
+        .map(|i| Tensor::concat_rows(&chunks.iter().map(|c| &c.inputs[i]).collect::<Vec<_>>()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
     let assembled = Instant::now();
     let outputs = backend.infer(&inputs).map_err(|e| e.to_string())?;
     let compute = assembled.elapsed().as_secs_f64();
