@@ -229,6 +229,15 @@ async fn settle(mut settlement: Settlement) {
     }
 }
 
+/// Hands `command` to the publisher. If the publisher is gone (the worker is stopping), the
+/// job's settlement ends at once as [`Settled::ChannelLost`]: the broker redelivers the job.
+pub fn submit(commands: &mpsc::UnboundedSender<Command>, command: Command) {
+    if let Err(unsent) = commands.send(command) {
+        let (Command::Publish { settlement, .. } | Command::Settle(settlement)) = unsent.0;
+        finish(settlement, Settled::ChannelLost);
+    }
+}
+
 fn finish(mut settlement: Settlement, settled: Settled) {
     if let Some(on_done) = settlement.on_done.take() {
         on_done(settled);

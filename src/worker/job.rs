@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::broker::acks::DeliveryRef;
 use crate::broker::headers::BINARY_HEADER;
-use crate::broker::publisher::{with_error_headers, Settled};
+use crate::broker::publisher::{submit, with_error_headers, Settled};
 use crate::broker::{Command, Disposition, OutgoingMessage, Settlement};
 use crate::protocol::{
     encode_error, encode_response, ErrorCode, InferenceResponse, OutputTensor, ResultParameters,
@@ -180,13 +180,7 @@ pub fn requeue_or_dead_letter(
         disposition: Disposition::Requeue,
         on_done: Some(Box::new(move |settled| on_done(Outcome::Requeued, settled))),
     };
-    if let Err(unsent) = answerer.commands.send(Command::Settle(settlement)) {
-        if let Command::Settle(mut settlement) = unsent.0 {
-            if let Some(on_done) = settlement.on_done.take() {
-                on_done(Settled::ChannelLost);
-            }
-        }
-    }
+    submit(&answerer.commands, Command::Settle(settlement));
 }
 
 /// Hands a message and its job's settlement to the publisher; `on_done` runs once settled.
@@ -203,17 +197,13 @@ pub fn send(
         disposition,
         on_done: Some(on_done),
     };
-    if let Err(unsent) = answerer.commands.send(Command::Publish {
-        message,
-        settlement,
-    }) {
-        // The publisher is gone (worker stopping): the broker redelivers the job.
-        if let Command::Publish { mut settlement, .. } = unsent.0 {
-            if let Some(on_done) = settlement.on_done.take() {
-                on_done(Settled::ChannelLost);
-            }
-        }
-    }
+    submit(
+        &answerer.commands,
+        Command::Publish {
+            message,
+            settlement,
+        },
+    );
 }
 
 /// Which outputs to return, in order, and whether each is binary.

@@ -185,7 +185,9 @@ async fn session(
     ctx.metrics.set_broker_connected(true);
     tracing::info!(generation, "Broker connected");
     let mut publisher = publisher;
-    let end = loop {
+    // `returned` holds the command queue when the publisher already ended (its failure ended
+    // the session); otherwise the publisher is stopped after the consumers.
+    let (end, returned) = loop {
         let wanted: BTreeSet<String> = names.borrow_and_update().clone();
         reconcile(
             ctx,
@@ -197,23 +199,17 @@ async fn session(
             &failed_tx,
         );
         tokio::select! {
-            changed = names.changed() => if changed.is_err() { break SessionEnd::Stopped },
-            Some(reason) = failed_rx.recv() => break SessionEnd::Failed(reason),
+            changed = names.changed() => if changed.is_err() { break (SessionEnd::Stopped, None) },
+            Some(reason) = failed_rx.recv() => break (SessionEnd::Failed(reason), None),
             event = connection_events.next() => if let Some(lapin::Event::Error(error)) = event {
-                break SessionEnd::Failed(format!("connection: {error}"));
+                break (SessionEnd::Failed(format!("connection: {error}")), None);
             },
             joined = &mut publisher => {
                 let (result, commands) = joined.expect("publisher task panicked");
                 let reason = match result { Err(e) => e.to_string(), Ok(()) => "publisher stopped".into() };
-                session_stop.cancel();
-                consumers.stop_all().await;
-                let _ = events.await;
-                if let Some(training) = training {
-                    let _ = training.await;
-                }
-                return (SessionEnd::Failed(reason), commands);
+                break (SessionEnd::Failed(reason), Some(commands));
             }
-            () = shutdown.cancelled() => break SessionEnd::Stopped,
+            () = shutdown.cancelled() => break (SessionEnd::Stopped, None),
         }
     };
     session_stop.cancel();
@@ -221,6 +217,9 @@ async fn session(
     let _ = events.await;
     if let Some(training) = training {
         let _ = training.await;
+    }
+    if let Some(commands) = returned {
+        return (end, commands);
     }
     if matches!(end, SessionEnd::Stopped) {
         ctx.status.stopping.store(true, Ordering::Release);
