@@ -27,21 +27,7 @@ async fn sigkill_mid_load_loses_no_job() {
     eprintln!("first worker ready in {:?}", started.elapsed());
 
     // 2,000 jobs over about a second, while the first worker answers them.
-    let load = Instant::now();
-    let publisher = steady_publisher(
-        client.channel().clone(),
-        queue.clone(),
-        client.reply_queue().to_string(),
-        0..JOBS,
-        20,
-        Duration::from_millis(10),
-    );
-    let mut answers = Answers::default();
-    answers
-        .collect_until(&mut client, Duration::from_secs(60), |a| {
-            a.distinct() >= 300
-        })
-        .await;
+    let (publisher, mut answers, load) = load_until_answered(&mut client, &queue, JOBS, 300).await;
     first.sigkill();
     let at_kill = answers.distinct();
     eprintln!(

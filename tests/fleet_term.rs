@@ -26,21 +26,7 @@ async fn sigterm_mid_load_drains_cleanly_without_duplicates() {
 
     let mut first = ChildWorker::spawn(&prefix, repo.path(), &env);
     first.wait_ready(Duration::from_secs(60)).await;
-    let load = Instant::now();
-    let publisher = steady_publisher(
-        client.channel().clone(),
-        queue.clone(),
-        client.reply_queue().to_string(),
-        0..JOBS,
-        20,
-        Duration::from_millis(10),
-    );
-    let mut answers = Answers::default();
-    answers
-        .collect_until(&mut client, Duration::from_secs(60), |a| {
-            a.distinct() >= 300
-        })
-        .await;
+    let (publisher, mut answers, load) = load_until_answered(&mut client, &queue, JOBS, 300).await;
     let before = scrape(first.addr).await;
     first.sigterm();
     let term = Instant::now();

@@ -413,3 +413,30 @@ pub async fn answer_all(
         &answers.errors[..answers.errors.len().min(5)]
     );
 }
+
+/// A load in progress: `jobs` jobs published 20 every 10 ms to `queue` (about a second for
+/// 2,000), returned once `answered` of them have been answered, so a worker can be stopped
+/// mid-load.
+pub async fn load_until_answered(
+    client: &mut Client,
+    queue: &str,
+    jobs: usize,
+    answered: usize,
+) -> (JoinHandle<Duration>, Answers, Instant) {
+    let load = Instant::now();
+    let publisher = steady_publisher(
+        client.channel().clone(),
+        queue.to_string(),
+        client.reply_queue().to_string(),
+        0..jobs,
+        20,
+        Duration::from_millis(10),
+    );
+    let mut answers = Answers::default();
+    answers
+        .collect_until(client, Duration::from_secs(60), |a| {
+            a.distinct() >= answered
+        })
+        .await;
+    (publisher, answers, load)
+}
