@@ -51,23 +51,21 @@ impl ModelSync {
         }
         for entry in &entries {
             for &version in entry.served.iter().rev() {
+                if self.registry.versions_of(&entry.name).contains(&version) {
+                    continue;
+                }
                 // Taken before reading, so a file still being written is retried once it changes.
                 let stamp = file_stamp(&self.store.model_path(&entry.name, version));
-                if self.registry.versions_of(&entry.name).contains(&version)
-                    || self.registry.has_failed(&entry.name, version, stamp)
-                {
+                if self.registry.has_failed(&entry.name, version, stamp) {
                     continue;
                 }
                 self.load(entry, version, stamp).await;
             }
-            // Unload only once a replacement serves, so the model never goes dark.
-            for version in self.registry.versions_of(&entry.name) {
-                let keep = entry.served.contains(&version)
-                    || !entry
-                        .served
-                        .iter()
-                        .any(|v| self.registry.versions_of(&entry.name).contains(v));
-                if !keep {
+            // Unload only once a replacement serves, so the model never goes dark. Only versions
+            // outside `served` are unloaded, so whether one of `served` is loaded cannot change.
+            let loaded = self.registry.versions_of(&entry.name);
+            if entry.served.iter().any(|v| loaded.contains(v)) {
+                for version in loaded.into_iter().filter(|v| !entry.served.contains(v)) {
                     self.unload(&entry.name, version);
                 }
             }
