@@ -164,12 +164,8 @@ impl Client {
 
 /// Reads a header as text (for `x-error-code`, `x-event`).
 pub fn header_str(delivery: &Delivery, name: &str) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
-    headers
-        .inner()
-        .iter()
-        .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| crate::broker::headers::as_string(v))
+    use crate::broker::headers::{as_string, find};
+    find(delivery.properties.headers().as_ref(), name).and_then(as_string)
 }
 
 /// The binary header length of an answer, if it is binary.

@@ -8,7 +8,8 @@ use lapin::BasicProperties;
 /// The binary extension's header (matched case-insensitively).
 pub const BINARY_HEADER: &str = "inference-header-content-length";
 
-fn find<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {
+/// A header by name, matched case-insensitively (`Inference-Header-Content-Length` works too).
+pub fn find<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {
     headers?
         .inner()
         .iter()
