@@ -210,13 +210,26 @@ pub async fn run(
             })
         }),
     };
-    session::broker_task(
-        Arc::new(broker),
-        commands_rx,
-        shutdown.clone(),
-        batch_tasks.clone(),
-    )
-    .await;
+    // Every stop is bounded: the graceful drain has `shutdown_timeout`; past it and a margin,
+    // the broker side is dropped, which closes the connection, and the broker redelivers
+    // whatever was not settled.
+    {
+        let stop_limit = settings.worker.shutdown_timeout() + Duration::from_secs(5);
+        let broker_side = session::broker_task(
+            Arc::new(broker),
+            commands_rx,
+            shutdown.clone(),
+            batch_tasks.clone(),
+        );
+        tokio::pin!(broker_side);
+        tokio::select! {
+            () = &mut broker_side => {}
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(stop_limit).await;
+            } => tracing::warn!(limit_ms = stop_limit.as_millis() as u64, "Stop took longer than allowed; closing the broker connection with jobs unsettled (they are redelivered)"),
+        }
+    }
 
     status.stopping.store(true, Ordering::Release);
     poll_stop.cancel();
