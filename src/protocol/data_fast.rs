@@ -1,11 +1,19 @@
 //! Fast path for numeric and BOOL `data`: a byte scanner over the raw JSON text (already
 //! validated by serde_json when it captured the `RawValue`) that parses numbers straight
-//! into the packed buffer with the standard library's correctly rounded parsers.
+//! into the packed buffer.
 //!
 //! It accepts only what is certainly valid for the datatype; on anything else (an error,
 //! an escaped string, `null`) it gives up and `data.rs` re-parses with the serde visitor,
-//! which produces the precise error message. Parsing FP32 text directly as `f32` (not via
-//! `f64`) also avoids double rounding.
+//! which produces the precise error message.
+//!
+//! Floats: one pass finds the end of a number and reads its digits; numbers of up to 19
+//! significant digits with a small decimal exponent (what encoders write for real data:
+//! `-0.73412955`, `1e-3`) are converted exactly with Clinger's fast path (an exact integer
+//! times or divided by an exact power of ten, one correctly rounded IEEE operation). For
+//! FP32 that f64 result is narrowed only when it is not an FP32 rounding midpoint, which
+//! makes the narrowing equal to rounding the decimal directly (no double rounding);
+//! everything else goes to the standard library's correctly rounded parser for the target
+//! type. Both paths give the same bits (property-tested against `str::parse`).
 
 use super::types::DataType;
 use half::f16;
@@ -21,72 +29,110 @@ pub(crate) fn parse_fixed(
     let cap = capacity.min(raw.len()).saturating_mul(size);
     // One monomorphised scan per datatype: no per-element dispatch on the datatype.
     match datatype {
-        DataType::Bool => scan(raw, cap, |t, out| {
-            out.push(match t {
-                "true" => 1,
-                "false" => 0,
-                _ => return None,
-            });
-            Some(())
+        DataType::Bool => scan(
+            raw,
+            cap,
+            tokens(|t, out| {
+                out.push(match t {
+                    "true" => 1,
+                    "false" => 0,
+                    _ => return None,
+                });
+                Some(())
+            }),
+        ),
+        DataType::F32 => scan(raw, cap, |raw, i, out| {
+            let (v, end) = float_at::<f32>(raw, i)?;
+            out.extend_from_slice(&v.to_le_bytes());
+            Some(end)
         }),
-        DataType::F32 => scan(raw, cap, |t, out| {
-            out.extend(float::<f32>(t)?.to_le_bytes());
-            Some(())
+        DataType::F64 => scan(raw, cap, |raw, i, out| {
+            let (v, end) = float_at::<f64>(raw, i)?;
+            out.extend_from_slice(&v.to_le_bytes());
+            Some(end)
         }),
-        DataType::F64 => scan(raw, cap, |t, out| {
-            out.extend(float::<f64>(t)?.to_le_bytes());
-            Some(())
-        }),
-        DataType::F16 => scan(raw, cap, |t, out| {
-            let v = float::<f64>(t)?;
+        DataType::F16 => scan(raw, cap, |raw, i, out| {
+            let (v, end) = float_at::<f64>(raw, i)?;
             let h = f16::from_f64(v);
             if v.is_finite() && !h.is_finite() {
                 return None;
             }
-            out.extend(h.to_le_bytes());
-            Some(())
+            out.extend_from_slice(&h.to_le_bytes());
+            Some(end)
         }),
-        DataType::U8 => scan(raw, cap, |t, out| {
-            out.push(int::<u8>(t)?);
-            Some(())
-        }),
-        DataType::I8 => scan(raw, cap, |t, out| {
-            out.push(int::<i8>(t)? as u8);
-            Some(())
-        }),
-        DataType::U16 => scan(raw, cap, |t, out| {
-            out.extend(int::<u16>(t)?.to_le_bytes());
-            Some(())
-        }),
-        DataType::I16 => scan(raw, cap, |t, out| {
-            out.extend(int::<i16>(t)?.to_le_bytes());
-            Some(())
-        }),
-        DataType::U32 => scan(raw, cap, |t, out| {
-            out.extend(int::<u32>(t)?.to_le_bytes());
-            Some(())
-        }),
-        DataType::I32 => scan(raw, cap, |t, out| {
-            out.extend(int::<i32>(t)?.to_le_bytes());
-            Some(())
-        }),
-        DataType::U64 => scan(raw, cap, |t, out| {
-            out.extend(int::<u64>(t)?.to_le_bytes());
-            Some(())
-        }),
-        DataType::I64 => scan(raw, cap, |t, out| {
-            out.extend(int::<i64>(t)?.to_le_bytes());
-            Some(())
-        }),
+        DataType::U8 => scan(
+            raw,
+            cap,
+            tokens(|t, out| {
+                out.push(int::<u8>(t)?);
+                Some(())
+            }),
+        ),
+        DataType::I8 => scan(
+            raw,
+            cap,
+            tokens(|t, out| {
+                out.push(int::<i8>(t)? as u8);
+                Some(())
+            }),
+        ),
+        DataType::U16 => scan(
+            raw,
+            cap,
+            tokens(|t, out| {
+                out.extend_from_slice(&int::<u16>(t)?.to_le_bytes());
+                Some(())
+            }),
+        ),
+        DataType::I16 => scan(
+            raw,
+            cap,
+            tokens(|t, out| {
+                out.extend_from_slice(&int::<i16>(t)?.to_le_bytes());
+                Some(())
+            }),
+        ),
+        DataType::U32 => scan(
+            raw,
+            cap,
+            tokens(|t, out| {
+                out.extend_from_slice(&int::<u32>(t)?.to_le_bytes());
+                Some(())
+            }),
+        ),
+        DataType::I32 => scan(
+            raw,
+            cap,
+            tokens(|t, out| {
+                out.extend_from_slice(&int::<i32>(t)?.to_le_bytes());
+                Some(())
+            }),
+        ),
+        DataType::U64 => scan(
+            raw,
+            cap,
+            tokens(|t, out| {
+                out.extend_from_slice(&int::<u64>(t)?.to_le_bytes());
+                Some(())
+            }),
+        ),
+        DataType::I64 => scan(
+            raw,
+            cap,
+            tokens(|t, out| {
+                out.extend_from_slice(&int::<i64>(t)?.to_le_bytes());
+                Some(())
+            }),
+        ),
         DataType::Bytes => None,
     }
 }
 
-/// Walks the (valid JSON) text, checking the nesting is rectangular, and hands each
-/// scalar token to `push`.
+/// Walks the (valid JSON) text, checking the nesting is rectangular, and hands the start
+/// of each scalar to `push`, which appends it to the buffer and returns where it ends.
 fn scan<F>(raw: &str, cap: usize, mut push: F) -> Option<(Vec<u8>, usize)>
 where
-    F: FnMut(&str, &mut Vec<u8>) -> Option<()>,
+    F: FnMut(&str, usize, &mut Vec<u8>) -> Option<usize>,
 {
     let b = raw.as_bytes();
     let mut out = Vec::with_capacity(cap);
@@ -130,8 +176,7 @@ where
                     return None;
                 }
                 leaf_depth = Some(depth);
-                let end = token_end(b, i)?;
-                push(&raw[i..end], &mut out)?;
+                let end = push(raw, i, &mut out)?;
                 if let Some(n) = open.last_mut() {
                     *n += 1;
                 }
@@ -141,6 +186,18 @@ where
         }
     }
     (open.is_empty() && !dims.is_empty()).then_some((out, count))
+}
+
+/// Adapts a push of whole tokens (`true`, `-12`) to [`scan`]'s push-from-a-position.
+fn tokens<F>(mut push: F) -> impl FnMut(&str, usize, &mut Vec<u8>) -> Option<usize>
+where
+    F: FnMut(&str, &mut Vec<u8>) -> Option<()>,
+{
+    move |raw, i, out| {
+        let end = token_end(raw.as_bytes(), i)?;
+        push(&raw[i..end], out)?;
+        Some(end)
+    }
 }
 
 /// End of the scalar token starting at `i`: a number, `true`/`false`, or a string without
@@ -162,6 +219,9 @@ trait Float: std::str::FromStr + Copy {
     const INFINITY: Self;
     const NEG_INFINITY: Self;
     fn is_finite(self) -> bool;
+    /// The correctly rounded value of an exact f64 that is itself the correctly rounded
+    /// value of the decimal, or `None` where narrowing it could round differently.
+    fn from_exact_f64(v: f64) -> Option<Self>;
 }
 
 impl Float for f32 {
@@ -170,6 +230,14 @@ impl Float for f32 {
     const NEG_INFINITY: Self = f32::NEG_INFINITY;
     fn is_finite(self) -> bool {
         f32::is_finite(self)
+    }
+    fn from_exact_f64(v: f64) -> Option<Self> {
+        // The fast path's values lie within 1e-22..9.1e37 (or are zero): normal f32s, so
+        // narrowing drops exactly the 29 low mantissa bits. If the f64 is not an f32
+        // midpoint, no midpoint lies between it and the decimal (that midpoint would be a
+        // closer f64), so both round to the same f32.
+        const HALF: u64 = 1 << 28;
+        (v.to_bits() & ((HALF << 1) - 1) != HALF).then_some(v as f32)
     }
 }
 
@@ -180,21 +248,159 @@ impl Float for f64 {
     fn is_finite(self) -> bool {
         f64::is_finite(self)
     }
+    fn from_exact_f64(v: f64) -> Option<Self> {
+        Some(v)
+    }
 }
 
-/// A JSON number (finite, in range) or one of the non-finite strings.
-fn float<T: Float>(tok: &str) -> Option<T> {
-    match tok.as_bytes().first()? {
-        // The text is a valid JSON number, so an infinite result means overflow.
-        b'-' | b'0'..=b'9' => tok.parse::<T>().ok().filter(|v| v.is_finite()),
-        b'"' => match tok {
-            "\"NaN\"" => Some(T::NAN),
-            "\"Infinity\"" => Some(T::INFINITY),
-            "\"-Infinity\"" => Some(T::NEG_INFINITY),
-            _ => None,
-        },
-        _ => None,
+/// Powers of ten exactly representable as f64.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The float element starting at `i` (a JSON number, finite and in range, or one of the
+/// non-finite strings) and where it ends.
+fn float_at<T: Float>(raw: &str, i: usize) -> Option<(T, usize)> {
+    let b = raw.as_bytes();
+    if b[i] == b'"' {
+        let end = token_end(b, i)?;
+        let v = match &raw[i..end] {
+            "\"NaN\"" => T::NAN,
+            "\"Infinity\"" => T::INFINITY,
+            "\"-Infinity\"" => T::NEG_INFINITY,
+            _ => return None,
+        };
+        return Some((v, end));
     }
+    let (digits, end) = number(b, i)?;
+    if let Some(v) = digits.and_then(|d| d.exact()).and_then(T::from_exact_f64) {
+        return Some((v, end));
+    }
+    // The text is a valid JSON number, so an infinite result means overflow.
+    let v = raw[i..end].parse::<T>().ok().filter(|v| v.is_finite())?;
+    Some((v, end))
+}
+
+/// A decimal `±mantissa × 10^exponent` read from JSON text.
+#[derive(Clone, Copy, Debug)]
+struct Decimal {
+    negative: bool,
+    mantissa: u64,
+    exponent: i32,
+}
+
+impl Decimal {
+    /// Clinger's fast path: exact when the mantissa and the power of ten are exact f64s.
+    fn exact(self) -> Option<f64> {
+        if self.mantissa > 1 << 53 || !(-22..=22).contains(&self.exponent) {
+            return None;
+        }
+        let m = self.mantissa as f64;
+        let p = POW10[self.exponent.unsigned_abs() as usize];
+        let v = if self.exponent < 0 { m / p } else { m * p };
+        Some(if self.negative { -v } else { v })
+    }
+}
+
+/// Reads the JSON number at `i`: where it ends, and its digits when they fit a [`Decimal`]
+/// (at most 19 significant digits; `None` sends it to the slow path). `None` overall only
+/// for text that is not a number.
+fn number(b: &[u8], mut i: usize) -> Option<(Option<Decimal>, usize)> {
+    let negative = b.get(i) == Some(&b'-');
+    i += usize::from(negative);
+    let first = i;
+    // Wrapping: the value is garbage past 19 significant digits, and then not used.
+    let mut mantissa = 0u64;
+    while let Some(&c @ b'0'..=b'9') = b.get(i) {
+        mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+        i += 1;
+    }
+    if i == first {
+        return None;
+    }
+    let mut digits = i - first;
+    let mut exponent = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        // Eight digits at a time (random data is written with 8 to 9 fraction digits).
+        while let Some(chunk) = b.get(i..i + 8) {
+            let v = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            if !eight_digits(v) {
+                break;
+            }
+            mantissa = mantissa
+                .wrapping_mul(100_000_000)
+                .wrapping_add(parse_eight_digits(v));
+            i += 8;
+        }
+        while let Some(&c @ b'0'..=b'9') = b.get(i) {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+            i += 1;
+        }
+        digits += i - start;
+        exponent = -((i - start) as i64);
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let sign = match b.get(i) {
+            Some(b'-') => {
+                i += 1;
+                -1
+            }
+            Some(b'+') => {
+                i += 1;
+                1
+            }
+            _ => 1,
+        };
+        let mut e = 0i64;
+        while let Some(&c @ b'0'..=b'9') = b.get(i) {
+            e = (e * 10 + i64::from(c - b'0')).min(1 << 32);
+            i += 1;
+        }
+        exponent += sign * e;
+    }
+    match b.get(i) {
+        None | Some(b',' | b']' | b' ' | b'\t' | b'\n' | b'\r') => {}
+        Some(_) => return None,
+    }
+    // Leading zeros (`0.000123`) carry no precision; count them only when it matters.
+    if digits > 19 {
+        let zeros = b[first..i]
+            .iter()
+            .take_while(|&&c| c == b'0' || c == b'.')
+            .filter(|&&c| c == b'0')
+            .count();
+        digits -= zeros;
+    }
+    let decimal = (digits <= 19).then(|| Decimal {
+        negative,
+        mantissa,
+        exponent: exponent.clamp(-1000, 1000) as i32,
+    });
+    Some((decimal, i))
+}
+
+/// Whether the eight bytes of `v` (little-endian) are all ASCII digits.
+fn eight_digits(v: u64) -> bool {
+    let a = v.wrapping_add(0x4646_4646_4646_4646);
+    let b = v.wrapping_sub(0x3030_3030_3030_3030);
+    (a | b) & 0x8080_8080_8080_8080 == 0
+}
+
+/// The value of eight ASCII digits (little-endian, first digit in the low byte).
+fn parse_eight_digits(v: u64) -> u64 {
+    const MASK: u64 = 0x0000_00FF_0000_00FF;
+    const MUL1: u64 = 0x000F_4240_0000_0064; // 100 + (1_000_000 << 32)
+    const MUL2: u64 = 0x0000_2710_0000_0001; // 1 + (10_000 << 32)
+    let v = v.wrapping_sub(0x3030_3030_3030_3030);
+    let v = v.wrapping_mul(10).wrapping_add(v >> 8);
+    (v & MASK)
+        .wrapping_mul(MUL1)
+        .wrapping_add(((v >> 16) & MASK).wrapping_mul(MUL2))
+        >> 32
 }
 
 /// A JSON integer literal (no fraction or exponent) in range.
@@ -267,12 +473,107 @@ mod tests {
         }
     }
 
+    /// `float_at` on `text` (a JSON number) against the standard library's parser.
+    fn same_as_std(text: &str) -> Result<(), TestCaseError> {
+        let raw = format!("{text},");
+        let std32 = text.parse::<f32>().ok().filter(|v| v.is_finite());
+        let std64 = text.parse::<f64>().ok().filter(|v| v.is_finite());
+        let ours32 = float_at::<f32>(&raw, 0);
+        let ours64 = float_at::<f64>(&raw, 0);
+        prop_assert_eq!(
+            ours32.map(|(v, e)| (v.to_bits(), e)),
+            std32.map(|v| (v.to_bits(), text.len())),
+            "f32 {}",
+            text
+        );
+        prop_assert_eq!(
+            ours64.map(|(v, e)| (v.to_bits(), e)),
+            std64.map(|v| (v.to_bits(), text.len())),
+            "f64 {}",
+            text
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn number_edge_cases_match_std() {
+        let cases = [
+            "0",
+            "-0",
+            "0.0",
+            "-0.0",
+            "1",
+            "-1",
+            "0.1",
+            "1e22",
+            "1e23",
+            "1e-22",
+            "1e-23",
+            "9007199254740992",
+            "9007199254740993",
+            "1234567890123456789",
+            "12345678901234567890",
+            "0.000000000000000000000000000001",
+            "3.4028235e38",
+            "3.4028236e38",
+            "1e39",
+            "1e-46",
+            "1.1754942e-38",
+            "4.9e-324",
+            "1.7976931348623157e308",
+            "1e309",
+            "100000000000000000000000",
+            // An FP32 rounding midpoint (1 + 2^-24) and its neighbours: the fast path must
+            // hand the midpoint itself to the exact parser.
+            "1.000000059604644775390625",
+            "1.0000000596046448",
+            "1.00000005960464477539",
+        ];
+        for text in cases {
+            same_as_std(text).unwrap();
+        }
+    }
+
     fn fixed_types() -> impl Strategy<Value = DataType> {
         prop::sample::select(DataType::ALL[..12].to_vec())
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Decimal text of every shape reads to the same bits as `str::parse`.
+        #[test]
+        fn floats_match_std(
+            negative in any::<bool>(),
+            int in prop_oneof![Just(0u64), 0u64..1000, any::<u64>()],
+            frac in prop::option::of("[0-9]{1,22}"),
+            exp in prop::option::of(-60i32..60),
+        ) {
+            let mut text = format!("{}{int}", if negative { "-" } else { "" });
+            if let Some(f) = frac {
+                text = format!("{text}.{f}");
+            }
+            if let Some(e) = exp {
+                text = format!("{text}e{e}");
+            }
+            same_as_std(&text)?;
+        }
+
+        /// FP32 midpoints (exact decimals halfway between neighbours) and every f32's and
+        /// f64's shortest text read exactly.
+        #[test]
+        fn midpoints_and_shortest_text_match_std(bits in any::<u32>(), wide in any::<u64>()) {
+            let x = f32::from_bits(bits);
+            prop_assume!(x.is_finite() && x.next_up().is_finite());
+            let mid = (f64::from(x) + f64::from(x.next_up())) / 2.0;
+            same_as_std(&format!("{mid:e}"))?;
+            same_as_std(&format!("{mid}"))?;
+            same_as_std(&format!("{x}"))?;
+            same_as_std(&format!("{x:e}"))?;
+            let y = f64::from_bits(wide);
+            prop_assume!(y.is_finite());
+            same_as_std(&format!("{y:e}"))?;
+        }
 
         /// What the encoder writes, flat or nested in rows, both paths read the same.
         #[test]
