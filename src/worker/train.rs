@@ -30,7 +30,9 @@ use crate::protocol::ErrorCode;
 use crate::repository::ModelStore;
 use crate::runtime::SessionOptions;
 use crate::telemetry::{Metrics, Outcome};
-use crate::training::{parse_job, train, EpochReport, SessionFactory, TrainOutcome, TrainingError};
+use crate::training::{
+    parse_job, train_within, DataLimits, EpochReport, SessionFactory, TrainOutcome, TrainingError,
+};
 
 /// What training jobs need.
 pub struct TrainContext {
@@ -43,6 +45,8 @@ pub struct TrainContext {
     pub concurrency: u16,
     pub consumer_timeout_ms: u64,
     pub max_message_bytes: usize,
+    /// `training.data_dir` (resolved) and `training.max_data_bytes`.
+    pub data_limits: DataLimits,
     /// Wakes this worker's repository sync when a version was written.
     pub reload: Arc<Notify>,
     /// Shutdown: running trainings stop between batches and their jobs are requeued.
@@ -252,12 +256,14 @@ async fn handle_training(
     };
     let stop = ctx.stop.clone();
     let options = ctx.options.clone();
+    let limits = ctx.data_limits.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut progress = |report: &EpochReport| {
             let _ = progress_tx.send(report.clone());
         };
-        train(
+        train_within(
             &job,
+            &limits,
             init.as_deref(),
             &WorkerSessions(options),
             &mut progress,
