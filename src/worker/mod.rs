@@ -15,6 +15,7 @@
 //! declares the topology again and resumes; `/readyz` answers 503 meanwhile.
 
 mod consumer;
+mod early;
 pub mod job;
 pub mod models;
 pub mod predict;

@@ -182,6 +182,7 @@ pub async fn cleanup(prefix: &str) {
         "fixed",
         "trained",
         "regression",
+        "fresh",
         "text",
     ] {
         if let Ok(channel) = connection.create_channel().await {
