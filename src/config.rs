@@ -133,6 +133,17 @@ pub struct TrainingSettings {
     pub enabled: bool,
     pub concurrency: usize,
     pub consumer_timeout_ms: u64,
+    /// Directory every `file://` training data URI must resolve inside; empty: no restriction.
+    pub data_dir: PathBuf,
+    /// Largest training data file read, in bytes.
+    pub max_data_bytes: u64,
+}
+
+impl TrainingSettings {
+    /// The configured data directory, `None` when left empty.
+    pub fn data_dir(&self) -> Option<&Path> {
+        (!self.data_dir.as_os_str().is_empty()).then_some(self.data_dir.as_path())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +265,9 @@ impl Settings {
         }
         if self.training.concurrency == 0 {
             return invalid("training.concurrency", "must be at least 1");
+        }
+        if self.training.max_data_bytes == 0 {
+            return invalid("training.max_data_bytes", "must be at least 1");
         }
         if self.log.level.trim().is_empty() {
             return invalid("log.level", "must not be empty");

@@ -298,6 +298,54 @@ async fn bad_jobs_get_the_contract_error_codes_and_good_jobs_still_work() {
     worker.stop().await;
 }
 
+/// A model with a string input: `text` BYTES `[-1, 2]` → `echoed` (Identity). None of the
+/// bundled models has one.
+fn write_text_echo_model(repo: &std::path::Path) {
+    use infermq::onnx::builder::{Dim, GraphBuilder};
+    use infermq::onnx::proto::elem;
+    let mut g = GraphBuilder::new("text");
+    let dims = [Dim::batch(), Dim::Fixed(2)];
+    let x = g.input("text", elem::STRING, &dims);
+    g.node_to("Identity", &[&x], &["echoed"], vec![]);
+    g.output("echoed", elem::STRING, &dims);
+    let dir = repo.join("text/1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.onnx"), g.to_bytes()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_inputs_that_are_not_utf8_are_refused_naming_the_element() {
+    let repo = model_repository(&[]);
+    write_text_echo_model(repo.path());
+    let worker = TestWorker::start(settings(&random_prefix(), repo.path(), &[])).await;
+    let mut client = client().await;
+    let queue = worker.queue("text");
+    let text =
+        |elements: Vec<Vec<u8>>| request(vec![Tensor::from_bytes("text", vec![2, 2], elements)]);
+
+    // UTF-8 in binary: through ONNX Runtime and back unchanged.
+    let good = vec![b"ab".to_vec(), "h\u{e9}llo".into(), vec![], b"ok".to_vec()];
+    let (code, res) = call(&mut client, &queue, &text(good.clone()), true, &[]).await;
+    assert_eq!(code, None, "{:?}", res.error);
+    assert_eq!(res.outputs[0].data, TensorData::Bytes(good));
+
+    // Element 3 holds 0xff, which never occurs in UTF-8: refused before it reaches a session.
+    let bad = vec![b"ab".to_vec(), b"ok".to_vec(), vec![], b"a\xffb".to_vec()];
+    let req = text(bad);
+    let (code, res) = call(&mut client, &queue, &req, true, &[]).await;
+    assert_eq!(code.as_deref(), Some("invalid_request"));
+    let (_, message) = res.error.expect("an error result");
+    assert!(
+        message.starts_with(r#"inputs[0] ("text"): element 3 is not valid UTF-8"#),
+        "{message}"
+    );
+    assert_eq!(res.id, req.id);
+    assert_eq!(res.model_name.as_deref(), Some("text"));
+
+    client.close().await;
+    worker.stop().await;
+}
+
 /// Cases whose body is the good job (id "ok"): their error answers carry that id.
 fn body_has_readable_id(case: &str) -> bool {
     matches!(

@@ -55,6 +55,16 @@ fn bad_configuration_names_the_key() {
 }
 
 #[test]
+fn a_training_data_dir_that_is_not_a_directory_stops_the_start() {
+    let (code, stderr) = worker(&[("INFERMQ__TRAINING__DATA_DIR", "/nonexistent/training-data")]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("training.data_dir = /nonexistent/training-data"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn models_command_lists_signatures() {
     let output = Command::new(env!("CARGO_BIN_EXE_infermq"))
         .args(["models", "--models"])

@@ -249,6 +249,54 @@ async fn bad_training_jobs_are_answered_with_named_fields_and_new_models_are_cre
         let (_, message) = res.error.unwrap();
         assert!(message.contains(needle), "{pointer}: {message}");
     }
+    // Bodies refused while their JSON is read: the error result names the job as far as the
+    // body can be read, and takes the AMQP message_id as its id where the body's cannot be.
+    // The training queue is shared by every model, so only the body can name the model.
+    let mut unknown_field = base.clone();
+    unknown_field["epoch"] = serde_json::json!(3);
+    let mut numeric_id = base.clone();
+    numeric_id["id"] = serde_json::json!(7);
+    let refused: [(Vec<u8>, &str, Option<&str>, &str); 4] = [
+        (
+            br#"{"id":"t","model_name":"fresh","layers":[{"#.to_vec(),
+            "msg-1",
+            Some("msg-1"),
+            "",
+        ),
+        (b"not json".to_vec(), "msg-2", Some("msg-2"), ""),
+        (
+            serde_json::to_vec(&numeric_id).unwrap(),
+            "msg-3",
+            Some("msg-3"),
+            "fresh",
+        ),
+        (
+            serde_json::to_vec(&unknown_field).unwrap(),
+            "msg-4",
+            Some("t"),
+            "fresh",
+        ),
+    ];
+    for (body, message_id, id, model_name) in refused {
+        let body = EncodedBody {
+            body,
+            header_len: None,
+            content_type: "application/json",
+        };
+        let properties = client
+            .job_properties(message_id, &body, headers(&[]))
+            .with_message_id(message_id.into());
+        client
+            .publish(&train_queue, &body.body, properties)
+            .await
+            .unwrap();
+        let delivery = client.next_reply(Duration::from_secs(60)).await.unwrap();
+        let res = decode_response(&delivery.data, None).unwrap();
+        let (code, message) = res.error.expect("an error result");
+        assert_eq!(code, "invalid_request", "{message_id}: {message}");
+        assert_eq!(res.id.as_deref(), id, "{message_id}");
+        assert_eq!(res.model_name.as_deref(), Some(model_name), "{message_id}");
+    }
     let mut job = base.clone();
     job["init_from"] = serde_json::json!({"model_version": "9"});
     let delivery = client

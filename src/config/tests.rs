@@ -137,3 +137,24 @@ fn model_config_errors_name_the_key() {
         ModelConfig::default()
     );
 }
+
+#[test]
+fn training_data_limits_default_to_unconfined_and_one_gib() {
+    let s = Settings::load_from(None, env(&[])).unwrap();
+    assert_eq!(s.training.data_dir(), None);
+    assert_eq!(s.training.max_data_bytes, 1 << 30);
+    let s = Settings::load_from(
+        None,
+        env(&[
+            ("INFERMQ__TRAINING__DATA_DIR", "/srv/training"),
+            ("INFERMQ__TRAINING__MAX_DATA_BYTES", "1000"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.training.data_dir(), Some(Path::new("/srv/training")));
+    assert_eq!(s.training.max_data_bytes, 1000);
+    let err = Settings::load_from(None, env(&[("INFERMQ__TRAINING__MAX_DATA_BYTES", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("training.max_data_bytes"), "{err}");
+}

@@ -13,6 +13,7 @@ pub mod elem {
     pub const INT8: i32 = 3;
     pub const INT32: i32 = 6;
     pub const INT64: i32 = 7;
+    pub const STRING: i32 = 8;
     pub const BOOL: i32 = 9;
     pub const DOUBLE: i32 = 11;
 }

@@ -1,5 +1,8 @@
 //! The binary tensor extension: raw little-endian bytes after the JSON header; BYTES
 //! elements as a 4-byte little-endian length followed by the bytes.
+//!
+//! BYTES elements are kept exactly as sent, whatever the bytes; `validate.rs` refuses those
+//! that are not UTF-8 before a job goes to a model.
 
 use super::error::ProtocolError;
 use super::tensor::TensorData;

@@ -100,6 +100,15 @@ pub enum ProtocolError {
     #[error("{path}: BYTES binary data: {detail}")]
     InvalidBytesFraming { path: String, detail: String },
 
+    /// A BYTES element (sent through the binary extension) that is not UTF-8: ONNX Runtime
+    /// string tensors cannot hold it.
+    #[error("{path}: element {index} is not valid UTF-8 (invalid byte at offset {offset}); BYTES inputs must be UTF-8 text")]
+    InvalidUtf8 {
+        path: String,
+        index: usize,
+        offset: usize,
+    },
+
     /// The classification extension, not part of v1.
     #[error("{path}: the classification extension is not supported in v1, got {parameter:?}")]
     UnsupportedExtension { path: String, parameter: String },
@@ -212,6 +221,7 @@ impl ProtocolError {
             | ProtocolError::ElementOutOfRange { .. }
             | ProtocolError::RaggedData { .. }
             | ProtocolError::DataNotArray { .. }
+            | ProtocolError::InvalidUtf8 { .. }
             | ProtocolError::MissingData { .. }
             | ProtocolError::ConflictingData { .. } => "data",
             ProtocolError::BinaryWithoutHeader { .. }

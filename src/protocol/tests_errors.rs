@@ -327,3 +327,60 @@ fn error_body_names_code_and_reason() {
     let body = encode_error(None, "iris", ErrorCode::Internal, "x");
     assert_eq!(decode_response(&body, None).unwrap().id, None);
 }
+
+/// BYTES elements sent binary may be any bytes: the codec keeps them as they are, and
+/// validation refuses an element that is not UTF-8 (ONNX Runtime strings are UTF-8), naming
+/// the input and the element's flat index.
+#[test]
+fn validate_refuses_bytes_that_are_not_utf8() {
+    let sig = ModelSignature {
+        inputs: vec![TensorSpec {
+            name: "text".into(),
+            datatype: DataType::Bytes,
+            shape: vec![-1, 2],
+        }],
+        outputs: vec![],
+    };
+    let body = |elements: &[&[u8]]| {
+        let mut raw = Vec::new();
+        for e in elements {
+            raw.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            raw.extend_from_slice(e);
+        }
+        let header = format!(
+            r#"{{"inputs":[{{"name":"text","datatype":"BYTES","shape":[2,2],"parameters":{{"binary_data_size":{}}}}}]}}"#,
+            raw.len()
+        );
+        binary_body(&header, &raw)
+    };
+
+    let good: [&[u8]; 4] = [b"ab", "h\u{e9}llo".as_bytes(), b"", b"ok"];
+    let (raw, header_len) = body(&good);
+    let req = decode_request(&raw, Some(header_len)).unwrap();
+    validate_request(&req, &sig).unwrap();
+
+    // 0xff never occurs in UTF-8; "\xc3" alone is a truncated two-byte sequence.
+    let bad: [&[u8]; 4] = [b"ab", b"ok", b"", b"a\xffb"];
+    let (raw, header_len) = body(&bad);
+    let req = decode_request(&raw, Some(header_len)).unwrap();
+    let TensorData::Bytes(elements) = &req.inputs[0].data else {
+        panic!("BYTES data expected");
+    };
+    assert_eq!(elements[3], b"a\xffb", "the codec keeps the bytes as sent");
+    let err = validate_request(&req, &sig).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"inputs[0] ("text"): element 3 is not valid UTF-8 (invalid byte at offset 1); BYTES inputs must be UTF-8 text"#
+    );
+    assert_eq!(err.code(), ErrorCode::InvalidRequest);
+    assert_eq!(err.label(), "data");
+
+    let truncated: [&[u8]; 4] = [b"\xc3", b"ok", b"", b""];
+    let (raw, header_len) = body(&truncated);
+    let req = decode_request(&raw, Some(header_len)).unwrap();
+    let err = validate_request(&req, &sig).unwrap_err().to_string();
+    assert!(
+        err.starts_with(r#"inputs[0] ("text"): element 0 is not valid UTF-8"#),
+        "{err}"
+    );
+}

@@ -2,10 +2,14 @@
 //!
 //! Every model input present exactly once, no unknown inputs, datatypes, ranks and fixed
 //! dimensions as the model declares them (`-1` is dynamic), batched inputs (dimension 0
-//! dynamic) agreeing on their number of rows (at least one), requested outputs that exist.
+//! dynamic) agreeing on their number of rows (at least one), requested outputs that exist,
+//! and BYTES elements that are UTF-8: ONNX Runtime string tensors hold UTF-8 text, and the
+//! binary extension lets a producer send any bytes, which must be refused here rather than
+//! altered on their way into a session.
 
 use super::error::ProtocolError;
 use super::request::InferenceRequest;
+use super::tensor::{Tensor, TensorData};
 use super::types::{ModelSignature, TensorSpec};
 
 fn describe(spec: &TensorSpec) -> String {
@@ -18,6 +22,23 @@ fn describe_all(specs: &[TensorSpec]) -> String {
         .map(|s| format!("{} ({})", s.name, describe(s)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Refuses a BYTES element that is not UTF-8, naming its flat (row-major) index.
+fn check_utf8(input: &Tensor, path: &str) -> Result<(), ProtocolError> {
+    let TensorData::Bytes(elements) = &input.data else {
+        return Ok(());
+    };
+    for (index, element) in elements.iter().enumerate() {
+        if let Err(e) = std::str::from_utf8(element) {
+            return Err(ProtocolError::InvalidUtf8 {
+                path: path.to_string(),
+                index,
+                offset: e.valid_up_to(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks `req` against `sig`; the first problem found is returned.
@@ -69,6 +90,7 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
                 });
             }
         }
+        check_utf8(input, &path)?;
         if spec.is_batched() {
             let rows = input.shape[0];
             if rows == 0 {

@@ -200,10 +200,20 @@ fn to_ort(tensor: &Tensor) -> ort::Result<DynValue> {
             Ok(value.into_dyn())
         }
         TensorData::Bytes(elements) => {
+            // Validation refuses non-UTF-8 elements before a job may join a batch; should one
+            // get here anyway, fail rather than alter it.
             let strings = elements
                 .iter()
-                .map(|e| String::from_utf8_lossy(e).into_owned())
-                .collect::<Vec<String>>();
+                .enumerate()
+                .map(|(i, e)| {
+                    std::str::from_utf8(e).map(str::to_owned).map_err(|_| {
+                        ort::Error::new(format!(
+                            "input {}: element {i} is not valid UTF-8",
+                            tensor.name
+                        ))
+                    })
+                })
+                .collect::<ort::Result<Vec<String>>>()?;
             Ok(OrtTensor::from_string_array((shape, strings.as_slice()))?.into_dyn())
         }
     }

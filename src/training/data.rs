@@ -11,11 +11,13 @@
 //!
 //! `format` may be left out when the URI ends in `.csv` or the URIs are an `{x, y}` pair.
 //! Object-store URIs (`s3://`, `gs://`, ...) are refused: no object store is configured.
+//! Files are read within the worker's [`DataLimits`] (see `files.rs`).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::files::{file_path, invalid, read, DataLimits};
 use super::job::Loss;
 use super::npy;
 use super::TrainingError;
@@ -58,61 +60,6 @@ pub struct Dataset {
     pub targets: usize,
     pub x: Vec<f32>,
     pub y: Vec<f32>,
-}
-
-fn invalid(field: &str, message: impl std::fmt::Display) -> TrainingError {
-    TrainingError::InvalidData {
-        field: field.to_string(),
-        message: message.to_string(),
-    }
-}
-
-fn file_path(field: &str, uri: &str) -> Result<PathBuf, TrainingError> {
-    if let Some(rest) = uri.strip_prefix("file://") {
-        let path = rest.strip_prefix("localhost").unwrap_or(rest);
-        if !path.starts_with('/') {
-            return Err(invalid(
-                field,
-                format_args!("{uri:?} is not an absolute file:// URI"),
-            ));
-        }
-        return Ok(PathBuf::from(percent_decode(path)));
-    }
-    if let Some((scheme, _)) = uri.split_once("://") {
-        if !scheme.is_empty() {
-            return Err(invalid(
-                field,
-                format_args!(
-                    "{scheme}:// URIs: object store URIs are not configured on this worker"
-                ),
-            ));
-        }
-    }
-    Err(invalid(field, format_args!("{uri:?} is not a file:// URI")))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).and_then(|&c| hex(c)),
-            b.get(i + 2).and_then(|&c| hex(c)),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Parses CSV text (see the module documentation); `label_column` defaults to the last column.
@@ -207,29 +154,24 @@ impl DataSource {
         }
     }
 
-    /// Reads the data (files are read now).
-    pub fn load(&self) -> Result<RawData, TrainingError> {
+    /// Reads the data (files are read now, within `limits`).
+    pub fn load(&self, limits: &DataLimits) -> Result<RawData, TrainingError> {
         match self {
             DataSource::Inline(raw) => Ok(raw.clone()),
             DataSource::Csv { path, label_column } => {
-                let text = read(path, "data.uri")?;
+                let text = read(path, "data.uri", limits)?;
                 let text = String::from_utf8(text)
                     .map_err(|_| invalid("data.uri", "the CSV file is not UTF-8"))?;
                 super::csv::parse(&text, label_column.as_deref())
             }
-            DataSource::Npy { x, y } => npy_pair(x, y),
+            DataSource::Npy { x, y } => npy_pair(x, y, limits),
         }
     }
 }
 
-fn read(path: &Path, field: &str) -> Result<Vec<u8>, TrainingError> {
-    std::fs::read(path)
-        .map_err(|e| invalid(field, format_args!("cannot read {}: {e}", path.display())))
-}
-
-fn npy_pair(x: &Path, y: &Path) -> Result<RawData, TrainingError> {
-    let xa = npy::parse(&read(x, "data.uri.x")?).map_err(|e| invalid("data.uri.x", e))?;
-    let ya = npy::parse(&read(y, "data.uri.y")?).map_err(|e| invalid("data.uri.y", e))?;
+fn npy_pair(x: &Path, y: &Path, limits: &DataLimits) -> Result<RawData, TrainingError> {
+    let xa = npy::parse(&read(x, "data.uri.x", limits)?).map_err(|e| invalid("data.uri.x", e))?;
+    let ya = npy::parse(&read(y, "data.uri.y", limits)?).map_err(|e| invalid("data.uri.y", e))?;
     let (rows, features) = match xa.shape[..] {
         [r, f] => (r, f),
         [r] => (r, 1),

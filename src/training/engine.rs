@@ -16,6 +16,7 @@ use crate::onnx::proto::elem;
 use crate::onnx::{decode_model, initializer_f32};
 
 use super::data::Dataset;
+use super::files::DataLimits;
 use super::graph::Network;
 use super::job::{Activation, TrainJob};
 use super::metrics::Accumulator;
@@ -126,6 +127,9 @@ fn initial_parameters(
 /// Trains the job's network; see the module documentation. `init_from` holds the bytes of the
 /// model version named by `init_from`; `progress` is called after every epoch; `should_stop` is
 /// polled between batches and ends the run with [`TrainingError::Stopped`].
+///
+/// Data files are read without [`DataLimits`]: for tools and tests that name their own files.
+/// The worker uses [`train_within`].
 pub fn train(
     job: &TrainJob,
     init_from: Option<&[u8]>,
@@ -133,8 +137,29 @@ pub fn train(
     progress: &mut dyn FnMut(&EpochReport),
     should_stop: &dyn Fn() -> bool,
 ) -> Result<TrainOutcome, TrainingError> {
+    let unrestricted = DataLimits::unrestricted();
+    train_within(
+        job,
+        &unrestricted,
+        init_from,
+        sessions,
+        progress,
+        should_stop,
+    )
+}
+
+/// [`train`], reading the job's data files within `limits` (`training.data_dir`,
+/// `training.max_data_bytes`).
+pub fn train_within(
+    job: &TrainJob,
+    limits: &DataLimits,
+    init_from: Option<&[u8]>,
+    sessions: &dyn SessionFactory,
+    progress: &mut dyn FnMut(&EpochReport),
+    should_stop: &dyn Fn() -> bool,
+) -> Result<TrainOutcome, TrainingError> {
     let started = Instant::now();
-    let raw = job.data.load()?;
+    let raw = job.data.load(limits)?;
     let net = Network {
         inputs: raw.features,
         layers: job.layers.clone(),

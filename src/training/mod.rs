@@ -12,6 +12,7 @@ pub mod autodiff;
 mod csv;
 pub mod data;
 pub mod engine;
+mod files;
 pub mod graph;
 mod inline;
 pub mod job;
@@ -25,7 +26,8 @@ mod state;
 #[cfg(test)]
 mod job_tests;
 
-pub use engine::{train, CpuSessions, EpochReport, SessionFactory, TrainOutcome};
+pub use engine::{train, train_within, CpuSessions, EpochReport, SessionFactory, TrainOutcome};
+pub use files::DataLimits;
 pub use job::{parse_job, TrainJob};
 
 use crate::protocol::ErrorCode;

@@ -15,6 +15,7 @@
 //! declares the topology again and resumes; `/readyz` answers 503 meanwhile.
 
 mod consumer;
+mod early;
 pub mod job;
 pub mod models;
 pub mod predict;
@@ -35,6 +36,7 @@ use crate::config::Settings;
 use crate::repository::ModelStore;
 use crate::runtime::{env, RuntimeError, SessionOptions};
 use crate::telemetry::{HttpState, Metrics, StatusSource};
+use crate::training::DataLimits;
 use job::Answerer;
 use models::{ModelRegistry, ModelSync};
 
@@ -52,6 +54,11 @@ pub enum WorkerError {
     },
     #[error("model repository {path}: {message}")]
     Repository { path: String, message: String },
+    #[error("training.data_dir = {path}: {source}")]
+    TrainingDataDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// What `/readyz` and `/v2/models` report.
@@ -123,6 +130,7 @@ pub async fn run(
             message: "not a directory (set repository.path or --models)".into(),
         });
     }
+    let data_limits = training_data_limits(&settings)?;
     let registry = Arc::new(ModelRegistry::default());
     let batch_tasks = TaskTracker::new();
     let sync = Arc::new(ModelSync {
@@ -205,6 +213,7 @@ pub async fn run(
                 concurrency: settings.training.concurrency.min(u16::MAX as usize) as u16,
                 consumer_timeout_ms: settings.training.consumer_timeout_ms,
                 max_message_bytes: settings.broker.max_message_bytes,
+                data_limits: data_limits.clone(),
                 reload: reload.clone(),
                 stop: shutdown.clone(),
             })
@@ -240,6 +249,22 @@ pub async fn run(
     let _ = http.await;
     tracing::info!("Worker stopped");
     Ok(())
+}
+
+/// Resolves `training.data_dir` once; warns when training may read any file.
+fn training_data_limits(settings: &Settings) -> Result<DataLimits, WorkerError> {
+    let training = &settings.training;
+    let dir = training.data_dir();
+    if training.enabled && dir.is_none() {
+        tracing::warn!(
+            "training.data_dir is not set: training jobs may name any file this worker can read \
+             (file:// data URIs); set it to the directory that holds training data"
+        );
+    }
+    DataLimits::new(dir, training.max_data_bytes).map_err(|source| WorkerError::TrainingDataDir {
+        path: training.data_dir.display().to_string(),
+        source,
+    })
 }
 
 /// Syncs the repository every `interval`, or at once when `reload` is notified.

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use lapin::message::Delivery;
 
+use super::early::{early_names, message_id};
 use super::job::{answer_error, reply_routing_key, Answerer, JobState, OutputPlan, Reply};
 use super::models::{ModelRegistry, ServedVersion};
 use crate::batching::{split_rows, Item};
@@ -78,11 +79,7 @@ pub fn handle_delivery(
         delivery_count: 0,
     };
     let answerer = &ctx.answerer;
-    let message_id = reply
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|m| m.as_str().to_string());
+    let message_id = message_id(&reply.properties);
     if data.len() > ctx.max_message_bytes {
         let message = format!(
             "body: {} bytes exceeds broker.max_message_bytes = {}",
@@ -104,7 +101,7 @@ pub fn handle_delivery(
     let headers = match JobHeaders::read(&reply.properties) {
         Ok(headers) => headers,
         Err(e) => {
-            let id = early_id(&data, None, message_id);
+            let id = early_names(&data, None, message_id).id;
             return answer_error(
                 answerer,
                 reply,
@@ -118,7 +115,7 @@ pub fn handle_delivery(
     };
     reply.delivery_count = headers.delivery_count;
     if headers.expired(SystemTime::now()) {
-        let id = early_id(&data, headers.binary_header_len, message_id);
+        let id = early_names(&data, headers.binary_header_len, message_id).id;
         return answer_error(
             answerer,
             reply,
@@ -132,7 +129,7 @@ pub fn handle_delivery(
     let mut request = match decode_request(&data, headers.binary_header_len) {
         Ok(request) => request,
         Err(e) => {
-            let id = early_id(&data, headers.binary_header_len, message_id);
+            let id = early_names(&data, headers.binary_header_len, message_id).id;
             return answer_error(
                 answerer,
                 reply,
@@ -172,23 +169,6 @@ pub fn handle_delivery(
     }
     reply.body = data;
     submit(&served, answerer, request, reply, headers, received);
-}
-
-/// The job's `id` for an error found before the body was decoded (or when it failed to
-/// decode): the body's `id` if the JSON (header) can be read that far, else the AMQP
-/// `message_id`. Error path only: it reads the JSON once more.
-fn early_id(body: &[u8], header_len: Option<usize>, message_id: Option<String>) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        id: Option<String>,
-    }
-    let json = match header_len {
-        Some(n) => body.get(..n),
-        None => Some(body),
-    };
-    json.and_then(|j| serde_json::from_slice::<IdOnly>(j).ok())
-        .and_then(|x| x.id)
-        .or(message_id)
 }
 
 fn plan_outputs(served: &ServedVersion, request: &InferenceRequest) -> OutputPlan {

@@ -21,6 +21,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::early::{early_names, message_id};
 use super::job::{error_result, reply_routing_key, requeue_or_dead_letter, send, Answerer, Reply};
 use crate::broker::acks::{AckTracker, DeliveryRef};
 use crate::broker::headers::JobHeaders;
@@ -30,7 +31,9 @@ use crate::protocol::ErrorCode;
 use crate::repository::ModelStore;
 use crate::runtime::SessionOptions;
 use crate::telemetry::{Metrics, Outcome};
-use crate::training::{parse_job, train, EpochReport, SessionFactory, TrainOutcome, TrainingError};
+use crate::training::{
+    parse_job, train_within, DataLimits, EpochReport, SessionFactory, TrainOutcome, TrainingError,
+};
 
 /// What training jobs need.
 pub struct TrainContext {
@@ -43,6 +46,8 @@ pub struct TrainContext {
     pub concurrency: u16,
     pub consumer_timeout_ms: u64,
     pub max_message_bytes: usize,
+    /// `training.data_dir` (resolved) and `training.max_data_bytes`.
+    pub data_limits: DataLimits,
     /// Wakes this worker's repository sync when a version was written.
     pub reload: Arc<Notify>,
     /// Shutdown: running trainings stop between batches and their jobs are requeued.
@@ -160,16 +165,18 @@ async fn handle_training(
         queue,
         delivery_count,
     };
+    let message_id = message_id(&reply.properties);
     if reply.body.len() > ctx.max_message_bytes {
         let message = format!(
             "body: {} bytes exceeds broker.max_message_bytes = {}",
             reply.body.len(),
             ctx.max_message_bytes
         );
+        // Not parsed: only `message_id` can name it.
         return answer(
             &ctx,
             reply,
-            None,
+            message_id.as_deref(),
             "",
             Err((ErrorCode::TooLarge, message)),
             started,
@@ -178,14 +185,15 @@ async fn handle_training(
     let job = match parse_job(&reply.body) {
         Ok(job) => job,
         Err(error) => {
-            // Name the job in its error result whenever its JSON can be read that far.
-            let named = named_job(&reply.body);
-            let (id, model) = (named.id.as_deref(), named.model_name.unwrap_or_default());
+            // Name the job in its error result as far as its JSON can be read; the training
+            // queue is shared, so only the body can name the model.
+            let named = early_names(&reply.body, None, message_id);
+            let model = named.model_name.unwrap_or_default();
             reply.model = Arc::from(model.as_str());
             return answer(
                 &ctx,
                 reply,
-                id,
+                named.id.as_deref(),
                 &model,
                 Err((error.code(), error.to_string())),
                 started,
@@ -252,12 +260,14 @@ async fn handle_training(
     };
     let stop = ctx.stop.clone();
     let options = ctx.options.clone();
+    let limits = ctx.data_limits.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut progress = |report: &EpochReport| {
             let _ = progress_tx.send(report.clone());
         };
-        train(
+        train_within(
             &job,
+            &limits,
             init.as_deref(),
             &WorkerSessions(options),
             &mut progress,
@@ -283,17 +293,6 @@ async fn handle_training(
         Err(error) => Err((error.code(), error.to_string())),
     };
     answer(&ctx, reply, Some(&id), &model, result, started);
-}
-
-/// The `id` and `model_name` of a job body that failed validation, when they are readable.
-#[derive(Default, serde::Deserialize)]
-struct NamedJob {
-    id: Option<String>,
-    model_name: Option<String>,
-}
-
-fn named_job(body: &[u8]) -> NamedJob {
-    serde_json::from_slice(body).unwrap_or_default()
 }
 
 /// Writes the version, announces it, and returns the result body.

@@ -182,6 +182,8 @@ pub async fn cleanup(prefix: &str) {
         "fixed",
         "trained",
         "regression",
+        "fresh",
+        "text",
     ] {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel
