@@ -105,6 +105,41 @@ pub struct RuntimeSettings {
     pub execution_providers: Vec<ExecutionProvider>,
     pub require_gpu: bool,
     pub intra_threads: usize,
+    /// CPUs for the instance threads that run ONNX Runtime (one each, round robin).
+    #[serde(deserialize_with = "one_or_many")]
+    pub instance_cpus: Vec<usize>,
+    /// CPUs for every other thread of the worker (tokio, broker connection, HTTP).
+    #[serde(deserialize_with = "one_or_many")]
+    pub io_cpus: Vec<usize>,
+}
+
+/// A list of CPU numbers, or a single one: from the environment, `INFERMQ__RUNTIME__IO_CPUS=0`
+/// arrives as one number and `=0,1` as a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Cpu {
+        Number(usize),
+        Text(String),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Cpu),
+        Many(Vec<Cpu>),
+    }
+    let cpus = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(cpu) => vec![cpu],
+        OneOrMany::Many(cpus) => cpus,
+    };
+    cpus.into_iter()
+        .map(|cpu| match cpu {
+            Cpu::Number(n) => Ok(n),
+            Cpu::Text(t) => t.trim().parse().map_err(|_| {
+                serde::de::Error::custom(format!("{t:?} is not a CPU number"))
+            }),
+        })
+        .collect()
 }
 
 impl RuntimeSettings {
@@ -206,6 +241,8 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("runtime.execution_providers")
                 .with_list_parse_key("repository.models")
+                .with_list_parse_key("runtime.instance_cpus")
+                .with_list_parse_key("runtime.io_cpus")
                 .source(Some(env)),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
@@ -259,6 +296,14 @@ impl Settings {
                 "runtime.require_gpu",
                 "is true but runtime.execution_providers has no \"cuda\"",
             );
+        }
+        for (key, cpus) in [
+            ("runtime.instance_cpus", &self.runtime.instance_cpus),
+            ("runtime.io_cpus", &self.runtime.io_cpus),
+        ] {
+            if let Err(message) = crate::runtime::affinity::check_usable(cpus) {
+                return invalid(key, &message);
+            }
         }
         if self.batching.max_batch_size > 65536 {
             return invalid("batching.max_batch_size", "must be at most 65536");

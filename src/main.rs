@@ -73,6 +73,12 @@ fn main() -> anyhow::Result<()> {
     }
     infermq::telemetry::logging::init(settings.log.format, &settings.log.level)
         .map_err(anyhow::Error::msg)?;
+    if matches!(cli.command, Command::Worker { .. }) && !settings.runtime.io_cpus.is_empty() {
+        // Before any thread starts: every thread the worker starts inherits the mask.
+        infermq::runtime::affinity::pin_current_thread(&settings.runtime.io_cpus).map_err(|e| {
+            anyhow::anyhow!("runtime.io_cpus = {:?}: {e}", settings.runtime.io_cpus)
+        })?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -191,11 +197,7 @@ fn list_models(settings: &Settings) -> anyhow::Result<()> {
         settings.repository.models.clone(),
     );
     let (models, broken) = store.scan()?;
-    let options = SessionOptions {
-        execution_providers: vec![infermq::config::ExecutionProvider::Cpu],
-        require_gpu: false,
-        intra_threads: 1,
-    };
+    let options = SessionOptions::cpu();
     let mut out = Vec::new();
     for entry in models {
         let mut versions = Vec::new();

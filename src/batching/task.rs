@@ -120,7 +120,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn runs_every_item_once_and_batches_under_load() {
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
-        let pool = InstancePool::start("test", vec![backend()], idle_tx).unwrap();
+        let pool = InstancePool::start("test", vec![backend()], &[], idle_tx).unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         let seen = Arc::new(Mutex::new(Vec::<Vec<usize>>::new()));
         let record = seen.clone();

@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
             execution_providers: vec![infermq::config::ExecutionProvider::Cuda],
             require_gpu: true,
             intra_threads,
+            cpus: Vec::new(),
         },
         other => anyhow::bail!("unknown execution provider {other:?} (cpu or cuda)"),
     };

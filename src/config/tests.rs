@@ -42,6 +42,19 @@ fn environment_overrides_file_which_overrides_defaults() {
     assert_eq!(s.broker.prefix, "fromenv");
     assert_eq!(s.broker.prefetch, 7);
     assert_eq!(s.runtime.execution_providers, vec![ExecutionProvider::Cpu]);
+    assert!(s.runtime.instance_cpus.is_empty() && s.runtime.io_cpus.is_empty());
+    let s = Settings::load_from(
+        None,
+        env(&[
+            ("INFERMQ__RUNTIME__INSTANCE_CPUS", "0"),
+            ("INFERMQ__RUNTIME__IO_CPUS", "0,0"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (s.runtime.instance_cpus, s.runtime.io_cpus),
+        (vec![0], vec![0, 0])
+    );
 }
 
 #[test]
@@ -84,6 +97,16 @@ fn invalid_values_are_refused_with_the_key_named() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("tpu"), "{err}");
+    let err = Settings::load_from(
+        None,
+        env(&[("INFERMQ__RUNTIME__INSTANCE_CPUS", "0,100000")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("runtime.instance_cpus") && err.contains("CPU 100000"),
+        "{err}"
+    );
     let err = Settings::load_from(Some(Path::new("/nonexistent.toml")), env(&[]))
         .unwrap_err()
         .to_string();

@@ -21,10 +21,12 @@ pub struct InstancePool {
 }
 
 impl InstancePool {
-    /// Starts one thread per backend. Each reports its index on `idle` after every task.
+    /// Starts one thread per backend, pinned to `cpus[index % cpus.len()]` when `cpus` is
+    /// not empty. Each reports its index on `idle` after every task.
     pub fn start(
         name: &str,
         backends: Vec<Box<dyn Backend>>,
+        cpus: &[usize],
         idle: UnboundedSender<usize>,
     ) -> std::io::Result<InstancePool> {
         let mut senders = Vec::with_capacity(backends.len());
@@ -32,9 +34,15 @@ impl InstancePool {
         for (index, mut backend) in backends.into_iter().enumerate() {
             let (tx, rx) = mpsc::sync_channel::<InstanceTask>(1);
             let idle = idle.clone();
+            let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
             let thread = std::thread::Builder::new()
                 .name(format!("infer-{name}-{index}"))
                 .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(error) = super::affinity::pin_current_thread(&[cpu]) {
+                            tracing::warn!(cpu, %error, "Could not pin the instance thread");
+                        }
+                    }
                     for task in rx {
                         task(backend.as_mut());
                         if idle.send(index).is_err() {
@@ -72,6 +80,64 @@ impl InstancePool {
         drop(self.senders);
         for thread in self.threads {
             let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ModelSignature, Tensor};
+    use crate::runtime::{affinity, RuntimeError};
+
+    struct Idle(ModelSignature);
+
+    impl Backend for Idle {
+        fn signature(&self) -> &ModelSignature {
+            &self.0
+        }
+        fn infer(&mut self, _: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+            Ok(vec![])
+        }
+    }
+
+    fn backend() -> Box<dyn Backend> {
+        Box::new(Idle(ModelSignature {
+            inputs: vec![],
+            outputs: vec![],
+        }))
+    }
+
+    /// Instance `i` runs its tasks on `cpus[i % len]`; without CPUs, on all of them.
+    #[test]
+    fn instance_threads_are_pinned_round_robin() {
+        let all = affinity::current_thread_cpus().unwrap();
+        let cpus = [*all.last().unwrap(), all[0]];
+        for (given, expected) in [
+            (&cpus[..], vec![vec![cpus[0]], vec![cpus[1]], vec![cpus[0]]]),
+            (&[][..], vec![all.clone(); 3]),
+        ] {
+            let (idle_tx, _idle_rx) = tokio::sync::mpsc::unbounded_channel();
+            let pool =
+                InstancePool::start("pin", vec![backend(), backend(), backend()], given, idle_tx)
+                    .unwrap();
+            let (tx, rx) = mpsc::channel();
+            for index in 0..3 {
+                let tx = tx.clone();
+                pool.run(
+                    index,
+                    Box::new(move |_| {
+                        tx.send((index, affinity::current_thread_cpus().unwrap()))
+                            .unwrap();
+                    }),
+                )
+                .unwrap_or_else(|_| panic!("instance {index} gone"));
+            }
+            let mut seen: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+            seen.sort();
+            let seen: Vec<_> = seen.into_iter().map(|(_, cpus)| cpus).collect();
+            assert_eq!(seen, expected);
+            pool.join();
         }
     }
 }

@@ -4,6 +4,7 @@
 //! so the worker can be driven by the real ONNX Runtime ([`OrtBackend`]) or by a fake in tests.
 //! Sits after `batching` in the flow; fed models by `repository`.
 
+pub mod affinity;
 pub mod env;
 pub mod instances;
 pub mod session;

@@ -20,6 +20,9 @@ pub struct SessionOptions {
     pub require_gpu: bool,
     /// Intra-op threads per session; 0 leaves ONNX Runtime's default.
     pub intra_threads: usize,
+    /// CPUs for instance threads (one each, round robin) and for the threads sessions
+    /// create; empty leaves them unpinned ([`super::affinity`]).
+    pub cpus: Vec<usize>,
 }
 
 impl SessionOptions {
@@ -28,6 +31,7 @@ impl SessionOptions {
             execution_providers: vec![ExecutionProvider::Cpu],
             require_gpu: false,
             intra_threads: 1,
+            cpus: Vec::new(),
         }
     }
 

@@ -107,6 +107,7 @@ pub async fn run(
         execution_providers: settings.runtime.execution_providers.clone(),
         require_gpu: settings.runtime.require_gpu,
         intra_threads: settings.runtime.intra_threads,
+        cpus: settings.runtime.instance_cpus.clone(),
     };
     options.check()?;
     tracing::info!(providers = ?options.effective(), library = %env::resolve_library(settings.runtime.library()).display(), "ONNX Runtime ready");

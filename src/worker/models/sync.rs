@@ -13,7 +13,7 @@ use super::{file_stamp, FileStamp, ModelRegistry, ServedVersion};
 use crate::batching::{batch_task, BatchLimits, MakeTask};
 use crate::config::{BatchingSettings, ExecutionProvider};
 use crate::repository::{ModelEntry, ModelStore};
-use crate::runtime::{Backend, InstancePool, OrtBackend, SessionOptions};
+use crate::runtime::{affinity, Backend, InstancePool, OrtBackend, SessionOptions};
 use crate::telemetry::Metrics;
 use crate::worker::job::Answerer;
 use crate::worker::predict::{run_batch, BatchInfo, Chunk, ShapeKey};
@@ -109,9 +109,12 @@ impl ModelSync {
         let loaded = tokio::task::spawn_blocking({
             let options = options.clone();
             move || {
-                (0..instances)
-                    .map(|_| OrtBackend::load(&bytes, &options))
-                    .collect::<Result<Vec<_>, _>>()
+                // Threads ONNX Runtime starts with a session inherit the loader's CPUs.
+                affinity::with_pinned(&options.cpus, || {
+                    (0..instances)
+                        .map(|_| OrtBackend::load(&bytes, &options))
+                        .collect::<Result<Vec<_>, _>>()
+                })
             }
         })
         .await;
@@ -151,7 +154,7 @@ impl ModelSync {
             .into_iter()
             .map(|b| Box::new(b) as Box<dyn Backend>)
             .collect();
-        let pool = match InstancePool::start(&name, boxed, idle_tx) {
+        let pool = match InstancePool::start(&name, boxed, &options.cpus, idle_tx) {
             Ok(pool) => pool,
             Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
         };
