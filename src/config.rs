@@ -135,9 +135,10 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::
     cpus.into_iter()
         .map(|cpu| match cpu {
             Cpu::Number(n) => Ok(n),
-            Cpu::Text(t) => t.trim().parse().map_err(|_| {
-                serde::de::Error::custom(format!("{t:?} is not a CPU number"))
-            }),
+            Cpu::Text(t) => t
+                .trim()
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a CPU number"))),
         })
         .collect()
 }
