@@ -112,23 +112,27 @@ for name, label in (("iris-half", "worker"), ("echo-half", "echo  ")):
     l = r["latency_ms"]
     batch = f"; mean batch {r['batch_size_mean']:.1f}" if r.get("batch_size_mean") else ""
     print(f"  {label} offered {rate} jobs/s, achieved {r['jobs_per_s']:.0f}: p50 {l['p50']:.2f} ms  p90 {l['p90']:.2f} ms  p99 {l['p99']:.2f} ms  max {l['max']:.2f} ms{batch}; lost {r['lost']}")
-# Inside the worker: the run's share of infermq_end_to_end_seconds{model="iris"} (buckets).
-def buckets(path):
+# Inside the worker: this run's share of the worker's latency histograms for iris (buckets).
+def buckets(path, metric):
     b = {}
     for line in open(path):
-        m = re.match(r'infermq_end_to_end_seconds_bucket\{(.*)\} (\S+)', line)
+        m = re.match(metric + r'_bucket\{(.*)\} (\S+)', line)
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m[1])) if m else {}
         if labels.get("model") == "iris":
             le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
             b[le] = b.get(le, 0) + float(m[2])
     return b
-before, after = buckets(f"{out}/metrics-before.txt"), buckets(f"{out}/metrics-after.txt")
-run = sorted((le, after[le] - before.get(le, 0)) for le in after)
-total = run[-1][1] if run else 0
-if total:
-    shares = "  ".join(f"<= {le * 1e3:g} ms: {n / total:.4f}" for le, n in run if 0.0005 <= le <= 0.05)
-    p99 = next(le for le, n in run if n >= 0.99 * total)
-    print(f"  inside the worker (receipt to confirmed result), {total:.0f} jobs: {shares}; p99 <= {p99 * 1e3:g} ms")
+for metric, what in (("infermq_end_to_end_seconds", "receipt to confirmed result"),
+                     ("infermq_queue_wait_seconds", "receipt to batch start"),
+                     ("infermq_compute_seconds", "ONNX Runtime run, per batch"),
+                     ("infermq_publish_seconds", "result publish to broker confirm")):
+    before, after = buckets(f"{out}/metrics-before.txt", metric), buckets(f"{out}/metrics-after.txt", metric)
+    run = sorted((le, after[le] - before.get(le, 0)) for le in after)
+    total = run[-1][1] if run else 0
+    if total:
+        shares = "  ".join(f"<={le * 1e3:g}ms {n / total:.3f}" for le, n in run if 0.0005 <= le <= 0.025)
+        p99 = next(le for le, n in run if n >= 0.99 * total)
+        print(f"  {metric[8:-8]:11} ({what}), {total:.0f}: {shares}; p99 <= {p99 * 1e3:g} ms")
 PY
 jobs=${BENCH_RSS_JOBS:-1000000}
 echo "== 4. worker RSS over $jobs iris jobs (window 256)"

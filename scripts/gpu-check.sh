@@ -2,8 +2,11 @@
 # The GPU check, run on the GPU host from the repository root in transfer 2 (see
 # scripts/gpu-stage.sh): unpacks ONNX Runtime's CUDA provider, then measures the mlp model
 # (256→1024→1024→10) on the CPU EP (all cores) and the CUDA EP (required: no silent fallback) at
-# batch 1–1024: rows/s and median batch latency after 20 warm-up runs. Writes $OUT/gpu.jsonl and
-# $OUT/card.txt and prints a table. GPU_CHECK_EPS="cpu" runs the CPU half only (to test the script).
+# batch 1–1024: rows/s and median batch latency after 20 warm-up runs, each both as the worker
+# runs today (host tensors in and out) and with IoBinding to buffers allocated once by ONNX Runtime
+# (pinned host memory for CUDA; `ort-throughput ... iobinding` checks the bound output equals a
+# plain run's). Writes $OUT/gpu.jsonl and $OUT/card.txt and prints a table.
+# GPU_CHECK_EPS="cpu" runs the CPU half only (to test the script).
 set -euo pipefail
 run=$(dirname "$0")
 out=${OUT:-/tmp/gpu-check}
@@ -21,13 +24,15 @@ fi
 for batch in 1 8 32 64 128 256 512 1024; do
   for ep in $eps; do
     threads=1; [ "$ep" = cpu ] && threads=$(nproc)
-    "$run/ort-throughput" "$run/mlp.onnx" input 256 "$batch" "$seconds" "$threads" "$ep" | tee -a "$out/gpu.jsonl"
+    for io in plain iobinding; do
+      "$run/ort-throughput" "$run/mlp.onnx" input 256 "$batch" "$seconds" "$threads" "$ep" "$io" | tee -a "$out/gpu.jsonl"
+    done
   done
 done
 python3 - "$out/gpu.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'batch':>6} {'ep':>5} {'rows/s':>12} {'batch ms':>9}")
+print(f"{'batch':>6} {'ep':>5} {'io':>10} {'rows/s':>12} {'batch ms':>9}")
 for r in rows:
-    print(f"{r['batch']:>6} {r['ep']:>5} {r['rows_per_s']:>12.0f} {r['batch_ms']:>9.3f}")
+    print(f"{r['batch']:>6} {r['ep']:>5} {r.get('io', 'plain'):>10} {r['rows_per_s']:>12.0f} {r['batch_ms']:>9.3f}")
 PY
