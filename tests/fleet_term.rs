@@ -52,6 +52,13 @@ async fn sigterm_mid_load_drains_cleanly_without_duplicates() {
         !first.log_lines("SIGTERM received").is_empty(),
         "the worker did not log the signal"
     );
+    // A graceful stop closes every channel before the connection: nothing fails on the way
+    // out (lapin used to log "Connection error ... invalid connection state: Closed" here).
+    let errors = first.log_lines("ERROR");
+    assert!(
+        errors.is_empty(),
+        "errors logged while stopping: {errors:?}"
+    );
     eprintln!(
         "first worker: {} successes before SIGTERM",
         metric_sum(&before, "infermq_jobs_total", &[("outcome", "success")])

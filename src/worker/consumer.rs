@@ -92,7 +92,10 @@ pub async fn predict_consumer_task(
         let unsettled = context.answerer.unsettled.load(Ordering::Acquire);
         tracing::info!(%queue, returned, unsettled, "Stopped consuming");
     }
-    tokio::spawn(close_when_settled(channel, context.answerer.clone()));
+    let answerer = context.answerer.clone();
+    answerer
+        .closing
+        .spawn(close_when_settled(channel, answerer.clone()));
 }
 
 /// Holds `channel` open until no job of this worker is left unsettled, then closes it by
@@ -105,7 +108,7 @@ pub async fn predict_consumer_task(
 /// needs this.
 pub(super) async fn close_when_settled(channel: Channel, answerer: Arc<Answerer>) {
     answerer.wait_settled().await;
-    drop(channel);
+    close_channel(&channel, "consumer stopped").await;
 }
 
 /// After `basic.cancel-ok` every delivery the broker sent is in the consumer's buffer: return
@@ -151,7 +154,7 @@ pub async fn events_task(
         Ok::<_, lapin::Error>((channel, consumer))
     }
     .await;
-    let (_channel, mut consumer) = match started {
+    let (channel, mut consumer) = match started {
         Ok(started) => started,
         Err(error) => {
             let _ = failed.send(format!("models events consumer: {error}"));
@@ -174,7 +177,17 @@ pub async fn events_task(
                 }
                 None => return,
             },
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => break,
         }
+    }
+    close_channel(&channel, "events consumer stopped").await;
+}
+
+/// Closes `channel` and waits for the broker's close-ok. A channel only dropped is closed by
+/// lapin in the background, which can run after the connection has closed: lapin then logs
+/// an ERROR ("invalid connection state: Closed") on every graceful stop.
+pub(super) async fn close_channel(channel: &Channel, reason: &str) {
+    if channel.status().connected() {
+        let _ = channel.close(200, reason.into()).await;
     }
 }

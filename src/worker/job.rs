@@ -29,6 +29,10 @@ pub struct Answerer {
     /// Jobs received and not yet settled, for graceful shutdown.
     pub unsettled: AtomicI64,
     pub settled: Notify,
+    /// Stopped consumers' channels, closed once every job is settled
+    /// ([`super::consumer::close_when_settled`]); a graceful stop waits for them before it
+    /// closes the connection.
+    pub closing: tokio_util::task::TaskTracker,
 }
 
 impl Answerer {

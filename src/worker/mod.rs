@@ -124,6 +124,7 @@ pub async fn run(
         delivery_limit: settings.broker.delivery_limit,
         unsettled: AtomicI64::new(0),
         settled: Notify::new(),
+        closing: tokio_util::task::TaskTracker::new(),
     });
     if !settings.repository.path.is_dir() {
         return Err(WorkerError::Repository {

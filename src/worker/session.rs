@@ -230,6 +230,13 @@ async fn session(
     if let Err(error) = result {
         tracing::warn!(%error, "Publisher stopped with an error");
     }
+    if matches!(end, SessionEnd::Stopped) && ctx.answerer.unsettled.load(Ordering::Acquire) <= 0 {
+        // Everything is settled, so stopped consumers are closing their channels now: let them
+        // finish before the connection closes (bounded: the broker may be slow to answer).
+        ctx.answerer.closing.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), ctx.answerer.closing.wait()).await;
+        ctx.answerer.closing.reopen();
+    }
     (end, commands)
 }
 

@@ -131,10 +131,12 @@ pub async fn train_consumer_task(
     running.wait().await;
     // Finished jobs settle through the publisher: keep the channel (and so their deliveries)
     // open until they have, or closing it would requeue answered jobs.
-    tokio::spawn(super::consumer::close_when_settled(
-        channel,
-        ctx.answerer.clone(),
-    ));
+    ctx.answerer
+        .closing
+        .spawn(super::consumer::close_when_settled(
+            channel,
+            ctx.answerer.clone(),
+        ));
 }
 
 async fn handle_training(
