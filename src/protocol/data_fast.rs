@@ -60,70 +60,14 @@ pub(crate) fn parse_fixed(
             out.extend_from_slice(&h.to_le_bytes());
             Some(end)
         }),
-        DataType::U8 => scan(
-            raw,
-            cap,
-            tokens(|t, out| {
-                out.push(int::<u8>(t)?);
-                Some(())
-            }),
-        ),
-        DataType::I8 => scan(
-            raw,
-            cap,
-            tokens(|t, out| {
-                out.push(int::<i8>(t)? as u8);
-                Some(())
-            }),
-        ),
-        DataType::U16 => scan(
-            raw,
-            cap,
-            tokens(|t, out| {
-                out.extend_from_slice(&int::<u16>(t)?.to_le_bytes());
-                Some(())
-            }),
-        ),
-        DataType::I16 => scan(
-            raw,
-            cap,
-            tokens(|t, out| {
-                out.extend_from_slice(&int::<i16>(t)?.to_le_bytes());
-                Some(())
-            }),
-        ),
-        DataType::U32 => scan(
-            raw,
-            cap,
-            tokens(|t, out| {
-                out.extend_from_slice(&int::<u32>(t)?.to_le_bytes());
-                Some(())
-            }),
-        ),
-        DataType::I32 => scan(
-            raw,
-            cap,
-            tokens(|t, out| {
-                out.extend_from_slice(&int::<i32>(t)?.to_le_bytes());
-                Some(())
-            }),
-        ),
-        DataType::U64 => scan(
-            raw,
-            cap,
-            tokens(|t, out| {
-                out.extend_from_slice(&int::<u64>(t)?.to_le_bytes());
-                Some(())
-            }),
-        ),
-        DataType::I64 => scan(
-            raw,
-            cap,
-            tokens(|t, out| {
-                out.extend_from_slice(&int::<i64>(t)?.to_le_bytes());
-                Some(())
-            }),
-        ),
+        DataType::U8 => ints(raw, cap, |v: u8| [v]),
+        DataType::I8 => ints(raw, cap, i8::to_le_bytes),
+        DataType::U16 => ints(raw, cap, u16::to_le_bytes),
+        DataType::I16 => ints(raw, cap, i16::to_le_bytes),
+        DataType::U32 => ints(raw, cap, u32::to_le_bytes),
+        DataType::I32 => ints(raw, cap, i32::to_le_bytes),
+        DataType::U64 => ints(raw, cap, u64::to_le_bytes),
+        DataType::I64 => ints(raw, cap, i64::to_le_bytes),
         DataType::Bytes => None,
     }
 }
@@ -186,6 +130,22 @@ where
         }
     }
     (open.is_empty() && !dims.is_empty()).then_some((out, count))
+}
+
+/// The scan for one integer datatype, `le` writing a value's little-endian bytes.
+fn ints<T: std::str::FromStr, const N: usize>(
+    raw: &str,
+    cap: usize,
+    le: impl Fn(T) -> [u8; N],
+) -> Option<(Vec<u8>, usize)> {
+    scan(
+        raw,
+        cap,
+        tokens(|t, out| {
+            out.extend_from_slice(&le(int::<T>(t)?));
+            Some(())
+        }),
+    )
 }
 
 /// Adapts a push of whole tokens (`true`, `-12`) to [`scan`]'s push-from-a-position.

@@ -229,12 +229,18 @@ mod tests {
         assert!(read(&path, "data.uri", &limits).is_ok());
     }
 
-    #[test]
-    fn paths_outside_the_data_dir_are_refused_naming_the_field() {
+    /// `<tmp>/data/` (empty) and `<tmp>/secret.csv` beside it.
+    fn data_dir_beside_a_secret() -> (tempfile::TempDir, PathBuf) {
         let root = tempfile::tempdir().unwrap();
         let data = root.path().join("data");
         std::fs::create_dir(&data).unwrap();
         std::fs::write(root.path().join("secret.csv"), b"x,y\n").unwrap();
+        (root, data)
+    }
+
+    #[test]
+    fn paths_outside_the_data_dir_are_refused_naming_the_field() {
+        let (root, data) = data_dir_beside_a_secret();
         // A sibling whose name starts like the directory's is outside too.
         std::fs::create_dir(root.path().join("data2")).unwrap();
         std::fs::write(root.path().join("data2/b.csv"), b"x,y\n").unwrap();
@@ -255,10 +261,7 @@ mod tests {
 
     #[test]
     fn symlinks_cannot_escape_the_data_dir() {
-        let root = tempfile::tempdir().unwrap();
-        let data = root.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        std::fs::write(root.path().join("secret.csv"), b"x,y\n").unwrap();
+        let (root, data) = data_dir_beside_a_secret();
         std::fs::write(data.join("inside.csv"), b"x,y\n").unwrap();
         std::os::unix::fs::symlink(root.path().join("secret.csv"), data.join("link.csv")).unwrap();
         std::os::unix::fs::symlink(root.path(), data.join("up")).unwrap();
