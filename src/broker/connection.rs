@@ -73,6 +73,16 @@ pub async fn connect_with_retry(
     }
 }
 
+/// Closes `channel` and waits for the broker's close-ok. A channel that is only dropped is
+/// closed by lapin from a background task, which can run after the connection has closed:
+/// lapin then logs an ERROR ("invalid connection state: Closed"). Does nothing on a channel
+/// that is no longer open.
+pub async fn close_channel(channel: &lapin::Channel, reason: &str) {
+    if channel.status().connected() {
+        let _ = channel.close(200, reason.into()).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

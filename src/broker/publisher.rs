@@ -113,10 +113,8 @@ pub async fn publisher_task(
         }
     };
     while inflight.next().await.is_some() {}
-    if result.is_ok() && channel.status().connected() {
-        // Closed here, not dropped: lapin closes a dropped channel in the background, possibly
-        // after the connection, and then logs an ERROR on every graceful stop.
-        let _ = channel.close(200, "infermq publisher stopped".into()).await;
+    if result.is_ok() {
+        super::connection::close_channel(&channel, "infermq publisher stopped").await;
     }
     result
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::job::Answerer;
 use super::predict::{handle_delivery, PredictContext};
 use crate::broker::acks::AckTracker;
+use crate::broker::connection::close_channel;
 use crate::broker::Topology;
 
 /// Consumes `model`'s prediction queue until cancelled or the channel fails (reported on
@@ -98,8 +99,7 @@ pub async fn predict_consumer_task(
         .spawn(close_when_settled(channel, answerer.clone()));
 }
 
-/// Holds `channel` open until no job of this worker is left unsettled, then closes it by
-/// dropping it. An acker being used is not enough: lapin sends the ack from a task of its own,
+/// Holds `channel` open until no job of this worker is left unsettled, then closes it. An acker being used is not enough: lapin sends the ack from a task of its own,
 /// which a channel close issued meanwhile overtakes (the ack then fails and the broker requeues
 /// the answered job). Per channel, lapin reports nothing, so this waits for the worker-wide
 /// count: at shutdown that is the drain; after a model is removed under other load, its idle
@@ -181,13 +181,4 @@ pub async fn events_task(
         }
     }
     close_channel(&channel, "events consumer stopped").await;
-}
-
-/// Closes `channel` and waits for the broker's close-ok. A channel only dropped is closed by
-/// lapin in the background, which can run after the connection has closed: lapin then logs
-/// an ERROR ("invalid connection state: Closed") on every graceful stop.
-pub(super) async fn close_channel(channel: &Channel, reason: &str) {
-    if channel.status().connected() {
-        let _ = channel.close(200, reason.into()).await;
-    }
 }
