@@ -45,7 +45,7 @@ enum Command {
         /// Model version (sent as the x-model-version header).
         #[arg(long)]
         version: Option<String>,
-        /// KServe v2 request body (JSON); `-` or absent reads standard input.
+        /// File holding the KServe v2 request body (JSON); `-` or absent reads standard input.
         #[arg(long)]
         input: Option<String>,
         /// Send the inputs with the v2 binary tensor extension.
