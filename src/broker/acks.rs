@@ -99,61 +99,48 @@ impl AckTracker {
 impl DeliveryRef {
     /// Acks this delivery (possibly together with earlier ones). False if the channel is gone.
     pub async fn ack(&self) -> bool {
+        let channel = &self.tracker.channel;
         if !self.tracker.coalesce {
-            let acked = self
-                .tracker
-                .channel
+            let acked = channel
                 .basic_ack(self.tag, BasicAckOptions { multiple: false })
                 .await
                 .is_ok();
-            if let Ok(mut window) = self.tracker.window.lock() {
-                window.settle(self.tag, false);
-            }
+            self.settle(false);
             return acked;
         }
-        let upto = self
-            .tracker
-            .window
-            .lock()
-            .ok()
-            .and_then(|mut w| w.settle(self.tag, true));
-        match upto {
-            Some(upto) => self
-                .tracker
-                .channel
+        match self.settle(true) {
+            Some(upto) => channel
                 .basic_ack(upto, BasicAckOptions { multiple: true })
                 .await
                 .is_ok(),
-            None => self.tracker.channel.status().connected(),
+            None => channel.status().connected(),
         }
     }
 
     /// Returns this delivery to its queue. False if the channel is gone.
     pub async fn requeue(&self) -> bool {
+        let channel = &self.tracker.channel;
         let options = BasicNackOptions {
             requeue: true,
             ..BasicNackOptions::default()
         };
-        let nacked = self
-            .tracker
-            .channel
-            .basic_nack(self.tag, options)
-            .await
-            .is_ok();
-        let upto = self
-            .tracker
-            .window
-            .lock()
-            .ok()
-            .and_then(|mut w| w.settle(self.tag, false));
-        if let Some(upto) = upto {
-            let _ = self
-                .tracker
-                .channel
+        let nacked = channel.basic_nack(self.tag, options).await.is_ok();
+        if let Some(upto) = self.settle(false) {
+            let _ = channel
                 .basic_ack(upto, BasicAckOptions { multiple: true })
                 .await;
         }
         nacked
+    }
+
+    /// Marks this delivery settled in the tracker's window (`acked`: to be covered by a
+    /// `multiple` ack); the tag up to which an ack may now be sent, if any.
+    fn settle(&self, acked: bool) -> Option<u64> {
+        self.tracker
+            .window
+            .lock()
+            .ok()
+            .and_then(|mut w| w.settle(self.tag, acked))
     }
 }
 
