@@ -98,48 +98,29 @@ pub fn handle_delivery(
             None,
         );
     }
+    // Refused before the body is decoded (or because it cannot be): named by the body's `id`
+    // if the JSON can be read that far, else by `message_id`.
+    let refuse = |reply: Reply, header_len: Option<usize>, code: ErrorCode, message: &str| {
+        let id = early_names(&data, header_len, message_id.clone()).id;
+        answer_error(answerer, reply, model, id.as_deref(), code, message, None)
+    };
     let headers = match JobHeaders::read(&reply.properties) {
         Ok(headers) => headers,
-        Err(e) => {
-            let id = early_names(&data, None, message_id).id;
-            return answer_error(
-                answerer,
-                reply,
-                model,
-                id.as_deref(),
-                ErrorCode::InvalidRequest,
-                &e.to_string(),
-                None,
-            );
-        }
+        Err(e) => return refuse(reply, None, ErrorCode::InvalidRequest, &e.to_string()),
     };
     reply.delivery_count = headers.delivery_count;
+    let header_len = headers.binary_header_len;
     if headers.expired(SystemTime::now()) {
-        let id = early_names(&data, headers.binary_header_len, message_id).id;
-        return answer_error(
-            answerer,
+        return refuse(
             reply,
-            model,
-            id.as_deref(),
+            header_len,
             ErrorCode::DeadlineExceeded,
             "deadline passed before the job was read (x-deadline-ms or expiration)",
-            None,
         );
     }
-    let mut request = match decode_request(&data, headers.binary_header_len) {
+    let mut request = match decode_request(&data, header_len) {
         Ok(request) => request,
-        Err(e) => {
-            let id = early_names(&data, headers.binary_header_len, message_id).id;
-            return answer_error(
-                answerer,
-                reply,
-                model,
-                id.as_deref(),
-                e.code(),
-                &e.to_string(),
-                None,
-            );
-        }
+        Err(e) => return refuse(reply, header_len, e.code(), &e.to_string()),
     };
     if request.id.is_none() {
         request.id = message_id;
