@@ -11,8 +11,7 @@ use futures_util::StreamExt;
 use infermq::client::{header_str, headers};
 use infermq::onnx::{Dim, GraphBuilder};
 use infermq::protocol::{decode_response, encode_request, InferenceRequest, Tensor};
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 
 /// Valid for ONNX Runtime to load, fails at run time: 4 values per row cannot be reshaped to 3.
@@ -41,21 +40,6 @@ fn job(id: &str) -> InferenceRequest {
         model_version: None,
         binary_data_output: false,
     }
-}
-
-async fn consume(channel: &lapin::Channel, queue: &str) -> lapin::Consumer {
-    channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

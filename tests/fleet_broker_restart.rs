@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::fleet::*;
 use common::*;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties};
 
@@ -169,19 +169,7 @@ async fn the_worker_rides_out_a_broker_restart() {
         .await
         .expect("confirms");
     publish_jobs(&channel, &queue, &replies, BEFORE..BEFORE + AFTER).await;
-    let options = BasicConsumeOptions {
-        no_ack: true,
-        ..BasicConsumeOptions::default()
-    };
-    let mut consumer = channel
-        .basic_consume(
-            replies.as_str().into(),
-            "".into(),
-            options,
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume the reply queue");
+    let mut consumer = consume(&channel, &replies).await;
     let mut answers = Answers::default();
     let deadline = Instant::now() + Duration::from_secs(120);
     while answers.distinct() < BEFORE + AFTER {
@@ -199,11 +187,7 @@ async fn the_worker_rides_out_a_broker_restart() {
         "every job answered {:?} after the load began",
         load.elapsed()
     );
-    assert!(
-        answers.errors.is_empty(),
-        "errors: {:?}",
-        &answers.errors[..answers.errors.len().min(5)]
-    );
+    answers.assert_no_errors();
     eprintln!("duplicates across the restart: {}", answers.duplicates());
 
     let metrics = scrape(worker.handles.http_addr).await;

@@ -149,11 +149,7 @@ async fn a_version_dropped_in_under_load_takes_over_without_a_failed_job() {
     )
     .await;
     eprintln!("answers by version: {:?}", answers.versions);
-    assert!(
-        answers.errors.is_empty(),
-        "errors: {:?}",
-        &answers.errors[..answers.errors.len().min(5)]
-    );
+    answers.assert_no_errors();
     assert!(
         answers.versions.get("2").is_some_and(|&n| n > 0),
         "no answer from version 2"
@@ -198,22 +194,14 @@ async fn broken_versions_new_and_removed_models() {
     )
     .await;
     let answers = round(&mut client, &worker, "iris", 0..200).await;
-    assert!(
-        answers.errors.is_empty(),
-        "errors: {:?}",
-        &answers.errors[..answers.errors.len().min(5)]
-    );
+    answers.assert_no_errors();
     assert_eq!(answers.versions.keys().collect::<Vec<_>>(), ["2"]);
 
     // Version 3's file is rewritten in place (as a slow copy would finish it): retried, served.
     std::fs::write(iris.join("3/model.onnx"), &good).unwrap();
     wait_served(&worker, &[("iris", "3", "READY")], Duration::from_secs(30)).await;
     let answers = round(&mut client, &worker, "iris", 200..400).await;
-    assert!(
-        answers.errors.is_empty(),
-        "errors: {:?}",
-        &answers.errors[..answers.errors.len().min(5)]
-    );
+    answers.assert_no_errors();
     assert_eq!(answers.versions.keys().collect::<Vec<_>>(), ["3"]);
 
     // A new model directory gets its queue and answers.
@@ -244,7 +232,7 @@ async fn broken_versions_new_and_removed_models() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let answers = round(&mut client, &worker, "iris", 400..500).await;
-    assert!(answers.errors.is_empty());
+    answers.assert_no_errors();
     let metrics = scrape(worker.handles.http_addr).await;
     assert_eq!(
         metric_sum(&metrics, "infermq_broker_reconnects_total", &[]),
@@ -279,7 +267,7 @@ async fn a_scrape_after_a_load_counts_it_and_passes_promtool() {
     let addr = worker.handles.http_addr;
     let before = scrape(addr).await;
     let answers = round(&mut client, &worker, "iris", 0..JOBS).await;
-    assert!(answers.errors.is_empty());
+    answers.assert_no_errors();
     let success = [("model", "iris"), ("version", "1"), ("outcome", "success")];
     let after = wait_metrics(addr, Duration::from_secs(10), |t| {
         metric_sum(t, "infermq_jobs_total", &success) == JOBS as f64

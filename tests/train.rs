@@ -8,7 +8,7 @@ use common::*;
 use futures_util::StreamExt;
 use infermq::client::{header_str, headers};
 use infermq::protocol::{decode_response, encode_request, EncodedBody, InferenceRequest, Tensor};
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
 fn json_body(value: &serde_json::Value) -> EncodedBody {
@@ -49,18 +49,7 @@ async fn an_iris_mlp_trained_through_the_broker_is_served_as_a_new_version() {
         )
         .await
         .unwrap();
-    let mut events = events_channel
-        .basic_consume(
-            events_queue.name().as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut events = consume(&events_channel, events_queue.name().as_str()).await;
 
     let csv = manifest_path("models/iris/iris.csv");
     let job = serde_json::json!({

@@ -267,6 +267,16 @@ impl Answers {
         self.counts.len()
     }
 
+    /// Fails the test, showing the first few, if any answer was an error.
+    pub fn assert_no_errors(&self) {
+        assert!(
+            self.errors.is_empty(),
+            "{} errors, first: {:?}",
+            self.errors.len(),
+            &self.errors[..self.errors.len().min(5)]
+        );
+    }
+
     /// Answers beyond the first, summed over jobs.
     pub fn duplicates(&self) -> usize {
         self.counts.values().map(|n| n - 1).sum()
@@ -407,11 +417,7 @@ pub async fn answer_all(
     settle(client, answers, addr, connection, queue).await;
     assert!(answers.missing(0..jobs).is_empty());
     assert_eq!(answers.distinct(), jobs, "answers for ids outside the load");
-    assert!(
-        answers.errors.is_empty(),
-        "errors: {:?}",
-        &answers.errors[..answers.errors.len().min(5)]
-    );
+    answers.assert_no_errors();
 }
 
 /// A load in progress: `jobs` jobs published 20 every 10 ms to `queue` (about a second for

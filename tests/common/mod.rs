@@ -10,7 +10,8 @@ use std::time::Duration;
 use infermq::client::Client;
 use infermq::config::Settings;
 use infermq::worker::{self, Worker};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -161,6 +162,18 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, St
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// A consumer of `queue` without acks (the broker forgets each message once delivered).
+pub async fn consume(channel: &lapin::Channel, queue: &str) -> lapin::Consumer {
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(queue.into(), "".into(), options, FieldTable::default())
+        .await
+        .unwrap_or_else(|e| panic!("consume {queue}: {e}"))
 }
 
 pub async fn client() -> Client {
