@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
+use crate::protocol::text::quoted;
+
 /// The binary extension's header (matched case-insensitively).
 pub const BINARY_HEADER: &str = "inference-header-content-length";
 
@@ -47,16 +49,75 @@ pub fn as_string(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// A header value as a producer would write it: `"soon"`, `-1`.
+/// A header value as a producer would write it (`"soon"`, `-1`), cut to a bounded length.
 fn shown(value: &AMQPValue) -> String {
     match value {
         AMQPValue::LongString(_) | AMQPValue::ShortString(_) => {
-            format!("{:?}", as_string(value).unwrap_or_default())
+            quoted(&as_string(value).unwrap_or_default())
         }
-        other => as_i128(other)
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| format!("{other:?}")),
+        other => match as_i128(other) {
+            Some(v) => v.to_string(),
+            None => format!("a value of AMQP type {}", type_name(other)),
+        },
     }
+}
+
+/// The AMQP field type of `value`, for messages (never its contents: a table may be large).
+fn type_name(value: &AMQPValue) -> &'static str {
+    match value {
+        AMQPValue::Boolean(_) => "boolean",
+        AMQPValue::Float(_) | AMQPValue::Double(_) => "float",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "byte array",
+        AMQPValue::Void => "void",
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => "string",
+        _ => "integer",
+    }
+}
+
+/// Largest encoded size of a delivery's header table the worker accepts: it must be able to
+/// add `x-error` (≤ 1 KiB) to a copy and still fit RabbitMQ's default 128 KiB frame.
+pub const MAX_HEADERS_BYTES: usize = 64 * 1024;
+
+/// Deepest nesting of tables and arrays the worker accepts in a header table.
+pub const MAX_HEADER_DEPTH: usize = 8;
+
+/// The encoded size (bytes on the wire, approximately) and the nesting depth of `table`;
+/// stops counting once past the limits, so a hostile table costs nothing more to measure.
+pub fn table_size(table: &FieldTable) -> (usize, usize) {
+    fn value(v: &AMQPValue, depth: usize, size: &mut usize, deepest: &mut usize) {
+        *deepest = (*deepest).max(depth);
+        if *size > MAX_HEADERS_BYTES || depth > MAX_HEADER_DEPTH {
+            return;
+        }
+        *size += 1 + match v {
+            AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+            AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+            AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
+            AMQPValue::FieldTable(t) => {
+                for (k, v) in t.inner() {
+                    *size += 1 + k.as_str().len();
+                    value(v, depth + 1, size, deepest);
+                }
+                4
+            }
+            AMQPValue::FieldArray(a) => {
+                for v in a.as_slice() {
+                    value(v, depth + 1, size, deepest);
+                }
+                4
+            }
+            _ => 8,
+        };
+    }
+    let (mut size, mut deepest) = (4, 0);
+    for (k, v) in table.inner() {
+        size += 1 + k.as_str().len();
+        value(v, 1, &mut size, &mut deepest);
+    }
+    (size, deepest)
 }
 
 /// A header that is present but unreadable is the producer's error, named here.
@@ -73,32 +134,49 @@ pub struct JobHeaders {
     pub model_version: Option<String>,
     pub deadline: Option<SystemTime>,
     pub binary_header_len: Option<usize>,
-    /// Earlier deliveries of this message (quorum queues' `x-delivery-count`).
+    /// The `x-delivery-count` header as found (quorum queues set it on redeliveries; a
+    /// producer may set anything: see [`super::envelope`], which trusts it only on
+    /// redeliveries).
     pub delivery_count: u32,
 }
 
 impl JobHeaders {
     pub fn read(properties: &BasicProperties) -> Result<JobHeaders, HeaderError> {
         let headers = properties.headers().as_ref();
+        if let Some(table) = headers {
+            let (size, depth) = table_size(table);
+            if size > MAX_HEADERS_BYTES || depth > MAX_HEADER_DEPTH {
+                return Err(HeaderError {
+                    name: "(table)",
+                    message: format!(
+                        "expected at most {MAX_HEADERS_BYTES} bytes nested at most \
+                         {MAX_HEADER_DEPTH} deep, got more"
+                    ),
+                });
+            }
+        }
         let model_version = find(headers, "x-model-version")
-            .map(|v| {
-                as_string(v).ok_or(HeaderError {
+            .map(|v| match as_string(v) {
+                Some(s) => Ok(s),
+                None => Err(HeaderError {
                     name: "x-model-version",
-                    message: "expected a string or integer".into(),
-                })
+                    message: format!("expected a string or integer, got {}", shown(v)),
+                }),
             })
             .transpose()?;
         let header_deadline = find(headers, "x-deadline-ms")
             .map(|v| match as_i128(v) {
-                Some(ms) if ms >= 0 => {
-                    Ok(UNIX_EPOCH + Duration::from_millis(ms.min(u64::MAX as i128) as u64))
-                }
+                // Past the end of time as this system counts it: no deadline.
+                Some(ms) if ms >= 0 => Ok(u64::try_from(ms)
+                    .ok()
+                    .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))),
                 _ => Err(HeaderError {
                     name: "x-deadline-ms",
                     message: format!("expected unix epoch milliseconds, got {}", shown(v)),
                 }),
             })
-            .transpose()?;
+            .transpose()?
+            .flatten();
         let binary_header_len = find(headers, BINARY_HEADER)
             .map(|v| match as_i128(v) {
                 Some(n) if n >= 0 && n <= usize::MAX as i128 => Ok(n as usize),
@@ -112,13 +190,15 @@ impl JobHeaders {
             .and_then(as_i128)
             .unwrap_or(0)
             .clamp(0, u32::MAX as i128) as u32;
-        // `expiration` is a TTL in ms from publication; with `timestamp` (seconds) it is a deadline.
+        // `expiration` is a TTL in ms from publication; with `timestamp` (seconds) it is a
+        // deadline. Any value past what SystemTime holds gives no deadline (the broker's TTL
+        // still applies), never an overflow.
         let expiry = match (properties.expiration(), properties.timestamp()) {
-            (Some(ttl), Some(ts)) => ttl
-                .as_str()
-                .parse::<u64>()
-                .ok()
-                .map(|ttl| UNIX_EPOCH + Duration::from_secs(*ts) + Duration::from_millis(ttl)),
+            (Some(ttl), Some(ts)) => ttl.as_str().parse::<u64>().ok().and_then(|ttl| {
+                UNIX_EPOCH
+                    .checked_add(Duration::from_secs(*ts))?
+                    .checked_add(Duration::from_millis(ttl))
+            }),
             _ => None,
         };
         let deadline = match (header_deadline, expiry) {
@@ -198,5 +278,42 @@ mod tests {
             .unwrap()
             .deadline
             .is_none());
+    }
+
+    #[test]
+    fn timestamps_past_the_end_of_time_give_no_deadline() {
+        let p = BasicProperties::default()
+            .with_timestamp(u64::MAX)
+            .with_expiration(ShortString::from("60000"));
+        assert_eq!(JobHeaders::read(&p).unwrap().deadline, None);
+        let p = props(&[("x-deadline-ms", AMQPValue::LongLongInt(i64::MAX))]);
+        assert!(JobHeaders::read(&p).is_ok());
+    }
+
+    #[test]
+    fn echoed_values_are_bounded() {
+        let long = "v".repeat(200_000);
+        let err = JobHeaders::read(&props(&[(
+            "x-deadline-ms",
+            AMQPValue::LongString(LongString::from(long.as_str())),
+        )]))
+        .unwrap_err();
+        assert!(err.to_string().len() < 300, "{}", err.to_string().len());
+    }
+
+    #[test]
+    fn deep_or_large_tables_are_refused() {
+        let mut v = AMQPValue::Boolean(true);
+        for _ in 0..50 {
+            let mut t = FieldTable::default();
+            t.insert(ShortString::from("a"), v);
+            v = AMQPValue::FieldTable(t);
+        }
+        let err = JobHeaders::read(&props(&[("deep", v)])).unwrap_err();
+        assert_eq!(err.name, "(table)");
+        let big = AMQPValue::LongString(LongString::from("x".repeat(70_000).as_str()));
+        assert!(JobHeaders::read(&props(&[("big", big)])).is_err());
+        let fine = AMQPValue::LongString(LongString::from("x".repeat(1_000).as_str()));
+        assert!(JobHeaders::read(&props(&[("fine", fine)])).is_ok());
     }
 }

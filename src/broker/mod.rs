@@ -4,6 +4,7 @@
 
 pub mod acks;
 pub mod connection;
+pub mod envelope;
 pub mod headers;
 pub mod publisher;
 pub mod topology;

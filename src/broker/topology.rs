@@ -46,6 +46,23 @@ impl Topology {
         format!("{}.models", self.prefix)
     }
 
+    /// What `queue` is, when it is one of this fleet's job or dead-letter queues (answers must
+    /// never be published there).
+    pub fn own_queue(&self, queue: &str) -> Option<&'static str> {
+        let rest = queue
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
+        if rest.starts_with("predict.") {
+            Some("a model's job queue")
+        } else if rest == "train" {
+            Some("the training queue")
+        } else if rest == "dead" {
+            Some("the dead-letter queue")
+        } else {
+            None
+        }
+    }
+
     /// Arguments of the job queues (`predict.<model>` and `train`).
     pub fn job_queue_arguments(&self) -> FieldTable {
         let mut args = quorum();

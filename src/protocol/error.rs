@@ -6,17 +6,18 @@
 //! All of them are the producer's fault, so all map to `invalid_request` and the job is
 //! answered, never retried.
 
+use super::text::{clipped, quoted};
 use super::types::{DataType, ErrorCode};
 
 /// A job body the codec cannot accept, or tensors that cannot be joined.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     /// The body (or its JSON header) is not valid JSON or not the expected schema.
-    #[error("invalid JSON: {message}")]
+    #[error("invalid JSON: {}", clipped(.message))]
     MalformedJson { message: String },
 
     /// `datatype` is not one of the contract's names.
-    #[error("{path}.datatype: expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES, got {got:?}")]
+    #[error("{path}.datatype: expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES, got {}", quoted(.got))]
     UnknownDatatype { path: String, got: String },
 
     /// A dimension of `shape` is negative or too large.
@@ -33,7 +34,7 @@ pub enum ProtocolError {
     },
 
     /// One element of `data` has the wrong JSON type for the datatype.
-    #[error("{path}.data[{index}]: expected {expected}, got {got}")]
+    #[error("{path}.data[{index}]: expected {expected}, got {}", clipped(.got))]
     InvalidElement {
         path: String,
         index: usize,
@@ -42,7 +43,7 @@ pub enum ProtocolError {
     },
 
     /// An integer (or float) element does not fit the datatype.
-    #[error("{path}.data[{index}]: {got} is out of range for {datatype}")]
+    #[error("{path}.data[{index}]: {} is out of range for {datatype}", clipped(.got))]
     ElementOutOfRange {
         path: String,
         index: usize,
@@ -51,11 +52,11 @@ pub enum ProtocolError {
     },
 
     /// `data` is not a JSON array.
-    #[error("{path}.data: expected an array, got {got}")]
+    #[error("{path}.data: expected an array, got {}", clipped(.got))]
     DataNotArray { path: String, got: String },
 
     /// Nested `data` arrays of unequal lengths or depths.
-    #[error("{path}.data: ragged nesting: {detail}")]
+    #[error("{path}.data: ragged nesting: {}", clipped(.detail))]
     RaggedData { path: String, detail: String },
 
     /// Neither `data` nor `parameters.binary_data_size`.
@@ -114,7 +115,7 @@ pub enum ProtocolError {
     UnsupportedExtension { path: String, parameter: String },
 
     /// A request input the model does not have.
-    #[error("{path}.name: model has no input {name:?}; expected inputs: {expected}")]
+    #[error("{path}.name: model has no input {}; expected inputs: {expected}", quoted(.name))]
     UnknownInput {
         path: String,
         name: String,
@@ -123,7 +124,7 @@ pub enum ProtocolError {
 
     /// The same input twice.
     #[error(
-        "{path}.name: expected each input once, got {name:?} again (first at inputs[{first}])"
+        "{path}.name: expected each input once, got {} again (first at inputs[{first}])", quoted(.name)
     )]
     DuplicateInput {
         path: String,
@@ -178,12 +179,24 @@ pub enum ProtocolError {
     EmptyBatch { path: String },
 
     /// A requested output the model does not have.
-    #[error("{path}.name: model has no output {name:?}; valid outputs: {valid}")]
+    #[error("{path}.name: model has no output {}; valid outputs: {valid}", quoted(.name))]
     UnknownOutput {
         path: String,
         name: String,
         valid: String,
     },
+
+    /// The same output requested twice.
+    #[error("{path}.name: expected each output once, got {} again (first at outputs[{first}])", quoted(.name))]
+    DuplicateOutput {
+        path: String,
+        name: String,
+        first: usize,
+    },
+
+    /// A tensor without elements (a dimension is 0): it would batch as any number of rows.
+    #[error("{path}.shape: expected every dimension to be at least 1, got {shape:?} (zero-element tensors are refused)")]
+    EmptyTensor { path: String, shape: Vec<usize> },
 
     /// Tensors that cannot be concatenated along dimension 0.
     #[error("concat_rows: parts[{index}]: expected {expected}, got {got}")]
@@ -216,7 +229,8 @@ impl ProtocolError {
             | ProtocolError::RankMismatch { .. }
             | ProtocolError::DimensionMismatch { .. }
             | ProtocolError::BatchMismatch { .. }
-            | ProtocolError::EmptyBatch { .. } => "shape",
+            | ProtocolError::EmptyBatch { .. }
+            | ProtocolError::EmptyTensor { .. } => "shape",
             ProtocolError::InvalidElement { .. }
             | ProtocolError::ElementOutOfRange { .. }
             | ProtocolError::RaggedData { .. }
@@ -234,7 +248,9 @@ impl ProtocolError {
             ProtocolError::UnknownInput { .. }
             | ProtocolError::DuplicateInput { .. }
             | ProtocolError::MissingInput { .. } => "inputs",
-            ProtocolError::UnknownOutput { .. } => "outputs",
+            ProtocolError::UnknownOutput { .. } | ProtocolError::DuplicateOutput { .. } => {
+                "outputs"
+            }
             ProtocolError::ConcatMismatch { .. } | ProtocolError::EmptyConcat => "concat",
         }
     }

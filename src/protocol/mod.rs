@@ -19,6 +19,7 @@ pub mod error;
 pub mod request;
 pub mod response;
 pub mod tensor;
+pub mod text;
 pub mod types;
 mod validate;
 mod wire;

@@ -1,8 +1,9 @@
 //! Checks a decoded request against the model's signature before it may join a batch.
 //!
-//! Every model input present exactly once, no unknown inputs, datatypes, ranks and fixed
+//! Every model input present exactly once, no unknown inputs, no tensor without elements (a
+//! zero dimension would let `[9e18, 0]` pass as 9e18 rows of nothing), datatypes, ranks and fixed
 //! dimensions as the model declares them (`-1` is dynamic), batched inputs (dimension 0
-//! dynamic) agreeing on their number of rows (at least one), requested outputs that exist,
+//! dynamic) agreeing on their number of rows (at least one), requested outputs that exist, each named at most once,
 //! and BYTES elements that are UTF-8: ONNX Runtime string tensors hold UTF-8 text, and the
 //! binary extension lets a producer send any bytes, which must be refused here rather than
 //! altered on their way into a session.
@@ -10,6 +11,7 @@
 use super::error::ProtocolError;
 use super::request::InferenceRequest;
 use super::tensor::{Tensor, TensorData};
+use super::text::quoted;
 use super::types::{ModelSignature, TensorSpec};
 
 fn describe(spec: &TensorSpec) -> String {
@@ -47,7 +49,7 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
     // (rows, path) of the first batched input.
     let mut batch: Option<(usize, String)> = None;
     for (i, input) in req.inputs.iter().enumerate() {
-        let path = format!("inputs[{i}] ({:?})", input.name);
+        let path = format!("inputs[{i}] ({})", quoted(&input.name));
         let Some(k) = sig.inputs.iter().position(|s| s.name == input.name) else {
             return Err(ProtocolError::UnknownInput {
                 path: format!("inputs[{i}]"),
@@ -90,12 +92,18 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
                 });
             }
         }
+        if input.shape.contains(&0) {
+            if spec.is_batched() && input.shape[0] == 0 {
+                return Err(ProtocolError::EmptyBatch { path });
+            }
+            return Err(ProtocolError::EmptyTensor {
+                path,
+                shape: input.shape.clone(),
+            });
+        }
         check_utf8(input, &path)?;
         if spec.is_batched() {
             let rows = input.shape[0];
-            if rows == 0 {
-                return Err(ProtocolError::EmptyBatch { path });
-            }
             match &batch {
                 Some((expected, first)) if *expected != rows => {
                     return Err(ProtocolError::BatchMismatch {
@@ -117,8 +125,9 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
             spec: describe(spec),
         });
     }
+    let mut requested: Vec<Option<usize>> = vec![None; sig.outputs.len()];
     for (i, o) in req.outputs.iter().flatten().enumerate() {
-        if !sig.outputs.iter().any(|s| s.name == o.name) {
+        let Some(k) = sig.outputs.iter().position(|s| s.name == o.name) else {
             return Err(ProtocolError::UnknownOutput {
                 path: format!("outputs[{i}]"),
                 name: o.name.clone(),
@@ -129,7 +138,15 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
                     .collect::<Vec<_>>()
                     .join(", "),
             });
+        };
+        if let Some(first) = requested[k] {
+            return Err(ProtocolError::DuplicateOutput {
+                path: format!("outputs[{i}]"),
+                name: o.name.clone(),
+                first,
+            });
         }
+        requested[k] = Some(i);
     }
     Ok(())
 }

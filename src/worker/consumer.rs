@@ -16,11 +16,11 @@ use lapin::{Channel, Connection, Consumer};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::job::Answerer;
-use super::predict::{handle_delivery, PredictContext};
 use crate::broker::acks::AckTracker;
 use crate::broker::connection::close_channel;
 use crate::broker::Topology;
+use crate::jobs::inflight::{Answerer, Delivered};
+use crate::jobs::predict::{handle_delivery, PredictContext};
 
 /// Consumes `model`'s prediction queue until cancelled or the channel fails (reported on
 /// `failed`).
@@ -69,8 +69,14 @@ pub async fn predict_consumer_task(
         tokio::select! {
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    let tracked = acks.delivered(delivery.delivery_tag);
-                    handle_delivery(&context, &label, &queue, delivery, tracked, generation)
+                    let delivered = Delivered {
+                        delivery: acks.delivered(delivery.delivery_tag),
+                        generation,
+                        queue: queue.clone(),
+                        properties: delivery.properties,
+                        body: delivery.data,
+                    };
+                    handle_delivery(&context, &label, delivered, delivery.redelivered)
                 }
                 Some(Err(error)) => {
                     let _ = failed.send(format!("consumer for {queue}: {error}"));

@@ -15,12 +15,8 @@
 //! declares the topology again and resumes; `/readyz` answers 503 meanwhile.
 
 mod consumer;
-mod early;
-pub mod job;
-pub mod models;
-pub mod predict;
 mod session;
-pub mod train;
+mod train;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -33,12 +29,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::Topology;
 use crate::config::Settings;
+use crate::jobs::inflight::Answerer;
+use crate::jobs::registry::{BackendLoader, ModelRegistry, ModelSync, OrtLoader};
+use crate::jobs::train::TrainContext;
 use crate::repository::ModelStore;
 use crate::runtime::{env, RuntimeError, SessionOptions};
 use crate::telemetry::{HttpState, Metrics, StatusSource};
 use crate::training::DataLimits;
-use job::Answerer;
-use models::{ModelRegistry, ModelSync};
 
 /// Why the worker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +99,16 @@ pub async fn run(
     shutdown: CancellationToken,
     started: Option<tokio::sync::oneshot::Sender<Worker>>,
 ) -> Result<(), WorkerError> {
+    run_with(settings, Arc::new(OrtLoader), shutdown, started).await
+}
+
+/// [`run`] with the backends made by `loader` (a fake one in tests).
+pub async fn run_with(
+    settings: Settings,
+    loader: Arc<dyn BackendLoader>,
+    shutdown: CancellationToken,
+    started: Option<tokio::sync::oneshot::Sender<Worker>>,
+) -> Result<(), WorkerError> {
     env::init(settings.runtime.library())?;
     let options = SessionOptions {
         execution_providers: settings.runtime.execution_providers.clone(),
@@ -144,8 +151,8 @@ pub async fn run(
         options,
         defaults: settings.batching.clone(),
         metrics: metrics.clone(),
-        answerer: answerer.clone(),
         tracker: batch_tasks.clone(),
+        loader,
     });
     sync.sync().await;
 
@@ -205,19 +212,17 @@ pub async fn run(
         status: status.clone(),
         reload: reload.clone(),
         training: settings.training.enabled.then(|| {
-            Arc::new(train::TrainContext {
+            Arc::new(TrainContext {
                 topology: topology.clone(),
                 store: ModelStore::new(&settings.repository.path, vec![]),
                 options: sync.options.clone(),
                 metrics: metrics.clone(),
                 answerer: answerer.clone(),
-                results_queue: topology.results_queue(),
                 concurrency: settings.training.concurrency.min(u16::MAX as usize) as u16,
                 consumer_timeout_ms: settings.training.consumer_timeout_ms,
                 max_message_bytes: settings.broker.max_message_bytes,
                 data_limits: data_limits.clone(),
                 reload: reload.clone(),
-                stop: shutdown.clone(),
             })
         }),
     };

@@ -15,14 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::consumer::{events_task, predict_consumer_task};
-use super::job::Answerer;
-use super::models::ModelRegistry;
-use super::predict::PredictContext;
 use super::WorkerStatus;
 use crate::broker::connection::{connect_with_retry, Backoff};
 use crate::broker::publisher::{publisher_task, PublisherContext};
 use crate::broker::{Command, Topology};
 use crate::config::Settings;
+use crate::jobs::inflight::Answerer;
+use crate::jobs::predict::PredictContext;
+use crate::jobs::registry::ModelRegistry;
 use crate::telemetry::Metrics;
 
 /// What the broker side shares.
@@ -35,7 +35,7 @@ pub struct BrokerContext {
     pub status: Arc<WorkerStatus>,
     pub reload: Arc<Notify>,
     /// Present when `training.enabled`.
-    pub training: Option<Arc<super::train::TrainContext>>,
+    pub training: Option<Arc<crate::jobs::train::TrainContext>>,
 }
 
 enum SessionEnd {
@@ -173,7 +173,7 @@ async fn session(
     let predict = Arc::new(PredictContext {
         registry: ctx.registry.clone(),
         answerer: ctx.answerer.clone(),
-        results_queue: ctx.topology.results_queue(),
+        topology: ctx.topology.clone(),
         max_message_bytes: ctx.settings.broker.max_message_bytes,
     });
     let mut consumers = Consumers {

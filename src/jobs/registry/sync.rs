@@ -12,11 +12,41 @@ use tokio_util::task::TaskTracker;
 use super::{file_stamp, FileStamp, ModelRegistry, ServedVersion};
 use crate::batching::{batch_task, BatchLimits, MakeTask};
 use crate::config::{BatchingSettings, ExecutionProvider};
+use crate::jobs::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
 use crate::repository::{ModelEntry, ModelStore};
-use crate::runtime::{affinity, Backend, InstancePool, OrtBackend, SessionOptions};
+use crate::runtime::{affinity, Backend, InstancePool, OrtBackend, RuntimeError, SessionOptions};
 use crate::telemetry::Metrics;
-use crate::worker::job::Answerer;
-use crate::worker::predict::{run_batch, BatchInfo, Chunk, ShapeKey};
+
+/// Makes the backends that run a model version: ONNX Runtime sessions in the worker
+/// ([`OrtLoader`]), a fake in tests that run the whole worker without ONNX Runtime.
+pub trait BackendLoader: Send + Sync + 'static {
+    /// `instances` backends for the ONNX model `bytes`, each with the model's signature.
+    fn load(
+        &self,
+        bytes: &[u8],
+        options: &SessionOptions,
+        instances: usize,
+    ) -> Result<Vec<Box<dyn Backend>>, RuntimeError>;
+}
+
+/// Loads versions into ONNX Runtime sessions, on threads pinned like the instances will be.
+pub struct OrtLoader;
+
+impl BackendLoader for OrtLoader {
+    fn load(
+        &self,
+        bytes: &[u8],
+        options: &SessionOptions,
+        instances: usize,
+    ) -> Result<Vec<Box<dyn Backend>>, RuntimeError> {
+        // Threads ONNX Runtime starts with a session inherit the loader's CPUs.
+        affinity::with_pinned(&options.cpus, || {
+            (0..instances)
+                .map(|_| OrtBackend::load(bytes, options).map(|b| Box::new(b) as Box<dyn Backend>))
+                .collect()
+        })
+    }
+}
 
 /// Loads and unloads versions to match the repository.
 pub struct ModelSync {
@@ -25,8 +55,8 @@ pub struct ModelSync {
     pub options: SessionOptions,
     pub defaults: BatchingSettings,
     pub metrics: Arc<Metrics>,
-    pub answerer: Arc<Answerer>,
     pub tracker: TaskTracker,
+    pub loader: Arc<dyn BackendLoader>,
 }
 
 impl ModelSync {
@@ -106,20 +136,18 @@ impl ModelSync {
             options.execution_providers = providers.clone();
             options.require_gpu &= providers.contains(&ExecutionProvider::Cuda);
         }
+        let loader = self.loader.clone();
         let loaded = tokio::task::spawn_blocking({
             let options = options.clone();
-            move || {
-                // Threads ONNX Runtime starts with a session inherit the loader's CPUs.
-                affinity::with_pinned(&options.cpus, || {
-                    (0..instances)
-                        .map(|_| OrtBackend::load(&bytes, &options))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-            }
+            move || loader.load(&bytes, &options, instances)
         })
         .await;
         let backends = match loaded {
-            Ok(Ok(backends)) => backends,
+            Ok(Ok(backends)) if !backends.is_empty() => backends,
+            Ok(Ok(_)) => {
+                let reason = "no instance could be made".to_string();
+                return self.refuse(&name, version, started, stamp, reason);
+            }
             Ok(Err(error)) => {
                 return self.refuse(&name, version, started, stamp, error.to_string())
             }
@@ -150,11 +178,7 @@ impl ModelSync {
         let metrics = self.metrics.model(&name, &label);
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
-        let boxed: Vec<Box<dyn Backend>> = backends
-            .into_iter()
-            .map(|b| Box::new(b) as Box<dyn Backend>)
-            .collect();
-        let pool = match InstancePool::start(&name, boxed, &options.cpus, idle_tx) {
+        let pool = match InstancePool::start(&name, backends, &options.cpus, idle_tx) {
             Ok(pool) => pool,
             Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
         };
@@ -209,8 +233,8 @@ impl ModelSync {
 
     fn unload(&self, name: &str, version: u64) {
         if self.registry.remove(name, version).is_some() {
-            self.metrics
-                .set_model_loaded(name, &version.to_string(), false);
+            // Its series go with it, so retired versions do not accumulate.
+            self.metrics.remove_model(name, &version.to_string());
             tracing::info!(model = %name, version, "Model version unloaded");
         }
     }

@@ -12,13 +12,15 @@ use std::time::SystemTime;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use super::predict::{Chunk, ShapeKey};
+use super::batch::{Chunk, ShapeKey};
+use super::error::JobError;
 use crate::batching::{BatchLimits, Item};
+use crate::protocol::text::quoted;
 use crate::protocol::{ErrorCode, ModelSignature};
 use crate::telemetry::ModelMetrics;
 
 mod sync;
-pub use sync::ModelSync;
+pub use sync::{BackendLoader, ModelSync, OrtLoader};
 
 /// One loaded model version.
 pub struct ServedVersion {
@@ -87,36 +89,43 @@ impl ModelRegistry {
         &self,
         model: &str,
         version: Option<&str>,
-    ) -> Result<Arc<ServedVersion>, (ErrorCode, String)> {
+    ) -> Result<Arc<ServedVersion>, JobError> {
         let models = self
             .models
             .read()
-            .map_err(|_| (ErrorCode::Internal, "model registry poisoned".to_string()))?;
+            .map_err(|_| JobError::internal("model registry poisoned"))?;
         let state = models
             .get(model)
             .filter(|s| !s.versions.is_empty())
             .ok_or_else(|| {
-                (
+                JobError::answer(
                     ErrorCode::UnknownModel,
-                    format!("model {model:?} is not served by this worker"),
+                    format!("model {} is not served by this worker", quoted(model)),
                 )
             })?;
-        let served = || {
-            state
+        let Some(v) = version.map(str::trim).filter(|v| !v.is_empty()) else {
+            return state
                 .versions
-                .keys()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+                .values()
+                .next_back()
+                .cloned()
+                .ok_or_else(|| JobError::internal("model has no version"));
         };
-        match version.map(str::trim).filter(|v| !v.is_empty()) {
-            None => Ok(state.versions.values().next_back().cloned().expect("non-empty")),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| state.versions.get(&n).cloned())
-                .ok_or_else(|| (ErrorCode::UnknownVersion, format!("model_version: model {model:?} has no served version {v:?} (served: {})", served()))),
-        }
+        v.parse::<u64>()
+            .ok()
+            .and_then(|n| state.versions.get(&n).cloned())
+            .ok_or_else(|| {
+                let served: Vec<String> = state.versions.keys().map(u64::to_string).collect();
+                JobError::answer(
+                    ErrorCode::UnknownVersion,
+                    format!(
+                        "model_version: model {} has no served version {} (served: {})",
+                        quoted(model),
+                        quoted(v),
+                        served.join(", ")
+                    ),
+                )
+            })
     }
 
     /// Names of models with at least one served version; changes wake consumers' supervisor.

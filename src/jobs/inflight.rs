@@ -1,0 +1,372 @@
+//! The in-flight guard: owns one delivery from receipt until it is settled, exactly once.
+//!
+//! Every job, prediction or training, is received as an [`InFlight`] and ends through one of
+//! its consuming methods: [`InFlight::answer`] (a result, then ack), [`InFlight::fail`] (an
+//! error result, a retry, a requeue or a dead-letter, as the error's [`Fate`] says). Each hands
+//! the publisher one command whose completion counts the job once, under one rule:
+//! `infermq_jobs_total` (or the training counters) by outcome when the broker did what was
+//! asked, the pending gauge and the worker's unsettled count always. A guard dropped without
+//! being settled (a bug, or a panic on the way) requeues its job and logs it, so no job is
+//! ever left unacked on a live channel.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+use tokio::sync::{mpsc, Notify};
+
+use super::error::{Fate, JobError};
+use crate::broker::acks::DeliveryRef;
+use crate::broker::envelope::{Envelope, Route};
+use crate::broker::headers::{table_size, MAX_HEADERS_BYTES};
+use crate::broker::publisher::{submit, with_error_headers, Settled};
+use crate::broker::{Command, Disposition, OutgoingMessage, Settlement};
+use crate::protocol::{encode_error, ErrorCode};
+use crate::telemetry::{Metrics, ModelMetrics, Outcome};
+
+/// Everything the answering side needs, shared by all jobs of a worker.
+pub struct Answerer {
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub metrics: Arc<Metrics>,
+    pub dead_letter_exchange: String,
+    pub delivery_limit: u32,
+    /// Jobs received and not yet settled, for graceful shutdown.
+    pub unsettled: AtomicI64,
+    pub settled: Notify,
+    /// Stopped consumers' channels, closed once every job is settled; a graceful stop waits
+    /// for them before it closes the connection.
+    pub closing: tokio_util::task::TaskTracker,
+}
+
+impl Answerer {
+    fn job_started(&self) {
+        self.unsettled.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn job_done(&self) {
+        if self.unsettled.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Waits until no received job is left unsettled.
+    pub async fn wait_settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            if self.unsettled.load(Ordering::Acquire) <= 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Where a delivery came from and how to settle it.
+pub struct Delivered {
+    pub delivery: DeliveryRef,
+    /// The connection generation it came on: a stale one is not answered again.
+    pub generation: u64,
+    /// The queue it was consumed from (the routing key of its dead-letter copy).
+    pub queue: String,
+    pub properties: BasicProperties,
+    /// The body as received, kept for dead-lettering.
+    pub body: Vec<u8>,
+}
+
+/// How a job is counted when it settles.
+enum Tally {
+    /// A prediction job: per version once resolved ([`InFlight::attach`]), else under
+    /// version "" of the queue's model.
+    Predict(Option<ModelMetrics>),
+    /// A training job, under its validated model name ("" until validated).
+    Train { samples: u64 },
+}
+
+struct Held {
+    answerer: Arc<Answerer>,
+    delivered: Delivered,
+    /// The metrics label: the queue's model, or a training job's validated name.
+    model: Arc<str>,
+    route: Route,
+    correlation_id: Option<ShortString>,
+    delivery_count: u32,
+    received: Instant,
+    tally: Tally,
+}
+
+/// One delivery between receipt and settlement. Settles exactly once: each settling method
+/// consumes it, and dropping it unsettled requeues the job.
+pub struct InFlight {
+    held: Option<Held>,
+}
+
+impl InFlight {
+    /// A prediction job from `model`'s queue.
+    pub fn predict(
+        answerer: &Arc<Answerer>,
+        delivered: Delivered,
+        envelope: &Envelope,
+        model: Arc<str>,
+        received: Instant,
+    ) -> InFlight {
+        InFlight::new(
+            answerer,
+            delivered,
+            envelope,
+            model,
+            received,
+            Tally::Predict(None),
+        )
+    }
+
+    /// A training job (its model is named once its body is validated).
+    pub fn train(
+        answerer: &Arc<Answerer>,
+        delivered: Delivered,
+        envelope: &Envelope,
+        received: Instant,
+    ) -> InFlight {
+        let tally = Tally::Train { samples: 0 };
+        InFlight::new(
+            answerer,
+            delivered,
+            envelope,
+            Arc::from(""),
+            received,
+            tally,
+        )
+    }
+
+    fn new(
+        answerer: &Arc<Answerer>,
+        delivered: Delivered,
+        envelope: &Envelope,
+        model: Arc<str>,
+        received: Instant,
+        tally: Tally,
+    ) -> InFlight {
+        answerer.job_started();
+        InFlight {
+            held: Some(Held {
+                answerer: answerer.clone(),
+                delivered,
+                model,
+                route: envelope.route.clone(),
+                correlation_id: envelope.correlation_id.clone(),
+                delivery_count: envelope.delivery_count,
+                received,
+                tally,
+            }),
+        }
+    }
+
+    fn held(&self) -> &Held {
+        self.held
+            .as_ref()
+            .expect("an InFlight is held until it is consumed")
+    }
+
+    /// The body as received.
+    pub fn body(&self) -> &[u8] {
+        &self.held().delivered.body
+    }
+
+    /// When the job was received.
+    pub fn received(&self) -> Instant {
+        self.held().received
+    }
+
+    /// Counts the job under its resolved model version from now on (pending until settled).
+    pub fn attach(&mut self, metrics: &ModelMetrics) {
+        if let Some(held) = self.held.as_mut() {
+            metrics.pending_add(1);
+            held.tally = Tally::Predict(Some(metrics.clone()));
+        }
+    }
+
+    /// Names a training job's model (a validated name) for its metrics and answers.
+    pub fn name_model(&mut self, model: &str) {
+        if let Some(held) = self.held.as_mut() {
+            held.model = Arc::from(model);
+        }
+    }
+
+    /// Records how many samples a training job trained on.
+    pub fn set_samples(&mut self, n: u64) {
+        if let Some(Held {
+            tally: Tally::Train { samples },
+            ..
+        }) = self.held.as_mut()
+        {
+            *samples = n;
+        }
+    }
+
+    /// Publishes the job's result to its route, then acks (`headers` and `content_type` as the
+    /// result needs). A refused route dead-letters the job instead.
+    pub fn answer(mut self, body: Vec<u8>, content_type: &str, headers: FieldTable) {
+        let Some(held) = self.held.take() else { return };
+        let Route::Queue(queue) = &held.route else {
+            return held.dead_letter_refused();
+        };
+        let message = held.reply(queue.clone(), content_type, headers, body);
+        held.settle(Some(message), Disposition::Answer, Outcome::Success);
+    }
+
+    /// Ends the job as `error`'s fate says; `id` names it in an error result.
+    pub fn fail(mut self, error: JobError, id: Option<&str>) {
+        let Some(held) = self.held.take() else { return };
+        match error.fate {
+            Fate::Answer => match &held.route {
+                Route::Queue(queue) => {
+                    let body = encode_error(id, &held.model, error.code, &error.message);
+                    let headers = with_error_headers(None, error.code.as_str(), &error.message);
+                    let message = held.reply(queue.clone(), "application/json", headers, body);
+                    held.settle(
+                        Some(message),
+                        Disposition::Answer,
+                        Outcome::Error(error.code),
+                    );
+                }
+                Route::Refused(_) => held.dead_letter_refused(),
+            },
+            Fate::Retry if held.delivery_count + 1 >= held.answerer.delivery_limit => {
+                tracing::warn!(model = %held.model, error = %error.message, delivery_count = held.delivery_count, "Job failed on its last allowed delivery; dead-lettering it");
+                held.dead_letter(&error);
+            }
+            Fate::Retry => {
+                tracing::warn!(model = %held.model, error = %error.message, delivery_count = held.delivery_count, "Job failed; requeueing it");
+                held.settle(None, Disposition::Requeue, Outcome::Requeued);
+            }
+            Fate::Requeue => held.settle(None, Disposition::Requeue, Outcome::Requeued),
+            Fate::DeadLetter => held.dead_letter(&error),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            tracing::error!(model = %held.model, "Job dropped without an answer; requeueing it");
+            held.settle(None, Disposition::Requeue, Outcome::Requeued);
+        }
+    }
+}
+
+impl Held {
+    fn reply(
+        &self,
+        queue: String,
+        content_type: &str,
+        headers: FieldTable,
+        body: Vec<u8>,
+    ) -> OutgoingMessage {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(content_type.into())
+            .with_headers(headers);
+        if let Some(id) = &self.correlation_id {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        OutgoingMessage {
+            model: self.model.clone(),
+            exchange: String::new(),
+            routing_key: queue,
+            properties,
+            body,
+        }
+    }
+
+    fn dead_letter_refused(self) {
+        let reason = match &self.route {
+            Route::Refused(reason) => reason.clone(),
+            Route::Queue(_) => String::new(),
+        };
+        self.dead_letter(&JobError::dead_letter(ErrorCode::InvalidRequest, reason));
+    }
+
+    /// Publishes the job as received to the dead-letter exchange with `x-error-code` and
+    /// `x-error` added, then acks. Headers too large to copy safely are left out (and
+    /// `x-headers-dropped` says so), so the copy always fits a frame.
+    fn dead_letter(mut self, error: &JobError) {
+        let received = &self.delivered.properties;
+        let original = received.headers().as_ref();
+        let oversized = original.is_some_and(|t| table_size(t).0 > MAX_HEADERS_BYTES);
+        let mut headers = with_error_headers(
+            original.filter(|_| !oversized),
+            error.code.as_str(),
+            &error.message,
+        );
+        if oversized {
+            headers.insert("x-headers-dropped".into(), AMQPValue::Boolean(true));
+        }
+        let message = OutgoingMessage {
+            model: self.model.clone(),
+            exchange: self.answerer.dead_letter_exchange.clone(),
+            routing_key: self.delivered.queue.clone(),
+            properties: received.clone().with_headers(headers),
+            body: std::mem::take(&mut self.delivered.body),
+        };
+        self.settle(
+            Some(message),
+            Disposition::DeadLetter,
+            Outcome::DeadLettered,
+        );
+    }
+
+    /// Hands the publisher `message` (if any) and the delivery's settlement; counts the job
+    /// once that is done.
+    fn settle(self, message: Option<OutgoingMessage>, disposition: Disposition, outcome: Outcome) {
+        let Held {
+            answerer,
+            delivered,
+            model,
+            received,
+            tally,
+            ..
+        } = self;
+        let handed = Instant::now();
+        let done = answerer.clone();
+        let on_done: Box<dyn FnOnce(Settled) + Send> = Box::new(move |settled| {
+            let ok = settled == Settled::Done(disposition);
+            let answered = disposition != Disposition::Requeue;
+            match &tally {
+                Tally::Predict(Some(metrics)) => {
+                    if ok {
+                        metrics.job(outcome);
+                        if answered {
+                            metrics.publish(handed.elapsed().as_secs_f64());
+                            metrics.end_to_end(received.elapsed().as_secs_f64());
+                        }
+                    }
+                    metrics.pending_add(-1);
+                }
+                Tally::Predict(None) if ok => done.metrics.job(&model, "", outcome),
+                Tally::Train { samples } if ok => done.metrics.training_job(
+                    &model,
+                    outcome,
+                    *samples,
+                    received.elapsed().as_secs_f64(),
+                ),
+                _ => {}
+            }
+            done.job_done();
+        });
+        let settlement = Settlement {
+            delivery: delivered.delivery,
+            generation: delivered.generation,
+            disposition,
+            on_done: Some(on_done),
+        };
+        let command = match message {
+            Some(message) => Command::Publish {
+                message,
+                settlement,
+            },
+            None => Command::Settle(settlement),
+        };
+        submit(&answerer.commands, command);
+    }
+}
