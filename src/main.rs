@@ -9,10 +9,13 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use infermq::broker::Topology;
 use infermq::client::{binary_header_len, header_str, headers, Client};
 use infermq::config::Settings;
 use infermq::protocol::{decode_request, decode_response, encode_request};
+use infermq::repository::describe::describe;
 use infermq::repository::ModelStore;
+use infermq::runtime::Backend;
 use infermq::runtime::{env, OrtBackend, SessionOptions};
 use infermq::worker;
 
@@ -146,7 +149,11 @@ async fn predict(
     let request = decode_request(&text, None).map_err(|e| anyhow::anyhow!("input: {e}"))?;
     let body = encode_request(&request, binary);
     let mut client = Client::connect(&settings.broker.url).await?;
-    let queue = format!("{}.predict.{model}", settings.broker.prefix);
+    let topology = Topology::new(
+        settings.broker.prefix.clone(),
+        settings.broker.delivery_limit,
+    );
+    let queue = topology.predict_queue(model);
     let extra = match &version {
         Some(v) => headers(&[("x-model-version", v.as_str())]),
         None => headers(&[]),
@@ -161,27 +168,7 @@ async fn predict(
         Some(len) => {
             let decoded = decode_response(&delivery.data, Some(len))
                 .map_err(|e| anyhow::anyhow!("result: {e}"))?;
-            let re = infermq::protocol::encode_response(&infermq::protocol::InferenceResponse {
-                id: decoded.id.as_deref(),
-                model_name: decoded.model_name.as_deref().unwrap_or(model),
-                model_version: decoded.model_version.as_deref().unwrap_or(""),
-                outputs: decoded
-                    .outputs
-                    .into_iter()
-                    .map(|tensor| infermq::protocol::OutputTensor {
-                        tensor,
-                        binary: false,
-                    })
-                    .collect(),
-                parameters: decoded
-                    .parameters
-                    .unwrap_or(infermq::protocol::ResultParameters {
-                        batch_size: 0,
-                        queue_ms: 0.0,
-                        compute_ms: 0.0,
-                    }),
-            });
-            println!("{}", String::from_utf8_lossy(&re.body));
+            println!("{}", String::from_utf8_lossy(&decoded.to_json(model)));
         }
     }
     if let Some(code) = code {
@@ -196,37 +183,12 @@ fn list_models(settings: &Settings) -> anyhow::Result<()> {
         &settings.repository.path,
         settings.repository.models.clone(),
     );
-    let (models, broken) = store.scan()?;
     let options = SessionOptions::cpu();
-    let mut out = Vec::new();
-    for entry in models {
-        let mut versions = Vec::new();
-        for &version in &entry.versions {
-            let loaded = store
-                .read_version(&entry.name, version)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| OrtBackend::load(&bytes, &options).map_err(|e| e.to_string()));
-            use infermq::runtime::Backend;
-            versions.push(match loaded {
-                Ok(backend) => serde_json::json!({"version": version.to_string(), "served": entry.served.contains(&version), "inputs": backend.signature().inputs, "outputs": backend.signature().outputs}),
-                Err(error) => serde_json::json!({"version": version.to_string(), "served": entry.served.contains(&version), "error": error}),
-            });
-        }
-        out.push(serde_json::json!({
-            "name": entry.name,
-            "config": {
-                "max_batch_size": entry.config.max_batch_size,
-                "max_queue_delay_ms": entry.config.max_queue_delay_ms,
-                "preferred_batch_sizes": entry.config.preferred_batch_sizes,
-                "instances": entry.config.instances,
-                "version_policy": format!("{:?}", entry.config.version_policy),
-            },
-            "versions": versions,
-        }));
-    }
-    for (name, error) in broken {
-        out.push(serde_json::json!({"name": name, "error": error.to_string()}));
-    }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    let listing = describe(&store, |bytes| {
+        OrtBackend::load(bytes, &options)
+            .map(|b| b.signature().clone())
+            .map_err(|e| e.to_string())
+    })?;
+    println!("{}", serde_json::to_string_pretty(&listing)?);
     Ok(())
 }

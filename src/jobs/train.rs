@@ -22,7 +22,7 @@ use super::inflight::{Answerer, Delivered, InFlight};
 use crate::broker::envelope::{Envelope, Route};
 use crate::broker::Topology;
 use crate::protocol::ErrorCode;
-use crate::repository::ModelStore;
+use crate::repository::{valid_model_name, ModelStore};
 use crate::runtime::SessionOptions;
 use crate::telemetry::Metrics;
 use crate::training::{
@@ -201,16 +201,6 @@ async fn forward_progress(
             )
             .await;
     }
-}
-
-/// A valid model name (what may become a repository folder and a metrics label).
-pub fn valid_model_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
 /// Writes the version, announces it, and returns the result body and the samples trained on.

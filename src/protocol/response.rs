@@ -132,6 +132,37 @@ pub struct DecodedResponse {
     pub error: Option<(String, String)>,
 }
 
+impl DecodedResponse {
+    /// The result as a JSON body (every output as JSON data), for people and tools that read a
+    /// binary result; `model` names it when the result did not.
+    pub fn to_json(self, model: &str) -> Vec<u8> {
+        if let Some((code, message)) = &self.error {
+            let code = ErrorCode::parse(code).unwrap_or(ErrorCode::Internal);
+            let name = self.model_name.as_deref().unwrap_or(model);
+            return encode_error(self.id.as_deref(), name, code, message);
+        }
+        encode_response(&InferenceResponse {
+            id: self.id.as_deref(),
+            model_name: self.model_name.as_deref().unwrap_or(model),
+            model_version: self.model_version.as_deref().unwrap_or(""),
+            outputs: self
+                .outputs
+                .into_iter()
+                .map(|tensor| OutputTensor {
+                    tensor,
+                    binary: false,
+                })
+                .collect(),
+            parameters: self.parameters.unwrap_or(ResultParameters {
+                batch_size: 0,
+                queue_ms: 0.0,
+                compute_ms: 0.0,
+            }),
+        })
+        .body
+    }
+}
+
 #[derive(Deserialize)]
 struct RawResponse<'a> {
     #[serde(default)]

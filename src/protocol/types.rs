@@ -129,6 +129,11 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
         }
     }
+
+    /// The code named `name`, if the contract has one.
+    pub fn parse(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == name)
+    }
 }
 
 impl fmt::Display for ErrorCode {

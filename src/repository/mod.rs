@@ -1,6 +1,7 @@
 //! The model repository: models and versions on disk ([`store`]), and the set of versions the
 //! worker serves, kept in step with the disk and with `model_version_ready` events.
 
+pub mod describe;
 pub mod store;
 
 pub use store::{valid_model_name, ModelEntry, ModelStore, RepositoryError};

@@ -1,0 +1,49 @@
+//! The repository as `infermq models` shows it: every model, its configuration, and each
+//! version's inputs and outputs (or why it cannot be read).
+
+use serde_json::{json, Value};
+
+use super::store::ModelStore;
+use crate::protocol::ModelSignature;
+
+/// Describes every model of `store`; `signature` reads a version's ONNX bytes (an ONNX Runtime
+/// session in the CLI).
+pub fn describe(
+    store: &ModelStore,
+    signature: impl Fn(&[u8]) -> Result<ModelSignature, String>,
+) -> Result<Value, super::RepositoryError> {
+    let (models, broken) = store.scan()?;
+    let mut out = Vec::new();
+    for entry in models {
+        let versions: Vec<Value> = entry
+            .versions
+            .iter()
+            .map(|&version| {
+                let served = entry.served.contains(&version);
+                let read = store
+                    .read_version(&entry.name, version)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| signature(&bytes));
+                match read {
+                    Ok(s) => json!({"version": version.to_string(), "served": served, "inputs": s.inputs, "outputs": s.outputs}),
+                    Err(error) => json!({"version": version.to_string(), "served": served, "error": error}),
+                }
+            })
+            .collect();
+        out.push(json!({
+            "name": entry.name,
+            "config": {
+                "max_batch_size": entry.config.max_batch_size,
+                "max_queue_delay_ms": entry.config.max_queue_delay_ms,
+                "preferred_batch_sizes": entry.config.preferred_batch_sizes,
+                "instances": entry.config.instances,
+                "version_policy": format!("{:?}", entry.config.version_policy),
+            },
+            "versions": versions,
+        }));
+    }
+    for (name, error) in broken {
+        out.push(json!({"name": name, "error": error.to_string()}));
+    }
+    Ok(Value::Array(out))
+}
