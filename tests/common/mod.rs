@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use infermq::client::Client;
 use infermq::config::Settings;
+use infermq::jobs::registry::{BackendLoader, OrtLoader};
 use infermq::worker::{self, Worker};
 use lapin::options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
@@ -77,6 +78,14 @@ pub struct TestWorker {
 
 impl TestWorker {
     pub async fn start(settings: Settings) -> TestWorker {
+        TestWorker::start_with(settings, std::sync::Arc::new(OrtLoader)).await
+    }
+
+    /// A worker whose model versions run on the backends `loader` makes (a fake in tests).
+    pub async fn start_with(
+        settings: Settings,
+        loader: std::sync::Arc<dyn BackendLoader>,
+    ) -> TestWorker {
         // Logs when asked for (RUST_LOG=infermq=debug), captured per test otherwise.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -85,7 +94,12 @@ impl TestWorker {
         let prefix = settings.broker.prefix.clone();
         let shutdown = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(worker::run(settings, shutdown.clone(), Some(tx)));
+        let task = tokio::spawn(worker::run_with(
+            settings,
+            loader,
+            shutdown.clone(),
+            Some(tx),
+        ));
         let handles = rx.await.expect("worker failed to start");
         let worker = TestWorker {
             prefix,
