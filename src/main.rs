@@ -66,7 +66,19 @@ enum Command {
     },
 }
 
+/// Stack reserved for every thread of the process (virtual memory: only what is used becomes
+/// resident). lapin's I/O thread parses AMQP header tables recursively, and a table nested
+/// ~26,000 deep fits in one 128 KiB frame (RabbitMQ's default `frame_max`): with the default
+/// 2 MiB stack one such message aborts the process, and every worker it is redelivered to.
+/// Measured: the debug build needs between 256 and 512 MiB for the deepest table that fits.
+const THREAD_STACK_BYTES: usize = 512 << 20;
+
 fn main() -> anyhow::Result<()> {
+    // Before any thread starts: std reads RUST_MIN_STACK once, at the first spawn (lapin's I/O
+    // thread is spawned by std with the default size). An operator's own value wins.
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        std::env::set_var("RUST_MIN_STACK", THREAD_STACK_BYTES.to_string());
+    }
     let cli = Cli::parse();
     let mut settings = Settings::load(cli.config.as_deref())?;
     if let Command::Worker { models: Some(dir) } | Command::Models { models: Some(dir) } =
@@ -84,6 +96,7 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
         .build()?;
     runtime.block_on(async move {
         match cli.command {
