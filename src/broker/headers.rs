@@ -147,10 +147,15 @@ impl JobHeaders {
             let (size, depth) = table_size(table);
             if size > MAX_HEADERS_BYTES || depth > MAX_HEADER_DEPTH {
                 return Err(HeaderError {
-                    name: "(table)",
+                    name: "table",
                     message: format!(
-                        "expected at most {MAX_HEADERS_BYTES} bytes nested at most \
-                         {MAX_HEADER_DEPTH} deep, got more"
+                        "expected at most {MAX_HEADERS_BYTES} bytes of headers nested at most \
+                         {MAX_HEADER_DEPTH} deep, got {}",
+                        if depth > MAX_HEADER_DEPTH {
+                            format!("tables nested more than {MAX_HEADER_DEPTH} deep")
+                        } else {
+                            format!("more than {MAX_HEADERS_BYTES} bytes")
+                        }
                     ),
                 });
             }
@@ -310,7 +315,7 @@ mod tests {
             v = AMQPValue::FieldTable(t);
         }
         let err = JobHeaders::read(&props(&[("deep", v)])).unwrap_err();
-        assert_eq!(err.name, "(table)");
+        assert_eq!(err.name, "table");
         let big = AMQPValue::LongString(LongString::from("x".repeat(70_000).as_str()));
         assert!(JobHeaders::read(&props(&[("big", big)])).is_err());
         let fine = AMQPValue::LongString(LongString::from("x".repeat(1_000).as_str()));
