@@ -217,12 +217,20 @@ impl Metrics {
     }
 
     /// The hot-path handle of one model version. Creates every series of that version at zero
-    /// (each outcome, every histogram, the gauges, and `redeliveries_total{model}`) so that
-    /// `rate()` and alerts see them from the start. Calling it again returns the same series.
+    /// (each outcome, every histogram, the gauges, the model's redelivery, returned-result and
+    /// training series) so that `rate()`, `increase()` and alerts see them from the start. Calling it again returns the same series.
     pub fn model(&self, model: &str, version: &str) -> ModelMetrics {
         let mv = [model, version];
         let jobs = Outcome::ALL.map(|o| self.jobs.with_label_values(&[model, version, o.as_str()]));
         self.redeliveries.with_label_values(&[model]);
+        self.results_returned.with_label_values(&[model]);
+        // The model's training series too: a counter first created at 1 would never show in
+        // `increase()`, so the first training job of a served model would be invisible.
+        for o in Outcome::ALL {
+            self.training_jobs.with_label_values(&[model, o.as_str()]);
+        }
+        self.training_samples.with_label_values(&[model]);
+        self.training_seconds.with_label_values(&[model]);
         self.model_load_failures.with_label_values(&mv);
         self.model_load.with_label_values(&mv);
         self.model_loaded.with_label_values(&mv);

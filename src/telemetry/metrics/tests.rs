@@ -104,6 +104,17 @@ fn every_series_of_a_model_exists_at_zero() {
         value(&text, "infermq_redeliveries_total", &model_only),
         Some(0.0)
     );
+    for name in [
+        "infermq_training_samples_total",
+        "infermq_training_seconds_count",
+    ] {
+        assert_eq!(value(&text, name, &model_only), Some(0.0), "{name}");
+    }
+    for o in Outcome::ALL {
+        let labels = [("model", "iris"), ("outcome", o.as_str())];
+        let jobs = value(&text, "infermq_training_jobs_total", &labels);
+        assert_eq!(jobs, Some(0.0), "{o:?}");
+    }
 }
 
 #[test]
