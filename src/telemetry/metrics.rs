@@ -6,7 +6,7 @@
 //! version is loaded, never per job. Labels are `model`, `version` and `outcome` only; job ids
 //! never become labels. `docs/METRICS.md` lists every series and example queries.
 
-use crate::protocol::ErrorCode;
+pub use super::outcome::Outcome;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -27,65 +27,6 @@ pub const LOAD_BUCKETS: [f64; 13] = [
 pub const TRAINING_BUCKETS: [f64; 11] = [
     0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
 ];
-
-/// How a job ended, as the `outcome` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Answered with a result.
-    Success,
-    /// Answered with an error result carrying this code.
-    Error(ErrorCode),
-    /// Nacked back to its queue (an `internal` failure below the delivery limit).
-    Requeued,
-    /// Sent to the dead-letter exchange.
-    DeadLettered,
-}
-
-impl Outcome {
-    /// Every outcome, in label order; `model()` creates one series for each.
-    pub const ALL: [Outcome; 9] = [
-        Outcome::Success,
-        Outcome::Error(ErrorCode::InvalidRequest),
-        Outcome::Error(ErrorCode::UnknownModel),
-        Outcome::Error(ErrorCode::UnknownVersion),
-        Outcome::Error(ErrorCode::DeadlineExceeded),
-        Outcome::Error(ErrorCode::TooLarge),
-        Outcome::Error(ErrorCode::Internal),
-        Outcome::Requeued,
-        Outcome::DeadLettered,
-    ];
-
-    /// The label value: `success`, the error code (`invalid_request`…), `requeued`, `dead_lettered`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Error(code) => code.as_str(),
-            Outcome::Requeued => "requeued",
-            Outcome::DeadLettered => "dead_lettered",
-        }
-    }
-
-    /// Position in [`Outcome::ALL`]; indexes the pre-resolved counters.
-    fn index(self) -> usize {
-        match self {
-            Outcome::Success => 0,
-            Outcome::Error(ErrorCode::InvalidRequest) => 1,
-            Outcome::Error(ErrorCode::UnknownModel) => 2,
-            Outcome::Error(ErrorCode::UnknownVersion) => 3,
-            Outcome::Error(ErrorCode::DeadlineExceeded) => 4,
-            Outcome::Error(ErrorCode::TooLarge) => 5,
-            Outcome::Error(ErrorCode::Internal) => 6,
-            Outcome::Requeued => 7,
-            Outcome::DeadLettered => 8,
-        }
-    }
-}
-
-impl From<ErrorCode> for Outcome {
-    fn from(code: ErrorCode) -> Self {
-        Outcome::Error(code)
-    }
-}
 
 /// Every metric family of a worker, registered in its own registry.
 pub struct Metrics {

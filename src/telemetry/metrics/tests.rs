@@ -1,6 +1,7 @@
 //! Assertions on the rendered text exposition, as Prometheus would scrape it.
 
 use super::*;
+use crate::protocol::ErrorCode;
 use std::collections::BTreeMap;
 
 /// One sample line: name, labels, value. Label values in these tests hold no `,` or `"`.
