@@ -287,12 +287,12 @@ async fn check_variables(prometheus: &Prometheus, name: &str, dashboard: &Value,
 }
 
 /// `promtool` accepts the repository's scrape config and both rule files, and the recording
-/// rules pass their unit tests.
+/// and alert rules pass their unit tests.
 #[test]
-fn promtool_accepts_the_scrape_config_and_the_recording_rules_pass_their_tests() {
+fn promtool_accepts_the_config_and_the_rules_pass_their_tests() {
     let Some(promtool) = on_path("promtool") else {
         eprintln!(
-            "SKIPPED promtool_accepts_the_scrape_config_and_the_recording_rules_pass_their_tests: no `promtool` on PATH \
+            "SKIPPED promtool_accepts_the_config_and_the_rules_pass_their_tests: no `promtool` on PATH \
              (scripts/ensure-test-tools.sh installs Debian's prometheus package)"
         );
         return;
@@ -301,7 +301,7 @@ fn promtool_accepts_the_scrape_config_and_the_recording_rules_pass_their_tests()
     for args in [
         vec!["check", "config", "prometheus.yml"],
         vec!["check", "rules", "recording.yml", "alerts.yml"],
-        vec!["test", "rules", "recording_test.yml"],
+        vec!["test", "rules", "recording_test.yml", "alerts_test.yml"],
     ] {
         let output = Command::new(&promtool)
             .args(&args)
