@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Tools the tests call: promtool (Debian's prometheus package) to check the metrics exposition,
+# Tools the tests call: promtool and the prometheus server (Debian's prometheus package) to check
+# the metrics exposition, the rules and every dashboard panel (tests/dashboards.rs),
 # and Python's onnx package to check saved models with onnx.checker.
 set -euo pipefail
 if ! command -v promtool >/dev/null 2>&1; then

@@ -276,10 +276,10 @@ async fn a_scrape_after_a_load_counts_it_and_passes_promtool() {
     let iris = [("model", "iris"), ("version", "1")];
     let delta = |name: &str| metric_sum(&after, name, &iris) - metric_sum(&before, name, &iris);
     assert_eq!(metric_sum(&before, "infermq_jobs_total", &success), 0.0);
-    let batches = delta("infermq_batch_size_count");
+    let batches = delta("infermq_batch_rows_count");
     eprintln!("{JOBS} jobs in {batches} batches");
     assert!((1.0..=JOBS as f64).contains(&batches), "{batches} batches");
-    assert_eq!(delta("infermq_batch_size_sum"), JOBS as f64, "rows batched");
+    assert_eq!(delta("infermq_batch_rows_sum"), JOBS as f64, "rows batched");
     assert_eq!(delta("infermq_rows_total"), JOBS as f64);
     assert_eq!(delta("infermq_end_to_end_seconds_count"), JOBS as f64);
     assert_eq!(delta("infermq_queue_wait_seconds_count"), JOBS as f64);

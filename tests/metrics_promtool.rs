@@ -44,7 +44,7 @@ fn busy_metrics() -> Metrics {
     m.training_job("iris", Outcome::Success, 150, 3.5);
     m.training_in_progress(-1);
     m.set_model_loaded("iris", "4", false);
-    m.remove_model("iris", "4");
+    m.remove_model_version("iris", "4");
     m
 }
 

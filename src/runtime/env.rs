@@ -29,6 +29,8 @@ pub enum EnvironmentError {
 
 struct Loaded {
     path: PathBuf,
+    /// What the library itself reports (`OrtGetApiBase()->GetVersionString()`), e.g. "1.31.1".
+    version: String,
     environment: Environment,
 }
 
@@ -66,6 +68,15 @@ pub fn init(configured: Option<&Path>) -> Result<&'static Environment, Environme
     }
 }
 
+/// The version string of the ONNX Runtime library [`init`] loaded, as the library reports it
+/// (`GetVersionString`), or `None` before a successful [`init`].
+pub fn loaded_version() -> Option<&'static str> {
+    LOADED
+        .get()
+        .and_then(|l| l.as_ref().ok())
+        .map(|l| l.version.as_str())
+}
+
 /// The environment if [`init`] already succeeded.
 pub fn environment() -> Option<&'static Environment> {
     LOADED
@@ -97,8 +108,67 @@ fn load(path: &Path) -> Result<Loaded, String> {
         .with_telemetry(false)
         .build()
         .map_err(|e| EnvironmentError::Environment(e.to_string()).to_string())?;
+    let version = library_version(path).map_err(|reason| {
+        EnvironmentError::LibraryInvalid {
+            path: path.to_path_buf(),
+            reason,
+        }
+        .to_string()
+    })?;
     Ok(Loaded {
         path: path.to_path_buf(),
+        version,
         environment,
     })
+}
+
+/// Asks the library at `path`, already loaded by `ort`, for its version string. `ort` keeps its
+/// handle private, so this opens the same library again with `RTLD_NOLOAD`: that returns the
+/// loaded copy (never a second one) and fails if it is not loaded.
+fn library_version(path: &Path) -> Result<String, String> {
+    use libloading::os::unix::{Library, RTLD_NOW};
+    use ort::sys::OrtApiBase;
+    // SAFETY: RTLD_NOLOAD runs no initialisers (the library is loaded already), and
+    // `OrtGetApiBase` has this signature in every ONNX Runtime release.
+    let library = unsafe { Library::open(Some(path), RTLD_NOW | libc::RTLD_NOLOAD) }
+        .map_err(|e| format!("library is not loaded: {e}"))?;
+    let get_base =
+        unsafe { library.get::<unsafe extern "C" fn() -> *const OrtApiBase>(b"OrtGetApiBase\0") }
+            .map_err(|e| format!("no OrtGetApiBase: {e}"))?;
+    // SAFETY: the API base is a static table inside the library, valid while it is loaded;
+    // GetVersionString returns a static NUL-terminated string.
+    let version = unsafe {
+        let base = get_base();
+        if base.is_null() {
+            return Err("OrtGetApiBase returned null".into());
+        }
+        let text = ((*base).GetVersionString)();
+        if text.is_null() {
+            return Err("GetVersionString returned null".into());
+        }
+        std::ffi::CStr::from_ptr(text)
+            .to_string_lossy()
+            .into_owned()
+    };
+    // The version becomes a metric label: keep it short.
+    Ok(version.chars().take(64).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loaded_version_is_what_the_library_reports() {
+        init(None).expect("ONNX Runtime loads (make setup installs it)");
+        let version = loaded_version().expect("a version once loaded");
+        // The setup step installs libonnxruntime.so.X.Y.Z: the file name carries the release.
+        let path = resolve_library(None);
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        assert!(
+            name.ends_with(&format!(".so.{version}")),
+            "library {name} reports version {version}"
+        );
+        assert!(version.starts_with("1."), "{version}");
+    }
 }

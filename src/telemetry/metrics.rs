@@ -6,7 +6,7 @@
 //! version is loaded, never per job. Labels are `model`, `version` and `outcome` only; job ids
 //! never become labels. `docs/METRICS.md` lists every series and example queries.
 
-use crate::protocol::ErrorCode;
+pub use super::outcome::Outcome;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -28,71 +28,12 @@ pub const TRAINING_BUCKETS: [f64; 11] = [
     0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
 ];
 
-/// How a job ended, as the `outcome` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Answered with a result.
-    Success,
-    /// Answered with an error result carrying this code.
-    Error(ErrorCode),
-    /// Nacked back to its queue (an `internal` failure below the delivery limit).
-    Requeued,
-    /// Sent to the dead-letter exchange.
-    DeadLettered,
-}
-
-impl Outcome {
-    /// Every outcome, in label order; `model()` creates one series for each.
-    pub const ALL: [Outcome; 9] = [
-        Outcome::Success,
-        Outcome::Error(ErrorCode::InvalidRequest),
-        Outcome::Error(ErrorCode::UnknownModel),
-        Outcome::Error(ErrorCode::UnknownVersion),
-        Outcome::Error(ErrorCode::DeadlineExceeded),
-        Outcome::Error(ErrorCode::TooLarge),
-        Outcome::Error(ErrorCode::Internal),
-        Outcome::Requeued,
-        Outcome::DeadLettered,
-    ];
-
-    /// The label value: `success`, the error code (`invalid_request`…), `requeued`, `dead_lettered`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Error(code) => code.as_str(),
-            Outcome::Requeued => "requeued",
-            Outcome::DeadLettered => "dead_lettered",
-        }
-    }
-
-    /// Position in [`Outcome::ALL`]; indexes the pre-resolved counters.
-    fn index(self) -> usize {
-        match self {
-            Outcome::Success => 0,
-            Outcome::Error(ErrorCode::InvalidRequest) => 1,
-            Outcome::Error(ErrorCode::UnknownModel) => 2,
-            Outcome::Error(ErrorCode::UnknownVersion) => 3,
-            Outcome::Error(ErrorCode::DeadlineExceeded) => 4,
-            Outcome::Error(ErrorCode::TooLarge) => 5,
-            Outcome::Error(ErrorCode::Internal) => 6,
-            Outcome::Requeued => 7,
-            Outcome::DeadLettered => 8,
-        }
-    }
-}
-
-impl From<ErrorCode> for Outcome {
-    fn from(code: ErrorCode) -> Self {
-        Outcome::Error(code)
-    }
-}
-
 /// Every metric family of a worker, registered in its own registry.
 pub struct Metrics {
     registry: Registry,
     jobs: IntCounterVec,
     rows: IntCounterVec,
-    batch_size: HistogramVec,
+    batch_rows: HistogramVec,
     queue_wait: HistogramVec,
     batch_assembly: HistogramVec,
     compute: HistogramVec,
@@ -149,10 +90,24 @@ fn latency(r: &Registry, name: &str, help: &str) -> HistogramVec {
     histogram_vec(r, name, help, LATENCY_BUCKETS.to_vec(), MV)
 }
 
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`, … of this process, read from
+/// `/proc` at each scrape (Linux only; elsewhere there is no such collector).
+fn register_process_collector(r: &Registry) {
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .expect("the process collector registers once per registry");
+    #[cfg(not(target_os = "linux"))]
+    let _ = r;
+}
+
 impl Metrics {
-    /// Registers every family and sets `infermq_build_info{version, ort_version} 1`.
+    /// Registers every family and the `process_*` collector (CPU, memory, open files of this
+    /// process) and sets `infermq_build_info{version, ort_version} 1`.
     pub fn new(build_version: &str, ort_version: &str) -> Metrics {
         let r = Registry::new();
+        register_process_collector(&r);
         let batch_buckets = exponential_buckets(1.0, 2.0, 11).expect("1, 2, 4 … 1024");
         let build_info = gauge_vec(
             &r,
@@ -166,7 +121,7 @@ impl Metrics {
         Metrics {
             jobs: counter_vec(&r, "infermq_jobs_total", "Prediction jobs handled, by outcome: success, the error code answered, requeued or dead_lettered.", &["model", "version", "outcome"]),
             rows: counter_vec(&r, "infermq_rows_total", "Rows (dimension 0) of prediction jobs run.", MV),
-            batch_size: histogram_vec(&r, "infermq_batch_size", "Rows per batch run on ONNX Runtime.", batch_buckets, MV),
+            batch_rows: histogram_vec(&r, "infermq_batch_rows", "Rows per batch run on ONNX Runtime.", batch_buckets, MV),
             queue_wait: latency(&r, "infermq_queue_wait_seconds", "Time from receipt of a job to the start of the batch that runs it."),
             batch_assembly: latency(&r, "infermq_batch_assembly_seconds", "Time to concatenate a batch's jobs into input tensors."),
             compute: latency(&r, "infermq_compute_seconds", "ONNX Runtime run time per batch."),
@@ -203,12 +158,20 @@ impl Metrics {
     }
 
     /// The hot-path handle of one model version. Creates every series of that version at zero
-    /// (each outcome, every histogram, the gauges, and `redeliveries_total{model}`) so that
-    /// `rate()` and alerts see them from the start. Calling it again returns the same series.
+    /// (each outcome, every histogram, the gauges, the model's redelivery, returned-result and
+    /// training series) so that `rate()`, `increase()` and alerts see them from the start. Calling it again returns the same series.
     pub fn model(&self, model: &str, version: &str) -> ModelMetrics {
         let mv = [model, version];
         let jobs = Outcome::ALL.map(|o| self.jobs.with_label_values(&[model, version, o.as_str()]));
         self.redeliveries.with_label_values(&[model]);
+        self.results_returned.with_label_values(&[model]);
+        // The model's training series too: a counter first created at 1 would never show in
+        // `increase()`, so the first training job of a served model would be invisible.
+        for o in Outcome::ALL {
+            self.training_jobs.with_label_values(&[model, o.as_str()]);
+        }
+        self.training_samples.with_label_values(&[model]);
+        self.training_seconds.with_label_values(&[model]);
         self.model_load_failures.with_label_values(&mv);
         self.model_load.with_label_values(&mv);
         self.model_loaded.with_label_values(&mv);
@@ -216,7 +179,7 @@ impl Metrics {
             inner: Arc::new(ModelSeries {
                 jobs,
                 rows: self.rows.with_label_values(&mv),
-                batch_size: self.batch_size.with_label_values(&mv),
+                batch_rows: self.batch_rows.with_label_values(&mv),
                 queue_wait: self.queue_wait.with_label_values(&mv),
                 batch_assembly: self.batch_assembly.with_label_values(&mv),
                 compute: self.compute.with_label_values(&mv),
@@ -228,10 +191,11 @@ impl Metrics {
         }
     }
 
-    /// Removes every series labelled with this model version (on unload), so retired versions
-    /// do not accumulate. Series labelled by model only (redeliveries, returned results,
-    /// training) stay. A `ModelMetrics` still held afterwards records into detached series.
-    pub fn remove_model(&self, model: &str, version: &str) {
+    /// Removes every series labelled with this model version (call it when the version is
+    /// unloaded), so retired versions neither accumulate nor keep reporting their last values.
+    /// Series labelled by model only (redeliveries, returned results, training) stay. A
+    /// `ModelMetrics` still held afterwards records into detached series. Idempotent.
+    pub fn remove_model_version(&self, model: &str, version: &str) {
         let mv = [model, version];
         for o in Outcome::ALL {
             // Absent series are fine: removal is idempotent.
@@ -240,7 +204,7 @@ impl Metrics {
         let _ = self.rows.remove_label_values(&mv);
         let _ = self.model_load_failures.remove_label_values(&mv);
         for h in [
-            &self.batch_size,
+            &self.batch_rows,
             &self.queue_wait,
             &self.batch_assembly,
             &self.compute,
@@ -314,7 +278,7 @@ impl Metrics {
     }
 
     /// Records a job outcome without a handle, for the cold path (a job rejected before its
-    /// version is resolved). Creates the series if absent; `remove_model` removes them.
+    /// version is resolved). Creates the series if absent; `remove_model_version` removes them.
     pub fn job(&self, model: &str, version: &str, outcome: Outcome) {
         self.jobs
             .with_label_values(&[model, version, outcome.as_str()])
@@ -332,7 +296,7 @@ impl std::fmt::Debug for Metrics {
 struct ModelSeries {
     jobs: [IntCounter; 9],
     rows: IntCounter,
-    batch_size: Histogram,
+    batch_rows: Histogram,
     queue_wait: Histogram,
     batch_assembly: Histogram,
     compute: Histogram,
@@ -367,7 +331,7 @@ impl ModelMetrics {
 
     /// Records one batch: its rows (buckets 1, 2, 4 … 1024), assembly and compute time.
     pub fn batch(&self, rows: usize, assembly_seconds: f64, compute_seconds: f64) {
-        self.inner.batch_size.observe(rows as f64);
+        self.inner.batch_rows.observe(rows as f64);
         self.inner.batch_assembly.observe(assembly_seconds);
         self.inner.compute.observe(compute_seconds);
     }

@@ -118,7 +118,10 @@ pub async fn run_with(
     };
     options.check()?;
     tracing::info!(providers = ?options.effective(), library = %env::resolve_library(settings.runtime.library()).display(), "ONNX Runtime ready");
-    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION"), "1.31.1"));
+    let metrics = Arc::new(Metrics::new(
+        env!("CARGO_PKG_VERSION"),
+        env::loaded_version().unwrap_or("unknown"),
+    ));
     let topology = Topology::new(
         settings.broker.prefix.clone(),
         settings.broker.delivery_limit,

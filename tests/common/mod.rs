@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod prometheus;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

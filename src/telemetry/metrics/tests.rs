@@ -1,6 +1,7 @@
 //! Assertions on the rendered text exposition, as Prometheus would scrape it.
 
 use super::*;
+use crate::protocol::ErrorCode;
 use std::collections::BTreeMap;
 
 /// One sample line: name, labels, value. Label values in these tests hold no `,` or `"`.
@@ -42,13 +43,6 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     found.first().copied()
 }
 
-fn has_model(text: &str, model: &str, version: &str) -> bool {
-    samples(text).iter().any(|(_, l, _)| {
-        l.get("model").map(String::as_str) == Some(model)
-            && l.get("version").map(String::as_str) == Some(version)
-    })
-}
-
 const IRIS: [(&str, &str); 2] = [("model", "iris"), ("version", "3")];
 
 #[test]
@@ -86,7 +80,7 @@ fn every_series_of_a_model_exists_at_zero() {
         assert_eq!(value(&text, name, &IRIS), Some(0.0), "{name}");
     }
     for name in [
-        "infermq_batch_size",
+        "infermq_batch_rows",
         "infermq_queue_wait_seconds",
         "infermq_batch_assembly_seconds",
         "infermq_compute_seconds",
@@ -111,6 +105,17 @@ fn every_series_of_a_model_exists_at_zero() {
         value(&text, "infermq_redeliveries_total", &model_only),
         Some(0.0)
     );
+    for name in [
+        "infermq_training_samples_total",
+        "infermq_training_seconds_count",
+    ] {
+        assert_eq!(value(&text, name, &model_only), Some(0.0), "{name}");
+    }
+    for o in Outcome::ALL {
+        let labels = [("model", "iris"), ("outcome", o.as_str())];
+        let jobs = value(&text, "infermq_training_jobs_total", &labels);
+        assert_eq!(jobs, Some(0.0), "{o:?}");
+    }
 }
 
 #[test]
@@ -170,7 +175,7 @@ fn hot_path_calls_move_their_series() {
     assert_eq!(value(&text, "infermq_rows_total", &IRIS), Some(7.0));
     assert_eq!(value(&text, "infermq_pending_jobs", &IRIS), Some(2.0));
     assert_eq!(value(&text, "infermq_inflight_batches", &IRIS), Some(1.0));
-    assert_eq!(value(&text, "infermq_batch_size_sum", &IRIS), Some(5.0));
+    assert_eq!(value(&text, "infermq_batch_rows_sum", &IRIS), Some(5.0));
     let bucket = |name: &str, le: &str| {
         value(
             &text,
@@ -179,8 +184,8 @@ fn hot_path_calls_move_their_series() {
         )
     };
     // 5 rows: above the 4 bucket, inside the 8 bucket.
-    assert_eq!(bucket("infermq_batch_size", "4"), Some(0.0));
-    assert_eq!(bucket("infermq_batch_size", "8"), Some(1.0));
+    assert_eq!(bucket("infermq_batch_rows", "4"), Some(0.0));
+    assert_eq!(bucket("infermq_batch_rows", "8"), Some(1.0));
     // 3 ms compute: above 2.5 ms, inside 5 ms.
     assert_eq!(bucket("infermq_compute_seconds", "0.0025"), Some(0.0));
     assert_eq!(bucket("infermq_compute_seconds", "0.005"), Some(1.0));
@@ -191,13 +196,13 @@ fn hot_path_calls_move_their_series() {
 }
 
 #[test]
-fn batch_size_buckets_are_powers_of_two_to_1024() {
+fn batch_rows_buckets_are_powers_of_two_to_1024() {
     let m = Metrics::new("v", "o");
     m.model("iris", "3").batch(1024, 0.0, 0.0);
     let text = m.render();
     let les: Vec<String> = samples(&text)
         .into_iter()
-        .filter(|(n, _, _)| n == "infermq_batch_size_bucket")
+        .filter(|(n, _, _)| n == "infermq_batch_rows_bucket")
         .filter_map(|(_, mut l, _)| l.remove("le"))
         .collect();
     let want: Vec<String> = (0..=10)
@@ -207,7 +212,7 @@ fn batch_size_buckets_are_powers_of_two_to_1024() {
     assert_eq!(les, want);
     let le_1024 = [IRIS[0], IRIS[1], ("le", "1024")];
     assert_eq!(
-        value(&text, "infermq_batch_size_bucket", &le_1024),
+        value(&text, "infermq_batch_rows_bucket", &le_1024),
         Some(1.0)
     );
 }
@@ -219,22 +224,71 @@ fn latency_buckets_span_100us_to_30s() {
     assert!(LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
 }
 
+/// Records into every per-version series of `model`/`version`, hot and cold path alike.
+fn exercise_version(m: &Metrics, model: &str, version: &str) {
+    let h = m.model(model, version);
+    h.job(Outcome::Success);
+    h.job(Outcome::DeadLettered);
+    h.rows(3);
+    h.batch(3, 0.0001, 0.002);
+    h.queue_wait(0.001);
+    h.publish(0.0005);
+    h.end_to_end(0.004);
+    h.pending_add(2);
+    h.inflight_add(1);
+    m.job(model, version, Outcome::Error(ErrorCode::TooLarge));
+    m.model_load(model, version, 0.2, true);
+    m.model_load(model, version, 0.1, false);
+    m.set_model_loaded(model, version, true);
+}
+
+/// The samples labelled with this model version, as (name, labels) lines.
+fn version_samples(text: &str, model: &str, version: &str) -> Vec<String> {
+    samples(text)
+        .into_iter()
+        .filter(|(_, l, _)| {
+            l.get("model").map(String::as_str) == Some(model)
+                && l.get("version").map(String::as_str) == Some(version)
+        })
+        .map(|(n, l, v)| format!("{n} {l:?} {v}"))
+        .collect()
+}
+
 #[test]
-fn remove_model_removes_only_that_version() {
+fn remove_model_version_removes_only_that_version() {
     let m = Metrics::new("v", "o");
-    m.model("iris", "3").job(Outcome::Success);
-    m.model("iris", "4").job(Outcome::Success);
-    m.model_load("iris", "3", 0.2, true);
-    m.set_model_loaded("iris", "3", true);
-    m.remove_model("iris", "3");
-    m.remove_model("iris", "3"); // idempotent
+    exercise_version(&m, "iris", "3");
+    exercise_version(&m, "iris", "4");
+    m.duplicate_delivery("iris");
+    m.training_job("iris", Outcome::Success, 10, 1.0);
+    let before = m.render();
+    // Every family with per-version series: jobs, rows, pending, inflight, load failures,
+    // loaded, and the seven histograms (bucket, sum and count lines).
+    let families: std::collections::BTreeSet<String> = samples(&before)
+        .into_iter()
+        .filter(|(_, l, _)| l.get("version").map(String::as_str) == Some("3"))
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(families.len(), 6 + 7 * 3, "{families:?}");
+    let four = version_samples(&before, "iris", "4");
+
+    m.remove_model_version("iris", "3");
+    m.remove_model_version("iris", "3"); // idempotent
     let text = m.render();
-    assert!(!has_model(&text, "iris", "3"), "{text}");
-    assert!(has_model(&text, "iris", "4"));
+    assert_eq!(version_samples(&text, "iris", "3"), Vec::<String>::new());
+    assert_eq!(
+        version_samples(&text, "iris", "4"),
+        four,
+        "iris 4 untouched"
+    );
     let model_only = [("model", "iris")];
     assert_eq!(
         value(&text, "infermq_redeliveries_total", &model_only),
-        Some(0.0)
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "infermq_training_samples_total", &model_only),
+        Some(10.0)
     );
     // A fresh handle after removal starts again from zero.
     m.model("iris", "3");
@@ -329,9 +383,28 @@ fn every_family_has_help_and_no_job_labels() {
     m.result_returned("iris");
     let text = m.render();
     let families = m.registry().gather();
-    assert_eq!(families.len(), 22, "one family per documented metric");
+    let (ours, process): (Vec<_>, Vec<_>) = families
+        .iter()
+        .partition(|f| f.name().starts_with("infermq_"));
+    assert_eq!(ours.len(), 22, "one family per documented metric");
+    let process: Vec<&str> = process.iter().map(|f| f.name()).collect();
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "process_threads",
+    ] {
+        assert!(process.contains(&name), "{name} missing from {process:?}");
+    }
     for f in &families {
-        assert!(f.name().starts_with("infermq_"), "{}", f.name());
+        assert!(
+            f.name().starts_with("infermq_") || f.name().starts_with("process_"),
+            "{}",
+            f.name()
+        );
         assert!(!f.help().is_empty(), "{} has no HELP", f.name());
         assert!(text.contains(&format!("# HELP {} ", f.name())));
     }

@@ -1,0 +1,318 @@
+//! Every panel of the Grafana dashboards returns data from a real Prometheus scraping a loaded
+//! worker and the broker.
+//!
+//! Starts Debian's `prometheus` with the repository's `deploy/prometheus/prometheus.yml` (the
+//! worker's address and a 1 s interval substituted) and its recording and alert rules, enables
+//! RabbitMQ's `rabbitmq_prometheus` plugin when port 15692 does not answer (idempotent; it adds
+//! a listener and changes nothing for AMQP clients), runs one training job and a prediction load
+//! through a worker, then evaluates every target of every panel of
+//! `deploy/grafana/dashboards/*.json` through `/api/v1/query`, with `$model`, `$instance`,
+//! `$__rate_interval` and `$__range` substituted, and fails naming each panel without data.
+//! Skips, saying so, only when the `prometheus` binary is not installed
+//! (`scripts/ensure-test-tools.sh` installs it).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::fleet::{answer_all, steady_publisher, Answers, ChildWorker};
+use common::prometheus::{ensure_rabbitmq_prometheus, on_path, Prometheus};
+use common::*;
+use infermq::client::{header_str, headers};
+use infermq::protocol::EncodedBody;
+use serde_json::Value;
+
+const RATE_INTERVAL: &str = "1m";
+const RANGE: &str = "10m";
+const JOBS: usize = 600;
+
+/// The repository's scrape config with this worker as the only infermq target, a 1 s scrape
+/// and evaluation interval, and the rule files by absolute path.
+fn config_for(worker: SocketAddr) -> String {
+    let source = std::fs::read_to_string(manifest_path("deploy/prometheus/prometheus.yml"))
+        .expect("deploy/prometheus/prometheus.yml");
+    let rules = manifest_path("deploy/prometheus");
+    let mut config = source.clone();
+    for (from, to) in [
+        ("scrape_interval: 15s", "scrape_interval: 1s".to_string()),
+        (
+            "evaluation_interval: 15s",
+            "evaluation_interval: 1s".to_string(),
+        ),
+        (
+            r#"targets: ["localhost:8080", "localhost:8081"]"#,
+            format!(r#"targets: ["{worker}"]"#),
+        ),
+        (
+            "- alerts.yml",
+            format!("- {}", rules.join("alerts.yml").display()),
+        ),
+        (
+            "- recording.yml",
+            format!("- {}", rules.join("recording.yml").display()),
+        ),
+    ] {
+        assert!(
+            config.contains(from),
+            "prometheus.yml no longer has `{from}`"
+        );
+        config = config.replace(from, &to);
+    }
+    config
+}
+
+/// Every (panel title, refId, expr) of a dashboard, rows' nested panels included.
+fn targets(panels: &[Value], out: &mut Vec<(String, String, String)>) {
+    for panel in panels {
+        if let Some(nested) = panel["panels"].as_array() {
+            targets(nested, out);
+        }
+        if panel["type"] == "row" {
+            continue;
+        }
+        let title = panel["title"].as_str().unwrap_or("(untitled)").to_string();
+        let list = panel["targets"].as_array().cloned().unwrap_or_default();
+        assert!(!list.is_empty(), "panel {title} has no query");
+        for target in list {
+            let expr = target["expr"].as_str().unwrap_or_default().to_string();
+            assert!(!expr.is_empty(), "panel {title} has a target without expr");
+            let ref_id = target["refId"].as_str().unwrap_or("?").to_string();
+            out.push((title.clone(), ref_id, expr));
+        }
+    }
+}
+
+fn substitute(expr: &str, model: &str, instance: &str) -> String {
+    expr.replace("$__rate_interval", RATE_INTERVAL)
+        .replace("$__range", RANGE)
+        .replace("$model", model)
+        .replace("$instance", instance)
+}
+
+/// True when a result has at least one sample whose value is a number.
+fn has_number(result: &[Value]) -> bool {
+    result.iter().any(|series| {
+        series["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| !v.is_nan())
+    })
+}
+
+/// Runs one small training job of `model` through the worker and waits for its result.
+async fn train(client: &mut infermq::client::Client, prefix: &str, model: &str) {
+    let csv = manifest_path("models/iris/iris.csv");
+    let job = serde_json::json!({
+        "id": "dashboards", "model_name": model,
+        "layers": [{"units": 8, "activation": "relu"}, {"units": 3, "activation": "softmax"}],
+        "loss": "sparse_categorical_crossentropy",
+        "optimizer": {"type": "adam", "learning_rate": 0.01},
+        "epochs": 3, "batch_size": 16, "seed": 7,
+        "data": {"uri": format!("file://{}", csv.display()), "format": "csv", "label_column": "species"}
+    });
+    let body = EncodedBody {
+        body: serde_json::to_vec(&job).expect("job JSON"),
+        header_len: None,
+        content_type: "application/json",
+    };
+    let properties = client.job_properties("train-dashboards", &body, headers(&[]));
+    client
+        .publish(&format!("{prefix}.train"), &body.body, properties)
+        .await
+        .expect("publish the training job");
+    loop {
+        let delivery = client
+            .next_reply(Duration::from_secs(120))
+            .await
+            .expect("training answer");
+        let data = String::from_utf8_lossy(&delivery.data);
+        assert_eq!(header_str(&delivery, "x-error-code"), None, "{data}");
+        if header_str(&delivery, "x-event").as_deref() == Some("result") {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
+    let Some(binary) = on_path("prometheus") else {
+        eprintln!(
+            "SKIPPED every_dashboard_panel_returns_data_from_a_real_prometheus: no `prometheus` \
+             binary on PATH (scripts/ensure-test-tools.sh installs Debian's prometheus package)"
+        );
+        return;
+    };
+    ensure_rabbitmq_prometheus().await;
+
+    let prefix = random_prefix();
+    let repo = model_repository(&["iris"]);
+    let mut worker = ChildWorker::spawn(&prefix, repo.path(), &[]);
+    worker.wait_ready(Duration::from_secs(60)).await;
+    let instance = worker.addr.to_string();
+    let prometheus = Prometheus::start(&binary, &config_for(worker.addr));
+
+    // Scraped at least once before any job, so that increase() sees every counter move.
+    let scraped = format!(r#"up{{job="infermq", instance="{instance}"}} == 1"#);
+    let within = Duration::from_secs(60);
+    prometheus
+        .wait_for(&scraped, within, |r| !r.is_empty())
+        .await;
+    let queue =
+        format!(r#"rabbitmq_detailed_queue_consumers{{queue="{prefix}.predict.iris"}} > 0"#);
+    prometheus.wait_for(&queue, within, |r| !r.is_empty()).await;
+
+    let mut client = client().await;
+    train(&mut client, &prefix, "iris").await;
+    let load = Instant::now();
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    steady_publisher(
+        client.channel().clone(),
+        format!("{prefix}.predict.iris"),
+        client.reply_queue().to_string(),
+        0..JOBS,
+        10,
+        Duration::from_millis(20),
+    );
+    let mut answers = Answers::default();
+    let queue_name = format!("{prefix}.predict.iris");
+    answer_all(
+        &mut client,
+        &mut answers,
+        JOBS,
+        load,
+        worker.addr,
+        &connection,
+        &queue_name,
+    )
+    .await;
+
+    // Prometheus has scraped the final counts and evaluated the recording rules on them.
+    let jobs = format!(r#"sum(infermq_jobs_total{{instance="{instance}", outcome="success"}})"#);
+    let all_answered = |r: &[Value]| {
+        r.first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse::<f64>().ok())
+            >= Some(JOBS as f64)
+    };
+    prometheus.wait_for(&jobs, within, all_answered).await;
+    let trained =
+        format!(r#"infermq_training_jobs_total{{instance="{instance}", outcome="success"}} > 0"#);
+    prometheus
+        .wait_for(&trained, within, |r| !r.is_empty())
+        .await;
+    let recorded = r#"model:infermq_end_to_end_seconds:p99_rate5m{model="iris"}"#;
+    prometheus.wait_for(recorded, within, has_number).await;
+
+    let mut failures = Vec::new();
+    let mut evaluated = 0;
+    for name in ["infermq-fleet.json", "infermq-model.json"] {
+        let path = manifest_path("deploy/grafana/dashboards").join(name);
+        let text = std::fs::read_to_string(&path).expect("dashboard file");
+        let dashboard: Value = serde_json::from_str(&text).expect("dashboard JSON");
+        check_variables(&prometheus, name, &dashboard, &instance).await;
+        let mut list = Vec::new();
+        targets(dashboard["panels"].as_array().expect("panels"), &mut list);
+        for (panel, ref_id, expr) in list {
+            let query = substitute(&expr, "iris", &instance);
+            evaluated += 1;
+            match prometheus.query(&query).await {
+                Ok(result) if has_number(&result) => {}
+                Ok(result) => failures.push(format!(
+                    "{name} / {panel} / {ref_id}: no data ({} series, none a number) from {query}",
+                    result.len()
+                )),
+                Err(e) => failures.push(format!("{name} / {panel} / {ref_id}: {e} from {query}")),
+            }
+        }
+    }
+    eprintln!(
+        "evaluated {evaluated} panel queries, {} without data",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "panels without data:\n{}",
+        failures.join("\n")
+    );
+
+    // build_info carries the version the loaded ONNX Runtime library reports.
+    let build = format!(r#"infermq_build_info{{instance="{instance}"}}"#);
+    let build = prometheus.query(&build).await.expect("build_info");
+    let ort = build
+        .first()
+        .and_then(|s| s["metric"]["ort_version"].as_str());
+    assert!(ort.is_some_and(|v| v.starts_with("1.")), "{build:?}");
+
+    worker.sigterm();
+    worker.wait_exit(Duration::from_secs(30)).await;
+    drop(prometheus);
+    cleanup(&prefix).await;
+}
+
+/// Each `label_values(selector, label)` variable lists the test's model and worker.
+async fn check_variables(prometheus: &Prometheus, name: &str, dashboard: &Value, instance: &str) {
+    let list = dashboard["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for variable in list.iter().filter(|v| v["type"] == "query") {
+        let var = variable["name"].as_str().unwrap_or_default();
+        let definition = variable["definition"].as_str().unwrap_or_default();
+        let inner = definition
+            .strip_prefix("label_values(")
+            .and_then(|d| d.strip_suffix(')'))
+            .unwrap_or_else(|| {
+                panic!("{name}: variable {var} is not label_values(…): {definition}")
+            });
+        let (selector, label) = inner
+            .rsplit_once(',')
+            .expect("label_values(selector, label)");
+        let selector = substitute(selector.trim(), "iris", instance);
+        let result = prometheus.query(&selector).await.expect("variable query");
+        let values: Vec<&str> = result
+            .iter()
+            .filter_map(|s| s["metric"][label.trim()].as_str())
+            .collect();
+        let want = if var == "model" { "iris" } else { instance };
+        assert!(
+            values.contains(&want),
+            "{name}: variable {var} ({definition}) lists {values:?}, not {want}"
+        );
+    }
+}
+
+/// `promtool` accepts the repository's scrape config and both rule files, and the recording
+/// and alert rules pass their unit tests.
+#[test]
+fn promtool_accepts_the_config_and_the_rules_pass_their_tests() {
+    let Some(promtool) = on_path("promtool") else {
+        eprintln!(
+            "SKIPPED promtool_accepts_the_config_and_the_rules_pass_their_tests: no `promtool` on PATH \
+             (scripts/ensure-test-tools.sh installs Debian's prometheus package)"
+        );
+        return;
+    };
+    let dir = manifest_path("deploy/prometheus");
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "recording.yml", "alerts.yml"],
+        vec!["test", "rules", "recording_test.yml", "alerts_test.yml"],
+    ] {
+        let output = Command::new(&promtool)
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
