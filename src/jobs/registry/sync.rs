@@ -234,7 +234,7 @@ impl ModelSync {
     fn unload(&self, name: &str, version: u64) {
         if self.registry.remove(name, version).is_some() {
             // Its series go with it, so retired versions do not accumulate.
-            self.metrics.remove_model(name, &version.to_string());
+            self.metrics.remove_model_version(name, &version.to_string());
             tracing::info!(model = %name, version, "Model version unloaded");
         }
     }
