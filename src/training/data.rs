@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::files::{file_path, invalid, read, DataLimits};
-use super::job::Loss;
 use super::npy;
-use super::TrainingError;
+pub use super::raw::RawData;
+use super::spec::Loss;
+use super::error::TrainingError;
 
 /// Where a job's data lives.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,21 +36,6 @@ pub enum DataSource {
         x: PathBuf,
         y: PathBuf,
     },
-}
-
-/// Rows of features and labels as read, before they are fitted to a loss.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RawData {
-    pub rows: usize,
-    pub features: usize,
-    /// Row-major `rows × features`.
-    pub x: Vec<f32>,
-    /// Row-major `rows × y_columns`.
-    pub y: Vec<f64>,
-    /// `None` when each row has one plain label (`y` was flat).
-    pub y_columns: Option<usize>,
-    /// Field named in errors about labels (`data.y`, `data.label_column`, `data.uri.y`).
-    pub y_field: String,
 }
 
 /// Features and targets ready for the graphs: `y` is `rows × targets` (one-hot for classes).

@@ -22,7 +22,7 @@ use super::job::{Activation, TrainJob};
 use super::metrics::Accumulator;
 use super::rng::SeededRng;
 use super::state::{copy_parameters, evaluate, gather, step, tensor, State};
-use super::TrainingError;
+use super::error::TrainingError;
 
 /// One epoch's figures, as sent in a progress message.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

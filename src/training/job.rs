@@ -23,7 +23,7 @@ use serde::Deserialize;
 use super::data::DataSource;
 use super::spec::{in_range, invalid, parse_optimizer, RawOptimizer};
 pub use super::spec::{Activation, EarlyStopping, Layer, Loss, Optimizer, Schedule};
-use super::TrainingError;
+use super::error::TrainingError;
 
 /// A validated training job.
 #[derive(Debug, Clone)]
