@@ -6,11 +6,13 @@
 
 pub mod builder;
 pub mod proto;
+pub mod signature;
 
 use prost::Message;
 
 pub use builder::{Dim, GraphBuilder};
 pub use proto::ModelProto;
+pub use signature::{signature, Signature, TensorSignature};
 
 /// Why ONNX bytes could not be read.
 #[derive(Debug, thiserror::Error)]

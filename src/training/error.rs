@@ -16,6 +16,12 @@ pub enum TrainingError {
     /// The `init_from` model does not fit the job's layers.
     #[error("init_from: {0}")]
     InitMismatch(String),
+    /// The job exceeds one of the worker's `training.max_*` limits (the message names the key).
+    #[error("{field}: {message}")]
+    OverBudget { field: String, message: String },
+    /// The job may not write to this model (its name or its inference signature).
+    #[error("model_name: {0}")]
+    ModelRefused(String),
     /// The loss became NaN or infinite (usually a learning rate too high).
     #[error(
         "training diverged: the loss is not finite at epoch {epoch}; lower optimizer.learning_rate"
@@ -44,6 +50,8 @@ impl TrainingError {
             TrainingError::InvalidJob { .. } => "invalid_job",
             TrainingError::InvalidData { .. } => "invalid_data",
             TrainingError::InitMismatch(_) => "init_mismatch",
+            TrainingError::OverBudget { .. } => "over_budget",
+            TrainingError::ModelRefused(_) => "model_refused",
             TrainingError::Diverged { .. } => "diverged",
             TrainingError::Runtime(_) => "runtime",
             TrainingError::Stopped => "stopped",

@@ -8,7 +8,9 @@
 //!
 //! No other ML framework is involved and nothing runs Python.
 
+mod admission;
 pub mod autodiff;
+pub mod budget;
 pub mod bundled;
 mod csv;
 pub mod data;
