@@ -6,7 +6,11 @@
 use crate::onnx::{decode_model, signature, Signature, TensorSignature};
 use crate::repository::ModelStore;
 
+use super::budget::{Budget, Rules};
+use super::data::DataSource;
 use super::error::TrainingError;
+use super::files::DataLimits;
+use super::job::TrainJob;
 
 /// Longest producer or file text echoed in a refusal.
 const MAX_ECHO: usize = 128;
@@ -58,7 +62,10 @@ pub fn check_allowed(patterns: &[String], model: &str) -> Result<(), TrainingErr
 }
 
 /// The signature of the newest version of `model` in `store`, `None` when it has no version.
-pub fn served_signature(store: &ModelStore, model: &str) -> Result<Option<Signature>, TrainingError> {
+pub fn served_signature(
+    store: &ModelStore,
+    model: &str,
+) -> Result<Option<Signature>, TrainingError> {
     let failed = |e: String| {
         TrainingError::ModelRefused(format!(
             "{}: the newest version cannot be read ({e})",
@@ -76,7 +83,9 @@ pub fn served_signature(store: &ModelStore, model: &str) -> Result<Option<Signat
         .read_version(model, newest)
         .map_err(|e| failed(e.to_string()))?;
     let proto = decode_model(&bytes).map_err(|e| failed(e.to_string()))?;
-    signature(&proto).map(Some).map_err(|e| failed(e.to_string()))
+    signature(&proto)
+        .map(Some)
+        .map_err(|e| failed(e.to_string()))
 }
 
 /// What a job training `features` inputs into `units` outputs would serve: `input` FP32
@@ -148,6 +157,27 @@ pub fn check_signature(
         }
     }
     Ok(())
+}
+
+/// The checks a job passes before it is trained: its model name against `allowed` patterns, the
+/// budget at once for inline data (file data is checked by the engine once read), and the
+/// served signature read from `store`, which the engine compares once the data's width is known.
+pub fn admit(
+    job: &TrainJob,
+    store: &ModelStore,
+    data: &DataLimits,
+    budget: &Budget,
+    allowed: &[String],
+) -> Result<Rules, TrainingError> {
+    check_allowed(allowed, &job.model_name)?;
+    if let DataSource::Inline(raw) = &job.data {
+        budget.check(job, raw.rows, raw.features)?;
+    }
+    Ok(Rules {
+        data: data.clone(),
+        budget: budget.clone(),
+        served: served_signature(store, &job.model_name)?,
+    })
 }
 
 #[cfg(test)]

@@ -69,7 +69,9 @@ fn a_new_version_takes_the_served_names_and_must_keep_the_shape() {
          this job would produce \"probabilities\" FP32 [-1, 1]"
     );
     let wider = produced_signature(Some(&served), 5, 3);
-    let e = check_signature("iris", &served, &wider).unwrap_err().to_string();
+    let e = check_signature("iris", &served, &wider)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("serves input \"input\" FP32 [-1, 4]"), "{e}");
     // A fresh model gets the default names.
     let fresh = produced_signature(None, 2, 1);
@@ -104,7 +106,10 @@ fn names_datatypes_and_counts_are_compared_but_not_the_batch_dimension() {
     let e = check_signature("m", &fp64, &produced_signature(Some(&fp64), 4, 3))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("\"input\" FP64 [-1, 4]; this job would produce \"input\" FP32"), "{e}");
+    assert!(
+        e.contains("\"input\" FP64 [-1, 4]; this job would produce \"input\" FP32"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -124,17 +129,24 @@ fn the_served_signature_is_read_from_the_newest_version() {
     let params = vec![vec![0.0; 2], vec![0.0]];
     let bytes = net.inference_model(&params, "x", "y", &[], "");
     store.write_version("m", &bytes).expect("written");
-    let sig = served_signature(&store, "m").expect("readable").expect("present");
+    let sig = served_signature(&store, "m")
+        .expect("readable")
+        .expect("present");
     assert_eq!(sig.inputs[0].name, "x");
     assert_eq!(sig.outputs[0].dims, one.outputs[0].dims);
     store.write_version("m", b"garbage").expect("written");
     let e = served_signature(&store, "m").unwrap_err().to_string();
-    assert!(e.starts_with("model_name: \"m\": the newest version cannot be read"), "{e}");
+    assert!(
+        e.starts_with("model_name: \"m\": the newest version cannot be read"),
+        "{e}"
+    );
 }
 
 #[test]
 fn long_names_are_echoed_bounded() {
     let long = "x".repeat(10_000);
-    let e = check_allowed(&["a".to_string()], &long).unwrap_err().to_string();
+    let e = check_allowed(&["a".to_string()], &long)
+        .unwrap_err()
+        .to_string();
     assert!(e.len() < 300, "{}", e.len());
 }

@@ -8,9 +8,33 @@
 
 use std::time::{Duration, Instant};
 
+use crate::onnx::Signature;
+
 use super::error::TrainingError;
+use super::files::DataLimits;
 use super::spec::Layer;
 use super::TrainJob;
+
+/// What the worker allows one job: where its data may come from, what it may cost, and the
+/// signature its model version must keep (see `admission.rs`).
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub data: DataLimits,
+    pub budget: Budget,
+    /// The signature of the model's newest version; `None` for a new model.
+    pub served: Option<Signature>,
+}
+
+impl Rules {
+    /// Any file, no budget, any signature (tools and tests that train their own jobs).
+    pub fn unrestricted() -> Rules {
+        Rules {
+            data: DataLimits::unrestricted(),
+            budget: Budget::unlimited(),
+            served: None,
+        }
+    }
+}
 
 /// The worker's training limits (`training.max_*`, `training.progress_interval_ms`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +60,18 @@ impl Default for Budget {
             max_duration: Duration::from_secs(3600),
             progress_interval: Duration::from_secs(1),
             max_history: 1000,
+        }
+    }
+}
+
+impl From<&crate::config::TrainingSettings> for Budget {
+    fn from(s: &crate::config::TrainingSettings) -> Budget {
+        Budget {
+            max_parameters: s.max_parameters,
+            max_work: s.max_work,
+            max_duration: Duration::from_millis(s.max_duration_ms),
+            progress_interval: Duration::from_millis(s.progress_interval_ms),
+            max_history: s.max_history,
         }
     }
 }
@@ -201,7 +237,9 @@ impl<T> History<T> {
             return self.entries.into_iter().map(|(_, e)| e).collect();
         }
         let m = self.max;
-        let keep: Vec<usize> = (0..m).map(|k| (k * (n - 1) + (m - 1) / 2) / (m - 1)).collect();
+        let keep: Vec<usize> = (0..m)
+            .map(|k| (k * (n - 1) + (m - 1) / 2) / (m - 1))
+            .collect();
         let mut next = 0;
         self.entries
             .into_iter()

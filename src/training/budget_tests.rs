@@ -29,9 +29,7 @@ fn parameters_count_weights_and_biases() {
 #[test]
 fn too_many_parameters_are_refused_naming_the_key() {
     let budget = Budget::default();
-    let e = budget
-        .check(&job(&[65536, 65536, 2], 1), 2, 1)
-        .unwrap_err();
+    let e = budget.check(&job(&[65536, 65536, 2], 1), 2, 1).unwrap_err();
     assert_eq!(e.label(), "over_budget");
     assert_eq!(
         e.to_string(),
@@ -116,6 +114,9 @@ fn long_histories_are_thinned_evenly_keeping_first_and_last() {
         // Evenly: no gap more than about twice the ideal one.
         let ideal = (epochs - 1) as f64 / (max - 1) as f64;
         let widest = h.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-        assert!(widest as f64 <= 2.0 * ideal + 2.0, "{epochs}/{max}: gap {widest}");
+        assert!(
+            widest as f64 <= 2.0 * ideal + 2.0,
+            "{epochs}/{max}: gap {widest}"
+        );
     }
 }

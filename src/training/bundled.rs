@@ -4,9 +4,9 @@
 //! `tests/models_reproducible.rs`). `iris` is not here: `make-models` trains it with
 //! [`crate::training`] on `models/iris/iris.csv` (see [`IRIS_JOB`]).
 
+use super::rng::SeededRng;
 use crate::onnx::builder::{Dim, GraphBuilder};
 use crate::onnx::proto::elem;
-use super::rng::SeededRng;
 
 /// Seed of the `mlp` weights.
 pub const MLP_SEED: u64 = 256;

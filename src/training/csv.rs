@@ -57,15 +57,18 @@ pub fn parse(text: &str, label_column: Option<&str>) -> Result<RawData, Training
     }
     let label = match label_column {
         None => names.len() - 1,
-        Some(want) => names.iter().position(|n| n == want).ok_or_else(|| {
-            TrainingError::InvalidData {
-                field: "data.label_column".to_string(),
-                message: format!(
-                    "{want:?} is not a column of the CSV header ({})",
-                    echo_names(&names)
-                ),
-            }
-        })?,
+        Some(want) => {
+            names
+                .iter()
+                .position(|n| n == want)
+                .ok_or_else(|| TrainingError::InvalidData {
+                    field: "data.label_column".to_string(),
+                    message: format!(
+                        "{want:?} is not a column of the CSV header ({})",
+                        echo_names(&names)
+                    ),
+                })?
+        }
     };
     let mut x = Vec::new();
     let mut y = Vec::new();
@@ -147,7 +150,8 @@ mod tests {
 
     #[test]
     fn quoted_fields_a_byte_order_mark_and_crlf_are_read() {
-        let text = "\u{feff}\"sepal, length\",\"the \"\"label\"\"\"\r\n\"1.5\", 2\r\n\r\n3,\"4\"\r\n";
+        let text =
+            "\u{feff}\"sepal, length\",\"the \"\"label\"\"\"\r\n\"1.5\", 2\r\n\r\n3,\"4\"\r\n";
         let raw = parse(text, Some("the \"label\"")).expect("parses");
         assert_eq!((raw.rows, raw.features), (2, 1));
         assert_eq!(raw.x, vec![1.5, 3.0]);

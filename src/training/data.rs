@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::error::TrainingError;
 use super::files::{file_path, invalid, read, DataLimits};
 use super::npy;
 pub use super::raw::RawData;
 use super::spec::Loss;
-use super::error::TrainingError;
 
 /// Where a job's data lives.
 #[derive(Debug, Clone, PartialEq)]

@@ -169,3 +169,13 @@ fn schedules_decay_as_documented() {
     assert_eq!((d.rate(1.0, 0, 1), d.rate(1.0, 0, 2)), (1.0, 0.1));
     assert_eq!(Schedule::Constant.rate(0.3, 1000, 99), 0.3);
 }
+
+#[test]
+fn metric_labels_take_only_valid_model_names() {
+    use super::job::metric_model_name;
+    assert_eq!(metric_model_name("iris-2.v_1"), "iris-2.v_1");
+    for bad in ["", ".hidden", "a b", "x\n", "é", &"m".repeat(129)] {
+        assert_eq!(metric_model_name(bad), "", "{bad:?}");
+    }
+    assert_eq!(metric_model_name(&"m".repeat(128)).len(), 128);
+}

@@ -31,7 +31,9 @@ mod state;
 #[cfg(test)]
 mod job_tests;
 
+pub use admission::{admit, check_allowed, served_signature};
+pub use budget::{Budget, Rules};
 pub use engine::{train, train_within, CpuSessions, EpochReport, SessionFactory, TrainOutcome};
-pub use files::DataLimits;
 pub use error::TrainingError;
-pub use job::{parse_job, TrainJob};
+pub use files::DataLimits;
+pub use job::{metric_model_name, parse_job, TrainJob};

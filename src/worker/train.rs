@@ -32,7 +32,8 @@ use crate::repository::ModelStore;
 use crate::runtime::SessionOptions;
 use crate::telemetry::{Metrics, Outcome};
 use crate::training::{
-    parse_job, train_within, DataLimits, EpochReport, SessionFactory, TrainOutcome, TrainingError,
+    admit, metric_model_name, parse_job, train_within, Budget, DataLimits, EpochReport,
+    SessionFactory, TrainOutcome, TrainingError,
 };
 
 /// What training jobs need.
@@ -48,6 +49,10 @@ pub struct TrainContext {
     pub max_message_bytes: usize,
     /// `training.data_dir` (resolved) and `training.max_data_bytes`.
     pub data_limits: DataLimits,
+    /// `training.max_*` and `training.progress_interval_ms`.
+    pub budget: Budget,
+    /// `training.allowed_models` (glob patterns; empty: any name).
+    pub allowed_models: Vec<String>,
     /// Wakes this worker's repository sync when a version was written.
     pub reload: Arc<Notify>,
     /// Shutdown: running trainings stop between batches and their jobs are requeued.
@@ -205,6 +210,25 @@ async fn handle_training(
     let id = job.id().to_string();
     let model = job.model_name().to_string();
     reply.model = Arc::from(model.as_str());
+    let rules = match admit(
+        &job,
+        &ctx.store,
+        &ctx.data_limits,
+        &ctx.budget,
+        &ctx.allowed_models,
+    ) {
+        Ok(rules) => rules,
+        Err(e) => {
+            return answer(
+                &ctx,
+                reply,
+                Some(&id),
+                &model,
+                Err((e.code(), e.to_string())),
+                started,
+            )
+        }
+    };
     let init = match job.init_from_version() {
         None => None,
         Some(version) => match version
@@ -262,14 +286,13 @@ async fn handle_training(
     };
     let stop = ctx.stop.clone();
     let options = ctx.options.clone();
-    let limits = ctx.data_limits.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut progress = |report: &EpochReport| {
             let _ = progress_tx.send(report.clone());
         };
         train_within(
             &job,
-            &limits,
+            &rules,
             init.as_deref(),
             &WorkerSessions(options),
             &mut progress,
@@ -388,7 +411,7 @@ fn answer(
 ) {
     let metrics = ctx.metrics.clone();
     let answerer = ctx.answerer.clone();
-    let model_label = model.to_string();
+    let model_label = metric_model_name(model).to_string();
     let done = move |outcome: Outcome, samples: u64, settled: Settled| {
         if matches!(settled, Settled::Done(_)) {
             metrics.training_job(
