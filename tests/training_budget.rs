@@ -86,7 +86,10 @@ fn a_long_run_reports_first_and_last_and_keeps_a_bounded_history() {
     assert!(body.len() < 16 * 1024, "{} bytes", body.len());
     // Unlimited, as tools use it: every epoch reported and kept.
     let (outcome, sent) = run(&two_rows(30), &Rules::unrestricted());
-    assert_eq!((sent.len(), outcome.expect("trains").history.len()), (30, 30));
+    assert_eq!(
+        (sent.len(), outcome.expect("trains").history.len()),
+        (30, 30)
+    );
 }
 
 #[test]

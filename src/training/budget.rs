@@ -81,7 +81,7 @@ fn grouped(n: u128) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -213,7 +213,7 @@ impl<T> History<T> {
 
     /// Adds epoch `index` (0-based, in order).
     pub fn push(&mut self, index: usize, entry: T) {
-        if index % self.stride != 0 {
+        if !index.is_multiple_of(self.stride) {
             self.last = Some((index, entry));
             return;
         }
@@ -222,10 +222,10 @@ impl<T> History<T> {
         if self.entries.len() > self.max.saturating_mul(2) {
             self.stride = self.stride.saturating_mul(2);
             let stride = self.stride;
-            if index % stride != 0 {
+            if !index.is_multiple_of(stride) {
                 self.last = self.entries.pop();
             }
-            self.entries.retain(|(i, _)| i % stride == 0);
+            self.entries.retain(|(i, _)| i.is_multiple_of(stride));
         }
     }
 
