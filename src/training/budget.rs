@@ -12,8 +12,8 @@ use crate::onnx::Signature;
 
 use super::error::TrainingError;
 use super::files::DataLimits;
+use super::job::TrainJob;
 use super::spec::Layer;
-use super::TrainJob;
 
 /// What the worker allows one job: where its data may come from, what it may cost, and the
 /// signature its model version must keep (see `admission.rs`).

@@ -120,3 +120,9 @@ fn long_histories_are_thinned_evenly_keeping_first_and_last() {
         );
     }
 }
+
+#[test]
+fn the_configured_defaults_are_the_budget_defaults() {
+    let settings = crate::config::Settings::load_from(None, Vec::new()).expect("defaults load");
+    assert_eq!(Budget::from(&settings.training), Budget::default());
+}

@@ -7,6 +7,16 @@
 //! providers apply) → [`TrainOutcome::model`], a plain ONNX inference model.
 //!
 //! No other ML framework is involved and nothing runs Python.
+//!
+//! Before training, [`admit`] checks the model name (`training.allowed_models`) and reads the
+//! served signature a new version must keep; [`train_within`] checks the [`Budget`] once the
+//! data is read, and keeps to it while training.
+//!
+//! Modules depend one way, leaves first (`scripts/module-cycles.py src training onnx` checks):
+//! `error`, `raw`, `rng`, `npy` → `spec`, `files` → `csv`, `inline` → `data` → `job` →
+//! `autodiff` → `optimizer`, `metrics` → `graph` → `state` → `budget` → `admission` → `engine`;
+//! `bundled` (the models of `make-models`) uses `rng` and [`crate::onnx`], which uses nothing
+//! of this crate.
 
 mod admission;
 pub mod autodiff;
