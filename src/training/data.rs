@@ -21,6 +21,7 @@ use super::error::TrainingError;
 use super::files::{file_path, invalid, read, DataLimits};
 use super::npy;
 pub use super::raw::RawData;
+use super::rng::SeededRng;
 use super::spec::Loss;
 
 /// Where a job's data lives.
@@ -253,6 +254,41 @@ impl Dataset {
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// Splits row indices into training and validation rows (shuffled with `rng` first when
+/// `shuffle`).
+pub(super) fn split(
+    rows: usize,
+    validation_split: f64,
+    shuffle: bool,
+    rng: &mut SeededRng,
+) -> Result<(Vec<usize>, Vec<usize>), TrainingError> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    if shuffle {
+        rng.shuffle(&mut order);
+    }
+    // As Keras: the training rows are round(rows * (1 - split)), the rest are held out.
+    let kept = (rows as f64 * (1.0 - validation_split)).round() as usize;
+    let held = rows - kept;
+    let invalid = |message: String| TrainingError::InvalidData {
+        field: "validation_split".to_string(),
+        message,
+    };
+    if kept == 0 {
+        return Err(invalid(format!(
+            "{} leaves no training rows out of {rows}",
+            validation_split
+        )));
+    }
+    if held == 0 && validation_split > 0.0 {
+        return Err(invalid(format!(
+            "{} holds out no rows out of {rows}",
+            validation_split
+        )));
+    }
+    let val = order.split_off(rows - held);
+    Ok((order, val))
 }
 
 fn one_hot(raw: &RawData, units: usize, field: &str) -> Result<Vec<f32>, TrainingError> {

@@ -17,7 +17,7 @@ use crate::onnx::{decode_model, initializer_f32};
 
 use super::admission::{check_signature, produced_signature};
 use super::budget::{Budget, History, Progress, Rules};
-use super::data::Dataset;
+use super::data::{split, Dataset};
 use super::error::TrainingError;
 use super::graph::Network;
 use super::job::{Activation, TrainJob};
@@ -176,7 +176,7 @@ pub fn train_within(
     let data = Dataset::prepare(&raw, net.units(), job.loss)?;
     let mut rng = SeededRng::new(job.seed);
     let params = initial_parameters(&net, init_from, &mut rng)?;
-    let (train_idx, val_idx) = split(data.rows, job, &mut rng)?;
+    let (train_idx, val_idx) = split(data.rows, job.validation_split, job.shuffle, &mut rng)?;
     let mut step_session = sessions
         .session(&net.train_step_model(&job.optimizer, elem::FLOAT))
         .map_err(TrainingError::Runtime)?;
@@ -249,39 +249,6 @@ fn result_model(
     }
     let doc = format!("Trained by infermq job {} ({} rows)", job.id, data.rows);
     net.inference_model(params, input, output, &meta, &doc)
-}
-
-/// Splits row indices into training and validation rows.
-fn split(
-    rows: usize,
-    job: &TrainJob,
-    rng: &mut SeededRng,
-) -> Result<(Vec<usize>, Vec<usize>), TrainingError> {
-    let mut order: Vec<usize> = (0..rows).collect();
-    if job.shuffle {
-        rng.shuffle(&mut order);
-    }
-    // As Keras: the training rows are round(rows * (1 - split)), the rest are held out.
-    let kept = (rows as f64 * (1.0 - job.validation_split)).round() as usize;
-    let held = rows - kept;
-    let invalid = |message: String| TrainingError::InvalidData {
-        field: "validation_split".to_string(),
-        message,
-    };
-    if kept == 0 {
-        return Err(invalid(format!(
-            "{} leaves no training rows out of {rows}",
-            job.validation_split
-        )));
-    }
-    if held == 0 && job.validation_split > 0.0 {
-        return Err(invalid(format!(
-            "{} holds out no rows out of {rows}",
-            job.validation_split
-        )));
-    }
-    let val = order.split_off(rows - held);
-    Ok((order, val))
 }
 
 /// The state of one run across epochs.
