@@ -119,8 +119,25 @@ async fn oversized_networks_and_changed_signatures_are_refused_naming_the_limit(
     let res = decode_response(&delivery.data, None).unwrap();
     assert_eq!(res.model_name.as_deref(), Some("team-b-x"));
 
-    // Refused jobs are counted under their (valid) model name.
+    // A name that fails validation is answered but never becomes a metric label.
+    let (_, delivery) = train(
+        &mut client,
+        &queue,
+        &regression("bad name\n{x=\"1\"}", 1),
+        "bad",
+    )
+    .await;
+    let (code, message) = error_of(&delivery);
+    assert_eq!(code, "invalid_request");
+    assert!(message.starts_with("model_name: "), "{message}");
+
+    // Refused jobs are counted under their valid model name, or none.
     let metrics = worker.handles.metrics.render();
+    assert!(
+        metrics.contains("infermq_training_jobs_total{model=\"\",outcome=\"invalid_request\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("bad name"), "{metrics}");
     assert!(
         metrics
             .contains("infermq_training_jobs_total{model=\"iris\",outcome=\"invalid_request\"} 1"),
