@@ -119,6 +119,17 @@ async fn oversized_networks_and_changed_signatures_are_refused_naming_the_limit(
     let res = decode_response(&delivery.data, None).unwrap();
     assert_eq!(res.model_name.as_deref(), Some("team-b-x"));
 
+    // A 200 KB unknown field name is answered with a short error, on the same connection.
+    let mut unknown = regression("team-a-x", 1);
+    unknown["f".repeat(200_000)] = serde_json::json!(1);
+    let (_, delivery) = train(&mut client, &queue, &unknown, "unknown").await;
+    let header = header_str(&delivery, "x-error").expect("x-error");
+    assert!(header.len() <= 1024, "x-error of {} bytes", header.len());
+    assert!(
+        header.starts_with("invalid training job: unknown field `fff"),
+        "{header:.80}"
+    );
+
     // A name that fails validation is answered but never becomes a metric label.
     let (_, delivery) = train(
         &mut client,
@@ -131,18 +142,23 @@ async fn oversized_networks_and_changed_signatures_are_refused_naming_the_limit(
     assert_eq!(code, "invalid_request");
     assert!(message.starts_with("model_name: "), "{message}");
 
-    // Refused jobs are counted under their valid model name, or none.
-    let metrics = worker.handles.metrics.render();
-    assert!(
-        metrics.contains("infermq_training_jobs_total{model=\"\",outcome=\"invalid_request\"} 1"),
-        "{metrics}"
-    );
+    // Refused jobs are counted under their valid model name, or none, once settled.
+    let counted = [
+        "infermq_training_jobs_total{model=\"\",outcome=\"invalid_request\"} 1",
+        "infermq_training_jobs_total{model=\"iris\",outcome=\"invalid_request\"} 1",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = worker.handles.metrics.render();
+        if counted.iter().all(|c| metrics.contains(c)) || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for c in counted {
+        assert!(metrics.contains(c), "{c} in {metrics}");
+    }
     assert!(!metrics.contains("bad name"), "{metrics}");
-    assert!(
-        metrics
-            .contains("infermq_training_jobs_total{model=\"iris\",outcome=\"invalid_request\"} 1"),
-        "{metrics}"
-    );
     client.close().await;
     worker.stop().await;
 }
