@@ -23,6 +23,7 @@ test: setup
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	python3 scripts/module-cycles.py src training onnx
 
 bench: setup
 	scripts/ensure-rabbitmq.sh

@@ -173,6 +173,14 @@ pub struct TrainingSettings {
     pub data_dir: PathBuf,
     /// Largest training data file read, in bytes.
     pub max_data_bytes: u64,
+    /// Budget of one job (see `training::Budget`).
+    pub max_parameters: u64,
+    pub max_work: u64,
+    pub max_duration_ms: u64,
+    pub progress_interval_ms: u64,
+    pub max_history: usize,
+    /// Glob patterns (`*`, `?`) of the model names jobs may write; empty: any.
+    pub allowed_models: Vec<String>,
 }
 
 impl TrainingSettings {
@@ -242,6 +250,7 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("runtime.execution_providers")
                 .with_list_parse_key("repository.models")
+                .with_list_parse_key("training.allowed_models")
                 .with_list_parse_key("runtime.instance_cpus")
                 .with_list_parse_key("runtime.io_cpus")
                 .source(Some(env)),
@@ -314,6 +323,21 @@ impl Settings {
         }
         if self.training.max_data_bytes == 0 {
             return invalid("training.max_data_bytes", "must be at least 1");
+        }
+        for (key, value) in [
+            ("training.max_parameters", self.training.max_parameters),
+            ("training.max_work", self.training.max_work),
+            ("training.max_duration_ms", self.training.max_duration_ms),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if self.training.max_history < 2 {
+            return invalid(
+                "training.max_history",
+                "must be at least 2 (the first and last epochs)",
+            );
         }
         if self.log.level.trim().is_empty() {
             return invalid("log.level", "must not be empty");

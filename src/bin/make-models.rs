@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use infermq::onnx::{bundled, decode_model, initializer_f32};
+use infermq::onnx::{decode_model, initializer_f32};
+use infermq::training::bundled;
 use infermq::training::data::{from_csv, DataSource};
 use infermq::training::graph::Network;
 use infermq::training::{parse_job, train, CpuSessions};

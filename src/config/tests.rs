@@ -181,3 +181,49 @@ fn training_data_limits_default_to_unconfined_and_one_gib() {
         .to_string();
     assert!(err.contains("training.max_data_bytes"), "{err}");
 }
+
+#[test]
+fn training_budget_defaults_overrides_and_errors() {
+    let s = Settings::load_from(None, env(&[])).unwrap();
+    assert_eq!(s.training.max_parameters, 10_000_000);
+    assert!(s.training.allowed_models.is_empty());
+    let s = Settings::load_from(
+        None,
+        env(&[
+            ("INFERMQ__TRAINING__ALLOWED_MODELS", "team-a-*,shared"),
+            ("INFERMQ__TRAINING__MAX_PARAMETERS", "5"),
+            ("INFERMQ__TRAINING__PROGRESS_INTERVAL_MS", "0"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.training.allowed_models, vec!["team-a-*", "shared"]);
+    assert_eq!(s.training.max_parameters, 5);
+    assert_eq!(s.training.progress_interval_ms, 0);
+    for (key, value, message) in [
+        (
+            "INFERMQ__TRAINING__MAX_WORK",
+            "0",
+            "training.max_work: must be at least 1",
+        ),
+        (
+            "INFERMQ__TRAINING__MAX_PARAMETERS",
+            "0",
+            "training.max_parameters: must be at least 1",
+        ),
+        (
+            "INFERMQ__TRAINING__MAX_DURATION_MS",
+            "0",
+            "training.max_duration_ms: must be at least 1",
+        ),
+        (
+            "INFERMQ__TRAINING__MAX_HISTORY",
+            "1",
+            "training.max_history: must be at least 2 (the first and last epochs)",
+        ),
+    ] {
+        let err = Settings::load_from(None, env(&[(key, value)]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, format!("configuration key {message}"), "{key}");
+    }
+}

@@ -1,17 +1,18 @@
 //! ONNX models as data: hand-written protobuf messages ([`proto`]), a graph builder
 //! ([`builder`]) and reading initializers back from existing model bytes.
 //!
-//! Used by `make-models` (the bundled models) and by [`crate::training`] (inference and
-//! training-step graphs); it never touches ONNX Runtime.
+//! Used by [`crate::training`] (inference and training-step graphs, and the bundled models of
+//! `make-models`); it depends on nothing else in the crate and never touches ONNX Runtime.
 
 pub mod builder;
-pub mod bundled;
 pub mod proto;
+pub mod signature;
 
 use prost::Message;
 
 pub use builder::{Dim, GraphBuilder};
 pub use proto::ModelProto;
+pub use signature::{signature, Signature, TensorSignature};
 
 /// Why ONNX bytes could not be read.
 #[derive(Debug, thiserror::Error)]

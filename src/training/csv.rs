@@ -1,10 +1,15 @@
 //! Numeric CSV files: a header row, then one row per sample; one column holds the label.
 //!
-//! Cells are trimmed and may be quoted; empty lines are skipped. Error messages give line numbers
-//! and column names but never echo cell contents, since the file is on the worker's disk.
+//! Read with the `csv` crate (RFC 4180): fields may be quoted (with commas or doubled quotes
+//! inside), lines may end in CRLF, a UTF-8 byte-order mark before the header is ignored, cells are
+//! trimmed and empty lines skipped. Error messages give line numbers and column names but never
+//! echo cell contents, since the file is on the worker's disk.
 
-use super::data::RawData;
-use super::TrainingError;
+use super::error::TrainingError;
+use super::raw::RawData;
+
+/// Longest list of header names echoed in an error.
+const MAX_ECHO: usize = 256;
 
 fn invalid(message: impl std::fmt::Display) -> TrainingError {
     TrainingError::InvalidData {
@@ -13,21 +18,38 @@ fn invalid(message: impl std::fmt::Display) -> TrainingError {
     }
 }
 
-fn cells(line: &str) -> impl Iterator<Item = &str> {
-    line.split(',').map(|c| c.trim().trim_matches('"').trim())
+fn malformed(error: &csv::Error) -> TrainingError {
+    let line = error.position().map(|p| p.line()).unwrap_or(0);
+    invalid(format_args!("line {line} is not valid CSV"))
+}
+
+/// `a, b, c` cut to about [`MAX_ECHO`] bytes.
+fn echo_names(names: &csv::StringRecord) -> String {
+    let mut out = String::new();
+    for (i, name) in names.iter().enumerate() {
+        if out.len() + name.len() > MAX_ECHO {
+            out.push_str(&format!("... ({} columns)", names.len()));
+            break;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(name);
+    }
+    out
 }
 
 /// Parses CSV text; `label_column` defaults to the last column.
 pub fn parse(text: &str, label_column: Option<&str>) -> Result<RawData, TrainingError> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
-        .filter(|(_, l)| !l.trim().is_empty());
-    let (_, header) = lines
-        .next()
-        .ok_or_else(|| invalid("the CSV file is empty"))?;
-    let names: Vec<&str> = cells(header).collect();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let names = reader.headers().map_err(|e| malformed(&e))?.clone();
+    if names.is_empty() || names.iter().all(str::is_empty) {
+        return Err(invalid("the CSV file is empty"));
+    }
     if names.len() < 2 {
         return Err(invalid(
             "the CSV header needs at least one feature column and a label column",
@@ -38,12 +60,12 @@ pub fn parse(text: &str, label_column: Option<&str>) -> Result<RawData, Training
         Some(want) => {
             names
                 .iter()
-                .position(|n| *n == want)
+                .position(|n| n == want)
                 .ok_or_else(|| TrainingError::InvalidData {
                     field: "data.label_column".to_string(),
                     message: format!(
                         "{want:?} is not a column of the CSV header ({})",
-                        names.join(", ")
+                        echo_names(&names)
                     ),
                 })?
         }
@@ -51,16 +73,17 @@ pub fn parse(text: &str, label_column: Option<&str>) -> Result<RawData, Training
     let mut x = Vec::new();
     let mut y = Vec::new();
     let mut rows = 0;
-    for (line_no, line) in lines {
-        let row: Vec<&str> = cells(line).collect();
-        if row.len() != names.len() {
+    let mut record = csv::StringRecord::new();
+    while reader.read_record(&mut record).map_err(|e| malformed(&e))? {
+        let line_no = record.position().map(|p| p.line()).unwrap_or(0);
+        if record.len() != names.len() {
             return Err(invalid(format_args!(
                 "line {line_no} has {} cells, the header has {}",
-                row.len(),
+                record.len(),
                 names.len()
             )));
         }
-        for (c, cell) in row.iter().enumerate() {
+        for (c, cell) in record.iter().enumerate() {
             let v: f64 = cell
                 .parse()
                 .ok()
@@ -68,7 +91,7 @@ pub fn parse(text: &str, label_column: Option<&str>) -> Result<RawData, Training
                 .ok_or_else(|| {
                     invalid(format_args!(
                         "line {line_no}, column {:?}: not a number",
-                        names[c]
+                        &names[c]
                     ))
                 })?;
             if c == label {
@@ -123,5 +146,34 @@ mod tests {
         assert!(e.contains("data.label_column"), "{e}");
         assert!(parse("a,y\n", None).is_err());
         assert!(parse("", None).is_err());
+    }
+
+    #[test]
+    fn quoted_fields_a_byte_order_mark_and_crlf_are_read() {
+        let text =
+            "\u{feff}\"sepal, length\",\"the \"\"label\"\"\"\r\n\"1.5\", 2\r\n\r\n3,\"4\"\r\n";
+        let raw = parse(text, Some("the \"label\"")).expect("parses");
+        assert_eq!((raw.rows, raw.features), (2, 1));
+        assert_eq!(raw.x, vec![1.5, 3.0]);
+        assert_eq!(raw.y, vec![2.0, 4.0]);
+        // Without the BOM being skipped the first column would be named "\u{feff}a".
+        let raw = parse("\u{feff}a,y\n1,0\n", Some("y")).expect("parses");
+        assert_eq!(raw.x, vec![1.0]);
+        let e = parse("\u{feff}a,y\n1,0\n", Some("a")).map(|r| r.features);
+        assert_eq!(e.expect("a is a column"), 1);
+    }
+
+    #[test]
+    fn a_comma_inside_quotes_is_not_a_separator() {
+        let e = parse("a,y\n\"1,5\",0\n", None).unwrap_err().to_string();
+        assert!(e.contains("line 2, column \"a\": not a number"), "{e}");
+    }
+
+    #[test]
+    fn long_headers_are_echoed_bounded() {
+        let header: Vec<String> = (0..500).map(|i| format!("column_{i}")).collect();
+        let text = format!("{}\n", header.join(","));
+        let e = parse(&text, Some("nope")).unwrap_err().to_string();
+        assert!(e.len() < 400 && e.contains("(500 columns)"), "{e}");
     }
 }

@@ -17,10 +17,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::error::TrainingError;
 use super::files::{file_path, invalid, read, DataLimits};
-use super::job::Loss;
 use super::npy;
-use super::TrainingError;
+pub use super::raw::RawData;
+use super::rng::SeededRng;
+use super::spec::Loss;
 
 /// Where a job's data lives.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,21 +37,6 @@ pub enum DataSource {
         x: PathBuf,
         y: PathBuf,
     },
-}
-
-/// Rows of features and labels as read, before they are fitted to a loss.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RawData {
-    pub rows: usize,
-    pub features: usize,
-    /// Row-major `rows × features`.
-    pub x: Vec<f32>,
-    /// Row-major `rows × y_columns`.
-    pub y: Vec<f64>,
-    /// `None` when each row has one plain label (`y` was flat).
-    pub y_columns: Option<usize>,
-    /// Field named in errors about labels (`data.y`, `data.label_column`, `data.uri.y`).
-    pub y_field: String,
 }
 
 /// Features and targets ready for the graphs: `y` is `rows × targets` (one-hot for classes).
@@ -267,6 +254,41 @@ impl Dataset {
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// Splits row indices into training and validation rows (shuffled with `rng` first when
+/// `shuffle`).
+pub(super) fn split(
+    rows: usize,
+    validation_split: f64,
+    shuffle: bool,
+    rng: &mut SeededRng,
+) -> Result<(Vec<usize>, Vec<usize>), TrainingError> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    if shuffle {
+        rng.shuffle(&mut order);
+    }
+    // As Keras: the training rows are round(rows * (1 - split)), the rest are held out.
+    let kept = (rows as f64 * (1.0 - validation_split)).round() as usize;
+    let held = rows - kept;
+    let invalid = |message: String| TrainingError::InvalidData {
+        field: "validation_split".to_string(),
+        message,
+    };
+    if kept == 0 {
+        return Err(invalid(format!(
+            "{} leaves no training rows out of {rows}",
+            validation_split
+        )));
+    }
+    if held == 0 && validation_split > 0.0 {
+        return Err(invalid(format!(
+            "{} holds out no rows out of {rows}",
+            validation_split
+        )));
+    }
+    let val = order.split_off(rows - held);
+    Ok((order, val))
 }
 
 fn one_hot(raw: &RawData, units: usize, field: &str) -> Result<Vec<f32>, TrainingError> {

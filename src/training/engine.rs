@@ -15,14 +15,15 @@ use ort::value::DynValue;
 use crate::onnx::proto::elem;
 use crate::onnx::{decode_model, initializer_f32};
 
-use super::data::Dataset;
-use super::files::DataLimits;
+use super::admission::{check_signature, produced_signature};
+use super::budget::{Budget, History, Progress, Rules};
+use super::data::{split, Dataset};
+use super::error::TrainingError;
 use super::graph::Network;
 use super::job::{Activation, TrainJob};
 use super::metrics::Accumulator;
 use super::rng::SeededRng;
 use super::state::{copy_parameters, evaluate, gather, step, tensor, State};
-use super::TrainingError;
 
 /// One epoch's figures, as sent in a progress message.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -128,8 +129,8 @@ fn initial_parameters(
 /// model version named by `init_from`; `progress` is called after every epoch; `should_stop` is
 /// polled between batches and ends the run with [`TrainingError::Stopped`].
 ///
-/// Data files are read without [`DataLimits`]: for tools and tests that name their own files.
-/// The worker uses [`train_within`].
+/// Without [`Rules`]: any data file, no budget, every epoch reported and kept; for tools and
+/// tests that train their own jobs. The worker uses [`train_within`].
 pub fn train(
     job: &TrainJob,
     init_from: Option<&[u8]>,
@@ -137,10 +138,9 @@ pub fn train(
     progress: &mut dyn FnMut(&EpochReport),
     should_stop: &dyn Fn() -> bool,
 ) -> Result<TrainOutcome, TrainingError> {
-    let unrestricted = DataLimits::unrestricted();
     train_within(
         job,
-        &unrestricted,
+        &Rules::unrestricted(),
         init_from,
         sessions,
         progress,
@@ -148,27 +148,35 @@ pub fn train(
     )
 }
 
-/// [`train`], reading the job's data files within `limits` (`training.data_dir`,
-/// `training.max_data_bytes`).
+/// [`train`] within the worker's [`Rules`]: data files within `training.data_dir` and
+/// `training.max_data_bytes`; the job refused before training when its network or work exceeds
+/// the budget or its model would change the served signature; ended past
+/// `training.max_duration_ms`; progress reported at most once per `progress_interval` (and for
+/// the first and last epochs); the history thinned to `max_history` entries.
 pub fn train_within(
     job: &TrainJob,
-    limits: &DataLimits,
+    rules: &Rules,
     init_from: Option<&[u8]>,
     sessions: &dyn SessionFactory,
     progress: &mut dyn FnMut(&EpochReport),
     should_stop: &dyn Fn() -> bool,
 ) -> Result<TrainOutcome, TrainingError> {
     let started = Instant::now();
-    let raw = job.data.load(limits)?;
+    let raw = job.data.load(&rules.data)?;
     let net = Network {
         inputs: raw.features,
         layers: job.layers.clone(),
         loss: job.loss,
     };
+    let produced = produced_signature(rules.served.as_ref(), raw.features, net.units());
+    if let Some(served) = &rules.served {
+        check_signature(&job.model_name, served, &produced)?;
+    }
+    rules.budget.check(job, raw.rows, raw.features)?;
     let data = Dataset::prepare(&raw, net.units(), job.loss)?;
     let mut rng = SeededRng::new(job.seed);
     let params = initial_parameters(&net, init_from, &mut rng)?;
-    let (train_idx, val_idx) = split(data.rows, job, &mut rng)?;
+    let (train_idx, val_idx) = split(data.rows, job.validation_split, job.shuffle, &mut rng)?;
     let mut step_session = sessions
         .session(&net.train_step_model(&job.optimizer, elem::FLOAT))
         .map_err(TrainingError::Runtime)?;
@@ -185,6 +193,8 @@ pub fn train_within(
         val_idx,
         steps: 0,
         samples: 0,
+        budget: &rules.budget,
+        deadline: started.checked_add(rules.budget.max_duration),
     };
     let history = run.epochs(
         &mut step_session,
@@ -202,7 +212,11 @@ pub fn train_within(
         }
     }
     let params = state.parameters().map_err(runtime)?;
-    let model = result_model(job, &net, &params, &metrics, &data);
+    let names = (
+        produced.inputs[0].name.as_str(),
+        produced.outputs[0].name.as_str(),
+    );
+    let model = result_model(job, &net, &params, &metrics, &data, names);
     Ok(TrainOutcome {
         model,
         metrics,
@@ -218,6 +232,7 @@ fn result_model(
     params: &[Vec<f32>],
     metrics: &BTreeMap<String, f64>,
     data: &Dataset,
+    (input, output): (&str, &str),
 ) -> Vec<u8> {
     let mut meta = vec![
         ("infermq.job_id".to_string(), job.id.clone()),
@@ -233,40 +248,7 @@ fn result_model(
         meta.push(("infermq.init_from".to_string(), v.clone()));
     }
     let doc = format!("Trained by infermq job {} ({} rows)", job.id, data.rows);
-    net.inference_model(params, "input", "output", &meta, &doc)
-}
-
-/// Splits row indices into training and validation rows.
-fn split(
-    rows: usize,
-    job: &TrainJob,
-    rng: &mut SeededRng,
-) -> Result<(Vec<usize>, Vec<usize>), TrainingError> {
-    let mut order: Vec<usize> = (0..rows).collect();
-    if job.shuffle {
-        rng.shuffle(&mut order);
-    }
-    // As Keras: the training rows are round(rows * (1 - split)), the rest are held out.
-    let kept = (rows as f64 * (1.0 - job.validation_split)).round() as usize;
-    let held = rows - kept;
-    let invalid = |message: String| TrainingError::InvalidData {
-        field: "validation_split".to_string(),
-        message,
-    };
-    if kept == 0 {
-        return Err(invalid(format!(
-            "{} leaves no training rows out of {rows}",
-            job.validation_split
-        )));
-    }
-    if held == 0 && job.validation_split > 0.0 {
-        return Err(invalid(format!(
-            "{} holds out no rows out of {rows}",
-            job.validation_split
-        )));
-    }
-    let val = order.split_off(rows - held);
-    Ok((order, val))
+    net.inference_model(params, input, output, &meta, &doc)
 }
 
 /// The state of one run across epochs.
@@ -279,6 +261,9 @@ struct Run<'a> {
     val_idx: Vec<usize>,
     steps: u64,
     samples: u64,
+    budget: &'a Budget,
+    /// Past it, the run ends with `training.max_duration_ms` exceeded.
+    deadline: Option<Instant>,
 }
 
 impl Run<'_> {
@@ -290,7 +275,9 @@ impl Run<'_> {
         progress: &mut dyn FnMut(&EpochReport),
         should_stop: &dyn Fn() -> bool,
     ) -> Result<Vec<EpochReport>, TrainingError> {
-        let mut history = Vec::new();
+        let mut history = History::new(self.budget.max_history);
+        let mut reports = Progress::new(self.budget.progress_interval);
+        let mut unsent = None;
         let mut best: Option<(f64, Vec<DynValue>)> = None;
         let mut wait = 0;
         for epoch in 0..self.job.epochs {
@@ -316,8 +303,13 @@ impl Run<'_> {
                 val_loss,
                 metrics,
             };
-            progress(&report);
-            history.push(report);
+            if reports.due(Instant::now()) || epoch + 1 == self.job.epochs {
+                progress(&report);
+                unsent = None;
+            } else {
+                unsent = Some(report.clone());
+            }
+            history.push(epoch, report);
             let Some(es) = self.job.early_stopping else {
                 continue;
             };
@@ -335,12 +327,16 @@ impl Run<'_> {
                 }
             }
         }
+        // The last epoch is always reported, also when early stopping ended the run.
+        if let Some(last) = unsent {
+            progress(&last);
+        }
         if let Some((_, values)) = best {
             for (slot, v) in state.values.iter_mut().zip(values) {
                 *slot = v;
             }
         }
-        Ok(history)
+        Ok(history.finish())
     }
 
     fn epoch(
@@ -358,6 +354,9 @@ impl Run<'_> {
         for batch in self.train_idx.chunks(self.job.batch_size) {
             if should_stop() {
                 return Err(TrainingError::Stopped);
+            }
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(self.budget.timed_out(epoch, self.job.epochs));
             }
             let lr = self
                 .job

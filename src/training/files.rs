@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::TrainingError;
+use super::error::TrainingError;
 
 /// Where training data files may come from, and how large each may be.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
-use super::data::RawData;
-use super::TrainingError;
+use super::error::TrainingError;
+use super::raw::RawData;
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> TrainingError {
     TrainingError::InvalidData {

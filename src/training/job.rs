@@ -21,9 +21,9 @@
 use serde::Deserialize;
 
 use super::data::DataSource;
+use super::error::TrainingError;
 use super::spec::{in_range, invalid, parse_optimizer, RawOptimizer};
 pub use super::spec::{Activation, EarlyStopping, Layer, Loss, Optimizer, Schedule};
-use super::TrainingError;
 
 /// A validated training job.
 #[derive(Debug, Clone)]
@@ -116,6 +116,26 @@ const MAX_UNITS: u64 = 1 << 16;
 const MAX_EPOCHS: u64 = 1_000_000;
 const MAX_BATCH: u64 = 1 << 24;
 
+/// 1-128 letters, digits, `_`, `-` or `.`, not starting with `.`.
+fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
+/// The `model` label of training metrics: `name` when it is a valid model name, else `""`, so a
+/// producer's string that failed validation never becomes a series.
+pub fn metric_model_name(name: &str) -> &str {
+    if valid_model_name(name) {
+        name
+    } else {
+        ""
+    }
+}
+
 /// Parses and validates a training job body.
 pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
     let raw: RawJob =
@@ -123,14 +143,7 @@ pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
     if raw.id.is_empty() {
         return Err(invalid("id", "must not be empty"));
     }
-    let name_ok = !raw.model_name.is_empty()
-        && raw.model_name.len() <= 128
-        && !raw.model_name.starts_with('.')
-        && raw
-            .model_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-    if !name_ok {
+    if !valid_model_name(&raw.model_name) {
         return Err(invalid(
             "model_name",
             format_args!(

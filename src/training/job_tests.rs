@@ -169,3 +169,45 @@ fn schedules_decay_as_documented() {
     assert_eq!((d.rate(1.0, 0, 1), d.rate(1.0, 0, 2)), (1.0, 0.1));
     assert_eq!(Schedule::Constant.rate(0.3, 1000, 99), 0.3);
 }
+
+#[test]
+fn metric_labels_take_only_valid_model_names() {
+    use super::job::metric_model_name;
+    assert_eq!(metric_model_name("iris-2.v_1"), "iris-2.v_1");
+    for bad in ["", ".hidden", "a b", "x\n", "é", &"m".repeat(129)] {
+        assert_eq!(metric_model_name(bad), "", "{bad:?}");
+    }
+    assert_eq!(metric_model_name(&"m".repeat(128)).len(), 128);
+}
+
+#[test]
+fn errors_quoting_producer_text_stay_under_one_kib() {
+    let huge = "n".repeat(200_000);
+    let base = r#"{"id":"t","model_name":"m","layers":[{"units":1}],"loss":"mse","data":{"x":[[1]],"y":[1]}"#;
+    let bodies = [
+        format!(r#"{base},"{huge}":1}}"#),
+        base.replace(r#""model_name":"m""#, &format!(r#""model_name":"{huge}""#)) + "}",
+        base.replace(r#""loss":"mse""#, &format!(r#""loss":"{huge}""#)) + "}",
+        base.replace(r#""y":[1]}"#, &format!(r#""y":[1],"{huge}":1}}"#)) + "}",
+        base.replace(
+            r#""units":1}"#,
+            &format!(r#""units":1,"activation":"{huge}"}}"#),
+        ) + "}",
+        format!(r#"{base},"init_from":{{"model_version":["{huge}"]}}}}"#),
+    ];
+    for body in bodies {
+        let e = parse_job(body.as_bytes()).unwrap_err().to_string();
+        assert!(e.len() <= 1024, "{} bytes: {}", e.len(), &e[..80]);
+        assert!(e.contains("..."), "{}", &e[..80]);
+    }
+    let e = TrainingError::InvalidData {
+        field: "é".repeat(100),
+        message: "ü".repeat(1000),
+    }
+    .to_string();
+    assert!(
+        e.len() <= 1024 && e.is_char_boundary(e.len()),
+        "{}",
+        e.len()
+    );
+}

@@ -7,11 +7,25 @@
 //! providers apply) → [`TrainOutcome::model`], a plain ONNX inference model.
 //!
 //! No other ML framework is involved and nothing runs Python.
+//!
+//! Before training, [`admit`] checks the model name (`training.allowed_models`) and reads the
+//! served signature a new version must keep; [`train_within`] checks the [`Budget`] once the
+//! data is read, and keeps to it while training.
+//!
+//! Modules depend one way, leaves first (`scripts/module-cycles.py src training onnx` checks):
+//! `error`, `raw`, `rng`, `npy` → `spec`, `files` → `csv`, `inline` → `data` → `job` →
+//! `autodiff` → `optimizer`, `metrics` → `graph` → `state` → `budget` → `admission` → `engine`;
+//! `bundled` (the models of `make-models`) uses `rng` and [`crate::onnx`], which uses nothing
+//! of this crate.
 
+mod admission;
 pub mod autodiff;
+pub mod budget;
+pub mod bundled;
 mod csv;
 pub mod data;
 pub mod engine;
+mod error;
 mod files;
 pub mod graph;
 mod inline;
@@ -19,6 +33,7 @@ pub mod job;
 pub mod metrics;
 pub mod npy;
 pub mod optimizer;
+mod raw;
 pub mod rng;
 pub mod spec;
 mod state;
@@ -26,56 +41,9 @@ mod state;
 #[cfg(test)]
 mod job_tests;
 
+pub use admission::{admit, check_allowed, served_signature};
+pub use budget::{Budget, Rules};
 pub use engine::{train, train_within, CpuSessions, EpochReport, SessionFactory, TrainOutcome};
+pub use error::TrainingError;
 pub use files::DataLimits;
-pub use job::{parse_job, TrainJob};
-
-use crate::protocol::ErrorCode;
-
-/// Why a training job failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainingError {
-    /// The body is not JSON of the job's schema.
-    #[error("invalid training job: {0}")]
-    BadJson(String),
-    #[error("{field}: {message}")]
-    InvalidJob { field: String, message: String },
-    #[error("{field}: {message}")]
-    InvalidData { field: String, message: String },
-    /// The `init_from` model does not fit the job's layers.
-    #[error("init_from: {0}")]
-    InitMismatch(String),
-    /// The loss became NaN or infinite (usually a learning rate too high).
-    #[error(
-        "training diverged: the loss is not finite at epoch {epoch}; lower optimizer.learning_rate"
-    )]
-    Diverged { epoch: usize },
-    #[error("ONNX Runtime failed during training: {0}")]
-    Runtime(String),
-    /// `should_stop` asked the run to end (shutdown); the job should be retried elsewhere.
-    #[error("training stopped before it finished")]
-    Stopped,
-}
-
-impl TrainingError {
-    /// `invalid_request` for bad jobs and data, `internal` otherwise.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            TrainingError::Runtime(_) | TrainingError::Stopped => ErrorCode::Internal,
-            _ => ErrorCode::InvalidRequest,
-        }
-    }
-
-    /// A bounded label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            TrainingError::BadJson(_) => "bad_json",
-            TrainingError::InvalidJob { .. } => "invalid_job",
-            TrainingError::InvalidData { .. } => "invalid_data",
-            TrainingError::InitMismatch(_) => "init_mismatch",
-            TrainingError::Diverged { .. } => "diverged",
-            TrainingError::Runtime(_) => "runtime",
-            TrainingError::Stopped => "stopped",
-        }
-    }
-}
+pub use job::{metric_model_name, parse_job, TrainJob};

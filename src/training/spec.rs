@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::TrainingError;
+use super::error::TrainingError;
 
 /// The activation of a dense layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -225,6 +225,8 @@ pub async fn run_with(
                 consumer_timeout_ms: settings.training.consumer_timeout_ms,
                 max_message_bytes: settings.broker.max_message_bytes,
                 data_limits: data_limits.clone(),
+                budget: (&settings.training).into(),
+                allowed_models: settings.training.allowed_models.clone(),
                 reload: reload.clone(),
             })
         }),

@@ -4,9 +4,9 @@
 //! `tests/models_reproducible.rs`). `iris` is not here: `make-models` trains it with
 //! [`crate::training`] on `models/iris/iris.csv` (see [`IRIS_JOB`]).
 
-use super::builder::{Dim, GraphBuilder};
-use super::proto::elem;
-use crate::training::rng::SeededRng;
+use super::rng::SeededRng;
+use crate::onnx::builder::{Dim, GraphBuilder};
+use crate::onnx::proto::elem;
 
 /// Seed of the `mlp` weights.
 pub const MLP_SEED: u64 = 256;
@@ -55,7 +55,7 @@ pub fn dense_stack(g: &mut GraphBuilder, input: &str, layers: &[Dense], output: 
             Some(act) => {
                 let z = g.node("Add", &[&h, &b], vec![]);
                 let attrs = if act == "Softmax" {
-                    vec![super::builder::attr_int("axis", -1)]
+                    vec![crate::onnx::builder::attr_int("axis", -1)]
                 } else {
                     vec![]
                 };
@@ -122,14 +122,14 @@ pub fn mixed() -> Vec<u8> {
     let m = g.node(
         "Cast",
         &[&mask],
-        vec![super::builder::attr_int("to", elem::INT64 as i64)],
+        vec![crate::onnx::builder::attr_int("to", elem::INT64 as i64)],
     );
     let prod = g.node("Mul", &[&ids, &m], vec![]);
     g.node_to(
         "ReduceSum",
         &[&prod, &axes],
         &["masked_sum"],
-        vec![super::builder::attr_int("keepdims", 1)],
+        vec![crate::onnx::builder::attr_int("keepdims", 1)],
     );
     g.node_to("Not", &[&mask], &["inverted"], vec![]);
     g.output("masked_sum", elem::INT64, &batched(1));
@@ -157,7 +157,7 @@ pub fn fixed() -> Vec<u8> {
     let t = g.node(
         "Transpose",
         &[&x],
-        vec![super::builder::attr_ints("perm", &[1, 0])],
+        vec![crate::onnx::builder::attr_ints("perm", &[1, 0])],
     );
     g.node_to("Mul", &[&t, &two], &["y"], vec![]);
     g.output("y", elem::FLOAT, &[Dim::Fixed(4), Dim::Fixed(3)]);
