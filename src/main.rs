@@ -145,7 +145,7 @@ async fn predict(
     // Parse locally first so a typo is reported here, then re-encode (JSON or binary).
     let request = decode_request(&text, None).map_err(|e| anyhow::anyhow!("input: {e}"))?;
     let body = encode_request(&request, binary);
-    let mut client = Client::connect(&settings.broker.url).await?;
+    let mut client = Client::connect_any(&settings.broker.url).await?;
     let queue = format!("{}.predict.{model}", settings.broker.prefix);
     let extra = match &version {
         Some(v) => headers(&[("x-model-version", v.as_str())]),

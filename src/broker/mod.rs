@@ -3,10 +3,12 @@
 //! Second stage of the flow: `protocol` → `broker` → `batching` → `runtime`.
 
 pub mod acks;
+pub mod addresses;
 pub mod connection;
 pub mod headers;
 pub mod publisher;
 pub mod topology;
 
+pub use addresses::BrokerAddresses;
 pub use publisher::{Command, Disposition, OutgoingMessage, Settlement};
 pub use topology::Topology;
