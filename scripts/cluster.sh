@@ -112,10 +112,12 @@ EOF
         continue
       fi
     fi
-    ctl "$n" -q stop_app
-    ctl "$n" -q reset
-    ctl "$n" -q join_cluster "$(node_name 1)"
-    ctl "$n" -q start_app
+    {
+      ctl "$n" -q stop_app
+      ctl "$n" -q reset
+      ctl "$n" -q join_cluster "$(node_name 1)"
+      ctl "$n" -q start_app
+    } >>"$BASE/c$n/log/join.out" 2>&1 || die "c$n did not join: $(tail -5 "$BASE/c$n/log/join.out")"
     wait_running "$n"
   done
   status
