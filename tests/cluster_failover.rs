@@ -70,6 +70,17 @@ impl Tally {
         n as f64 / window.as_secs_f64()
     }
 
+    /// The longest time between two first answers after `at` (or from `at` to the first).
+    fn longest_gap_after(&self, at: Instant) -> f64 {
+        let mut last = at;
+        let mut longest = Duration::ZERO;
+        for t in self.firsts.iter().filter(|t| **t >= at) {
+            longest = longest.max(*t - last);
+            last = *t;
+        }
+        longest.as_secs_f64()
+    }
+
     /// Seconds after `at` until a 1 s window holds at least `rate / 2` first answers.
     fn recovery_after(&self, at: Instant, rate: f64) -> Option<f64> {
         let after: Vec<Instant> = self.firsts.iter().copied().filter(|t| *t >= at).collect();
@@ -111,10 +122,11 @@ async fn wait_node(worker: &ChildWorker, not: &[Node], within: Duration) -> Node
     }
 }
 
-/// Epochs of the training job: long enough (tens of seconds) that the stop lands mid-training.
-const EPOCHS: usize = 3_000;
+/// Epochs of the training job (150 steps each): long enough (tens of seconds) that the stop,
+/// which closes the node's connections only after seconds, lands mid-training.
+const EPOCHS: usize = 600;
 
-/// 4. A training job whose worker's node stops mid-training is redelivered and trained again to
+/// Stage 4: a training job whose worker's node stops mid-training is redelivered and trained again to
 /// its result; its progress messages may come twice, its result at least once. The client is
 /// on a node no worker is on, so the trainer's node can always be stopped.
 async fn training_survives_a_node_stop(
@@ -140,7 +152,7 @@ async fn training_survives_a_node_stop(
         "layers": [{"units": 16, "activation": "relu"}, {"units": 3, "activation": "softmax"}],
         "loss": "sparse_categorical_crossentropy",
         "optimizer": {"type": "adam", "learning_rate": 0.01},
-        "epochs": EPOCHS, "batch_size": 16, "seed": 7,
+        "epochs": EPOCHS, "batch_size": 1, "seed": 7,
         "data": {"uri": format!("file://{}", csv.display()), "format": "csv", "label_column": "species"}
     });
     let body = infermq::protocol::EncodedBody {
@@ -154,6 +166,7 @@ async fn training_survives_a_node_stop(
         .await
         .expect("publish the training job");
     let (mut progress, mut results, mut stopped) = (0usize, 0usize, None);
+    let mut stopping = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     while results == 0 {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -181,12 +194,14 @@ async fn training_survives_a_node_stop(
             }
             let node = trainer.expect("a worker trains");
             assert_ne!(node, home, "a worker moved to the client's node");
-            cluster.stop_nodes(&[node]);
-            eprintln!("training: stopped c{node} after {progress} progress messages");
+            stopping = Some(cluster.stop_nodes_in_background(&[node]));
+            eprintln!("training: stopping c{node} after {progress} progress messages");
             stopped = Some(node);
         }
     }
     let node = stopped.expect("the job trained for 20 epochs at least");
+    let took = stopping.expect("stopping").await.expect("stop_app");
+    eprintln!("training: stop_app took {took:?}");
     // A result published and confirmed but not acked before the stop comes twice.
     while let Ok(delivery) = client.next_reply(Duration::from_secs(3)).await {
         if infermq::client::header_str(&delivery, "x-event").as_deref() == Some("result") {
@@ -228,14 +243,16 @@ async fn load_across_stop(
         .await;
     let at = Instant::now();
     let rate = tally.rate_before(at, Duration::from_secs(2));
-    let took = cluster.stop_nodes(stop);
-    eprintln!(
-        "stopped {stop:?} in {took:?} at {} answers ({rate:.0} answers/s before)",
-        tally.answers.distinct()
-    );
+    let stopping = cluster.stop_nodes_in_background(stop);
+    let at_stop = tally.answers.distinct();
     tally
         .until(client, Duration::from_secs(240), |n| n >= total)
         .await;
+    let took = stopping.await.expect("stop_app");
+    eprintln!(
+        "stopped {stop:?} in {took:?} at {at_stop} answers ({rate:.0} answers/s before); longest pause between answers after it: {:.2} s",
+        tally.longest_gap_after(at)
+    );
     publisher.await.expect("publisher");
     tally.answers.drain(client, Duration::from_secs(2)).await;
     assert!(tally.answers.missing(ids.clone()).is_empty(), "jobs lost");

@@ -107,6 +107,25 @@ impl Cluster {
         started.elapsed()
     }
 
+    /// [`Cluster::stop_nodes`] on a blocking thread, so answers can be read meanwhile; the
+    /// handle returns how long the stops took.
+    pub fn stop_nodes_in_background(
+        &mut self,
+        nodes: &[Node],
+    ) -> tokio::task::JoinHandle<Duration> {
+        self.stopped.extend_from_slice(nodes);
+        let nodes = nodes.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                for node in &nodes {
+                    scope.spawn(move || ctl(*node, &["stop_app"]));
+                }
+            });
+            started.elapsed()
+        })
+    }
+
     /// Starts `node`'s application again and waits until it runs.
     pub fn start_node(&mut self, node: Node) -> Duration {
         let started = Instant::now();
