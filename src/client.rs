@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 
 use crate::broker::headers::BINARY_HEADER;
 use crate::protocol::EncodedBody;
@@ -35,12 +35,15 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to `url`, or to the first reachable of a comma-separated list of URLs.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let connection = Connection::connect(
-            url,
-            ConnectionProperties::default().with_connection_name("infermq-client".into()),
-        )
-        .await?;
+        Self::connect_any(&crate::broker::BrokerAddresses::parse_list(url)).await
+    }
+
+    /// Connects to the first reachable of `urls` (the nodes of a cluster), from a random start.
+    pub async fn connect_any(urls: &[String]) -> Result<Client, ClientError> {
+        let (connection, _node) =
+            crate::broker::connection::connect_any(urls, "infermq-client").await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

@@ -14,6 +14,9 @@ use serde::{Deserialize, Deserializer};
 /// The defaults, compiled in so a binary started anywhere behaves the same.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
+/// The broker URL of the built-in defaults (`config/default.toml`).
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -42,7 +45,10 @@ pub struct Settings {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
-    pub url: String,
+    /// One `amqp(s)://` URL per broker node (a TOML string or array; comma-separated in the
+    /// environment). See [`crate::broker::BrokerAddresses`].
+    #[serde(deserialize_with = "crate::broker::addresses::deserialize_urls")]
+    pub url: Vec<String>,
     pub prefix: String,
     pub prefetch: u16,
     pub max_message_bytes: usize,
@@ -54,7 +60,10 @@ pub struct BrokerSettings {
 impl fmt::Debug for BrokerSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BrokerSettings")
-            .field("url", &redact_url(&self.url))
+            .field(
+                "url",
+                &self.url.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
             .field("prefix", &self.prefix)
             .field("prefetch", &self.prefetch)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -253,6 +262,7 @@ impl Settings {
                 .with_list_parse_key("training.allowed_models")
                 .with_list_parse_key("runtime.instance_cpus")
                 .with_list_parse_key("runtime.io_cpus")
+                .with_list_parse_key("broker.url")
                 .source(Some(env)),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
@@ -267,8 +277,8 @@ impl Settings {
                 message: message.to_string(),
             })
         };
-        if !self.broker.url.starts_with("amqp://") && !self.broker.url.starts_with("amqps://") {
-            return invalid("broker.url", "must start with amqp:// or amqps://");
+        if let Err(message) = crate::broker::addresses::check_urls(&self.broker.url) {
+            return invalid("broker.url", &message);
         }
         if self.broker.prefix.is_empty() || self.broker.prefix.contains(char::is_whitespace) {
             return invalid("broker.prefix", "must be a non-empty name without spaces");

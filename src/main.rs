@@ -161,7 +161,7 @@ async fn predict(
     // Parse locally first so a typo is reported here, then re-encode (JSON or binary).
     let request = decode_request(&text, None).map_err(|e| anyhow::anyhow!("input: {e}"))?;
     let body = encode_request(&request, binary);
-    let mut client = Client::connect(&settings.broker.url).await?;
+    let mut client = Client::connect_any(&settings.broker.url).await?;
     let topology = Topology::new(
         settings.broker.prefix.clone(),
         settings.broker.delivery_limit,

@@ -16,7 +16,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -37,8 +37,11 @@ pub struct EchoConsumer {
 impl EchoConsumer {
     /// Connects (its own connection), starts consuming `queue` and returns once it consumes.
     /// `default_reply` is where jobs without `reply_to` are answered (`<prefix>.results`).
+    /// `url` may list a cluster's nodes, separated by commas.
     pub async fn start(url: &str, queue: &str, default_reply: &str) -> lapin::Result<Self> {
-        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let urls = crate::broker::BrokerAddresses::parse_list(url);
+        let (connection, _node) =
+            crate::broker::connection::connect_any(&urls, "infermq-bench-echo").await?;
         let consume = connection.create_channel().await?;
         consume
             .basic_qos(ECHO_PREFETCH, BasicQosOptions::default())

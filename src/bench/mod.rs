@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lapin::options::QueueDeleteOptions;
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use serde::Serialize;
 
 use crate::protocol::types::DataType;
@@ -35,7 +35,8 @@ pub use stats::{BenchReport, LatencyMs};
 /// Flags of `infermq bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Broker URL.
+    /// Broker URL, or the URLs of a cluster's nodes separated by commas (the first reachable,
+    /// from a random start, is used).
     #[arg(
         long,
         env = "AMQP_URL",
@@ -124,9 +125,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
         Encoding::Json
     };
     let bodies = BodyTemplate::build(&shape, encoding, args.jobs, args.seed)?;
-    let connection = Connection::connect(&args.url, ConnectionProperties::default())
+    let urls = crate::broker::BrokerAddresses::parse_list(&args.url);
+    let (connection, node) = crate::broker::connection::connect_any(&urls, "infermq-bench")
         .await
-        .with_context(|| format!("connecting to the broker at {}", redact(&args.url)))?;
+        .with_context(|| {
+            let shown: Vec<String> = urls.iter().map(|u| redact(u)).collect();
+            format!("connecting to the broker at {}", shown.join(", "))
+        })?;
+    tracing::info!(%node, "Broker node connected");
     let reports = run_all(&connection, args, pace, &bodies).await;
     if connection.status().connected() {
         let _ = connection.close(200, "bench done".into()).await;

@@ -1,10 +1,13 @@
-//! Connecting to RabbitMQ, with capped exponential backoff and full jitter between attempts.
+//! Connecting to RabbitMQ, with capped exponential backoff and full jitter between attempts,
+//! over the [`BrokerAddresses`] of a cluster's nodes: every attempt goes to the next address.
 
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
+
+use super::addresses::BrokerAddresses;
 
 /// Backoff between connection attempts: `initial · 2^attempt`, capped, with full jitter.
 #[derive(Debug, Clone)]
@@ -43,27 +46,32 @@ impl Backoff {
     }
 }
 
-/// Connects, retrying with `backoff` until it succeeds or `cancel` fires (then `None`).
+/// Connects to the next of `addresses`, moving on to the one after it with `backoff` between
+/// attempts, until it succeeds or `cancel` fires (then `None`). On success,
+/// [`BrokerAddresses::current_node`] names the node connected to.
 pub async fn connect_with_retry(
-    url: &str,
+    addresses: &mut BrokerAddresses,
     name: &str,
     backoff: &mut Backoff,
     cancel: &CancellationToken,
 ) -> Option<Connection> {
     loop {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let url = addresses.next_url().to_string();
+        let node = addresses.current_node().unwrap_or_default();
         let attempt = tokio::select! {
-            result = Connection::connect(url, properties) => result,
+            result = Connection::connect(&url, properties) => result,
             () = cancel.cancelled() => return None,
         };
         match attempt {
             Ok(connection) => {
                 backoff.reset();
+                tracing::info!(%node, "Broker node connected");
                 return Some(connection);
             }
             Err(error) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Broker connection failed");
+                tracing::warn!(%error, %node, retry_in_ms = delay.as_millis() as u64, "Broker connection failed");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = cancel.cancelled() => return None,
@@ -71,6 +79,31 @@ pub async fn connect_with_retry(
             }
         }
     }
+}
+
+/// Tries each of `urls` once, from a random start, and returns the first connection with its
+/// node (`host:port`), or the last error. For the producer CLI and the load generator.
+pub async fn connect_any(urls: &[String], name: &str) -> lapin::Result<(Connection, String)> {
+    let mut addresses = BrokerAddresses::new(urls);
+    let mut last = None;
+    for _ in 0..addresses.len() {
+        let url = addresses.next_url().to_string();
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        match Connection::connect(&url, properties).await {
+            Ok(connection) => {
+                return Ok((connection, addresses.current_node().unwrap_or_default()))
+            }
+            Err(error) => {
+                let node = addresses.current_node().unwrap_or_default();
+                tracing::warn!(%error, %node, "Broker connection failed; trying the next address");
+                last = Some(error);
+            }
+        }
+    }
+    // `addresses` is never empty, so `last` is set.
+    Err(last.unwrap_or_else(|| {
+        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into()
+    }))
 }
 
 /// Closes `channel` and waits for the broker's close-ok. A channel that is only dropped is

@@ -3,11 +3,13 @@
 //! Second stage of the flow: `protocol` → `broker` → `batching` → `runtime`.
 
 pub mod acks;
+pub mod addresses;
 pub mod connection;
 pub mod envelope;
 pub mod headers;
 pub mod publisher;
 pub mod topology;
 
+pub use addresses::BrokerAddresses;
 pub use publisher::{Command, Disposition, OutgoingMessage, Settlement};
 pub use topology::Topology;

@@ -16,7 +16,8 @@ fn write(text: &str) -> tempfile::NamedTempFile {
 #[test]
 fn defaults_load_and_match_the_contract() {
     let s = Settings::load_from(None, env(&[])).unwrap();
-    assert_eq!(s.broker.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert_eq!(s.broker.url, vec![DEFAULT_BROKER_URL.to_string()]);
+    assert_eq!(DEFAULT_BROKER_URL, "amqp://guest:guest@127.0.0.1:5672/%2f");
     assert_eq!(s.broker.prefix, "infermq");
     assert_eq!(s.broker.max_message_bytes, 16 * 1024 * 1024);
     assert_eq!(
@@ -111,6 +112,29 @@ fn invalid_values_are_refused_with_the_key_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("--config"), "{err}");
+}
+
+#[test]
+fn broker_url_takes_a_list_from_toml_or_the_environment() {
+    let urls = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let file = write("[broker]\nurl = [\"amqp://a:5681/%2f\", \"amqp://b:5682/%2f\"]\n");
+    let s = Settings::load_from(Some(file.path()), env(&[])).unwrap();
+    assert_eq!(
+        s.broker.url,
+        urls(&["amqp://a:5681/%2f", "amqp://b:5682/%2f"])
+    );
+    let s = Settings::load_from(
+        None,
+        env(&[("INFERMQ__BROKER__URL", "amqp://a:1/%2f, amqps://b:2/%2f")]),
+    )
+    .unwrap();
+    assert_eq!(s.broker.url, urls(&["amqp://a:1/%2f", "amqps://b:2/%2f"]));
+    for bad in ["amqp://a:1,http://b:2", ","] {
+        let err = Settings::load_from(None, env(&[("INFERMQ__BROKER__URL", bad)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broker.url"), "{bad}: {err}");
+    }
 }
 
 #[test]

@@ -71,7 +71,10 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<HttpState>) -> Response {
     match state.status.readiness() {
-        Ok(()) => "ready".into_response(),
+        Ok(()) => match state.metrics.broker_node.get() {
+            Some(node) => format!("ready\nbroker node: {node}").into_response(),
+            None => "ready".into_response(),
+        },
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
 }

@@ -46,6 +46,8 @@ pub struct Metrics {
     model_loaded: IntGaugeVec,
     broker_connected: IntGauge,
     broker_reconnects: IntCounter,
+    /// `infermq_broker_node_info`: the node connected to.
+    pub broker_node: super::broker_node::BrokerNode,
     results_returned: IntCounterVec,
     redeliveries: IntCounterVec,
     training_jobs: IntCounterVec,
@@ -134,6 +136,7 @@ impl Metrics {
             model_loaded: gauge_vec(&r, "infermq_model_loaded", "1 while the model version is loaded and served, else 0.", MV),
             broker_connected: reg(&r, IntGauge::new("infermq_broker_connected", "1 while connected to the broker, else 0.").expect("valid gauge")),
             broker_reconnects: reg(&r, IntCounter::new("infermq_broker_reconnects_total", "Reconnections to the broker after a lost connection.").expect("valid counter")),
+            broker_node: super::broker_node::BrokerNode::register(&r),
             results_returned: counter_vec(&r, "infermq_results_returned_total", "Results the broker returned as unroutable (mandatory publish, no such reply queue).", &["model"]),
             redeliveries: counter_vec(&r, "infermq_redeliveries_total", "Jobs received again after an earlier delivery (redelivered flag or x-delivery-count > 0).", &["model"]),
             training_jobs: counter_vec(&r, "infermq_training_jobs_total", "Training jobs finished, by outcome.", &["model", "outcome"]),
@@ -236,9 +239,12 @@ impl Metrics {
             .set(i64::from(loaded));
     }
 
-    /// Sets `infermq_broker_connected` to 1 or 0.
+    /// Sets `infermq_broker_connected` to 1 or 0; disconnected, no node is current.
     pub fn set_broker_connected(&self, connected: bool) {
         self.broker_connected.set(i64::from(connected));
+        if !connected {
+            self.broker_node.set(None);
+        }
     }
 
     /// Counts one reconnection after a lost broker connection.

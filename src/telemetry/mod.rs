@@ -5,6 +5,7 @@
 //! it with `/healthz`, `/readyz` and `/v2/models`; [`logging::init`] installs `tracing`
 //! output once at start. `docs/METRICS.md` documents every series and endpoint.
 
+pub mod broker_node;
 pub mod http;
 pub mod logging;
 pub mod metrics;

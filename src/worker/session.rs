@@ -58,15 +58,20 @@ pub async fn broker_task(
         Duration::from_millis(broker.reconnect_max_ms),
     );
     let mut generation = 0u64;
+    let mut addresses = crate::broker::BrokerAddresses::new(&broker.url);
+    ctx.metrics.broker_node.configure(&addresses.nodes());
     loop {
         let name = format!("infermq-worker-{}", std::process::id());
         let Some(connection) =
-            connect_with_retry(&broker.url, &name, &mut backoff, &shutdown).await
+            connect_with_retry(&mut addresses, &name, &mut backoff, &shutdown).await
         else {
             // Shutdown while disconnected: nothing can be acked; the broker redelivers.
             return;
         };
         generation += 1;
+        ctx.metrics
+            .broker_node
+            .set(addresses.current_node().as_deref());
         let connection = Arc::new(connection);
         let (end, returned) = session(
             &ctx,

@@ -91,6 +91,15 @@ impl ChildWorker {
         self.exited = Some(self.child.wait().expect("reap the worker"));
     }
 
+    /// Sends `signal` (a `kill` name: `STOP`, `CONT`, …) to the worker.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+
     pub fn sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
