@@ -107,6 +107,12 @@ else
   echo "FAILED: deploy/kubernetes does not parse as YAML"; failed+=("kubernetes YAML")
 fi
 
+if have kubectl; then
+  check "kubectl kustomize deploy/kubernetes" bash -c 'kubectl kustomize deploy/kubernetes >/dev/null'
+else
+  echo "(kubectl not installed: the kustomization is not rendered; its files are checked above)"
+fi
+
 # --- Compose ------------------------------------------------------------------------------------
 if [ -f deploy/compose.yaml ]; then
   if have check-jsonschema; then

@@ -181,3 +181,28 @@ fn training_data_limits_default_to_unconfined_and_one_gib() {
         .to_string();
     assert!(err.contains("training.max_data_bytes"), "{err}");
 }
+
+#[test]
+fn otlp_endpoint_is_off_by_default_and_checked() {
+    let settings = Settings::load_from(None, env(&[])).unwrap();
+    assert_eq!(settings.telemetry.otlp_endpoint, "");
+    let settings = Settings::load_from(
+        None,
+        env(&[("INFERMQ__TELEMETRY__OTLP_ENDPOINT", "http://127.0.0.1:4318")]),
+    )
+    .unwrap();
+    assert_eq!(settings.telemetry.otlp_endpoint, "http://127.0.0.1:4318");
+    let err = Settings::load_from(
+        None,
+        env(&[(
+            "INFERMQ__TELEMETRY__OTLP_ENDPOINT",
+            "https://collector:4318",
+        )]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("telemetry.otlp_endpoint") && err.contains("http://"),
+        "{err}"
+    );
+}
