@@ -99,8 +99,18 @@ impl TraceContext {
     /// (in different cases) are ambiguous and ignored.
     pub fn from_headers(headers: Option<&FieldTable>) -> Option<TraceContext> {
         let headers = headers?;
-        let parent = TraceParent::parse(header_str(headers, TRACEPARENT)?)?;
-        let state = header_str(headers, TRACESTATE)
+        Self::from_values(
+            header_str(headers, TRACEPARENT)?,
+            header_str(headers, TRACESTATE),
+        )
+    }
+
+    /// The context of a `traceparent` value and an optional `tracestate` value, wherever they
+    /// came from (an HTTP request's headers, for instance); the same rules as
+    /// [`TraceContext::from_headers`].
+    pub fn from_values(traceparent: &str, tracestate: Option<&str>) -> Option<TraceContext> {
+        let parent = TraceParent::parse(traceparent)?;
+        let state = tracestate
             .filter(|s| valid_tracestate(s))
             .map(|s| s.trim_matches([' ', '\t']).to_string())
             .unwrap_or_default();

@@ -80,7 +80,8 @@ pub struct JobAttributes<'a> {
 }
 
 /// One job's trace: the producer's context and the worker's `receive` span, open from the
-/// delivery to [`JobTracer::record_job`].
+/// delivery to [`JobTracer::record_job`]. Dropped without being recorded (a job requeued
+/// before it was answered), its `receive` span ends then, without stage spans.
 pub struct JobTrace {
     incoming: Option<TraceContext>,
     outgoing: Option<TraceContext>,
@@ -122,7 +123,17 @@ impl JobTracer {
         queue: &str,
         received: Instant,
     ) -> JobTrace {
-        let incoming = TraceContext::from_headers(headers);
+        self.start(TraceContext::from_headers(headers), queue, received)
+    }
+
+    /// [`JobTracer::start_job`] with a context read elsewhere (an HTTP request's headers through
+    /// [`TraceContext::from_values`]); `queue` names the span (`receive <queue>`).
+    pub fn start(
+        &self,
+        incoming: Option<TraceContext>,
+        queue: &str,
+        received: Instant,
+    ) -> JobTrace {
         let anchor = (Instant::now(), SystemTime::now());
         let Some(exporter) = &self.exporter else {
             return JobTrace {
