@@ -34,3 +34,8 @@ models:
 
 clean-ort:
 	rm -rf .ort
+
+# promtool, yamllint, kubernetes-validate, CRD schemas, hadolint, dashboards: see the script.
+.PHONY: deploy-checks
+deploy-checks:
+	scripts/deploy-checks.sh

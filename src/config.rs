@@ -40,6 +40,7 @@ pub struct Settings {
     pub training: TrainingSettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Clone, Deserialize)]
@@ -220,6 +221,14 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// Tracing of jobs across the queue (`telemetry::trace`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP collector, e.g. `http://127.0.0.1:4318`; empty: spans are not exported.
+    pub otlp_endpoint: String,
+}
+
 impl Settings {
     /// Loads the layers and validates the result. `file` is `--config FILE`;
     /// `defaults_file` is `config/default.toml` when it exists in the working directory.
@@ -351,6 +360,10 @@ impl Settings {
         }
         if self.log.level.trim().is_empty() {
             return invalid("log.level", "must not be empty");
+        }
+        if let Err(message) = crate::telemetry::trace::check_endpoint(&self.telemetry.otlp_endpoint)
+        {
+            return invalid("telemetry.otlp_endpoint", &message);
         }
         Ok(())
     }

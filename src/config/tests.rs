@@ -251,3 +251,28 @@ fn training_budget_defaults_overrides_and_errors() {
         assert_eq!(err, format!("configuration key {message}"), "{key}");
     }
 }
+
+#[test]
+fn otlp_endpoint_is_off_by_default_and_checked() {
+    let settings = Settings::load_from(None, env(&[])).unwrap();
+    assert_eq!(settings.telemetry.otlp_endpoint, "");
+    let settings = Settings::load_from(
+        None,
+        env(&[("INFERMQ__TELEMETRY__OTLP_ENDPOINT", "http://127.0.0.1:4318")]),
+    )
+    .unwrap();
+    assert_eq!(settings.telemetry.otlp_endpoint, "http://127.0.0.1:4318");
+    let err = Settings::load_from(
+        None,
+        env(&[(
+            "INFERMQ__TELEMETRY__OTLP_ENDPOINT",
+            "https://collector:4318",
+        )]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("telemetry.otlp_endpoint") && err.contains("http://"),
+        "{err}"
+    );
+}

@@ -26,7 +26,8 @@ use crate::repository::{valid_model_name, ModelStore};
 use crate::runtime::SessionOptions;
 use crate::telemetry::Metrics;
 use crate::training::{
-    parse_job, train_within, DataLimits, EpochReport, SessionFactory, TrainOutcome, TrainingError,
+    admit, parse_job, train_within, Budget, DataLimits, EpochReport, SessionFactory,
+    TrainOutcome, TrainingError,
 };
 
 /// What training jobs need.
@@ -41,6 +42,10 @@ pub struct TrainContext {
     pub max_message_bytes: usize,
     /// `training.data_dir` (resolved) and `training.max_data_bytes`.
     pub data_limits: DataLimits,
+    /// `training.max_*` and `training.progress_interval_ms`.
+    pub budget: Budget,
+    /// `training.allowed_models` (glob patterns; empty: any name).
+    pub allowed_models: Vec<String>,
     /// Wakes this worker's repository sync when a version was written.
     pub reload: Arc<Notify>,
 }
@@ -101,6 +106,16 @@ pub async fn handle_training(
     let id = parsed.id().to_string();
     let model = parsed.model_name().to_string();
     job.name_model(&model);
+    let rules = match admit(
+        &parsed,
+        &ctx.store,
+        &ctx.data_limits,
+        &ctx.budget,
+        &ctx.allowed_models,
+    ) {
+        Ok(rules) => rules,
+        Err(e) => return job.fail(e.into(), Some(&id)),
+    };
     let init = match parsed.init_from_version() {
         None => None,
         Some(version) => match version
@@ -135,7 +150,6 @@ pub async fn handle_training(
         id.clone(),
     ));
     let options = ctx.options.clone();
-    let limits = ctx.data_limits.clone();
     let should_stop = stop.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut progress = |report: &EpochReport| {
@@ -143,7 +157,7 @@ pub async fn handle_training(
         };
         train_within(
             &parsed,
-            &limits,
+            &rules,
             init.as_deref(),
             &WorkerSessions(options),
             &mut progress,

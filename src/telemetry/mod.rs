@@ -3,13 +3,15 @@
 //! Beside the flow rather than in it: every stage (`broker`, `batching`, `runtime`,
 //! `repository`, `training`) records into one shared [`Metrics`]; [`http::serve`] exposes
 //! it with `/healthz`, `/readyz` and `/v2/models`; [`logging::init`] installs `tracing`
-//! output once at start. `docs/METRICS.md` documents every series and endpoint.
+//! output once at start; [`trace`] continues producers' W3C trace context in each job's spans.
+//! `docs/METRICS.md` documents every series and endpoint.
 
 pub mod broker_node;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 mod outcome;
+pub mod trace;
 
 pub use http::{serve, HttpState, StatusSource};
 pub use logging::LogFormat;
