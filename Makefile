@@ -33,3 +33,8 @@ models:
 
 clean-ort:
 	rm -rf .ort
+
+.PHONY: fuzz
+# Long fuzz run (release, 3,000,000 inputs per target); make test runs a short one.
+fuzz:
+	scripts/fuzz.sh

@@ -185,7 +185,8 @@ const INTERESTING_BYTES: &[u8] = &[
 
 /// Applies 1–8 stacked mutations to `input`; `other` is a second input for crossover.
 pub fn mutate(rng: &mut SmallRng, input: &mut Vec<u8>, other: &[u8]) {
-    let rounds = 1 + rng.random_range(0..8usize).min(rng.random_range(0..8usize));
+    // 1 mutation half the time, 2 a quarter, …: most inputs stay close to a valid one.
+    let rounds = 1 + (rng.random::<u8>() | 0x80).trailing_zeros() as usize;
     for _ in 0..rounds {
         mutate_once(rng, input, other);
     }

@@ -92,7 +92,7 @@ struct Site {
 
 /// Runs `target` over `seeds` and their mutations; panics (failing the test) if any input
 /// panicked, listing each location, its message, a saved input and a backtrace.
-pub fn fuzz(name: &str, seeds: &[Vec<u8>], target: impl Fn(&[u8])) {
+pub fn fuzz(name: &str, seeds: &[Vec<u8>], target: impl Fn(&[u8]) -> bool) {
     assert!(!seeds.is_empty(), "{name}: no seeds");
     install_hook();
     let total = iterations();
@@ -100,6 +100,7 @@ pub fn fuzz(name: &str, seeds: &[Vec<u8>], target: impl Fn(&[u8])) {
     let mut pool: Vec<Vec<u8>> = seeds.to_vec();
     let mut sites: BTreeMap<String, Site> = BTreeMap::new();
     let started = Instant::now();
+    let mut accepted = 0u64;
     for i in 0..total {
         let mut input = if i < seeds.len() as u64 {
             seeds[i as usize].clone()
@@ -113,8 +114,10 @@ pub fn fuzz(name: &str, seeds: &[Vec<u8>], target: impl Fn(&[u8])) {
         IN_TARGET.with(|t| t.set(true));
         let outcome = catch_unwind(AssertUnwindSafe(|| target(&input)));
         IN_TARGET.with(|t| t.set(false));
-        if outcome.is_err() {
-            record(name, &mut sites, &input);
+        match outcome {
+            Ok(true) => accepted += 1,
+            Ok(false) => {}
+            Err(_) => record(name, &mut sites, &input),
         }
         if i >= seeds.len() as u64 && rng.random_range(0..8u8) == 0 {
             if pool.len() < POOL {
@@ -126,7 +129,7 @@ pub fn fuzz(name: &str, seeds: &[Vec<u8>], target: impl Fn(&[u8])) {
         }
     }
     eprintln!(
-        "fuzz {name}: {total} inputs in {:.1} s, {} panic location(s)",
+        "fuzz {name}: {total} inputs in {:.1} s, {accepted} accepted, {} panic location(s)",
         started.elapsed().as_secs_f64(),
         sites.len()
     );

@@ -1,5 +1,7 @@
 //! The fuzz targets: each takes the mutator's bytes and calls a decoder the way the worker
-//! does (decode, then validate against the model, then cut and join rows as the batcher does).
+//! does (decode, then validate against the model, then cut and join rows as the batcher does),
+//! and says whether the input was accepted (the run reports the share, to show the mutations
+//! reach past the parser).
 
 use std::time::SystemTime;
 
@@ -13,51 +15,60 @@ use lapin::BasicProperties;
 use crate::mutator::Reader;
 
 /// The one call of the delivery-envelope reader (renamed here when the reader is renamed).
-pub fn read_envelope(properties: &BasicProperties) {
-    if let Ok(envelope) = JobHeaders::read(properties) {
-        let _ = envelope.expired(SystemTime::now());
+pub fn read_envelope(properties: &BasicProperties) -> bool {
+    match JobHeaders::read(properties) {
+        Ok(envelope) => {
+            let _ = envelope.expired(SystemTime::now());
+            true
+        }
+        Err(_) => false,
     }
 }
 
 /// A JSON body.
-pub fn decode_json(bytes: &[u8], signatures: &[ModelSignature]) {
-    if let Ok(request) = decode_request(bytes, None) {
-        validate_all(&request, signatures);
+pub fn decode_json(bytes: &[u8], signatures: &[ModelSignature]) -> bool {
+    match decode_request(bytes, None) {
+        Ok(request) => validate_all(&request, signatures),
+        Err(_) => false,
     }
 }
 
 /// A binary body: 8 bytes of header length (little endian), then the body.
-pub fn decode_binary(bytes: &[u8], signatures: &[ModelSignature]) {
+pub fn decode_binary(bytes: &[u8], signatures: &[ModelSignature]) -> bool {
     let (len, body) = match bytes.split_first_chunk::<8>() {
         Some((len, body)) => (u64::from_le_bytes(*len), body),
         None => (bytes.len() as u64, bytes),
     };
     let len = usize::try_from(len).unwrap_or(usize::MAX);
-    if let Ok(request) = decode_request(body, Some(len)) {
-        validate_all(&request, signatures);
+    match decode_request(body, Some(len)) {
+        Ok(request) => validate_all(&request, signatures),
+        Err(_) => false,
     }
 }
 
 /// A JSON body for one model: the first byte chooses the signature.
-pub fn decode_and_validate(bytes: &[u8], signatures: &[ModelSignature]) {
+pub fn decode_and_validate(bytes: &[u8], signatures: &[ModelSignature]) -> bool {
     let Some((selector, body)) = bytes.split_first() else {
-        return;
+        return false;
     };
     let signature = &signatures[*selector as usize % signatures.len()];
-    if let Ok(request) = decode_request(body, None) {
-        if validate_request(&request, signature).is_ok() {
-            batch_like_the_worker(&request, signature);
-        }
+    let Ok(request) = decode_request(body, None) else {
+        return false;
+    };
+    let valid = validate_request(&request, signature).is_ok();
+    if valid {
+        batch_like_the_worker(&request, signature);
     }
+    valid
 }
 
 /// A training job body.
-pub fn training_job(bytes: &[u8]) {
-    let _ = infermq::training::parse_job(bytes);
+pub fn training_job(bytes: &[u8]) -> bool {
+    infermq::training::parse_job(bytes).is_ok()
 }
 
 /// Properties and headers built from the bytes.
-pub fn envelope(bytes: &[u8]) {
+pub fn envelope(bytes: &[u8]) -> bool {
     let mut r = Reader::new(bytes);
     let flags = r.u8();
     let mut properties = BasicProperties::default();
@@ -70,15 +81,17 @@ pub fn envelope(bytes: &[u8]) {
     if flags & 4 != 0 {
         properties = properties.with_headers(table(&mut r, 0));
     }
-    read_envelope(&properties);
+    read_envelope(&properties)
 }
 
-fn validate_all(request: &InferenceRequest, signatures: &[ModelSignature]) {
+/// Validates against every signature; true when the request decoded (the caller's question).
+fn validate_all(request: &InferenceRequest, signatures: &[ModelSignature]) -> bool {
     for signature in signatures {
         if validate_request(request, signature).is_ok() {
             batch_like_the_worker(request, signature);
         }
     }
+    true
 }
 
 /// What the batcher does with a valid job's batched inputs: join two jobs, cut one row.
