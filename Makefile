@@ -39,3 +39,8 @@ clean-ort:
 .PHONY: deploy-checks
 deploy-checks:
 	scripts/deploy-checks.sh
+
+.PHONY: fuzz
+# Long fuzz run (release, 3,000,000 inputs per target); make test runs a short one.
+fuzz:
+	scripts/fuzz.sh

@@ -86,6 +86,22 @@ impl ChildWorker {
         }
     }
 
+    /// The process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.try_wait().expect("try_wait") {
+            Some(status) => {
+                self.exited = Some(status);
+                false
+            }
+            None => true,
+        }
+    }
+
     pub fn sigkill(&mut self) {
         self.child.kill().expect("SIGKILL the worker");
         self.exited = Some(self.child.wait().expect("reap the worker"));
