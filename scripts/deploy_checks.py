@@ -17,10 +17,13 @@ RULES = os.path.join(ROOT, "deploy", "prometheus")
 
 
 def rule_files():
-    """deploy/prometheus/*.yml that hold rules (not the promtool tests)."""
+    """deploy/prometheus/*.yml that hold rule groups (not the promtool tests or the scrape config)."""
+    def has_groups(path):
+        with open(path) as f:
+            return any(line.startswith("groups:") for line in f)
     return sorted(
-        os.path.join(RULES, f) for f in os.listdir(RULES)
-        if f.endswith(".yml") and not f.endswith("_test.yml")
+        path for path in (os.path.join(RULES, f) for f in os.listdir(RULES))
+        if path.endswith(".yml") and not path.endswith("_test.yml") and has_groups(path)
     )
 
 # Panel types that show no query.
