@@ -8,6 +8,7 @@
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod supervision;
 
 pub use http::{serve, HttpState, StatusSource};
 pub use logging::LogFormat;

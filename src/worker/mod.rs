@@ -20,6 +20,7 @@ pub mod job;
 pub mod models;
 pub mod predict;
 mod session;
+mod supervisor;
 pub mod train;
 
 use std::net::SocketAddr;
