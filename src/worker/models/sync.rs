@@ -10,8 +10,9 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::{file_stamp, FileStamp, ModelRegistry, ServedVersion};
-use crate::batching::{batch_task, BatchLimits, MakeTask};
+use crate::batching::{batch_task, BatchLimits, FailBatch, MakeTask};
 use crate::config::{BatchingSettings, ExecutionProvider};
+use crate::protocol::ErrorCode;
 use crate::repository::{ModelEntry, ModelStore};
 use crate::runtime::{affinity, Backend, InstancePool, OrtBackend, SessionOptions};
 use crate::telemetry::Metrics;
@@ -154,7 +155,10 @@ impl ModelSync {
             .into_iter()
             .map(|b| Box::new(b) as Box<dyn Backend>)
             .collect();
-        let pool = match InstancePool::start(&name, boxed, &options.cpus, idle_tx) {
+        let panics = (self.metrics.clone(), name.clone(), version.to_string());
+        let on_panic: crate::runtime::instances::PanicHook =
+            Arc::new(move |_, _: &str| panics.0.supervision.instance_restart(&panics.1, &panics.2));
+        let pool = match InstancePool::start_with(&name, boxed, &options.cpus, idle_tx, on_panic) {
             Ok(pool) => pool,
             Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
         };
@@ -180,8 +184,13 @@ impl ModelSync {
             let info = info.clone();
             Box::new(move |backend: &mut dyn Backend| run_batch(backend, &info, batch))
         });
+        // A batch whose run panics fails each of its jobs as `internal`.
+        let fail: FailBatch<ShapeKey, Chunk> = Arc::new(|item| {
+            let job = item.payload.job.clone();
+            Box::new(move |message: &str| job.answer_failure(ErrorCode::Internal, message))
+        });
         self.tracker
-            .spawn(batch_task(limits, inbox_rx, pool, idle_rx, make_task));
+            .spawn(batch_task(limits, inbox_rx, pool, idle_rx, make_task, fail));
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.model_load(&name, &served.label, seconds, true);
         self.metrics.set_model_loaded(&name, &served.label, true);
