@@ -195,8 +195,13 @@ async fn session(
             }
             () = sleep_until(retry) => {}
             Some(reason) = failed_rx.recv() => break (SessionEnd::Failed(reason), None),
+            // lapin reports a channel closed by the broker here too: only a connection that is
+            // no longer connected ends the session (lapin marks it before it reports).
             event = connection_events.next() => if let Some(lapin::Event::Error(error)) = event {
-                break (SessionEnd::Failed(format!("connection: {error}")), None);
+                if !connection.status().connected() {
+                    break (SessionEnd::Failed(format!("connection: {error}")), None);
+                }
+                tracing::debug!(%error, "A channel failed; its owner handles it");
             },
             joined = &mut publisher => {
                 let (result, commands) = joined.expect("publisher task panicked");
