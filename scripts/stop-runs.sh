@@ -17,7 +17,7 @@ failed=0
 for run in $(seq 1 "$RUNS"); do
     out=$(env INFERMQ_STOP_RUNS=1 INFERMQ_STOP_JOBS="$JOBS" INFERMQ_STOP_WINDOW="${WINDOW:-0}" \
         ${WORKER_BIN:+INFERMQ_WORKER_BIN=$WORKER_BIN} cargo test --quiet --test fleet_term \
-        sigterm_under_load_answers_each_job_once -- --exact --nocapture 2>&1)
+        sigterm_under_load_answers_each_job_once -- --exact --include-ignored --nocapture 2>&1)
     status=$?
     echo "$out" >> "$log"
     line=$(echo "$out" | grep '^stop-run ' | sed "s|^stop-run 1/1|stop-run $run/$RUNS|")

@@ -329,7 +329,7 @@ fn every_family_has_help_and_no_job_labels() {
     m.result_returned("iris");
     let text = m.render();
     let families = m.registry().gather();
-    assert_eq!(families.len(), 22, "one family per documented metric");
+    assert_eq!(families.len(), 25, "one family per documented metric");
     for f in &families {
         assert!(f.name().starts_with("infermq_"), "{}", f.name());
         assert!(!f.help().is_empty(), "{} has no HELP", f.name());
