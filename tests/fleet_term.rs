@@ -4,7 +4,12 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
+use tokio::sync::Semaphore;
 
 use common::fleet::*;
 use common::*;
@@ -101,4 +106,156 @@ async fn sigterm_mid_load_drains_cleanly_without_duplicates() {
     client.close().await;
     let _ = admin.close(200, "bye".into()).await;
     cleanup(&prefix).await;
+}
+
+/// Stop-under-load runs: two workers share a queue, 12,000 jobs are published at once (or
+/// `INFERMQ_STOP_WINDOW` ahead of the answers), the first worker gets SIGTERM a second in while
+/// it holds a full prefetch buffer and batches in flight, and the second answers the rest.
+/// Every run must answer each job exactly once. `INFERMQ_STOP_RUNS` (default 3) and
+/// `INFERMQ_STOP_JOBS` size it; `scripts/stop-runs.sh` runs 30.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "duplicates still occur in about 1 run in 6 on a 2-core host (docs/OPERATIONS.md, Shutdown); run with scripts/stop-runs.sh"]
+async fn sigterm_under_load_answers_each_job_once() {
+    let runs = env_or("INFERMQ_STOP_RUNS", 3);
+    let jobs = env_or("INFERMQ_STOP_JOBS", 12_000);
+    let window = env_or("INFERMQ_STOP_WINDOW", 0);
+    let repo = model_repository(&["iris"]);
+    // Batches wait up to this long to fill, so the stopped worker holds jobs in flight as well
+    // as prefetched ones when it stops (the case that used to answer jobs twice).
+    let delay = env_or("INFERMQ_STOP_BATCH_DELAY_MS", 20);
+    std::fs::write(
+        repo.path().join("iris/config.toml"),
+        format!("max_batch_size = 256\nmax_queue_delay_ms = {delay}\ninstances = 1\n"),
+    )
+    .expect("iris config");
+    let mut failed = Vec::new();
+    for run in 1..=runs {
+        let (duplicates, unanswered) = stop_run(repo.path(), jobs, window).await;
+        // The line scripts/stop-runs.sh reads.
+        println!("stop-run {run}/{runs}: duplicates={duplicates} unanswered={unanswered}");
+        if duplicates + unanswered > 0 {
+            failed.push((run, duplicates, unanswered));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "runs with duplicates or unanswered jobs (run, duplicates, unanswered): {failed:?}"
+    );
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One stop-under-load run; (duplicates, unanswered).
+async fn stop_run(models: &std::path::Path, jobs: usize, window: usize) -> (usize, usize) {
+    let prefix = random_prefix();
+    let queue = format!("{prefix}.predict.iris");
+    let timeout = SHUTDOWN_TIMEOUT_MS.to_string();
+    let env = [("INFERMQ__WORKER__SHUTDOWN_TIMEOUT_MS", timeout.as_str())];
+    let mut client = client().await;
+    let admin = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("admin connection");
+    let mut first = ChildWorker::spawn(&prefix, models, &env);
+    let mut second = ChildWorker::spawn(&prefix, models, &env);
+    first.wait_ready(Duration::from_secs(60)).await;
+    second.wait_ready(Duration::from_secs(60)).await;
+
+    // The publisher runs on its own task, `window` jobs ahead of the distinct answers (0: no
+    // window, every job at once, so the workers hold full prefetch buffers when one stops).
+    let permits = Arc::new(Semaphore::new(if window == 0 { jobs } else { window }));
+    let publisher = {
+        let channel = client.channel().clone();
+        let reply_to = client.reply_queue().to_string();
+        let queue = queue.clone();
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            let mut confirms = Vec::with_capacity(jobs);
+            for id in 0..jobs {
+                permits.acquire().await.expect("open semaphore").forget();
+                let body = job_body(id);
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_reply_to(reply_to.as_str().into())
+                    .with_correlation_id(id.to_string().as_str().into());
+                let options = BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                };
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        options,
+                        &body.body,
+                        properties,
+                    )
+                    .await
+                    .expect("publish");
+                confirms.push(confirm);
+            }
+            for confirm in futures_util::future::join_all(confirms).await {
+                assert!(
+                    matches!(confirm, Ok(lapin::Confirmation::Ack(None))),
+                    "job not accepted by the broker: {confirm:?}"
+                );
+            }
+        })
+    };
+    let mut answers = Answers::default();
+    let load = Instant::now();
+    let term_at = load + Duration::from_secs(1);
+    let mut termed = None;
+    // Bounded: a job still unanswered this long after the last answer is counted unanswered.
+    let quiet = Duration::from_secs(30);
+    while answers.distinct() < jobs {
+        if termed.is_none() && Instant::now() >= term_at {
+            first.sigterm();
+            termed = Some(answers.distinct());
+        }
+        let wait = match termed {
+            None => term_at.saturating_duration_since(Instant::now()),
+            Some(_) => quiet,
+        };
+        match client.next_reply(wait).await {
+            Ok(delivery) => {
+                let before = answers.distinct();
+                answers.record(&delivery);
+                if window > 0 && answers.distinct() > before {
+                    permits.add_permits(1);
+                }
+            }
+            Err(_) if termed.is_none() => {}
+            Err(_) => break,
+        }
+    }
+    let at_term = termed.expect("the load ended before SIGTERM (raise INFERMQ_STOP_JOBS)");
+    publisher.await.expect("publisher");
+    let status = first
+        .wait_exit(Duration::from_millis(SHUTDOWN_TIMEOUT_MS + 5_000))
+        .await
+        .expect("the first worker did not exit within its shutdown timeout");
+    assert_eq!(status.code(), Some(0), "first worker exit status {status}");
+    settle(&mut client, &mut answers, second.addr, &admin, &queue).await;
+    answers.assert_no_errors();
+    let unanswered = answers.missing(0..jobs).len();
+    eprintln!(
+        "{} jobs in {:?}; SIGTERM after {at_term} answers; first worker: {:?}",
+        jobs,
+        load.elapsed(),
+        first.log_lines("Stopped consuming"),
+    );
+    if std::env::var("STOP_DEBUG").is_ok() {
+        eprintln!("FIRST LOG:\n{}", first.log_tail());
+    }
+    drop(second);
+    client.close().await;
+    let _ = admin.close(200, "bye".into()).await;
+    cleanup(&prefix).await;
+    (answers.duplicates(), unanswered)
 }

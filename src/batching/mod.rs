@@ -5,4 +5,4 @@ pub mod policy;
 pub mod task;
 
 pub use policy::{split_rows, BatchLimits, Batcher, Decision, Item};
-pub use task::{batch_task, MakeTask};
+pub use task::{batch_task, FailBatch, FailItem, MakeTask};

@@ -69,6 +69,8 @@ pub struct ModelRegistry {
     consumers: Mutex<BTreeMap<String, usize>>,
     /// Set by [`ModelRegistry::clear`] at shutdown: nothing is served again afterwards.
     closed: std::sync::atomic::AtomicBool,
+    /// Queues the broker refused to declare, by model (or `training`), with its reason.
+    unavailable: Mutex<BTreeMap<String, String>>,
 }
 
 impl Default for ModelRegistry {
@@ -79,6 +81,7 @@ impl Default for ModelRegistry {
             expected: RwLock::default(),
             consumers: Mutex::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
+            unavailable: Mutex::default(),
         }
     }
 }
@@ -227,9 +230,25 @@ impl ModelRegistry {
         self.publish_names();
     }
 
-    /// `None` when every model found in the repository has a served version, and every served
-    /// model's queue is consumed (so a job published now is routed and read).
+    /// Records that `queue_of`'s queue (a model, or `training`) cannot be declared, with the
+    /// broker's reason; `None` clears it once declared.
+    pub fn set_unavailable(&self, queue_of: &str, reason: Option<&str>) {
+        if let Ok(mut unavailable) = self.unavailable.lock() {
+            match reason {
+                Some(reason) => unavailable.insert(queue_of.to_string(), reason.to_string()),
+                None => unavailable.remove(queue_of),
+            };
+        }
+    }
+
+    /// `None` when every model found in the repository has a served version, every served
+    /// model's queue is consumed (so a job published now is routed and read), and no queue is
+    /// refused by the broker.
     pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(refused) = self.unavailable.lock().ok().filter(|u| !u.is_empty()) {
+            let list: Vec<String> = refused.iter().map(|(m, r)| format!("{m} ({r})")).collect();
+            return Some(format!("queues the broker refused: {}", list.join("; ")));
+        }
         let expected = self.expected.read().ok()?.clone();
         let missing: Vec<String> = expected
             .into_iter()

@@ -3,8 +3,17 @@
 //! The batch task hands a task to an instance it knows is idle; the instance reports back on
 //! `idle` when the task is done. Dropping the pool ends the threads once their current task is
 //! done, and their sessions with them.
+//!
+//! A task that panics does not take its instance with it: the panic is caught, reported to the
+//! pool's [`PanicHook`] (counted and logged by the worker), and the instance goes on with the
+//! same backend, reporting itself idle as after any task — so the batch task never hands work
+//! to a dead thread. Keeping the backend is sound for ONNX Runtime: a Rust panic cannot unwind
+//! through ONNX Runtime's C frames (it would abort the process instead), so a caught panic
+//! happened in Rust code before or after a `Run` call, and a session holds no per-run state.
+//! The jobs of the panicking task are ended by the task's own wrapper (`batching::task`).
 
-use std::sync::mpsc;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -14,6 +23,18 @@ use super::Backend;
 /// Work for an instance: runs on its thread with exclusive use of the backend.
 pub type InstanceTask = Box<dyn FnOnce(&mut dyn Backend) + Send>;
 
+/// Called on an instance thread with its index and the panic's message after a task panicked.
+pub type PanicHook = Arc<dyn Fn(usize, &str) + Send + Sync>;
+
+/// The text of a panic payload (`&str` or `String`; anything else is "unknown panic").
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
 /// The instance threads of one model version.
 pub struct InstancePool {
     senders: Vec<mpsc::SyncSender<InstanceTask>>,
@@ -22,18 +43,32 @@ pub struct InstancePool {
 
 impl InstancePool {
     /// Starts one thread per backend, pinned to `cpus[index % cpus.len()]` when `cpus` is
-    /// not empty. Each reports its index on `idle` after every task.
+    /// not empty. Each reports its index on `idle` after every task. A panicking task is only
+    /// logged; [`InstancePool::start_with`] also reports it.
     pub fn start(
         name: &str,
         backends: Vec<Box<dyn Backend>>,
         cpus: &[usize],
         idle: UnboundedSender<usize>,
     ) -> std::io::Result<InstancePool> {
+        InstancePool::start_with(name, backends, cpus, idle, Arc::new(|_, _| {}))
+    }
+
+    /// [`InstancePool::start`], calling `on_panic` whenever a task panics.
+    pub fn start_with(
+        name: &str,
+        backends: Vec<Box<dyn Backend>>,
+        cpus: &[usize],
+        idle: UnboundedSender<usize>,
+        on_panic: PanicHook,
+    ) -> std::io::Result<InstancePool> {
         let mut senders = Vec::with_capacity(backends.len());
         let mut threads = Vec::with_capacity(backends.len());
         for (index, mut backend) in backends.into_iter().enumerate() {
             let (tx, rx) = mpsc::sync_channel::<InstanceTask>(1);
             let idle = idle.clone();
+            let on_panic = on_panic.clone();
+            let model = name.to_string();
             let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
             let thread = std::thread::Builder::new()
                 .name(format!("infer-{name}-{index}"))
@@ -44,7 +79,12 @@ impl InstancePool {
                         }
                     }
                     for task in rx {
-                        task(backend.as_mut());
+                        let ran = catch_unwind(AssertUnwindSafe(|| task(backend.as_mut())));
+                        if let Err(payload) = ran {
+                            let message = panic_message(payload.as_ref());
+                            tracing::error!(%model, instance = index, panic = %message, "Inference instance panicked; its batch failed, the instance goes on");
+                            on_panic(index, &message);
+                        }
                         if idle.send(index).is_err() {
                             break;
                         }

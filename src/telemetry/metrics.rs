@@ -54,6 +54,8 @@ pub struct Metrics {
     training_samples: IntCounterVec,
     training_seconds: HistogramVec,
     training_in_progress: IntGauge,
+    /// Consumer restarts, refused queue declarations, instance restarts.
+    pub supervision: super::supervision::Supervision,
 }
 
 const MV: &[&str] = &["model", "version"];
@@ -143,6 +145,7 @@ impl Metrics {
             training_samples: counter_vec(&r, "infermq_training_samples_total", "Samples in finished training jobs.", &["model"]),
             training_seconds: histogram_vec(&r, "infermq_training_seconds", "Duration of training jobs.", TRAINING_BUCKETS.to_vec(), &["model"]),
             training_in_progress: reg(&r, IntGauge::new("infermq_training_in_progress", "Training jobs running now.").expect("valid gauge")),
+            supervision: super::supervision::Supervision::new(&r),
             registry: r,
         }
     }
@@ -178,6 +181,7 @@ impl Metrics {
         self.model_load_failures.with_label_values(&mv);
         self.model_load.with_label_values(&mv);
         self.model_loaded.with_label_values(&mv);
+        self.supervision.touch(model, version);
         ModelMetrics {
             inner: Arc::new(ModelSeries {
                 jobs,
@@ -206,6 +210,7 @@ impl Metrics {
         }
         let _ = self.rows.remove_label_values(&mv);
         let _ = self.model_load_failures.remove_label_values(&mv);
+        self.supervision.remove_version(model, version);
         for h in [
             &self.batch_rows,
             &self.queue_wait,

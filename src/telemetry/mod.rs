@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 mod outcome;
 pub mod trace;
+pub mod supervision;
 
 pub use http::{serve, HttpState, StatusSource};
 pub use logging::LogFormat;

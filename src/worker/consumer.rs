@@ -1,16 +1,21 @@
 //! One consumer per served model, on its own channel, and the per-worker events consumer.
 //!
-//! Cancelling a consumer (shutdown, or its model left the repository) sends `basic.cancel`,
-//! then returns every delivery it had prefetched but not started to the queue (`nack`, requeue).
-//! Its channel stays open until the worker's jobs are settled: closing a channel makes the
-//! broker requeue its unacked deliveries, so a job answered a moment later could not be acked
-//! and would be answered again by the next worker.
+//! A prediction consumer ends in one of the ways [`ConsumerEnd`] names; the session's
+//! supervisor (`session.rs`) restarts those that ended on their own and retries those whose
+//! queue the broker refused, so one model's trouble never ends the broker session.
+//!
+//! Cancelling a consumer (shutdown, or its model left the repository) sends `basic.cancel`;
+//! the channel then stays open until the jobs received on it are settled, and closes with one
+//! final ack ([`AckTracker::close_when_settled`]). Deliveries it had prefetched but not started
+//! are not nacked one by one: the channel close returns them to the queue, right after that
+//! final ack. (On a quorum queue a burst of individual requeues makes the broker hold back the
+//! acks that follow, and a close then drops them: jobs already answered were redelivered.)
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use tokio::sync::{mpsc, Notify};
@@ -22,115 +27,135 @@ use crate::broker::Topology;
 use crate::jobs::inflight::{Answerer, Delivered};
 use crate::jobs::predict::{handle_delivery, PredictContext};
 
-/// Consumes `model`'s prediction queue until cancelled or the channel fails (reported on
-/// `failed`).
-#[allow(clippy::too_many_arguments)]
+/// How a prediction consumer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerEnd {
+    /// Cancelled: shutdown, or its model is no longer served.
+    Stopped,
+    /// The broker refused to declare its queue (e.g. declared elsewhere with other arguments:
+    /// PRECONDITION_FAILED); the broker's reason.
+    DeclareRefused(String),
+    /// It could not start for another reason (opening its channel, qos or consume failed).
+    StartFailed(String),
+    /// It ended on its own after it had started: its channel was closed or its consumer
+    /// cancelled by the broker (e.g. the queue was deleted).
+    Lost { reason: String, ran: Duration },
+}
+
+/// What a prediction consumer needs besides its model.
+pub struct ConsumerSetup {
+    pub connection: Arc<Connection>,
+    pub topology: Topology,
+    pub context: Arc<PredictContext>,
+    pub generation: u64,
+}
+
+/// Consumes `model`'s prediction queue until cancelled or it ends on its own; says how.
 pub async fn predict_consumer_task(
-    connection: Arc<Connection>,
-    topology: Topology,
+    setup: Arc<ConsumerSetup>,
     model: String,
     prefetch: u16,
-    context: Arc<PredictContext>,
-    generation: u64,
     cancel: CancellationToken,
-    failed: mpsc::UnboundedSender<String>,
-) {
-    let queue = topology.predict_queue(&model);
-    let started = async {
-        let channel = connection.create_channel().await?;
+) -> ConsumerEnd {
+    let queue = setup.topology.predict_queue(&model);
+    let channel = match setup.connection.create_channel().await {
+        Ok(channel) => channel,
+        Err(error) => return ConsumerEnd::StartFailed(format!("opening a channel: {error}")),
+    };
+    // A refused declare closes the channel (channel-level error): nothing to close here.
+    if let Err(error) = setup.topology.declare_model(&channel, &model).await {
+        return ConsumerEnd::DeclareRefused(error.to_string());
+    }
+    setup.context.registry.set_unavailable(&model, None);
+    let tag = format!("infermq-{}-{}", model, uuid::Uuid::new_v4().simple());
+    let consumer = async {
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
-        topology.declare_model(&channel, &model).await?;
-        let tag = format!("infermq-{}-{}", model, uuid::Uuid::new_v4().simple());
-        let consumer = channel
+        channel
             .basic_consume(
                 queue.as_str().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        Ok::<_, lapin::Error>((channel, consumer, tag))
+            .await
     }
     .await;
-    let (channel, mut consumer, tag) = match started {
-        Ok(started) => started,
+    let mut consumer = match consumer {
+        Ok(consumer) => consumer,
         Err(error) => {
-            let _ = failed.send(format!("consumer for {queue}: {error}"));
-            return;
+            close_channel(&channel, "consumer did not start").await;
+            return ConsumerEnd::StartFailed(format!("consuming {queue}: {error}"));
         }
     };
+    let context = &setup.context;
     let _consuming = context.registry.consuming(&model);
     let acks = AckTracker::new(channel.clone());
     let label: Arc<str> = Arc::from(model.as_str());
+    let started = Instant::now();
     tracing::info!(%queue, prefetch, "Consuming");
-    loop {
+    let lost = loop {
         tokio::select! {
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     let delivered = Delivered {
                         delivery: acks.delivered(delivery.delivery_tag),
-                        generation,
+                        generation: setup.generation,
                         queue: queue.clone(),
                         properties: delivery.properties,
                         body: delivery.data,
                     };
-                    handle_delivery(&context, &label, delivered, delivery.redelivered)
+                    handle_delivery(context, &label, delivered, delivery.redelivered)
                 }
-                Some(Err(error)) => {
-                    let _ = failed.send(format!("consumer for {queue}: {error}"));
-                    return;
-                }
-                None => {
-                    let _ = failed.send(format!("consumer for {queue} was cancelled by the broker"));
-                    return;
-                }
+                Some(Err(error)) => break Some(format!("channel failed: {error}")),
+                None => break Some("consumer cancelled by the broker".to_string()),
             },
-            () = cancel.cancelled() => break,
+            () = cancel.cancelled() => break None,
         }
-    }
-    if channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await
-        .is_ok()
+    };
+    if lost.is_none()
+        && channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await
+            .is_ok()
     {
-        let returned = requeue_buffered(&mut consumer).await;
-        let unsettled = context.answerer.unsettled.load(Ordering::Acquire);
-        tracing::info!(%queue, returned, unsettled, "Stopped consuming");
+        let left = buffered(&mut consumer);
+        tracing::info!(%queue, left_to_return = left, unsettled = acks.outstanding(), "Stopped consuming");
     }
-    let answerer = context.answerer.clone();
-    answerer
+    drop(consumer);
+    // Jobs received on this channel settle through the publisher: the channel closes once
+    // they have (at once if the broker already closed it; their deliveries went back then).
+    context
+        .answerer
         .closing
-        .spawn(close_when_settled(channel, answerer.clone()));
+        .spawn(async move { acks.close_when_settled("consumer stopped").await });
+    match lost {
+        None => ConsumerEnd::Stopped,
+        Some(reason) => ConsumerEnd::Lost {
+            reason,
+            ran: started.elapsed(),
+        },
+    }
 }
 
-/// Holds `channel` open until no job of this worker is left unsettled, then closes it. An acker being used is not enough: lapin sends the ack from a task of its own,
-/// which a channel close issued meanwhile overtakes (the ack then fails and the broker requeues
-/// the answered job). Per channel, lapin reports nothing, so this waits for the worker-wide
-/// count: at shutdown that is the drain; after a model is removed under other load, its idle
-/// channel (no consumer, nothing unacked) may stay open until the worker is next idle or the
-/// connection closes. Any consumer whose jobs settle after it stops (the training consumer too)
-/// needs this.
+/// Holds `channel` open until no job of this worker is left unsettled, then closes it. For a
+/// consumer whose acks are not coalesced (training): an acker being used is not enough, as
+/// lapin sends the ack from a task of its own, which a channel close issued meanwhile
+/// overtakes (the ack then fails and the broker requeues the answered job).
 pub(super) async fn close_when_settled(channel: Channel, answerer: Arc<Answerer>) {
     answerer.wait_settled().await;
     close_channel(&channel, "consumer stopped").await;
 }
 
-/// After `basic.cancel-ok` every delivery the broker sent is in the consumer's buffer: return
-/// each to the queue.
-async fn requeue_buffered(consumer: &mut Consumer) -> usize {
-    let mut returned = 0;
-    while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
-        if delivery.acker.nack(requeue).await.is_ok() {
-            returned += 1;
-        }
+/// After `basic.cancel-ok` every delivery the broker sent is in the consumer's buffer: counts
+/// them (they stay unacked, and the channel close returns them).
+fn buffered(consumer: &mut Consumer) -> usize {
+    let mut left = 0;
+    while let Some(Some(Ok(_))) = consumer.next().now_or_never() {
+        left += 1;
     }
-    returned
+    left
 }
 
 /// Listens on this worker's queue bound to the models exchange and wakes the repository sync

@@ -16,6 +16,7 @@
 
 mod consumer;
 mod session;
+mod supervisor;
 mod train;
 
 use std::net::SocketAddr;

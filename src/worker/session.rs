@@ -1,20 +1,20 @@
 //! The broker side of the worker: one connection at a time, with its publisher and consumers,
 //! reconnecting after failures until shutdown.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::Connection;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::consumer::{events_task, predict_consumer_task};
+use super::consumer::{events_task, ConsumerSetup};
+use super::supervisor::Supervisor;
 use super::WorkerStatus;
 use crate::broker::connection::{connect_with_retry, Backoff};
 use crate::broker::publisher::{publisher_task, PublisherContext};
@@ -101,21 +101,6 @@ pub async fn broker_task(
     }
 }
 
-struct Consumers {
-    running: BTreeMap<String, (CancellationToken, JoinHandle<()>)>,
-}
-
-impl Consumers {
-    async fn stop_all(&mut self) {
-        for (_, (cancel, _)) in self.running.iter() {
-            cancel.cancel();
-        }
-        for (_, (_, handle)) in std::mem::take(&mut self.running) {
-            let _ = handle.await;
-        }
-    }
-}
-
 async fn session(
     ctx: &Arc<BrokerContext>,
     connection: Arc<Connection>,
@@ -175,15 +160,24 @@ async fn session(
         session_stop.clone(),
         failed_tx.clone(),
     ));
-    let predict = Arc::new(PredictContext {
-        registry: ctx.registry.clone(),
-        answerer: ctx.answerer.clone(),
+    let setup = Arc::new(ConsumerSetup {
+        connection: connection.clone(),
         topology: ctx.topology.clone(),
-        max_message_bytes: ctx.settings.broker.max_message_bytes,
+        context: Arc::new(PredictContext {
+            registry: ctx.registry.clone(),
+            answerer: ctx.answerer.clone(),
+            topology: ctx.topology.clone(),
+            max_message_bytes: ctx.settings.broker.max_message_bytes,
+        }),
+        generation,
     });
-    let mut consumers = Consumers {
-        running: BTreeMap::new(),
-    };
+    let prefetch_ctx = ctx.clone();
+    let mut consumers = Supervisor::new(
+        setup,
+        ctx.registry.clone(),
+        ctx.metrics.clone(),
+        Box::new(move |model| prefetch_for(&prefetch_ctx, model)),
+    );
     let mut names = ctx.registry.names();
     let mut connection_events = connection.events_listener();
     ctx.status.connected.store(true, Ordering::Release);
@@ -193,21 +187,26 @@ async fn session(
     // `returned` holds the command queue when the publisher already ended (its failure ended
     // the session); otherwise the publisher is stopped after the consumers.
     let (end, returned) = loop {
-        let wanted: BTreeSet<String> = names.borrow_and_update().clone();
-        reconcile(
-            ctx,
-            &connection,
-            generation,
-            &predict,
-            &mut consumers,
-            &wanted,
-            &failed_tx,
-        );
+        let wanted: BTreeSet<String> = names.borrow().clone();
+        consumers.reconcile(&wanted, Instant::now());
+        let retry = consumers.next_retry();
         tokio::select! {
             changed = names.changed() => if changed.is_err() { break (SessionEnd::Stopped, None) },
+            Some(ended) = consumers.next_end() => {
+                let connected = connection.status().connected();
+                if let Err(reason) = consumers.on_end(ended, connected, Instant::now()) {
+                    break (SessionEnd::Failed(reason), None);
+                }
+            }
+            () = sleep_until(retry) => {}
             Some(reason) = failed_rx.recv() => break (SessionEnd::Failed(reason), None),
+            // lapin reports a channel closed by the broker here too: only a connection that is
+            // no longer connected ends the session (lapin marks it before it reports).
             event = connection_events.next() => if let Some(lapin::Event::Error(error)) = event {
-                break (SessionEnd::Failed(format!("connection: {error}")), None);
+                if !connection.status().connected() {
+                    break (SessionEnd::Failed(format!("connection: {error}")), None);
+                }
+                tracing::debug!(%error, "A channel failed; its owner handles it");
             },
             joined = &mut publisher => {
                 let (result, commands) = joined.expect("publisher task panicked");
@@ -270,45 +269,11 @@ async fn graceful_drain(ctx: &Arc<BrokerContext>, batch_tasks: &TaskTracker) {
     }
 }
 
-/// Starts consumers for newly served models and stops those of models no longer served.
-fn reconcile(
-    ctx: &Arc<BrokerContext>,
-    connection: &Arc<Connection>,
-    generation: u64,
-    predict: &Arc<PredictContext>,
-    consumers: &mut Consumers,
-    wanted: &BTreeSet<String>,
-    failed: &mpsc::UnboundedSender<String>,
-) {
-    let stale: Vec<String> = consumers
-        .running
-        .keys()
-        .filter(|m| !wanted.contains(*m))
-        .cloned()
-        .collect();
-    for model in stale {
-        if let Some((cancel, handle)) = consumers.running.remove(&model) {
-            cancel.cancel();
-            drop(handle);
-        }
-    }
-    for model in wanted {
-        if consumers.running.contains_key(model) {
-            continue;
-        }
-        let prefetch = prefetch_for(ctx, model);
-        let cancel = CancellationToken::new();
-        let handle = tokio::spawn(predict_consumer_task(
-            connection.clone(),
-            ctx.topology.clone(),
-            model.clone(),
-            prefetch,
-            predict.clone(),
-            generation,
-            cancel.clone(),
-            failed.clone(),
-        ));
-        consumers.running.insert(model.clone(), (cancel, handle));
+/// Sleeps until `at`; forever when `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

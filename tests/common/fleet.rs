@@ -39,7 +39,10 @@ impl ChildWorker {
         let log = log_dir.path().join("worker.log");
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_infermq"));
+        // INFERMQ_WORKER_BIN runs another build (e.g. an older one, to compare behaviour).
+        let bin = std::env::var_os("INFERMQ_WORKER_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_infermq").into());
+        let mut command = Command::new(bin);
         command
             .arg("worker")
             .current_dir(env!("CARGO_MANIFEST_DIR"))

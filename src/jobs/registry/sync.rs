@@ -10,9 +10,10 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::{file_stamp, FileStamp, ModelRegistry, ServedVersion};
-use crate::batching::{batch_task, BatchLimits, MakeTask};
+use crate::batching::{batch_task, BatchLimits, FailBatch, MakeTask};
 use crate::config::{BatchingSettings, ExecutionProvider};
 use crate::jobs::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
+use crate::jobs::error::JobError;
 use crate::repository::{ModelEntry, ModelStore};
 use crate::runtime::{affinity, Backend, InstancePool, OrtBackend, RuntimeError, SessionOptions};
 use crate::telemetry::Metrics;
@@ -178,7 +179,11 @@ impl ModelSync {
         let metrics = self.metrics.model(&name, &label);
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
-        let pool = match InstancePool::start(&name, backends, &options.cpus, idle_tx) {
+        let panics = (self.metrics.clone(), name.clone(), version.to_string());
+        let on_panic: crate::runtime::instances::PanicHook = Arc::new(move |_, _: &str| {
+            panics.0.supervision.instance_restart(&panics.1, &panics.2)
+        });
+        let pool = match InstancePool::start_with(&name, backends, &options.cpus, idle_tx, on_panic) {
             Ok(pool) => pool,
             Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
         };
@@ -204,8 +209,13 @@ impl ModelSync {
             let info = info.clone();
             Box::new(move |backend: &mut dyn Backend| run_batch(backend, &info, batch))
         });
+        // A batch whose run panics fails each of its jobs as `internal`.
+        let fail: FailBatch<ShapeKey, Chunk> = Arc::new(|item| {
+            let job = item.payload.job.clone();
+            Box::new(move |message: &str| job.answer_failure(JobError::internal(message)))
+        });
         self.tracker
-            .spawn(batch_task(limits, inbox_rx, pool, idle_rx, make_task));
+            .spawn(batch_task(limits, inbox_rx, pool, idle_rx, make_task, fail));
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.model_load(&name, &served.label, seconds, true);
         self.metrics.set_model_loaded(&name, &served.label, true);
