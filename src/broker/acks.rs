@@ -140,6 +140,9 @@ pub struct DeliveryRef {
 
 /// How often a closing tracker looks at its channel when no settlement wakes it (a channel
 /// lost meanwhile ends the wait: its deliveries went back to the broker with it).
+/// How long a stopping consumer's channel stays open after its last settlement is written.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
 const CLOSING_CHECK: Duration = Duration::from_millis(500);
 
 impl AckTracker {
@@ -215,6 +218,9 @@ impl AckTracker {
                         return;
                     }
                 }
+                // RabbitMQ 3.10's quorum-queue client drops settlements it still holds back when a
+                // channel closes (rabbitmq-server#10327): give it a moment to pass them on.
+                tokio::time::sleep(CLOSE_GRACE).await;
                 super::connection::close_channel(&self.channel, reason).await;
                 return;
             }

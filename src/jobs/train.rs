@@ -26,8 +26,8 @@ use crate::repository::{valid_model_name, ModelStore};
 use crate::runtime::SessionOptions;
 use crate::telemetry::Metrics;
 use crate::training::{
-    admit, parse_job, train_within, Budget, DataLimits, EpochReport, SessionFactory,
-    TrainOutcome, TrainingError,
+    admit, parse_job, train_within, Budget, DataLimits, EpochReport, SessionFactory, TrainOutcome,
+    TrainingError,
 };
 
 /// What training jobs need.

@@ -11,8 +11,8 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 mod outcome;
-pub mod trace;
 pub mod supervision;
+pub mod trace;
 
 pub use http::{serve, HttpState, StatusSource};
 pub use logging::LogFormat;

@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::{predict_consumer_task, ConsumerEnd, ConsumerSetup};
-use crate::jobs::registry::ModelRegistry;
 use crate::broker::connection::Backoff;
+use crate::jobs::registry::ModelRegistry;
 use crate::telemetry::Metrics;
 
 /// Restarting a consumer that ended on its own: 0.5 s doubling to 30 s.

@@ -180,10 +180,10 @@ impl ModelSync {
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
         let panics = (self.metrics.clone(), name.clone(), version.to_string());
-        let on_panic: crate::runtime::instances::PanicHook = Arc::new(move |_, _: &str| {
-            panics.0.supervision.instance_restart(&panics.1, &panics.2)
-        });
-        let pool = match InstancePool::start_with(&name, backends, &options.cpus, idle_tx, on_panic) {
+        let on_panic: crate::runtime::instances::PanicHook =
+            Arc::new(move |_, _: &str| panics.0.supervision.instance_restart(&panics.1, &panics.2));
+        let pool = match InstancePool::start_with(&name, backends, &options.cpus, idle_tx, on_panic)
+        {
             Ok(pool) => pool,
             Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
         };
@@ -244,7 +244,8 @@ impl ModelSync {
     fn unload(&self, name: &str, version: u64) {
         if self.registry.remove(name, version).is_some() {
             // Its series go with it, so retired versions do not accumulate.
-            self.metrics.remove_model_version(name, &version.to_string());
+            self.metrics
+                .remove_model_version(name, &version.to_string());
             tracing::info!(model = %name, version, "Model version unloaded");
         }
     }
