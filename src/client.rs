@@ -8,9 +8,10 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 
 use crate::broker::headers::BINARY_HEADER;
+use crate::broker::tls::{connect, ConnectError, TlsSettings};
 use crate::protocol::EncodedBody;
 
 /// Why a call failed.
@@ -18,6 +19,8 @@ use crate::protocol::EncodedBody;
 pub enum ClientError {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
     #[error("no queue {0}: no worker serves that model (the broker returned the job)")]
     Unroutable(String),
     #[error("the broker refused the job (nack)")]
@@ -35,12 +38,9 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let connection = Connection::connect(
-            url,
-            ConnectionProperties::default().with_connection_name("infermq-client".into()),
-        )
-        .await?;
+    /// Connects to `url` (`tls` is used by `amqps://` URLs).
+    pub async fn connect(url: &str, tls: &TlsSettings) -> Result<Client, ClientError> {
+        let connection = connect(url, tls, "infermq-client").await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

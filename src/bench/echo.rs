@@ -16,7 +16,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -35,10 +35,14 @@ pub struct EchoConsumer {
 }
 
 impl EchoConsumer {
-    /// Connects (its own connection), starts consuming `queue` and returns once it consumes.
-    /// `default_reply` is where jobs without `reply_to` are answered (`<prefix>.results`).
-    pub async fn start(url: &str, queue: &str, default_reply: &str) -> lapin::Result<Self> {
-        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    /// Starts consuming `queue` on `connection` (its own, closed when it stops) and returns
+    /// once it consumes. `default_reply` is where jobs without `reply_to` are answered
+    /// (`<prefix>.results`).
+    pub async fn start(
+        connection: Connection,
+        queue: &str,
+        default_reply: &str,
+    ) -> lapin::Result<Self> {
         let consume = connection.create_channel().await?;
         consume
             .basic_qos(ECHO_PREFETCH, BasicQosOptions::default())

@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lapin::options::QueueDeleteOptions;
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
+
+use crate::broker::tls::{connect, TlsSettings};
 use serde::Serialize;
 
 use crate::protocol::types::DataType;
@@ -99,7 +101,8 @@ struct JsonOutput<'a> {
 
 /// Runs the benchmark the flags describe, prints its report and returns one report per run
 /// (echo first when it ran).
-pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
+/// `tls` is used by `amqps://` URLs (`broker.tls` of the configuration).
+pub async fn run(args: &BenchArgs, tls: &TlsSettings) -> anyhow::Result<Vec<BenchReport>> {
     let datatype = DataType::parse(&args.datatype)
         .with_context(|| format!("--datatype {} is not a v2 datatype", args.datatype))?;
     let pace = match args.rate {
@@ -124,10 +127,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
         Encoding::Json
     };
     let bodies = BodyTemplate::build(&shape, encoding, args.jobs, args.seed)?;
-    let connection = Connection::connect(&args.url, ConnectionProperties::default())
+    let connection = connect(&args.url, tls, "infermq-bench")
         .await
         .with_context(|| format!("connecting to the broker at {}", redact(&args.url)))?;
-    let reports = run_all(&connection, args, pace, &bodies).await;
+    let reports = run_all(&connection, args, tls, pace, &bodies).await;
     if connection.status().connected() {
         let _ = connection.close(200, "bench done".into()).await;
     }
@@ -139,6 +142,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
 async fn run_all(
     connection: &Connection,
     args: &BenchArgs,
+    tls: &TlsSettings,
     pace: Pace,
     bodies: &BodyTemplate,
 ) -> anyhow::Result<Vec<BenchReport>> {
@@ -147,8 +151,12 @@ async fn run_all(
     if args.echo || args.echo_only {
         let queue = wire::echo_queue(&args.prefix, &args.model);
         wire::declare_job_queue(&setup, &queue, &args.prefix).await?;
-        let echo =
-            EchoConsumer::start(&args.url, &queue, &wire::results_queue(&args.prefix)).await?;
+        let echo = EchoConsumer::start(
+            connect(&args.url, tls, "infermq-bench-echo").await?,
+            &queue,
+            &wire::results_queue(&args.prefix),
+        )
+        .await?;
         let report = run_load(connection, &plan(args, pace, bodies, "echo", &queue)).await;
         let stopped = echo.stop().await;
         let deleted = setup

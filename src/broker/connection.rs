@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -43,17 +43,19 @@ impl Backoff {
     }
 }
 
+use super::tls::{connect, TlsSettings};
+
 /// Connects, retrying with `backoff` until it succeeds or `cancel` fires (then `None`).
 pub async fn connect_with_retry(
     url: &str,
+    tls: &TlsSettings,
     name: &str,
     backoff: &mut Backoff,
     cancel: &CancellationToken,
 ) -> Option<Connection> {
     loop {
-        let properties = ConnectionProperties::default().with_connection_name(name.into());
         let attempt = tokio::select! {
-            result = Connection::connect(url, properties) => result,
+            result = connect(url, tls, name) => result,
             () = cancel.cancelled() => return None,
         };
         match attempt {
@@ -63,7 +65,14 @@ pub async fn connect_with_retry(
             }
             Err(error) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Broker connection failed");
+                let retry_in_ms = delay.as_millis() as u64;
+                if error.is_configuration() {
+                    // Retrying cannot help until someone fixes a file or a certificate, but the
+                    // fix may come without a restart (a mounted Secret), so keep trying.
+                    tracing::error!(%error, retry_in_ms, "Broker connection refused");
+                } else {
+                    tracing::warn!(%error, retry_in_ms, "Broker connection failed");
+                }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = cancel.cancelled() => return None,

@@ -3,9 +3,11 @@
 //! Second stage of the flow: `protocol` → `broker` → `batching` → `runtime`.
 
 pub mod acks;
+pub mod authz;
 pub mod connection;
 pub mod headers;
 pub mod publisher;
+pub mod tls;
 pub mod topology;
 
 pub use publisher::{Command, Disposition, OutgoingMessage, Settlement};

@@ -16,6 +16,7 @@ use super::job::{answer_error, reply_routing_key, Answerer, JobState, OutputPlan
 use super::models::{ModelRegistry, ServedVersion};
 use crate::batching::{split_rows, Item};
 use crate::broker::acks::DeliveryRef;
+use crate::broker::authz::authorize;
 use crate::broker::headers::JobHeaders;
 use crate::protocol::{decode_request, validate_request, ErrorCode, InferenceRequest, Tensor};
 use crate::runtime::Backend;
@@ -137,6 +138,11 @@ pub fn handle_delivery(
             return answer_error(answerer, reply, model, id.as_deref(), code, &message, None)
         }
     };
+    let user_id = reply.properties.user_id().as_ref().map(|u| u.as_str());
+    if let Err(e) = authorize(user_id, &served.allowed_users, "this model (allowed_users)") {
+        let (code, message) = (ErrorCode::InvalidRequest, e.to_string());
+        return answer_error(answerer, reply, model, id.as_deref(), code, &message, None);
+    }
     if let Err(e) = validate_request(&request, &served.signature) {
         return answer_error(
             answerer,

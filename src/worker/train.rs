@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::early::{early_names, message_id};
 use super::job::{error_result, reply_routing_key, requeue_or_dead_letter, send, Answerer, Reply};
 use crate::broker::acks::{AckTracker, DeliveryRef};
+use crate::broker::authz::authorize;
 use crate::broker::headers::JobHeaders;
 use crate::broker::publisher::Settled;
 use crate::broker::{Disposition, OutgoingMessage, Topology};
@@ -48,6 +49,8 @@ pub struct TrainContext {
     pub max_message_bytes: usize,
     /// `training.data_dir` (resolved) and `training.max_data_bytes`.
     pub data_limits: DataLimits,
+    /// `training.allowed_users`: broker users whose training jobs are accepted; empty: anyone.
+    pub allowed_users: Vec<String>,
     /// Wakes this worker's repository sync when a version was written.
     pub reload: Arc<Notify>,
     /// Shutdown: running trainings stop between batches and their jobs are requeued.
@@ -168,6 +171,15 @@ async fn handle_training(
         delivery_count,
     };
     let message_id = message_id(&reply.properties);
+    let user_id = reply.properties.user_id().as_ref().map(|u| u.as_str());
+    if let Err(e) = authorize(
+        user_id,
+        &ctx.allowed_users,
+        "training (training.allowed_users)",
+    ) {
+        let e = Err((ErrorCode::InvalidRequest, e.to_string()));
+        return answer(&ctx, reply, message_id.as_deref(), "", e, started);
+    }
     if reply.body.len() > ctx.max_message_bytes {
         let message = format!(
             "body: {} bytes exceeds broker.max_message_bytes = {}",
