@@ -288,8 +288,8 @@ impl Settings {
         if !self.broker.url.starts_with("amqp://") && !self.broker.url.starts_with("amqps://") {
             return invalid("broker.url", "must start with amqp:// or amqps://");
         }
-        if let Err(error) = self.broker.tls.check() {
-            return invalid("broker.tls", &error.to_string());
+        if let Err(crate::broker::tls::ConnectError::Settings(message)) = self.broker.tls.check() {
+            return invalid("broker.tls", message);
         }
         if self.broker.prefix.is_empty() || self.broker.prefix.contains(char::is_whitespace) {
             return invalid("broker.prefix", "must be a non-empty name without spaces");

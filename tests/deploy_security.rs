@@ -12,8 +12,8 @@ fn deploy_files_are_hardened() {
     let out = Command::new(root.join("scripts/check-deploy-security.sh"))
         .output()
         .expect("run scripts/check-deploy-security.sh");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(2) {
         println!("SKIPPED: {text}");
         return;

@@ -197,8 +197,7 @@ async fn restricted_users_do_what_security_md_says() {
         )
         .await;
     let error = consume
-        .err()
-        .expect("the producer consumed a job queue")
+        .expect_err("the producer consumed a job queue")
         .to_string();
     assert!(error.contains("ACCESS_REFUSED"), "{error}");
     client.close().await;
@@ -213,8 +212,7 @@ async fn restricted_users_do_what_security_md_says() {
         .publish(&train, &training_job().body, properties)
         .await;
     let error = forged
-        .err()
-        .expect("the broker took a forged user_id")
+        .expect_err("the broker took a forged user_id")
         .to_string();
     assert!(error.contains("PRECONDITION_FAILED"), "{error}");
 

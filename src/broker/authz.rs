@@ -67,10 +67,13 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    /// (case, user_id, allowed, Ok or the start of the message).
+    type Case<'a> = (&'a str, Option<&'a str>, &'a [String], Result<(), &'a str>);
+
     #[test]
     fn decisions() {
         let trainers = names(&["trainer", "ops"]);
-        let cases: [(&str, Option<&str>, &[String], Result<(), &str>); 6] = [
+        let cases: [Case; 6] = [
             ("empty list: anyone", None, &[], Ok(())),
             ("empty list: any user", Some("x"), &[], Ok(())),
             ("listed", Some("ops"), &trainers, Ok(())),
