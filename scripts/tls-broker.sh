@@ -18,6 +18,12 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=${INFERMQ_TLS_BROKER_DIR:-$ROOT/target/tls-broker}
+# The node runs as the rabbitmq user: when it cannot reach the checkout (e.g. under /root),
+# keep the node's files in /tmp instead.
+if [ -z "${INFERMQ_TLS_BROKER_DIR:-}" ] && [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1 \
+  && ! su rabbitmq -s /bin/sh -c "test -x '$ROOT'" 2>/dev/null; then
+  DIR=/tmp/infermq-tls-broker
+fi
 NODE=${INFERMQ_TLS_NODENAME:-infermq-tls@localhost}
 TLS_PORT=${INFERMQ_TLS_PORT:-5691}
 # A plaintext listener on the same node: the amqp:// side of the TLS cost benchmark, and the
