@@ -172,12 +172,9 @@ pub fn explain(scheme: &AMQPScheme, error: &str) -> String {
             .into()
     } else if e.contains("access_refused") || e.contains("access refused") || e.contains("403") {
         "the broker refused the user or password of broker.url".into()
-    } else if !tls
-        && (e.contains("reset")
-            || e.contains("eof")
-            || e.contains("broken pipe")
-            || e.contains("closed"))
-    {
+    } else if !tls && (e.contains("reset by peer") || e.contains("unexpected eof")) {
+        // What a TLS listener does with an AMQP protocol header; a broker that is restarting
+        // refuses the connection instead.
         "the broker closed the connection before the AMQP handshake; is broker.url an amqp:// URL at a TLS port (use amqps://)?"
             .into()
     } else {
