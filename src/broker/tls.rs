@@ -172,10 +172,14 @@ pub fn explain(scheme: &AMQPScheme, error: &str) -> String {
             .into()
     } else if e.contains("access_refused") || e.contains("access refused") || e.contains("403") {
         "the broker refused the user or password of broker.url".into()
-    } else if !tls && (e.contains("reset by peer") || e.contains("unexpected eof")) {
-        // What a TLS listener does with an AMQP protocol header; a broker that is restarting
-        // refuses the connection instead.
-        "the broker closed the connection before the AMQP handshake; is broker.url an amqp:// URL at a TLS port (use amqps://)?"
+    } else if !tls
+        && (e.contains("reset by peer")
+            || e.contains("unexpected eof")
+            || e.contains("failed to parse"))
+    {
+        // What a TLS listener does with an AMQP protocol header: a TLS alert (which is no AMQP
+        // frame) or a reset, depending on timing. A restarting broker refuses instead.
+        "the broker answered the AMQP handshake with something else or closed it; is broker.url an amqp:// URL at a TLS port (use amqps://)?"
             .into()
     } else {
         GENERIC.into()
@@ -207,6 +211,11 @@ mod tests {
             (
                 AMQPScheme::AMQP,
                 "IO error: Connection reset by peer (os error 104)",
+                "TLS port",
+            ),
+            (
+                AMQPScheme::AMQP,
+                "failed to parse: Parsing Error: ParserErrors { error: Nom(MapOpt), errors: None }",
                 "TLS port",
             ),
             (
