@@ -18,6 +18,7 @@ test: setup
 	mkdir -p target
 	$(CARGO) test --all-targets --no-fail-fast 2>&1 | tee target/test.log
 	@scripts/delete-prefix.sh test- || true
+	@scripts/tls-broker.sh stop || true
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "total: %d passed, %d failed\n", p, f }' target/test.log
 
 lint:

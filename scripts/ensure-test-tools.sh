@@ -9,3 +9,11 @@ fi
 if ! python3 -c "import onnx" >/dev/null 2>&1; then
   python3 -m pip install --quiet onnx
 fi
+# The deploy hardening check (scripts/check-deploy-security.sh): kubernetes-validate (PyPI) and
+# systemd-analyze (Debian's systemd package); the TLS test's certificates: openssl.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  python3 -m pip install --quiet kubernetes-validate
+fi
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd openssl
+fi

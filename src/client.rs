@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 
 use crate::broker::headers::BINARY_HEADER;
+use crate::broker::tls::{ConnectError, TlsAuth, TlsSettings};
 use crate::protocol::EncodedBody;
 
 /// Why a call failed.
@@ -18,6 +19,8 @@ use crate::protocol::EncodedBody;
 pub enum ClientError {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
     #[error("no queue {0}: no worker serves that model (the broker returned the job)")]
     Unroutable(String),
     #[error("the broker refused the job (nack)")]
@@ -32,18 +35,33 @@ pub struct Client {
     channel: Channel,
     reply_queue: String,
     replies: Consumer,
+    /// Sent as the `user_id` property of every job.
+    user_id: Option<String>,
+}
+
+/// The user named in `url` (`amqp://user:pass@host`), when it names one.
+fn url_user(url: &str) -> Option<String> {
+    let authority = url.split_once("://")?.1.split(['/', '?']).next()?;
+    if !authority.contains('@') {
+        return None;
+    }
+    let uri: lapin::uri::AMQPUri = url.parse().ok()?;
+    Some(uri.authority.userinfo.username).filter(|u| !u.is_empty())
 }
 
 impl Client {
-    /// Connects to `url`, or to the first reachable of a comma-separated list of URLs.
-    pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        Self::connect_any(&crate::broker::BrokerAddresses::parse_list(url)).await
+    /// Connects to `url`, or to the first reachable of a comma-separated list of URLs (the
+    /// nodes of a cluster); `tls` is used by `amqps://` URLs. Jobs carry `user_id` = the user of
+    /// the URL, which RabbitMQ checks against the connection's user; none when the login is the
+    /// client certificate's (`broker.tls.auth = "external"`) or the URL names no user.
+    pub async fn connect(url: &str, tls: &TlsSettings) -> Result<Client, ClientError> {
+        Self::connect_any(&crate::broker::BrokerAddresses::parse_list(url), tls).await
     }
 
-    /// Connects to the first reachable of `urls` (the nodes of a cluster), from a random start.
-    pub async fn connect_any(urls: &[String]) -> Result<Client, ClientError> {
+    /// Connects to the first reachable of `urls`, from a random start (see [`Client::connect`]).
+    pub async fn connect_any(urls: &[String], tls: &TlsSettings) -> Result<Client, ClientError> {
         let (connection, _node) =
-            crate::broker::connection::connect_any(urls, "infermq-client").await?;
+            crate::broker::connection::connect_any(urls, tls, "infermq-client").await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -61,12 +79,22 @@ impl Client {
                 FieldTable::default(),
             )
             .await?;
+        let user_id = match tls.auth {
+            TlsAuth::Plain => urls.iter().find_map(|url| url_user(url)),
+            TlsAuth::External => None,
+        };
         Ok(Client {
             connection,
             channel,
             reply_queue,
             replies,
+            user_id,
         })
+    }
+
+    /// Replaces the `user_id` property sent with each job.
+    pub fn set_user_id(&mut self, user_id: Option<String>) {
+        self.user_id = user_id;
     }
 
     /// The exclusive queue answers come to.
@@ -93,12 +121,16 @@ impl Client {
                 AMQPValue::LongLongInt(len as i64),
             );
         }
-        BasicProperties::default()
+        let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(body.content_type.into())
             .with_reply_to(self.reply_queue.as_str().into())
             .with_correlation_id(correlation_id.into())
-            .with_headers(headers)
+            .with_headers(headers);
+        match &self.user_id {
+            Some(user) => properties.with_user_id(user.as_str().into()),
+            None => properties,
+        }
     }
 
     /// Publishes to the default exchange with `mandatory` and waits for the broker's confirm.
@@ -186,4 +218,22 @@ pub fn headers(pairs: &[(&str, &str)]) -> FieldTable {
         );
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_user;
+
+    #[test]
+    fn the_user_of_the_url() {
+        let cases = [
+            ("amqp://alice:secret@host:5672/%2f", Some("alice")),
+            ("amqps://bob@host/vh", Some("bob")),
+            ("amqp://host:5672/%2f", None),
+            ("amqp://host/a@b", None),
+        ];
+        for (url, user) in cases {
+            assert_eq!(url_user(url).as_deref(), user, "{url}");
+        }
+    }
 }

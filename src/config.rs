@@ -50,6 +50,11 @@ pub struct BrokerSettings {
     /// environment). See [`crate::broker::BrokerAddresses`].
     #[serde(deserialize_with = "crate::broker::addresses::deserialize_urls")]
     pub url: Vec<String>,
+    /// File holding the URL or URLs (a mounted Secret); replaces `url` when set.
+    #[serde(default)]
+    pub url_file: PathBuf,
+    #[serde(default)]
+    pub tls: crate::broker::tls::TlsSettings,
     pub prefix: String,
     pub prefetch: u16,
     pub max_message_bytes: usize,
@@ -69,7 +74,24 @@ impl fmt::Debug for BrokerSettings {
             .field("prefetch", &self.prefetch)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("delivery_limit", &self.delivery_limit)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
+    }
+}
+
+impl BrokerSettings {
+    /// Replaces `url` by the first line of `url_file` when that is set (one URL, or a cluster's
+    /// URLs separated by commas).
+    fn read_url_file(&mut self) -> Result<(), ConfigError> {
+        if self.url_file.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&self.url_file).map_err(|e| ConfigError::Invalid {
+            key: "broker.url_file",
+            message: format!("{}: {e}", self.url_file.display()),
+        })?;
+        self.url = crate::broker::BrokerAddresses::parse_list(text.lines().next().unwrap_or(""));
+        Ok(())
     }
 }
 
@@ -179,7 +201,7 @@ pub struct TrainingSettings {
     pub enabled: bool,
     pub concurrency: usize,
     pub consumer_timeout_ms: u64,
-    /// Directory every `file://` training data URI must resolve inside; empty: no restriction.
+    /// Directory every `file://` training data URI must resolve inside; empty: `file://` refused.
     pub data_dir: PathBuf,
     /// Largest training data file read, in bytes.
     pub max_data_bytes: u64,
@@ -191,6 +213,10 @@ pub struct TrainingSettings {
     pub max_history: usize,
     /// Glob patterns (`*`, `?`) of the model names jobs may write; empty: any.
     pub allowed_models: Vec<String>,
+    /// Broker users (the AMQP `user_id` property) whose training jobs are accepted; empty:
+    /// anyone.
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
 }
 
 impl TrainingSettings {
@@ -272,9 +298,11 @@ impl Settings {
                 .with_list_parse_key("runtime.instance_cpus")
                 .with_list_parse_key("runtime.io_cpus")
                 .with_list_parse_key("broker.url")
+                .with_list_parse_key("training.allowed_users")
                 .source(Some(env)),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.broker.read_url_file()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -288,6 +316,9 @@ impl Settings {
         };
         if let Err(message) = crate::broker::addresses::check_urls(&self.broker.url) {
             return invalid("broker.url", &message);
+        }
+        if let Err(crate::broker::tls::ConnectError::Settings(message)) = self.broker.tls.check() {
+            return invalid("broker.tls", message);
         }
         if self.broker.prefix.is_empty() || self.broker.prefix.contains(char::is_whitespace) {
             return invalid("broker.prefix", "must be a non-empty name without spaces");
@@ -447,6 +478,10 @@ pub struct ModelConfig {
     pub execution_providers: Option<Vec<ExecutionProvider>>,
     #[serde(default)]
     pub version_policy: VersionPolicy,
+    /// Broker users (the AMQP `user_id` property) whose prediction jobs are accepted; empty:
+    /// anyone.
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
 }
 
 impl ModelConfig {

@@ -110,7 +110,7 @@ fn main() -> anyhow::Result<()> {
             } => predict(&settings, &model, version, input, binary, timeout_s).await,
             Command::Models { .. } => list_models(&settings),
             Command::Bench(args) => {
-                let reports = infermq::bench::run(&args).await?;
+                let reports = infermq::bench::run(&args, &settings.broker.tls).await?;
                 let lost: u64 = reports.iter().map(|r| r.lost).sum();
                 if lost > 0 {
                     bail!("{lost} jobs were never answered");
@@ -161,7 +161,7 @@ async fn predict(
     // Parse locally first so a typo is reported here, then re-encode (JSON or binary).
     let request = decode_request(&text, None).map_err(|e| anyhow::anyhow!("input: {e}"))?;
     let body = encode_request(&request, binary);
-    let mut client = Client::connect_any(&settings.broker.url).await?;
+    let mut client = Client::connect_any(&settings.broker.url, &settings.broker.tls).await?;
     let topology = Topology::new(
         settings.broker.prefix.clone(),
         settings.broker.delivery_limit,

@@ -142,7 +142,7 @@ async fn training_survives_a_node_stop(
         .into_iter()
         .find(|n| !on.contains(n))
         .expect("two workers leave a node free");
-    let mut client = Client::connect(&cluster::url(home))
+    let mut client = Client::connect(&cluster::url(home), &Default::default())
         .await
         .expect("client on its node");
     let client = &mut client;
@@ -298,7 +298,7 @@ async fn a_fleet_rides_out_node_stops_of_a_three_node_cluster() {
         .into_iter()
         .find(|n| *n != a && *n != home)
         .expect("three nodes");
-    let mut client = Client::connect(&cluster::url(home))
+    let mut client = Client::connect(&cluster::url(home), &Default::default())
         .await
         .expect("client on its node");
 

@@ -22,7 +22,10 @@ fn json_body(value: &serde_json::Value) -> EncodedBody {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_iris_mlp_trained_through_the_broker_is_served_as_a_new_version() {
     let repo = model_repository(&["iris"]);
-    let worker = TestWorker::start(settings(&random_prefix(), repo.path(), &[])).await;
+    let data_dir = manifest_path("models/iris");
+    let data_dir = data_dir.to_str().unwrap();
+    let extra = [("INFERMQ__TRAINING__DATA_DIR", data_dir)];
+    let worker = TestWorker::start(settings(&random_prefix(), repo.path(), &extra)).await;
     let mut client = client().await;
 
     // Watch the models exchange like another worker would.

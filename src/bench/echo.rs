@@ -35,13 +35,14 @@ pub struct EchoConsumer {
 }
 
 impl EchoConsumer {
-    /// Connects (its own connection), starts consuming `queue` and returns once it consumes.
-    /// `default_reply` is where jobs without `reply_to` are answered (`<prefix>.results`).
-    /// `url` may list a cluster's nodes, separated by commas.
-    pub async fn start(url: &str, queue: &str, default_reply: &str) -> lapin::Result<Self> {
-        let urls = crate::broker::BrokerAddresses::parse_list(url);
-        let (connection, _node) =
-            crate::broker::connection::connect_any(&urls, "infermq-bench-echo").await?;
+    /// Starts consuming `queue` on `connection` (its own, closed when it stops) and returns
+    /// once it consumes. `default_reply` is where jobs without `reply_to` are answered
+    /// (`<prefix>.results`).
+    pub async fn start(
+        connection: Connection,
+        queue: &str,
+        default_reply: &str,
+    ) -> lapin::Result<Self> {
         let consume = connection.create_channel().await?;
         consume
             .basic_qos(ECHO_PREFETCH, BasicQosOptions::default())

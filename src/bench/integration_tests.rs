@@ -54,7 +54,7 @@ async fn assert_echo_queue_deleted(url: &str, prefix: &str) {
 async fn echo_only_window_run_answers_every_job_once() {
     let prefix = random_prefix();
     let a = args(&prefix, &["--jobs", "2000", "--window", "256"]);
-    let reports = run(&a).await.unwrap();
+    let reports = run(&a, &Default::default()).await.unwrap();
     assert_eq!(reports.len(), 1);
     let r = &reports[0];
     assert_eq!(r.label, "echo");
@@ -76,7 +76,7 @@ async fn echo_only_rate_run_with_binary_bodies_answers_every_job_once() {
             "--jobs", "500", "--rate", "2000", "--binary", "--rows", "4", "--json",
         ],
     );
-    let reports = run(&a).await.unwrap();
+    let reports = run(&a, &Default::default()).await.unwrap();
     let r = &reports[0];
     assert_eq!(r.mode, "rate=2000/s");
     assert_eq!((r.published, r.ok, r.lost, r.duplicated), (500, 500, 0, 0));
@@ -101,11 +101,17 @@ async fn echo_then_model_reports_both_and_the_ratio() {
     wire::declare_job_queue(&channel, &model_queue, &prefix)
         .await
         .unwrap();
-    let stand_in = EchoConsumer::start(&a.url, &model_queue, &wire::results_queue(&prefix))
-        .await
-        .unwrap();
+    let stand_in = EchoConsumer::start(
+        Connection::connect(&a.url, ConnectionProperties::default())
+            .await
+            .expect("echo connects"),
+        &model_queue,
+        &wire::results_queue(&prefix),
+    )
+    .await
+    .unwrap();
 
-    let reports = run(&a).await;
+    let reports = run(&a, &Default::default()).await;
     let answered_by_stand_in = stand_in.stop().await.unwrap();
     let deleted = channel
         .queue_delete(model_queue.as_str().into(), Default::default())

@@ -24,6 +24,9 @@ use std::time::Duration;
 use anyhow::Context;
 use lapin::options::QueueDeleteOptions;
 use lapin::Connection;
+
+use crate::broker::connection::connect_any;
+use crate::broker::tls::TlsSettings;
 use serde::Serialize;
 
 use crate::protocol::types::DataType;
@@ -35,8 +38,7 @@ pub use stats::{BenchReport, LatencyMs};
 /// Flags of `infermq bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Broker URL, or the URLs of a cluster's nodes separated by commas (the first reachable,
-    /// from a random start, is used).
+    /// Broker URL.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -100,7 +102,8 @@ struct JsonOutput<'a> {
 
 /// Runs the benchmark the flags describe, prints its report and returns one report per run
 /// (echo first when it ran).
-pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
+/// `tls` is used by `amqps://` URLs (`broker.tls` of the configuration).
+pub async fn run(args: &BenchArgs, tls: &TlsSettings) -> anyhow::Result<Vec<BenchReport>> {
     let datatype = DataType::parse(&args.datatype)
         .with_context(|| format!("--datatype {} is not a v2 datatype", args.datatype))?;
     let pace = match args.rate {
@@ -126,14 +129,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
     };
     let bodies = BodyTemplate::build(&shape, encoding, args.jobs, args.seed)?;
     let urls = crate::broker::BrokerAddresses::parse_list(&args.url);
-    let (connection, node) = crate::broker::connection::connect_any(&urls, "infermq-bench")
+    let (connection, node) = connect_any(&urls, tls, "infermq-bench")
         .await
         .with_context(|| {
             let shown: Vec<String> = urls.iter().map(|u| redact(u)).collect();
             format!("connecting to the broker at {}", shown.join(", "))
         })?;
     tracing::info!(%node, "Broker node connected");
-    let reports = run_all(&connection, args, pace, &bodies).await;
+    let reports = run_all(&connection, args, tls, pace, &bodies).await;
     if connection.status().connected() {
         let _ = connection.close(200, "bench done".into()).await;
     }
@@ -145,6 +148,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
 async fn run_all(
     connection: &Connection,
     args: &BenchArgs,
+    tls: &TlsSettings,
     pace: Pace,
     bodies: &BodyTemplate,
 ) -> anyhow::Result<Vec<BenchReport>> {
@@ -153,8 +157,18 @@ async fn run_all(
     if args.echo || args.echo_only {
         let queue = wire::echo_queue(&args.prefix, &args.model);
         wire::declare_job_queue(&setup, &queue, &args.prefix).await?;
-        let echo =
-            EchoConsumer::start(&args.url, &queue, &wire::results_queue(&args.prefix)).await?;
+        let echo = EchoConsumer::start(
+            connect_any(
+                &crate::broker::BrokerAddresses::parse_list(&args.url),
+                tls,
+                "infermq-bench-echo",
+            )
+            .await?
+            .0,
+            &queue,
+            &wire::results_queue(&args.prefix),
+        )
+        .await?;
         let report = run_load(connection, &plan(args, pace, bodies, "echo", &queue)).await;
         let stopped = echo.stop().await;
         let deleted = setup

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -46,21 +46,23 @@ impl Backoff {
     }
 }
 
+use super::tls::{connect, ConnectError, TlsSettings};
+
 /// Connects to the next of `addresses`, moving on to the one after it with `backoff` between
 /// attempts, until it succeeds or `cancel` fires (then `None`). On success,
 /// [`BrokerAddresses::current_node`] names the node connected to.
 pub async fn connect_with_retry(
     addresses: &mut BrokerAddresses,
+    tls: &TlsSettings,
     name: &str,
     backoff: &mut Backoff,
     cancel: &CancellationToken,
 ) -> Option<Connection> {
     loop {
-        let properties = ConnectionProperties::default().with_connection_name(name.into());
         let url = addresses.next_url().to_string();
         let node = addresses.current_node().unwrap_or_default();
         let attempt = tokio::select! {
-            result = Connection::connect(&url, properties) => result,
+            result = connect(&url, tls, name) => result,
             () = cancel.cancelled() => return None,
         };
         match attempt {
@@ -71,7 +73,14 @@ pub async fn connect_with_retry(
             }
             Err(error) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(%error, %node, retry_in_ms = delay.as_millis() as u64, "Broker connection failed");
+                let retry_in_ms = delay.as_millis() as u64;
+                if error.is_configuration() {
+                    // Retrying cannot help until someone fixes a file or a certificate, but the
+                    // fix may come without a restart (a mounted Secret), so keep trying.
+                    tracing::error!(%error, %node, retry_in_ms, "Broker connection refused");
+                } else {
+                    tracing::warn!(%error, %node, retry_in_ms, "Broker connection failed");
+                }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = cancel.cancelled() => return None,
@@ -83,27 +92,27 @@ pub async fn connect_with_retry(
 
 /// Tries each of `urls` once, from a random start, and returns the first connection with its
 /// node (`host:port`), or the last error. For the producer CLI and the load generator.
-pub async fn connect_any(urls: &[String], name: &str) -> lapin::Result<(Connection, String)> {
+pub async fn connect_any(
+    urls: &[String],
+    tls: &TlsSettings,
+    name: &str,
+) -> Result<(Connection, String), ConnectError> {
     let mut addresses = BrokerAddresses::new(urls);
-    let mut last = None;
+    let mut last = ConnectError::Url("no broker address configured".into());
     for _ in 0..addresses.len() {
         let url = addresses.next_url().to_string();
-        let properties = ConnectionProperties::default().with_connection_name(name.into());
-        match Connection::connect(&url, properties).await {
+        match connect(&url, tls, name).await {
             Ok(connection) => {
                 return Ok((connection, addresses.current_node().unwrap_or_default()))
             }
             Err(error) => {
                 let node = addresses.current_node().unwrap_or_default();
                 tracing::warn!(%error, %node, "Broker connection failed; trying the next address");
-                last = Some(error);
+                last = error;
             }
         }
     }
-    // `addresses` is never empty, so `last` is set.
-    Err(last.unwrap_or_else(|| {
-        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into()
-    }))
+    Err(last)
 }
 
 /// Closes `channel` and waits for the broker's close-ok. A channel that is only dropped is

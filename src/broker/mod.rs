@@ -4,10 +4,12 @@
 
 pub mod acks;
 pub mod addresses;
+pub mod authz;
 pub mod connection;
 pub mod envelope;
 pub mod headers;
 pub mod publisher;
+pub mod tls;
 pub mod topology;
 
 pub use addresses::BrokerAddresses;

@@ -186,7 +186,7 @@ fn model_config_errors_name_the_key() {
 }
 
 #[test]
-fn training_data_limits_default_to_unconfined_and_one_gib() {
+fn training_data_limits_default_to_no_data_dir_and_one_gib() {
     let s = Settings::load_from(None, env(&[])).unwrap();
     assert_eq!(s.training.data_dir(), None);
     assert_eq!(s.training.max_data_bytes, 1 << 30);
@@ -274,5 +274,42 @@ fn otlp_endpoint_is_off_by_default_and_checked() {
     assert!(
         err.contains("telemetry.otlp_endpoint") && err.contains("http://"),
         "{err}"
+    );
+}
+
+#[test]
+fn broker_url_file_replaces_the_url_and_tls_keys_come_from_the_environment() {
+    let secret = write("amqps://worker:s3cret@rabbitmq.internal:5671/prod\n");
+    let path = secret.path().to_str().unwrap();
+    let s = Settings::load_from(
+        None,
+        env(&[
+            ("INFERMQ__BROKER__URL_FILE", path),
+            ("INFERMQ__BROKER__TLS__CA_FILE", "/etc/infermq/ca.pem"),
+            ("INFERMQ__BROKER__TLS__CERT_FILE", "/etc/infermq/client.pem"),
+            ("INFERMQ__BROKER__TLS__KEY_FILE", "/etc/infermq/client.key"),
+            ("INFERMQ__BROKER__TLS__AUTH", "external"),
+            ("INFERMQ__TRAINING__ALLOWED_USERS", "trainer,ops"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        s.broker.url,
+        vec!["amqps://worker:s3cret@rabbitmq.internal:5671/prod"]
+    );
+    assert!(!format!("{:?}", s.broker).contains("s3cret"));
+    assert_eq!(s.broker.tls.ca_file, PathBuf::from("/etc/infermq/ca.pem"));
+    assert_eq!(s.broker.tls.auth, crate::broker::tls::TlsAuth::External);
+    assert_eq!(s.training.allowed_users, vec!["trainer", "ops"]);
+    let err = Settings::load_from(None, env(&[("INFERMQ__BROKER__URL_FILE", "/nonexistent")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("broker.url_file"), "{err}");
+    let err = Settings::load_from(None, env(&[("INFERMQ__BROKER__TLS__KEY_FILE", "/k.pem")]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "configuration key broker.tls: cert_file and key_file are set together or not at all"
     );
 }

@@ -16,6 +16,7 @@ use super::error::JobError;
 use super::inflight::{Answerer, Delivered, InFlight};
 use super::registry::{ModelRegistry, ServedVersion};
 use crate::batching::{split_rows, Item};
+use crate::broker::authz::authorize;
 use crate::broker::envelope::{Envelope, Route};
 use crate::broker::headers::JobHeaders;
 use crate::broker::Topology;
@@ -94,6 +95,10 @@ pub fn handle_delivery(
         Err(e) => return job.fail(e, request.id.as_deref()),
     };
     job.attach(&served.metrics);
+    let user_id = envelope.user_id.as_deref();
+    if let Err(e) = authorize(user_id, &served.allowed_users, "this model (allowed_users)") {
+        return job.fail(JobError::invalid(e.to_string()), request.id.as_deref());
+    }
     if let Err(e) = validate_request(&request, &served.signature) {
         return job.fail(e.into(), request.id.as_deref());
     }

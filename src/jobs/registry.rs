@@ -31,6 +31,8 @@ pub struct ServedVersion {
     pub limits: BatchLimits,
     pub instances: usize,
     pub execution_providers: Vec<&'static str>,
+    /// `allowed_users` of the model's `config.toml`: who may send prediction jobs; empty: anyone.
+    pub allowed_users: Vec<String>,
     pub metrics: ModelMetrics,
     inbox: mpsc::UnboundedSender<Item<ShapeKey, Chunk>>,
 }

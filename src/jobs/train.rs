@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::early::early_names;
 use super::error::JobError;
 use super::inflight::{Answerer, Delivered, InFlight};
+use crate::broker::authz::authorize;
 use crate::broker::envelope::{Envelope, Route};
 use crate::broker::Topology;
 use crate::protocol::ErrorCode;
@@ -46,6 +47,8 @@ pub struct TrainContext {
     pub budget: Budget,
     /// `training.allowed_models` (glob patterns; empty: any name).
     pub allowed_models: Vec<String>,
+    /// `training.allowed_users`: broker users whose training jobs are accepted; empty: anyone.
+    pub allowed_users: Vec<String>,
     /// Wakes this worker's repository sync when a version was written.
     pub reload: Arc<Notify>,
 }
@@ -74,6 +77,11 @@ pub async fn handle_training(
     if let Route::Refused(reason) = &envelope.route {
         let error = JobError::dead_letter(ErrorCode::InvalidRequest, reason.clone());
         return job.fail(error, message_id.as_deref());
+    }
+    let user_id = envelope.user_id.as_deref();
+    let what = "training (training.allowed_users)";
+    if let Err(e) = authorize(user_id, &ctx.allowed_users, what) {
+        return job.fail(JobError::invalid(e.to_string()), message_id.as_deref());
     }
     let size = job.body().len();
     if size > ctx.max_message_bytes {

@@ -17,8 +17,11 @@ use super::error::TrainingError;
 /// Where training data files may come from, and how large each may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataLimits {
-    /// The resolved directory every file must lie in; `None`: any file the worker can read.
+    /// The resolved directory every file must lie in; `None`: see `anywhere`.
     pub dir: Option<PathBuf>,
+    /// Without `dir`: true reads any file (tools and tests), false refuses every file (the
+    /// worker when `training.data_dir` is not set).
+    pub anywhere: bool,
     /// Largest file read, in bytes.
     pub max_bytes: u64,
 }
@@ -28,11 +31,13 @@ impl DataLimits {
     pub fn unrestricted() -> DataLimits {
         DataLimits {
             dir: None,
+            anywhere: true,
             max_bytes: u64::MAX,
         }
     }
 
-    /// The worker's limits: `dir` is resolved now and must be a directory.
+    /// The worker's limits: `dir` is resolved now and must be a directory; without it, every
+    /// file is refused.
     pub fn new(dir: Option<&Path>, max_bytes: u64) -> std::io::Result<DataLimits> {
         let dir = match dir {
             None => None,
@@ -47,7 +52,11 @@ impl DataLimits {
                 Some(resolved)
             }
         };
-        Ok(DataLimits { dir, max_bytes })
+        Ok(DataLimits {
+            dir,
+            anywhere: false,
+            max_bytes,
+        })
     }
 }
 
@@ -113,6 +122,13 @@ pub(super) fn read(
     field: &str,
     limits: &DataLimits,
 ) -> Result<Vec<u8>, TrainingError> {
+    if limits.dir.is_none() && !limits.anywhere {
+        // Refused before the path is looked at: the answer says nothing about the worker's disk.
+        return Err(invalid(
+            field,
+            "file:// training data is refused: training.data_dir is not set on this worker",
+        ));
+    }
     let cannot =
         |e: std::io::Error| invalid(field, format_args!("cannot read {}: {e}", path.display()));
     let resolved = std::fs::canonicalize(path).map_err(cannot)?;
@@ -295,9 +311,13 @@ mod tests {
         );
         let err = message(read(dir.path(), "data.uri", &limits).unwrap_err());
         assert!(err.contains("is not a regular file"), "{err}");
-        // The size limit holds without a data directory too.
-        let unconfined = DataLimits::new(None, 100).unwrap();
-        assert!(read(&dir.path().join("big.csv"), "data.uri", &unconfined).is_err());
+        // Without a data directory the worker reads no file at all; tools read any.
+        let no_dir = DataLimits::new(None, 100).unwrap();
+        let err = message(read(&dir.path().join("fits.csv"), "data.uri", &no_dir).unwrap_err());
+        assert!(
+            err.starts_with("data.uri: ") && err.contains("training.data_dir is not set"),
+            "{err}"
+        );
         assert!(read(
             &dir.path().join("big.csv"),
             "data.uri",

@@ -228,6 +228,7 @@ pub async fn run_with(
                 data_limits: data_limits.clone(),
                 budget: (&settings.training).into(),
                 allowed_models: settings.training.allowed_models.clone(),
+                allowed_users: settings.training.allowed_users.clone(),
                 reload: reload.clone(),
             })
         }),
@@ -264,14 +265,14 @@ pub async fn run_with(
     Ok(())
 }
 
-/// Resolves `training.data_dir` once; warns when training may read any file.
+/// Resolves `training.data_dir` once; without it, `file://` training data is refused.
 fn training_data_limits(settings: &Settings) -> Result<DataLimits, WorkerError> {
     let training = &settings.training;
     let dir = training.data_dir();
     if training.enabled && dir.is_none() {
-        tracing::warn!(
-            "training.data_dir is not set: training jobs may name any file this worker can read \
-             (file:// data URIs); set it to the directory that holds training data"
+        tracing::info!(
+            "training.data_dir is not set: training jobs with file:// data are refused; set it to \
+             the directory that holds training data"
         );
     }
     DataLimits::new(dir, training.max_data_bytes).map_err(|source| WorkerError::TrainingDataDir {

@@ -63,7 +63,7 @@ pub async fn broker_task(
     loop {
         let name = format!("infermq-worker-{}", std::process::id());
         let Some(connection) =
-            connect_with_retry(&mut addresses, &name, &mut backoff, &shutdown).await
+            connect_with_retry(&mut addresses, &broker.tls, &name, &mut backoff, &shutdown).await
         else {
             // Shutdown while disconnected: nothing can be acked; the broker redelivers.
             return;

@@ -192,7 +192,9 @@ pub async fn consume(channel: &lapin::Channel, queue: &str) -> lapin::Consumer {
 }
 
 pub async fn client() -> Client {
-    Client::connect(&amqp_url()).await.expect("client connects")
+    Client::connect(&amqp_url(), &Default::default())
+        .await
+        .expect("client connects")
 }
 
 /// Deletes a test prefix's queues and exchanges (best effort).

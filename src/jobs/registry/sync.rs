@@ -195,6 +195,7 @@ impl ModelSync {
             limits: limits.clone(),
             instances,
             execution_providers: options.effective(),
+            allowed_users: entry.config.allowed_users.clone(),
             metrics,
             inbox,
         });
