@@ -10,6 +10,7 @@ pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod gateway;
 pub mod onnx;
 pub mod protocol;
 pub mod repository;

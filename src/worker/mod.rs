@@ -17,6 +17,7 @@
 mod consumer;
 mod early;
 pub mod job;
+mod metadata;
 pub mod models;
 pub mod predict;
 mod session;

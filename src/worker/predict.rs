@@ -78,6 +78,9 @@ pub fn handle_delivery(
         queue: queue.to_string(),
         delivery_count: 0,
     };
+    if super::metadata::is_metadata_request(&reply.properties) {
+        return super::metadata::answer_metadata(ctx, reply, model);
+    }
     let answerer = &ctx.answerer;
     let message_id = message_id(&reply.properties);
     if data.len() > ctx.max_message_bytes {
