@@ -8,3 +8,11 @@ fi
 if ! python3 -c "import onnx" >/dev/null 2>&1; then
   python3 -m pip install --quiet onnx
 fi
+# The gateway tests (tests/gateway.rs): curl, and Triton's HTTP client checked against ONNX
+# Runtime's Python package (same version as .ort/).
+if ! command -v curl >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl
+fi
+if ! python3 -c "import tritonclient.http, onnxruntime, numpy" >/dev/null 2>&1; then
+  python3 -m pip install --quiet "tritonclient[http]" onnxruntime==1.31.1 numpy
+fi

@@ -141,50 +141,86 @@ where
 }
 
 /// Checks the path's model and version; the refusal is a 400.
-fn check_path(path: &ModelPath) -> Result<(), Response> {
-    policy::check_model(&path.model).map_err(|m| error(StatusCode::BAD_REQUEST, &m))?;
+fn check_path(path: &ModelPath) -> Result<(), Refusal> {
+    let bad = |message: String| Refusal::new(false, StatusCode::BAD_REQUEST, message);
+    policy::check_model(&path.model).map_err(bad)?;
     if let Some(v) = &path.version {
-        policy::check_version(v).map_err(|m| error(StatusCode::BAD_REQUEST, &m))?;
+        policy::check_version(v).map_err(bad)?;
     }
     Ok(())
 }
 
-/// Looks up the model's queue and answers what admission refuses.
-async fn admit(gw: &Gateway, model: &str, max_depth: u32) -> Result<(), Response> {
-    let state = gw
-        .queue_state(model)
-        .await
-        .map_err(|e| retry_later(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), 1))?;
+/// A request refused by the gateway itself; `known` says whether the model's queue exists
+/// (then its name is a metrics label).
+pub struct Refusal {
+    known: bool,
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn new(known: bool, status: StatusCode, message: String) -> Refusal {
+        Refusal {
+            known,
+            status,
+            message,
+            retry_after: None,
+        }
+    }
+
+    fn retry(mut self, seconds: u64) -> Refusal {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    fn answer(self) -> (bool, Response) {
+        let response = match self.retry_after {
+            Some(seconds) => retry_later(self.status, &self.message, seconds),
+            None => error(self.status, &self.message),
+        };
+        (self.known, response)
+    }
+}
+
+/// Looks up the model's queue and refuses what admission refuses.
+async fn admit(gw: &Gateway, model: &str, max_depth: u32) -> Result<(), Refusal> {
+    let state = gw.queue_state(model).await.map_err(|e| {
+        Refusal::new(false, StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry(1)
+    })?;
     let retry = policy::retry_after(gw.queue_check());
     match policy::admit(state, max_depth) {
         Admission::Admit => Ok(()),
-        Admission::UnknownModel => Err(error(
+        Admission::UnknownModel => Err(Refusal::new(
+            false,
             StatusCode::NOT_FOUND,
-            &format!("unknown model {model:?}: no worker serves it (no queue)"),
+            format!("unknown model {model:?}: no worker serves it (no queue)"),
         )),
-        Admission::NoConsumer => Err(retry_later(
+        Admission::NoConsumer => Err(Refusal::new(
+            true,
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("model {model:?}: no worker consumes its queue"),
-            retry,
-        )),
-        Admission::TooDeep { ready } => Err(retry_later(
+            format!("model {model:?}: no worker consumes its queue"),
+        )
+        .retry(retry)),
+        Admission::TooDeep { ready } => Err(Refusal::new(
+            true,
             StatusCode::TOO_MANY_REQUESTS,
-            &format!(
+            format!(
                 "model {model:?}: {ready} jobs wait in its queue (gateway.max_queue_depth = {max_depth})"
             ),
-            retry,
-        )),
+        )
+        .retry(retry)),
     }
 }
 
 async fn metadata(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
     let model = path.model.clone();
     counted(&gw, &model, Endpoint::Metadata, async {
-        if let Err(response) = check_path(&path) {
-            return (false, response);
+        if let Err(refusal) = check_path(&path) {
+            return refusal.answer();
         }
-        if let Err(response) = admit(&gw, &path.model, 0).await {
-            return (false, response);
+        if let Err(refusal) = admit(&gw, &path.model, 0).await {
+            return refusal.answer();
         }
         (
             true,
@@ -197,11 +233,11 @@ async fn metadata(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -
 async fn model_ready(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
     let model = path.model.clone();
     counted(&gw, &model, Endpoint::Ready, async {
-        if let Err(response) = check_path(&path) {
-            return (false, response);
+        if let Err(refusal) = check_path(&path) {
+            return refusal.answer();
         }
-        if let Err(response) = admit(&gw, &path.model, 0).await {
-            return (false, response);
+        if let Err(refusal) = admit(&gw, &path.model, 0).await {
+            return refusal.answer();
         }
         let Some(version) = path.version.as_deref() else {
             return (true, StatusCode::OK.into_response());
@@ -237,8 +273,8 @@ async fn infer(
                 retry_later(StatusCode::TOO_MANY_REQUESTS, &message, 1),
             );
         };
-        if let Err(response) = check_path(&path) {
-            return (false, response);
+        if let Err(refusal) = check_path(&path) {
+            return refusal.answer();
         }
         let body = match body {
             Ok(body) => body,
@@ -258,8 +294,8 @@ async fn infer(
             Ok(request) => request,
             Err(message) => return (false, error(StatusCode::BAD_REQUEST, &message)),
         };
-        if let Err(response) = admit(&gw, &path.model, gw.settings.max_queue_depth).await {
-            return (false, response);
+        if let Err(refusal) = admit(&gw, &path.model, gw.settings.max_queue_depth).await {
+            return refusal.answer();
         }
         let response = gw
             .infer(&path.model, path.version.as_deref(), request, &body)

@@ -258,6 +258,16 @@ pub async fn run(
     if let Some(started) = started {
         let _ = started.send(local);
     }
+    serve(gateway, listener, shutdown).await
+}
+
+/// Serves `gateway` on `listener` until `shutdown` is cancelled, then answers the requests in
+/// flight (within `gateway.shutdown_timeout_ms`) and closes the broker connections.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
     let stop = {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
@@ -274,7 +284,7 @@ pub async fn run(
     let result = tokio::select! {
         result = &mut server => result,
         () = shutdown.cancelled() => {
-            let limit = Duration::from_millis(settings.gateway.shutdown_timeout_ms);
+            let limit = Duration::from_millis(gateway.settings.shutdown_timeout_ms);
             match tokio::time::timeout(limit, &mut server).await {
                 Ok(result) => result,
                 Err(_) => {
