@@ -298,6 +298,7 @@ async fn curl_sees_every_status_and_the_job_carries_deadline_version_and_trace()
     ] {
         assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
     }
+    promtool_check(&metrics).await;
 
     // Reconnection: every pooled connection closed under the gateway; the next request opens new ones.
     for _ in 0..gw.gateway.broker.connections.status().size {
@@ -338,4 +339,32 @@ async fn curl_sees_every_status_and_the_job_carries_deadline_version_and_trace()
         .expect("gateway result");
     let _ = connection.close(200, "done".into()).await;
     worker.stop().await;
+}
+
+/// `promtool check metrics` (Prometheus' linter) finds nothing to say about the exposition.
+async fn promtool_check(metrics: &str) {
+    use tokio::io::AsyncWriteExt;
+    let spawned = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = spawned else {
+        eprintln!("SKIPPED promtool check: promtool not installed (scripts/ensure-test-tools.sh installs it)");
+        return;
+    };
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(metrics.as_bytes()).await.expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("promtool runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
 }
