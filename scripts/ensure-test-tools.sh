@@ -14,5 +14,7 @@ if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl
 fi
 if ! python3 -c "import tritonclient.http, onnxruntime, numpy" >/dev/null 2>&1; then
-  python3 -m pip install --quiet "tritonclient[http]" onnxruntime==1.31.1 numpy
+  # Not fatal: without them tests/gateway.rs says SKIPPED for the tritonclient test.
+  python3 -m pip install --quiet "tritonclient[http]" onnxruntime==1.31.1 numpy ||
+    echo "warning: pip could not install tritonclient[http], onnxruntime, numpy" >&2
 fi
