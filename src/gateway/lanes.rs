@@ -261,10 +261,23 @@ impl Broker {
 
     /// Closes every pooled connection (graceful stop, after the last answer).
     pub async fn close(&self) {
+        // Channels closed first and waited for: a channel only dropped is closed by lapin in
+        // the background, possibly after its connection (an ERROR in the logs).
+        let wait = Duration::from_millis(100);
+        for _ in 0..self.lanes.status().size {
+            match tokio::time::timeout(wait, self.lanes.get()).await {
+                Ok(Ok(lane)) => {
+                    crate::broker::connection::close_channel(&lane.channel, "gateway stopping")
+                        .await;
+                    let _ = deadpool::managed::Object::take(lane);
+                }
+                _ => break,
+            }
+        }
         self.lanes.close();
         let status = self.connections.status();
         for _ in 0..status.size {
-            match tokio::time::timeout(Duration::from_millis(100), self.connections.get()).await {
+            match tokio::time::timeout(wait, self.connections.get()).await {
                 Ok(Ok(connection)) => {
                     let _ = connection.close(200, "gateway stopping".into()).await;
                     let _ = deadpool::managed::Object::take(connection);
