@@ -17,3 +17,13 @@ fi
 if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd openssl
 fi
+# The gateway tests (tests/gateway.rs): curl, and Triton's HTTP client checked against ONNX
+# Runtime's Python package (same version as .ort/).
+if ! command -v curl >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl
+fi
+if ! python3 -c "import tritonclient.http, onnxruntime, numpy" >/dev/null 2>&1; then
+  # Not fatal: without them tests/gateway.rs says SKIPPED for the tritonclient test.
+  python3 -m pip install --quiet "tritonclient[http]" onnxruntime==1.31.1 numpy ||
+    echo "warning: pip could not install tritonclient[http], onnxruntime, numpy" >&2
+fi

@@ -41,6 +41,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
+    pub gateway: GatewaySettings,
 }
 
 #[derive(Clone, Deserialize)]
@@ -238,6 +239,57 @@ impl WorkerSettings {
     }
 }
 
+/// `infermq gateway`: the KServe v2 HTTP front door (see `docs/GATEWAY.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    pub listen: SocketAddr,
+    /// Wait for a result when the request names none; also the job's `x-deadline-ms`.
+    pub timeout_ms: u64,
+    /// Largest timeout a request may ask for.
+    pub max_timeout_ms: u64,
+    /// A model's queue holding more ready jobs than this is answered 429; 0: no bound.
+    pub max_queue_depth: u32,
+    /// How long a queue's state (exists, consumers, depth) is reused.
+    pub queue_check_ms: u64,
+    /// How long a model's metadata from the fleet is reused.
+    pub metadata_cache_ms: u64,
+    pub max_body_bytes: usize,
+    /// Requests answered at once; more are answered 429.
+    pub max_in_flight: usize,
+    /// Broker connections (a deadpool pool) and channels over them (each with its reply consumer).
+    pub connections: usize,
+    pub channels: usize,
+    pub shutdown_timeout_ms: u64,
+}
+
+impl GatewaySettings {
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.timeout_ms == 0 || self.max_timeout_ms < self.timeout_ms {
+            return Err((
+                "gateway.max_timeout_ms",
+                "needs 0 < timeout_ms <= max_timeout_ms",
+            ));
+        }
+        if self.queue_check_ms == 0 {
+            return Err(("gateway.queue_check_ms", "must be at least 1"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(("gateway.max_body_bytes", "must be at least 1"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(("gateway.max_in_flight", "must be at least 1"));
+        }
+        if self.connections == 0 || self.channels == 0 {
+            return Err((
+                "gateway.channels",
+                "connections and channels must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub use crate::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -395,6 +447,9 @@ impl Settings {
         if let Err(message) = crate::telemetry::trace::check_endpoint(&self.telemetry.otlp_endpoint)
         {
             return invalid("telemetry.otlp_endpoint", &message);
+        }
+        if let Err((key, message)) = self.gateway.check() {
+            return invalid(key, message);
         }
         Ok(())
     }

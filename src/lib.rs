@@ -11,6 +11,7 @@ pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod gateway;
 pub mod jobs;
 pub mod onnx;
 pub mod protocol;

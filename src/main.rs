@@ -41,6 +41,12 @@ enum Command {
         #[arg(long)]
         models: Option<PathBuf>,
     },
+    /// The KServe v2 HTTP gateway onto the queues (see docs/GATEWAY.md).
+    Gateway {
+        /// Address to listen on (overrides gateway.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Send one prediction job through the broker and print the result.
     Predict {
         #[arg(long)]
@@ -86,6 +92,12 @@ fn main() -> anyhow::Result<()> {
     {
         settings.repository.path = dir.clone();
     }
+    if let Command::Gateway {
+        listen: Some(addr), ..
+    } = &cli.command
+    {
+        settings.gateway.listen = *addr;
+    }
     infermq::telemetry::logging::init(settings.log.format, &settings.log.level)
         .map_err(anyhow::Error::msg)?;
     if matches!(cli.command, Command::Worker { .. }) && !settings.runtime.io_cpus.is_empty() {
@@ -101,6 +113,10 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Worker { .. } => run_worker(settings).await,
+            Command::Gateway { .. } => {
+                infermq::gateway::run(settings, cancel_on_signal(), None).await?;
+                Ok(())
+            }
             Command::Predict {
                 model,
                 version,
@@ -122,6 +138,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run_worker(settings: Settings) -> anyhow::Result<()> {
+    worker::run(settings, cancel_on_signal(), None).await?;
+    Ok(())
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT.
+fn cancel_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -139,8 +161,7 @@ async fn run_worker(settings: Settings) -> anyhow::Result<()> {
         }
         signals.cancel();
     });
-    worker::run(settings, shutdown, None).await?;
-    Ok(())
+    shutdown
 }
 
 async fn predict(

@@ -82,6 +82,8 @@ enum Tally {
     Predict(Option<ModelMetrics>),
     /// A training job, under its validated model name ("" until validated).
     Train { samples: u64 },
+    /// Not a job (a metadata request): settled like one, counted nowhere.
+    Untallied,
 }
 
 struct Held {
@@ -119,6 +121,17 @@ impl InFlight {
             received,
             Tally::Predict(None),
         )
+    }
+
+    /// A request that is not a job (metadata): settled like a job, never counted as one.
+    pub fn request(
+        answerer: &Arc<Answerer>,
+        delivered: Delivered,
+        envelope: &Envelope,
+        model: Arc<str>,
+        received: Instant,
+    ) -> InFlight {
+        InFlight::new(answerer, delivered, envelope, model, received, Tally::Untallied)
     }
 
     /// A training job (its model is named once its body is validated).

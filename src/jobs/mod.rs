@@ -19,6 +19,7 @@ pub mod batch;
 pub mod early;
 pub mod error;
 pub mod inflight;
+pub mod metadata;
 pub mod predict;
 pub mod registry;
 pub mod train;

@@ -42,6 +42,9 @@ pub fn handle_delivery(
         ctx.answerer.metrics.duplicate_delivery(model);
     }
     let envelope = Envelope::read(&delivered.properties, redelivered, &ctx.topology);
+    if super::metadata::is_metadata_request(&delivered.properties) {
+        return super::metadata::answer_metadata(ctx, delivered, &envelope, model);
+    }
     let message_id = envelope.message_id.clone();
     let mut job = InFlight::predict(&ctx.answerer, delivered, &envelope, model.clone(), received);
     if let Route::Refused(reason) = &envelope.route {

@@ -156,7 +156,7 @@ impl ModelRegistry {
         });
     }
 
-    fn versions_of(&self, model: &str) -> Vec<u64> {
+    pub(crate) fn versions_of(&self, model: &str) -> Vec<u64> {
         self.models
             .read()
             .map(|m| {

@@ -16,6 +16,7 @@ mod data;
 mod data_fast;
 mod data_write;
 pub mod error;
+pub mod metadata;
 pub mod request;
 pub mod response;
 pub mod tensor;

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The HTTP gateway against the direct queue path, on iris with 1-row JSON jobs, in the same run
+# and against the same worker (BENCHMARKS.md, "HTTP gateway"):
+#   1. throughput, closed loop with CONC requests in flight: `infermq bench --window CONC`
+#      straight onto the queue, then `oha -c CONC` through the gateway (ROUNDS rounds)
+#   2. latency at light load, open loop at LIGHT_RATE requests/s: `infermq bench --rate`, then
+#      `oha -q`; the gateway's added p50 is the difference of the two p50s
+# Needs oha (cargo install oha --locked; or OHA=/path/to/oha). Raw JSON goes to target/bench/.
+# Usage: scripts/bench-gateway.sh   (environment: JOBS, CONC, ROUNDS, LIGHT_RATE, LIGHT_JOBS)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OHA=${OHA:-oha}
+if ! command -v "$OHA" >/dev/null 2>&1; then
+  echo "oha not found: cargo install oha --locked (or set OHA=/path/to/oha)" >&2
+  exit 1
+fi
+JOBS=${JOBS:-20000}
+CONC=${CONC:-64}
+ROUNDS=${ROUNDS:-3}
+LIGHT_RATE=${LIGHT_RATE:-100}
+LIGHT_JOBS=${LIGHT_JOBS:-2000}
+out=target/bench
+mkdir -p "$out"
+cargo build --release --quiet --bin infermq
+bin=${CARGO_TARGET_DIR:-target}/release/infermq
+prefix="gwbench$RANDOM$RANDOM"
+wport=$((20000 + RANDOM % 20000))
+gport=$((wport + 1))
+pids=()
+trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; scripts/delete-prefix.sh "$prefix"' EXIT
+: >"$out/gateway-bench.log"
+export INFERMQ__BROKER__PREFIX=$prefix INFERMQ__LOG__LEVEL=warn
+INFERMQ__HTTP__LISTEN=127.0.0.1:$wport "$bin" worker >>"$out/gateway-bench.log" 2>&1 &
+pids+=($!)
+"$bin" gateway --listen 127.0.0.1:$gport >>"$out/gateway-bench.log" 2>&1 &
+pids+=($!)
+url=http://127.0.0.1:$gport/v2/models/iris/infer
+for _ in $(seq 1 150); do
+  curl -sf "http://127.0.0.1:$gport/v2/models/iris/ready" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -sf "http://127.0.0.1:$gport/v2/models/iris/ready" >/dev/null || { echo "gateway or worker not ready"; cat "$out/gateway-bench.log"; exit 1; }
+body='{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[0.61,-0.23,0.94,0.17]}]}'
+oha() { "$OHA" --no-tui --output-format json -m POST -H 'Content-Type: application/json' -d "$body" "$@" "$url"; }
+direct() { "$bin" bench --prefix "$prefix" --model iris --rows 1 --json "$@"; }
+
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+oha -n 2000 -c "$CONC" >/dev/null   # warm-up: channels, connections, caches
+echo "== 1. throughput, $CONC in flight, $JOBS requests per run"
+for round in $(seq 1 "$ROUNDS"); do
+  direct --jobs "$JOBS" --window "$CONC" >"$out/gw-direct-$round.json"
+  oha -n "$JOBS" -c "$CONC" >"$out/gw-http-$round.json"
+done
+echo "== 2. light load, $LIGHT_RATE requests/s, $LIGHT_JOBS requests"
+direct --jobs "$LIGHT_JOBS" --rate "$LIGHT_RATE" >"$out/gw-direct-light.json"
+oha -n "$LIGHT_JOBS" -c 8 -q "$LIGHT_RATE" >"$out/gw-http-light.json"
+python3 - "$out" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+
+def direct(name):
+    r = json.load(open(f"{out}/{name}.json"))["reports"][0]
+    assert r["lost"] == 0 and r["ok"] == r["jobs"], f"{name}: {r['ok']}/{r['jobs']} ok, {r['lost']} lost"
+    return r["jobs_per_s"], r["latency_ms"]["p50"], r["latency_ms"]["p99"]
+
+def http(name):
+    r = json.load(open(f"{out}/{name}.json"))
+    codes = r["statusCodeDistribution"]
+    assert set(codes) == {"200"}, f"{name}: statuses {codes}"
+    p = r["latencyPercentiles"]
+    return r["summary"]["requestsPerSec"], p["p50"] * 1e3, p["p99"] * 1e3
+
+ratios = []
+for i in range(1, rounds + 1):
+    d, h = direct(f"gw-direct-{i}"), http(f"gw-http-{i}")
+    ratios.append(h[0] / d[0])
+    print(f"  direct {d[0]:8.0f} jobs/s p50 {d[1]:6.2f} ms p99 {d[2]:6.2f} ms   gateway {h[0]:8.0f} req/s p50 {h[1]:6.2f} ms p99 {h[2]:6.2f} ms   ratio {ratios[-1]:.3f}")
+print(f"  median ratio gateway/direct {statistics.median(ratios):.3f}")
+d, h = direct("gw-direct-light"), http("gw-http-light")
+print(f"  light load: direct p50 {d[1]:.3f} ms p99 {d[2]:.3f} ms   gateway p50 {h[1]:.3f} ms p99 {h[2]:.3f} ms   added p50 {h[1] - d[1]:.3f} ms")
+PY

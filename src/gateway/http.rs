@@ -1,0 +1,349 @@
+//! The KServe v2 REST routes of the gateway. Each handler reads and checks the request's own
+//! fields ([`super::policy`]), asks the broker or the fleet ([`Gateway`]), and turns the answer
+//! into an HTTP response; bodies of inference requests and results are relayed as they are.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use lapin::message::Delivery;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::metrics::Endpoint;
+use super::policy::{self, Admission};
+use super::{Gateway, TIMEOUT_HEADER};
+use crate::broker::headers::BINARY_HEADER;
+
+/// The path of a model route: `/v2/models/{model}[/versions/{version}]…`.
+#[derive(Debug, Deserialize)]
+pub struct ModelPath {
+    model: String,
+    version: Option<String>,
+}
+
+/// Every route of the gateway.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let limit = gateway.settings.max_body_bytes;
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/healthz", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v2/models/{model}", get(metadata))
+        .route("/v2/models/{model}/versions/{version}", get(metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready),
+        )
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(gateway)
+}
+
+/// A KServe error body: `{"error": message}`.
+pub fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({ "error": message }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// An error that asks the client to come back: 429 and 503 carry `Retry-After`.
+fn retry_later(status: StatusCode, message: &str, seconds: u64) -> Response {
+    let mut response = error(status, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+/// An answer from a worker, relayed: its status from `x-error-code`, its body and framing as
+/// published.
+pub fn relay(delivery: Delivery) -> Response {
+    let properties = &delivery.properties;
+    let found = |name: &str| {
+        crate::broker::headers::find(properties.headers().as_ref(), name)
+            .and_then(crate::broker::headers::as_string)
+    };
+    let status = found("x-error-code")
+        .map(|code| policy::status_for_code(&code))
+        .unwrap_or(StatusCode::OK);
+    let content_type = properties
+        .content_type()
+        .as_ref()
+        .map(|c| c.as_str().to_string())
+        .unwrap_or_else(|| "application/json".to_string());
+    let mut response = Response::new(Body::from(delivery.data));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    if let Some(len) = found(BINARY_HEADER).and_then(|l| l.parse::<u64>().ok()) {
+        headers.insert("inference-header-content-length", HeaderValue::from(len));
+    }
+    response
+}
+
+async fn live() -> &'static str {
+    "live"
+}
+
+async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.readiness().await {
+        Ok(()) => "ready".into_response(),
+        Err(reason) => error(StatusCode::SERVICE_UNAVAILABLE, &reason),
+    }
+}
+
+async fn server_metadata() -> Response {
+    let body = json!({
+        "name": "infermq",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    });
+    axum::Json(body).into_response()
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    let body = gw.render_metrics();
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
+}
+
+/// Times and counts a handler's answer; `known` says whether the model's queue exists (only
+/// then is its name a label).
+async fn counted<F>(gw: &Gateway, model: &str, endpoint: Endpoint, handler: F) -> Response
+where
+    F: std::future::Future<Output = (bool, Response)>,
+{
+    let started = Instant::now();
+    let gauge = gw.metrics.in_flight();
+    gauge.inc();
+    let (known, response) = handler.await;
+    gauge.dec();
+    let label = if known { model } else { "" };
+    gw.metrics.answered(
+        label,
+        endpoint,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Checks the path's model and version; the refusal is a 400.
+fn check_path(path: &ModelPath) -> Result<(), Refusal> {
+    let bad = |message: String| Refusal::new(false, StatusCode::BAD_REQUEST, message);
+    policy::check_model(&path.model).map_err(bad)?;
+    if let Some(v) = &path.version {
+        policy::check_version(v).map_err(bad)?;
+    }
+    Ok(())
+}
+
+/// A request refused by the gateway itself; `known` says whether the model's queue exists
+/// (then its name is a metrics label).
+pub struct Refusal {
+    known: bool,
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn new(known: bool, status: StatusCode, message: String) -> Refusal {
+        Refusal {
+            known,
+            status,
+            message,
+            retry_after: None,
+        }
+    }
+
+    fn retry(mut self, seconds: u64) -> Refusal {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    fn answer(self) -> (bool, Response) {
+        let response = match self.retry_after {
+            Some(seconds) => retry_later(self.status, &self.message, seconds),
+            None => error(self.status, &self.message),
+        };
+        (self.known, response)
+    }
+}
+
+/// Looks up the model's queue and refuses what admission refuses.
+async fn admit(gw: &Gateway, model: &str, max_depth: u32) -> Result<(), Refusal> {
+    let state = gw.queue_state(model).await.map_err(|e| {
+        Refusal::new(false, StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry(1)
+    })?;
+    let retry = policy::retry_after(gw.queue_check());
+    match policy::admit(state, max_depth) {
+        Admission::Admit => Ok(()),
+        Admission::UnknownModel => Err(Refusal::new(
+            false,
+            StatusCode::NOT_FOUND,
+            format!("unknown model {model:?}: no worker serves it (no queue)"),
+        )),
+        Admission::NoConsumer => Err(Refusal::new(
+            true,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("model {model:?}: no worker consumes its queue"),
+        )
+        .retry(retry)),
+        Admission::TooDeep { ready } => Err(Refusal::new(
+            true,
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "model {model:?}: {ready} jobs wait in its queue (gateway.max_queue_depth = {max_depth})"
+            ),
+        )
+        .retry(retry)),
+    }
+}
+
+async fn metadata(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
+    let model = path.model.clone();
+    counted(&gw, &model, Endpoint::Metadata, async {
+        if let Err(refusal) = check_path(&path) {
+            return refusal.answer();
+        }
+        if let Err(refusal) = admit(&gw, &path.model, 0).await {
+            return refusal.answer();
+        }
+        (
+            true,
+            gw.metadata(&path.model, path.version.as_deref()).await,
+        )
+    })
+    .await
+}
+
+async fn model_ready(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
+    let model = path.model.clone();
+    counted(&gw, &model, Endpoint::Ready, async {
+        if let Err(refusal) = check_path(&path) {
+            return refusal.answer();
+        }
+        if let Err(refusal) = admit(&gw, &path.model, 0).await {
+            return refusal.answer();
+        }
+        let Some(version) = path.version.as_deref() else {
+            return (true, StatusCode::OK.into_response());
+        };
+        // A version is ready when a worker serves it: its metadata says so.
+        let answer = gw.metadata(&path.model, Some(version)).await;
+        let status = answer.status();
+        if status == StatusCode::OK {
+            (true, StatusCode::OK.into_response())
+        } else {
+            (true, answer)
+        }
+    })
+    .await
+}
+
+async fn infer(
+    State(gw): State<Arc<Gateway>>,
+    Path(path): Path<ModelPath>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let model = path.model.clone();
+    counted(&gw, &model, Endpoint::Infer, async {
+        let Ok(_permit) = gw.in_flight.clone().try_acquire_owned() else {
+            let message = format!(
+                "{} requests in flight (gateway.max_in_flight)",
+                gw.settings.max_in_flight
+            );
+            return (
+                false,
+                retry_later(StatusCode::TOO_MANY_REQUESTS, &message, 1),
+            );
+        };
+        if let Err(refusal) = check_path(&path) {
+            return refusal.answer();
+        }
+        let body = match body {
+            Ok(body) => body,
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                let message = format!(
+                    "body: larger than gateway.max_body_bytes = {}",
+                    gw.settings.max_body_bytes
+                );
+                return (false, error(StatusCode::PAYLOAD_TOO_LARGE, &message));
+            }
+            Err(rejection) => {
+                let message = format!("body: {}", policy::echo(&rejection.body_text()));
+                return (false, error(rejection.status(), &message));
+            }
+        };
+        let request = match InferRequest::read(&gw, query.as_deref(), &headers, &body) {
+            Ok(request) => request,
+            Err(message) => return (false, error(StatusCode::BAD_REQUEST, &message)),
+        };
+        if let Err(refusal) = admit(&gw, &path.model, gw.settings.max_queue_depth).await {
+            return refusal.answer();
+        }
+        let response = gw
+            .infer(&path.model, path.version.as_deref(), request, &body)
+            .await;
+        (true, response)
+    })
+    .await
+}
+
+/// What an inference request carries besides its body.
+pub struct InferRequest<'a> {
+    pub timeout: std::time::Duration,
+    pub header_len: Option<usize>,
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+}
+
+impl<'a> InferRequest<'a> {
+    fn read(
+        gw: &Gateway,
+        query: Option<&str>,
+        headers: &'a HeaderMap,
+        body: &[u8],
+    ) -> Result<InferRequest<'a>, String> {
+        let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        let query_timeout = query.and_then(|q| {
+            q.split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| *k == "timeout_ms")
+                .map(|(_, v)| v)
+        });
+        let timeout = policy::timeout(
+            query_timeout,
+            text(TIMEOUT_HEADER),
+            gw.default_timeout(),
+            gw.max_timeout(),
+        )?;
+        let header_len = policy::binary_header_len(text(BINARY_HEADER), body.len())?;
+        let trace = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| policy::trace_header(v.as_bytes()))
+        };
+        Ok(InferRequest {
+            timeout,
+            header_len,
+            traceparent: trace("traceparent"),
+            tracestate: trace("tracestate"),
+        })
+    }
+}

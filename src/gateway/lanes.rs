@@ -1,0 +1,333 @@
+//! The gateway's side of the broker: connections from a `deadpool` pool (to any node of
+//! `broker.url`, with `broker.tls`), and a pool of
+//! *lanes* over them. A lane is a confirm-mode channel that consumes RabbitMQ's direct
+//! reply-to pseudo-queue (`amq.rabbitmq.reply-to`, no-ack, set up before anything is published
+//! on the channel) and hands each answer to the request waiting for its correlation id.
+//!
+//! A request holds a lane only while it publishes; the confirm and the answer are awaited
+//! after the lane went back to the pool, so a few channels carry many requests at once. A lane
+//! whose channel closed (broker restart, lost connection) fails its waiting requests at once
+//! and is discarded by the pool's recycle check; the next request opens a new one, over a new
+//! connection if the old one is gone: that is the gateway's reconnection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ErrorKind};
+
+use crate::broker::connection::connect_any;
+use crate::broker::tls::{ConnectError, TlsSettings};
+use tokio::sync::oneshot;
+
+use super::policy::QueueState;
+
+/// RabbitMQ's direct reply-to pseudo-queue.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Why a call through the broker got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("no queue {0}: no worker serves that model (the broker returned the request)")]
+    Unroutable(String),
+    #[error("the broker refused the request (nack)")]
+    Refused,
+    #[error("the broker channel closed before the answer came")]
+    ChannelLost,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>;
+
+/// One channel with its reply consumer.
+pub struct Lane {
+    channel: Channel,
+    pending: Pending,
+}
+
+/// Makes the gateway's broker connections for its pool: to any of the configured nodes
+/// (`broker.url` may list a cluster), with the worker's TLS settings (`broker.tls`).
+pub struct ConnectionManager {
+    urls: Vec<String>,
+    tls: TlsSettings,
+}
+
+impl deadpool::managed::Manager for ConnectionManager {
+    type Type = Connection;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<Connection, ConnectError> {
+        connect_any(&self.urls, &self.tls, "infermq-gateway")
+            .await
+            .map(|(connection, _node)| connection)
+    }
+
+    async fn recycle(
+        &self,
+        connection: &mut Connection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<ConnectError> {
+        if connection.status().connected() {
+            Ok(())
+        } else {
+            Err(deadpool::managed::RecycleError::message(
+                "connection closed",
+            ))
+        }
+    }
+}
+
+/// The gateway's pool of broker connections.
+pub type ConnectionPool = deadpool::managed::Pool<ConnectionManager>;
+
+/// Creates and checks [`Lane`]s for the deadpool pool.
+pub struct LaneManager {
+    connections: ConnectionPool,
+}
+
+impl deadpool::managed::Manager for LaneManager {
+    type Type = Lane;
+    type Error = lapin::Error;
+
+    async fn create(&self) -> Result<Lane, lapin::Error> {
+        let connection = self.connections.get().await.map_err(|e| match e {
+            deadpool::managed::PoolError::Backend(ConnectError::Broker { source, .. }) => source,
+            other => lapin::Error::from(std::io::Error::other(other.to_string())),
+        })?;
+        let channel = connection.create_channel().await?;
+        // The connection goes back to its pool; the channel keeps it in use.
+        drop(connection);
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let consume = BasicConsumeOptions {
+            no_ack: true,
+            ..BasicConsumeOptions::default()
+        };
+        let mut replies = channel
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                "".into(),
+                consume,
+                FieldTable::default(),
+            )
+            .await?;
+        let pending: Pending = Arc::default();
+        let waiting = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = replies.next().await {
+                let Some(id) = delivery.properties.correlation_id().as_ref() else {
+                    continue;
+                };
+                let waiter = waiting.lock().ok().and_then(|mut p| p.remove(id.as_str()));
+                // No waiter: the request timed out or its client left; the answer is dropped.
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(delivery);
+                }
+            }
+            // Channel gone: every waiting request learns it now (its sender is dropped).
+            if let Ok(mut p) = waiting.lock() {
+                p.clear();
+            }
+        });
+        Ok(Lane { channel, pending })
+    }
+
+    async fn recycle(
+        &self,
+        lane: &mut Lane,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<lapin::Error> {
+        if lane.channel.status().connected() {
+            Ok(())
+        } else {
+            Err(deadpool::managed::RecycleError::message("channel closed"))
+        }
+    }
+}
+
+/// Removes a request's entry when it stops waiting (answered, timed out, or cancelled).
+struct Waiting {
+    pending: Pending,
+    id: String,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
+}
+
+/// The gateway's broker handle: cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    pub connections: ConnectionPool,
+    pub lanes: deadpool::managed::Pool<LaneManager>,
+}
+
+impl Broker {
+    /// Pools for `urls` (a cluster's nodes, or one): at most `connections` connections and
+    /// `channels` lanes. Nothing connects until the first request.
+    pub fn new(
+        urls: &[String],
+        tls: &TlsSettings,
+        connections: usize,
+        channels: usize,
+    ) -> Result<Broker, String> {
+        let manager = ConnectionManager {
+            urls: urls.to_vec(),
+            tls: tls.clone(),
+        };
+        let connections = deadpool::managed::Pool::builder(manager)
+            .max_size(connections)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let lanes = deadpool::managed::Pool::builder(LaneManager {
+            connections: connections.clone(),
+        })
+        .max_size(channels)
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| e.to_string())?;
+        Ok(Broker { connections, lanes })
+    }
+
+    /// Publishes `body` to `queue` (persistent, mandatory, confirmed, `reply_to` direct
+    /// reply-to) and waits, at most `timeout` in all, for the answer with the same correlation id.
+    pub async fn call(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        timeout: Duration,
+    ) -> Result<Delivery, CallError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let lane = tokio::time::timeout_at(deadline, self.lanes.get())
+            .await
+            .map_err(|_| CallError::Timeout(timeout))?
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (tx, rx) = oneshot::channel();
+        lane.pending
+            .lock()
+            .map_err(|_| CallError::ChannelLost)?
+            .insert(id.clone(), tx);
+        let _waiting = Waiting {
+            pending: lane.pending.clone(),
+            id: id.clone(),
+        };
+        let properties = properties
+            .with_delivery_mode(2)
+            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_correlation_id(id.as_str().into());
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = lane
+            .channel
+            .basic_publish("".into(), queue.into(), options, body, properties)
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        drop(lane);
+        // The answer may come before the confirm; a returned job comes before its ack.
+        let mut confirm = std::pin::pin!(confirm);
+        let mut rx = std::pin::pin!(rx);
+        let mut confirmed = false;
+        loop {
+            tokio::select! {
+                answer = &mut rx => return answer.map_err(|_| CallError::ChannelLost),
+                result = &mut confirm, if !confirmed => match result {
+                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => confirmed = true,
+                    Ok(Confirmation::Ack(Some(_))) => return Err(CallError::Unroutable(queue.to_string())),
+                    Ok(Confirmation::Nack(_)) => return Err(CallError::Refused),
+                    Err(_) => return Err(CallError::ChannelLost),
+                },
+                () = tokio::time::sleep_until(deadline) => return Err(CallError::Timeout(timeout)),
+            }
+        }
+    }
+
+    /// A passive declare of `queue` on a channel of its own (a missing queue closes it).
+    pub async fn probe(&self, queue: &str) -> Result<QueueState, CallError> {
+        let connection = self
+            .connections
+            .get()
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        drop(connection);
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await;
+        match declared {
+            Ok(q) => {
+                crate::broker::connection::close_channel(&channel, "probed").await;
+                Ok(QueueState::Present {
+                    ready: q.message_count(),
+                    consumers: q.consumer_count(),
+                })
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::ProtocolError(a) if a.get_id() == 404) => {
+                Ok(QueueState::Missing)
+            }
+            Err(e) => Err(CallError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// True when a broker connection is open (or can be opened now).
+    pub async fn connected(&self) -> bool {
+        match self.connections.get().await {
+            Ok(connection) => connection.status().connected(),
+            Err(_) => false,
+        }
+    }
+
+    /// Closes every pooled connection (graceful stop, after the last answer).
+    pub async fn close(&self) {
+        // Channels closed first and waited for: a channel only dropped is closed by lapin in
+        // the background, possibly after its connection (an ERROR in the logs).
+        let wait = Duration::from_millis(100);
+        for _ in 0..self.lanes.status().size {
+            match tokio::time::timeout(wait, self.lanes.get()).await {
+                Ok(Ok(lane)) => {
+                    crate::broker::connection::close_channel(&lane.channel, "gateway stopping")
+                        .await;
+                    let _ = deadpool::managed::Object::take(lane);
+                }
+                _ => break,
+            }
+        }
+        self.lanes.close();
+        let status = self.connections.status();
+        for _ in 0..status.size {
+            match tokio::time::timeout(wait, self.connections.get()).await {
+                Ok(Ok(connection)) => {
+                    let _ = connection.close(200, "gateway stopping".into()).await;
+                    let _ = deadpool::managed::Object::take(connection);
+                }
+                _ => break,
+            }
+        }
+        self.connections.close();
+    }
+}

@@ -1,0 +1,57 @@
+//! Metadata requests on a model's queue (`x-infermq-request: metadata`, see `docs/PROTOCOL.md`):
+//! answered at once from the registry with [`crate::protocol::metadata::model_metadata`], through
+//! the same [`InFlight`] settlement as results (published, confirmed, then acked). Not a job: no
+//! batch, and not counted in the job metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+
+use super::error::JobError;
+use super::inflight::{Delivered, InFlight};
+use super::predict::PredictContext;
+use crate::broker::envelope::Envelope;
+use crate::broker::headers::{as_string, find};
+use crate::protocol::metadata::{model_metadata, METADATA_REQUEST, REQUEST_HEADER};
+use crate::protocol::ErrorCode;
+
+/// True when the delivery is a metadata request rather than a job.
+pub fn is_metadata_request(properties: &BasicProperties) -> bool {
+    find(properties.headers().as_ref(), REQUEST_HEADER)
+        .and_then(as_string)
+        .is_some_and(|v| v == METADATA_REQUEST)
+}
+
+/// Answers a metadata request for `model` (the version named by `x-model-version`, or the
+/// newest): the KServe metadata, or an `unknown_model`/`unknown_version` error result.
+pub fn answer_metadata(
+    ctx: &PredictContext,
+    delivered: Delivered,
+    envelope: &Envelope,
+    model: &Arc<str>,
+) {
+    let request = InFlight::request(&ctx.answerer, delivered, envelope, model.clone(), Instant::now());
+    if let crate::broker::envelope::Route::Refused(reason) = &envelope.route {
+        let error = JobError::dead_letter(ErrorCode::InvalidRequest, reason.clone());
+        return request.fail(error, None);
+    }
+    let version = match &envelope.headers {
+        Ok(headers) => headers.model_version.clone(),
+        Err(e) => return request.fail(e.clone().into(), None),
+    };
+    match ctx.registry.resolve(model, version.as_deref()) {
+        Ok(served) => {
+            let versions: Vec<String> = ctx
+                .registry
+                .versions_of(model)
+                .iter()
+                .map(u64::to_string)
+                .collect();
+            let body = model_metadata(model, &versions, &served.signature);
+            request.answer(body, "application/json", FieldTable::default());
+        }
+        Err(e) => request.fail(e, None),
+    }
+}
