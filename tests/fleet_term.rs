@@ -213,7 +213,9 @@ async fn stop_run(models: &std::path::Path, jobs: usize, window: usize) -> (usiz
     // Bounded: a job still unanswered this long after the last answer is counted unanswered.
     let quiet = Duration::from_secs(30);
     while answers.distinct() < jobs {
-        if termed.is_none() && Instant::now() >= term_at {
+        // SIGTERM a second in, or once a quarter of the jobs are answered if that comes first
+        // (a quiet host answers everything within the second).
+        if termed.is_none() && (Instant::now() >= term_at || answers.distinct() >= jobs / 4) {
             first.sigterm();
             termed = Some(answers.distinct());
         }
