@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use common::otlp::Receiver;
+
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::routing::post;
 use futures_util::StreamExt;
 use infermq::telemetry::trace::{
     JobAttributes, JobStages, JobTrace, JobTracer, TraceContext, TraceParent,
@@ -19,54 +17,11 @@ use infermq::telemetry::Outcome;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
 
 const PRODUCER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PRODUCER_SPAN: &str = "00f067aa0ba902b7";
-
-/// An OTLP/HTTP receiver: POST /v1/traces with a protobuf `ExportTraceServiceRequest`.
-struct Receiver {
-    addr: SocketAddr,
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
-        let sink = spans.clone();
-        let app = axum::Router::new().route(
-            "/v1/traces",
-            post(move |body: Bytes| async move {
-                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                let mut spans = sink.lock().unwrap();
-                for resource in request.resource_spans {
-                    for scope in resource.scope_spans {
-                        spans.extend(scope.spans);
-                    }
-                }
-                (
-                    [("content-type", "application/x-protobuf")],
-                    Vec::<u8>::new(),
-                )
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { addr, spans }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn take(&self) -> Vec<Span> {
-        std::mem::take(&mut *self.spans.lock().unwrap())
-    }
-}
 
 /// Exports what the tracer buffered; once this returns, the receiver has every span.
 async fn flush(tracer: JobTracer) {

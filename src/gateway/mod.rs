@@ -82,7 +82,7 @@ impl Gateway {
             gw.connections,
             gw.channels,
         )
-            .map_err(GatewayError::Pool)?;
+        .map_err(GatewayError::Pool)?;
         Ok(Gateway {
             settings: gw.clone(),
             prefix: settings.broker.prefix.clone(),

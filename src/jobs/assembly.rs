@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use super::error::JobError;
-use super::inflight::InFlight;
+use super::inflight::{InFlight, Stages};
 use crate::broker::headers::BINARY_HEADER;
 use crate::protocol::{encode_response, InferenceResponse, OutputTensor, ResultParameters, Tensor};
 use crate::telemetry::ModelMetrics;
@@ -28,6 +28,10 @@ struct Parts {
     compute_ms: f64,
     queue_ms: Option<f64>,
     finished: bool,
+    /// For the job's trace: when its first chunk was taken into a batch, and the span of the
+    /// runs that computed it.
+    batched: Option<Instant>,
+    compute: Option<(Instant, Instant)>,
 }
 
 /// An accepted job: decoded, validated, routed to a model version.
@@ -72,6 +76,8 @@ impl JobState {
                 compute_ms: 0.0,
                 queue_ms: None,
                 finished: false,
+                batched: None,
+                compute: None,
             }),
         }
     }
@@ -85,6 +91,7 @@ impl JobState {
     pub fn started(&self, now: Instant) {
         if let Ok(mut parts) = self.parts.lock() {
             if parts.queue_ms.is_none() {
+                parts.batched = Some(now);
                 let wait = now.duration_since(self.received);
                 parts.queue_ms = Some(wait.as_secs_f64() * 1e3);
                 self.metrics.queue_wait(wait.as_secs_f64());
@@ -107,6 +114,17 @@ impl JobState {
             return;
         }
         parts.outputs[part] = Some(outputs);
+        // Called right after the batch ran: it ran for `compute_ms` up to now.
+        let ended = Instant::now();
+        let began = ended
+            .checked_sub(std::time::Duration::from_secs_f64(
+                compute_ms.max(0.0) / 1e3,
+            ))
+            .unwrap_or(ended);
+        parts.compute = Some(match parts.compute {
+            Some((first, _)) => (first.min(began), ended),
+            None => (began, ended),
+        });
         parts.remaining -= 1;
         parts.batch_size = parts.batch_size.max(batch_size);
         parts.compute_ms += compute_ms;
@@ -124,7 +142,19 @@ impl JobState {
             queue_ms: parts.queue_ms.unwrap_or(0.0),
             compute_ms: parts.compute_ms,
         };
+        let stages = Stages {
+            batched: parts.batched,
+            compute_started: parts.compute.map(|c| c.0),
+            compute_ended: parts.compute.map(|c| c.1),
+            batch_rows: Some(parts.batch_size),
+            version: self.version.parse().ok(),
+        };
         drop(parts);
+        if let Ok(mut inflight) = self.inflight.lock() {
+            if let Some(inflight) = inflight.as_mut() {
+                inflight.set_stages(stages);
+            }
+        }
         match self.assemble(chunks) {
             Ok(tensors) => self.answer(tensors, parameters),
             Err(message) => self.fail(JobError::internal(message)),

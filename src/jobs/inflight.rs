@@ -24,6 +24,7 @@ use crate::broker::headers::{table_size, MAX_HEADERS_BYTES};
 use crate::broker::publisher::{submit, with_error_headers, Settled};
 use crate::broker::{Command, Disposition, OutgoingMessage, Settlement};
 use crate::protocol::{encode_error, ErrorCode};
+use crate::telemetry::trace::{JobAttributes, JobStages, JobTrace, JobTracer, TraceContext};
 use crate::telemetry::{Metrics, ModelMetrics, Outcome};
 
 /// Everything the answering side needs, shared by all jobs of a worker.
@@ -38,6 +39,8 @@ pub struct Answerer {
     /// Stopped consumers' channels, closed once every job is settled; a graceful stop waits
     /// for them before it closes the connection.
     pub closing: tokio_util::task::TaskTracker,
+    /// Continues each job's trace (W3C `traceparent`) and exports its spans when configured.
+    pub tracer: JobTracer,
 }
 
 impl Answerer {
@@ -86,8 +89,21 @@ enum Tally {
     Untallied,
 }
 
+/// When a job went through the stages the lifecycle does not see itself (set by the batch
+/// that ran it), for its trace.
+#[derive(Debug, Clone, Default)]
+pub struct Stages {
+    pub batched: Option<Instant>,
+    pub compute_started: Option<Instant>,
+    pub compute_ended: Option<Instant>,
+    pub batch_rows: Option<usize>,
+    pub version: Option<u64>,
+}
+
 struct Held {
     answerer: Arc<Answerer>,
+    trace: JobTrace,
+    stages: Stages,
     delivered: Delivered,
     /// The metrics label: the queue's model, or a training job's validated name.
     model: Arc<str>,
@@ -131,7 +147,14 @@ impl InFlight {
         model: Arc<str>,
         received: Instant,
     ) -> InFlight {
-        InFlight::new(answerer, delivered, envelope, model, received, Tally::Untallied)
+        InFlight::new(
+            answerer,
+            delivered,
+            envelope,
+            model,
+            received,
+            Tally::Untallied,
+        )
     }
 
     /// A training job (its model is named once its body is validated).
@@ -161,9 +184,15 @@ impl InFlight {
         tally: Tally,
     ) -> InFlight {
         answerer.job_started();
+        let headers = delivered.properties.headers().as_ref();
+        let trace = answerer
+            .tracer
+            .start_job(headers, &delivered.queue, received);
         InFlight {
             held: Some(Held {
                 answerer: answerer.clone(),
+                trace,
+                stages: Stages::default(),
                 delivered,
                 model,
                 route: envelope.route.clone(),
@@ -204,6 +233,18 @@ impl InFlight {
         if let Some(held) = self.held.as_mut() {
             held.model = Arc::from(model);
         }
+    }
+
+    /// Records the batch stages of the job, for its trace.
+    pub fn set_stages(&mut self, stages: Stages) {
+        if let Some(held) = self.held.as_mut() {
+            held.stages = stages;
+        }
+    }
+
+    /// The trace context the job's answers carry (for progress messages published apart).
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        self.held.as_ref()?.trace.outgoing().cloned()
     }
 
     /// Records how many samples a training job trained on.
@@ -276,6 +317,8 @@ impl Held {
         headers: FieldTable,
         body: Vec<u8>,
     ) -> OutgoingMessage {
+        let mut headers = headers;
+        self.trace.inject(&mut headers);
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(content_type.into())
@@ -315,6 +358,7 @@ impl Held {
         if oversized {
             headers.insert("x-headers-dropped".into(), AMQPValue::Boolean(true));
         }
+        self.trace.inject(&mut headers);
         let message = OutgoingMessage {
             model: self.model.clone(),
             exchange: self.answerer.dead_letter_exchange.clone(),
@@ -338,8 +382,12 @@ impl Held {
             model,
             received,
             tally,
+            trace,
+            stages,
+            correlation_id,
             ..
         } = self;
+        let published = message.is_some();
         let handed = Instant::now();
         let done = answerer.clone();
         let on_done: Box<dyn FnOnce(Settled) + Send> = Box::new(move |settled| {
@@ -364,6 +412,24 @@ impl Held {
                     received.elapsed().as_secs_f64(),
                 ),
                 _ => {}
+            }
+            if ok && disposition != Disposition::Requeue {
+                let confirmed = Instant::now();
+                let job_stages = JobStages {
+                    batched: stages.batched,
+                    compute_started: stages.compute_started,
+                    compute_ended: stages.compute_ended,
+                    publish_started: published.then_some(handed),
+                    confirmed,
+                };
+                let attributes = JobAttributes {
+                    model: &model,
+                    version: stages.version,
+                    job_id: correlation_id.as_ref().map(|c| c.as_str()),
+                    batch_rows: stages.batch_rows,
+                    outcome,
+                };
+                done.tracer.record_job(trace, &job_stages, &attributes);
             }
             done.job_done();
         });

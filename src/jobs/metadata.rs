@@ -32,7 +32,13 @@ pub fn answer_metadata(
     envelope: &Envelope,
     model: &Arc<str>,
 ) {
-    let request = InFlight::request(&ctx.answerer, delivered, envelope, model.clone(), Instant::now());
+    let request = InFlight::request(
+        &ctx.answerer,
+        delivered,
+        envelope,
+        model.clone(),
+        Instant::now(),
+    );
     if let crate::broker::envelope::Route::Refused(reason) = &envelope.route {
         let error = JobError::dead_letter(ErrorCode::InvalidRequest, reason.clone());
         return request.fail(error, None);

@@ -25,6 +25,7 @@ use crate::broker::Topology;
 use crate::protocol::ErrorCode;
 use crate::repository::{valid_model_name, ModelStore};
 use crate::runtime::SessionOptions;
+use crate::telemetry::trace::TraceContext;
 use crate::telemetry::Metrics;
 use crate::training::{
     admit, parse_job, train_within, Budget, DataLimits, EpochReport, SessionFactory, TrainOutcome,
@@ -156,6 +157,7 @@ pub async fn handle_training(
         route,
         envelope.correlation_id.clone(),
         id.clone(),
+        job.trace_context(),
     ));
     let options = ctx.options.clone();
     let should_stop = stop.clone();
@@ -199,6 +201,7 @@ async fn forward_progress(
     routing_key: String,
     correlation_id: Option<ShortString>,
     id: String,
+    trace: Option<TraceContext>,
 ) {
     while let Some(report) = reports.recv().await {
         if routing_key.is_empty() {
@@ -206,10 +209,14 @@ async fn forward_progress(
         }
         let mut body = serde_json::to_value(&report).unwrap_or_default();
         body["id"] = serde_json::Value::String(id.clone());
+        let mut headers = event_headers("progress");
+        if let Some(trace) = &trace {
+            trace.inject(&mut headers);
+        }
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_headers(event_headers("progress"));
+            .with_headers(headers);
         if let Some(c) = &correlation_id {
             properties = properties.with_correlation_id(c.clone());
         }

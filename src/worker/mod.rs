@@ -35,6 +35,7 @@ use crate::jobs::registry::{BackendLoader, ModelRegistry, ModelSync, OrtLoader};
 use crate::jobs::train::TrainContext;
 use crate::repository::ModelStore;
 use crate::runtime::{env, RuntimeError, SessionOptions};
+use crate::telemetry::trace::JobTracer;
 use crate::telemetry::{HttpState, Metrics, StatusSource};
 use crate::training::DataLimits;
 
@@ -45,6 +46,8 @@ pub enum WorkerError {
     Environment(#[from] env::EnvironmentError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error("telemetry.otlp_endpoint: {0}")]
+    Trace(#[from] crate::telemetry::trace::TraceError),
     #[error("cannot listen on http.listen = {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -128,6 +131,10 @@ pub async fn run_with(
         settings.broker.delivery_limit,
     );
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "infermq".into());
+    let tracer = JobTracer::new(&settings.telemetry.otlp_endpoint, &host)?;
     let answerer = Arc::new(Answerer {
         commands: commands_tx,
         metrics: metrics.clone(),
@@ -136,6 +143,7 @@ pub async fn run_with(
         unsettled: AtomicI64::new(0),
         settled: Notify::new(),
         closing: tokio_util::task::TaskTracker::new(),
+        tracer: tracer.clone(),
     });
     if !settings.repository.path.is_dir() {
         return Err(WorkerError::Repository {
@@ -261,6 +269,10 @@ pub async fn run_with(
     batch_tasks.close();
     http_stop.cancel();
     let _ = http.await;
+    // Spans still buffered are exported before the process ends (blocking: off the runtime).
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || tracer.shutdown()).await {
+        tracing::warn!(%error, "Exporting the last spans failed");
+    }
     tracing::info!("Worker stopped");
     Ok(())
 }
