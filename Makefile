@@ -24,7 +24,7 @@ test: setup
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	python3 scripts/module-cycles.py src training onnx
+	python3 scripts/module-cycles.py src
 
 bench: setup
 	scripts/ensure-rabbitmq.sh

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// The broker URL of the built-in defaults (`config/default.toml`).
-pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub use crate::broker::addresses::{redact_url, DEFAULT_BROKER_URL};
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -96,24 +96,6 @@ impl BrokerSettings {
     }
 }
 
-/// `amqp://user:secret@host` → `amqp://user:***@host`.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &creds[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,13 +105,7 @@ pub struct RepositorySettings {
     pub poll_interval_ms: u64,
 }
 
-/// An execution provider name as configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutionProvider {
-    Cuda,
-    Cpu,
-}
+pub use crate::runtime::ExecutionProvider;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

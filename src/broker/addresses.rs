@@ -4,6 +4,29 @@
 //! next one on every failed attempt or lost connection (the caller waits its backoff between
 //! attempts). What is logged and exported is the node's `host:port`, never the credentials.
 
+/// The broker of a fresh install: RabbitMQ's default user on this machine.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// `amqp://user:secret@host` → `amqp://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+
 use rand::Rng;
 
 /// The configured addresses and where the rotation stands.
@@ -36,7 +59,7 @@ impl BrokerAddresses {
     /// The rotation over `urls`, starting at index `start` (modulo their number).
     pub fn starting_at(urls: &[String], start: usize) -> BrokerAddresses {
         let urls = if urls.is_empty() {
-            vec![crate::config::DEFAULT_BROKER_URL.to_string()]
+            vec![DEFAULT_BROKER_URL.to_string()]
         } else {
             urls.to_vec()
         };
@@ -145,7 +168,7 @@ pub fn check_urls(urls: &[String]) -> Result<(), String> {
     }
     for (i, url) in urls.iter().enumerate() {
         if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
-            let shown: String = crate::config::redact_url(url).chars().take(200).collect();
+            let shown: String = redact_url(url).chars().take(200).collect();
             return Err(format!(
                 "item {i} must start with amqp:// or amqps://, got {shown:?}"
             ));
@@ -212,6 +235,6 @@ mod tests {
             urls(&["amqp://a:1", "amqp://b:2"])
         );
         let mut empty = BrokerAddresses::new(&[]);
-        assert_eq!(empty.next_url(), crate::config::DEFAULT_BROKER_URL);
+        assert_eq!(empty.next_url(), DEFAULT_BROKER_URL);
     }
 }

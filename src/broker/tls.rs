@@ -127,7 +127,7 @@ impl TlsSettings {
 pub async fn connect(url: &str, tls: &TlsSettings, name: &str) -> Result<Connection, ConnectError> {
     let mut uri: AMQPUri = url
         .parse()
-        .map_err(|e: String| ConnectError::Url(crate::config::redact_url(&e)))?;
+        .map_err(|e: String| ConnectError::Url(super::addresses::redact_url(&e)))?;
     let config = match uri.scheme {
         AMQPScheme::AMQPS => {
             let config = tls.load()?;

@@ -11,7 +11,8 @@ use lapin::BasicProperties;
 
 use super::error::JobError;
 use super::inflight::{Delivered, InFlight};
-use super::predict::PredictContext;
+use super::inflight::Answerer;
+use super::registry::ModelRegistry;
 use crate::broker::envelope::Envelope;
 use crate::broker::headers::{as_string, find};
 use crate::protocol::metadata::{model_metadata, METADATA_REQUEST, REQUEST_HEADER};
@@ -27,13 +28,14 @@ pub fn is_metadata_request(properties: &BasicProperties) -> bool {
 /// Answers a metadata request for `model` (the version named by `x-model-version`, or the
 /// newest): the KServe metadata, or an `unknown_model`/`unknown_version` error result.
 pub fn answer_metadata(
-    ctx: &PredictContext,
+    registry: &ModelRegistry,
+    answerer: &Arc<Answerer>,
     delivered: Delivered,
     envelope: &Envelope,
     model: &Arc<str>,
 ) {
     let request = InFlight::request(
-        &ctx.answerer,
+        answerer,
         delivered,
         envelope,
         model.clone(),
@@ -47,10 +49,9 @@ pub fn answer_metadata(
         Ok(headers) => headers.model_version.clone(),
         Err(e) => return request.fail(e.clone().into(), None),
     };
-    match ctx.registry.resolve(model, version.as_deref()) {
+    match registry.resolve(model, version.as_deref()) {
         Ok(served) => {
-            let versions: Vec<String> = ctx
-                .registry
+            let versions: Vec<String> = registry
                 .versions_of(model)
                 .iter()
                 .map(u64::to_string)

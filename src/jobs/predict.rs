@@ -43,7 +43,13 @@ pub fn handle_delivery(
     }
     let envelope = Envelope::read(&delivered.properties, redelivered, &ctx.topology);
     if super::metadata::is_metadata_request(&delivered.properties) {
-        return super::metadata::answer_metadata(ctx, delivered, &envelope, model);
+        return super::metadata::answer_metadata(
+            &ctx.registry,
+            &ctx.answerer,
+            delivered,
+            &envelope,
+            model,
+        );
     }
     let message_id = envelope.message_id.clone();
     let mut job = InFlight::predict(&ctx.answerer, delivered, &envelope, model.clone(), received);

@@ -31,9 +31,8 @@ mod tests_errors;
 mod tests_roundtrip;
 
 pub use error::ProtocolError;
-pub use request::{
-    decode_request, encode_request, validate_request, InferenceRequest, RequestedOutput,
-};
+pub use request::{decode_request, encode_request, InferenceRequest, RequestedOutput};
+pub use validate::validate_request;
 pub use response::{
     decode_response, encode_error, encode_response, DecodedResponse, EncodedBody,
     InferenceResponse, OutputTensor, ResultParameters,

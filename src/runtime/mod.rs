@@ -15,6 +15,14 @@ use crate::protocol::{ModelSignature, Tensor};
 pub use instances::InstancePool;
 pub use session::{run_session, signature_of, SessionOptions};
 
+/// An execution provider name as configured (`runtime.execution_providers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Cuda,
+    Cpu,
+}
+
 /// Why a model could not be loaded or run.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {

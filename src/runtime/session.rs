@@ -9,7 +9,7 @@ use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{DynTensor, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
 use super::RuntimeError;
-use crate::config::ExecutionProvider;
+use super::ExecutionProvider;
 use crate::protocol::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
 
 /// How sessions are made: execution providers in order of preference, threads.
