@@ -297,7 +297,7 @@ def main():
         end = t0 + profile_len(a)
         sched = threading.Thread(target=scheduler, args=(a, jobs, t0, end), daemon=True)
         sched.start()
-        samples, history = [], []
+        samples, history, polls = [], [], []
         next_poll = t0
         while True:
             now = time.time()
@@ -310,10 +310,14 @@ def main():
                 # Up at once; down only to the largest want of the stabilization window.
                 target = want if want > len(fleet.running) else \
                     min(len(fleet.running), max(w for _, w in history))
+                before = len(fleet.running)
                 while len(fleet.running) < target:
                     fleet.start()
                 while len(fleet.running) > target:
                     fleet.stop_one()
+                polls.append({"t": round(now - t0, 2), "ready": ready_n, "want": want,
+                              "window_max": max(w for _, w in history), "before": before,
+                              "after": len(fleet.running)})
                 next_poll += a.poll_s
             samples.append({"t": now - t0, "ready": ready_n, "workers": len(fleet.running),
                             "desired": history[-1][1] if history else a.min})
@@ -351,7 +355,7 @@ def main():
                   r["workers"], r["desired"], r["ready"], r["p50_ms"], r["p99_ms"]))
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"summary": summary, "windows": rows}, f, indent=1)
+                json.dump({"summary": summary, "windows": rows, "polls": polls}, f, indent=1)
         if a.png:
             plot(a, rows, summary, a.png)
         sys.exit(1 if lost else 0)
