@@ -4,12 +4,12 @@
 # and Python's onnx package to check saved models with onnx.checker; pika for the fleet simulator
 # (scripts/fleet-sim.py, tests/fleet_sim.rs).
 set -euo pipefail
+if ! python3 -c "import pika" >/dev/null 2>&1; then
+  python3 -m pip install --quiet pika
+fi
 if ! command -v promtool >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
 fi
 if ! python3 -c "import onnx" >/dev/null 2>&1; then
   python3 -m pip install --quiet onnx
-fi
-if ! python3 -c "import pika" >/dev/null 2>&1; then
-  python3 -m pip install --quiet pika
 fi
