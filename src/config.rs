@@ -96,7 +96,6 @@ impl BrokerSettings {
     }
 }
 
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositorySettings {

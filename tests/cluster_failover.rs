@@ -275,9 +275,12 @@ async fn a_fleet_rides_out_node_stops_of_a_three_node_cluster() {
     let prefix = random_prefix();
     let queue = format!("{prefix}.predict.iris");
     let urls = cluster::urls();
+    // The training job reads models/iris/iris.csv: file:// data needs training.data_dir.
+    let data_dir = manifest_path("models/iris").display().to_string();
     let env = [
         ("INFERMQ__BROKER__URL", urls.as_str()),
         ("INFERMQ__BROKER__RECONNECT_MAX_MS", "2000"),
+        ("INFERMQ__TRAINING__DATA_DIR", data_dir.as_str()),
     ];
     let mut workers = [
         ChildWorker::spawn(&prefix, repo.path(), &env),

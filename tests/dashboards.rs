@@ -148,7 +148,10 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
 
     let prefix = random_prefix();
     let repo = model_repository(&["iris"]);
-    let mut worker = ChildWorker::spawn(&prefix, repo.path(), &[]);
+    // The training job reads models/iris/iris.csv: file:// data needs training.data_dir.
+    let data_dir = manifest_path("models/iris").display().to_string();
+    let env = [("INFERMQ__TRAINING__DATA_DIR", data_dir.as_str())];
+    let mut worker = ChildWorker::spawn(&prefix, repo.path(), &env);
     worker.wait_ready(Duration::from_secs(60)).await;
     let instance = worker.addr.to_string();
     let prometheus = Prometheus::start(&binary, &config_for(worker.addr));

@@ -26,7 +26,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-
 use rand::Rng;
 
 /// The configured addresses and where the rotation stands.

@@ -10,8 +10,8 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
 use super::error::JobError;
-use super::inflight::{Delivered, InFlight};
 use super::inflight::Answerer;
+use super::inflight::{Delivered, InFlight};
 use super::registry::ModelRegistry;
 use crate::broker::envelope::Envelope;
 use crate::broker::headers::{as_string, find};
@@ -34,13 +34,7 @@ pub fn answer_metadata(
     envelope: &Envelope,
     model: &Arc<str>,
 ) {
-    let request = InFlight::request(
-        answerer,
-        delivered,
-        envelope,
-        model.clone(),
-        Instant::now(),
-    );
+    let request = InFlight::request(answerer, delivered, envelope, model.clone(), Instant::now());
     if let crate::broker::envelope::Route::Refused(reason) = &envelope.route {
         let error = JobError::dead_letter(ErrorCode::InvalidRequest, reason.clone());
         return request.fail(error, None);

@@ -32,10 +32,10 @@ mod tests_roundtrip;
 
 pub use error::ProtocolError;
 pub use request::{decode_request, encode_request, InferenceRequest, RequestedOutput};
-pub use validate::validate_request;
 pub use response::{
     decode_response, encode_error, encode_response, DecodedResponse, EncodedBody,
     InferenceResponse, OutputTensor, ResultParameters,
 };
 pub use tensor::{Tensor, TensorData};
 pub use types::{DataType, ErrorCode, ModelSignature, TensorSpec};
+pub use validate::validate_request;

@@ -15,7 +15,6 @@ use super::wire::{
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-
 /// One entry of the request's `outputs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestedOutput {

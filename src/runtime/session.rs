@@ -8,8 +8,8 @@ use ort::memory::Allocator;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{DynTensor, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
-use super::RuntimeError;
 use super::ExecutionProvider;
+use super::RuntimeError;
 use crate::protocol::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
 
 /// How sessions are made: execution providers in order of preference, threads.
