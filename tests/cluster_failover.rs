@@ -281,6 +281,8 @@ async fn a_fleet_rides_out_node_stops_of_a_three_node_cluster() {
         ("INFERMQ__BROKER__URL", urls.as_str()),
         ("INFERMQ__BROKER__RECONNECT_MAX_MS", "2000"),
         ("INFERMQ__TRAINING__DATA_DIR", data_dir.as_str()),
+        // Every epoch's progress: the training stage stops a node after 20 of them.
+        ("INFERMQ__TRAINING__PROGRESS_INTERVAL_MS", "0"),
     ];
     let mut workers = [
         ChildWorker::spawn(&prefix, repo.path(), &env),

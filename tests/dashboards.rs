@@ -210,6 +210,9 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         .await;
     let recorded = r#"model:infermq_end_to_end_seconds:p99_rate5m{model="iris"}"#;
     prometheus.wait_for(recorded, within, has_number).await;
+    // Each rule group is evaluated on its own schedule: wait for the throughput group too.
+    let recorded = r#"model_outcome:infermq_jobs:rate5m{model="iris"}"#;
+    prometheus.wait_for(recorded, within, has_number).await;
 
     let mut failures = Vec::new();
     let mut evaluated = 0;
