@@ -216,27 +216,39 @@ async fn session(
             () = shutdown.cancelled() => break (SessionEnd::Stopped, None),
         }
     };
+    // The stop, in order (the same for a shutdown and a lost connection, less what a lost
+    // connection cannot do):
+    // 1. Stop consuming: every consumer sends basic.cancel; its unstarted prefetched jobs go
+    //    back when its channel closes, after its own jobs are settled (consumer.rs). Running
+    //    training jobs are told to stop between batches and are requeued.
     session_stop.cancel();
     consumers.stop_all().await;
     let _ = events.await;
     if let Some(training) = training {
         let _ = training.await;
     }
+    // 2. The publisher already ended (its failure ended the session): nothing can be answered
+    //    on this connection; the broker redelivers what was not acked.
     if let Some(commands) = returned {
         return (end, commands);
     }
+    // 3. On shutdown: readiness says so, the batchers run what they hold, and every job held is
+    //    answered (or requeued), within `worker.shutdown_timeout_ms`.
     if matches!(end, SessionEnd::Stopped) {
         ctx.status.stopping.store(true, Ordering::Release);
         graceful_drain(ctx, batch_tasks).await;
     }
+    // 4. The publisher finishes what it was handed (publish, confirm, settle) and closes its
+    //    channel.
     publisher_stop.cancel();
     let (result, commands) = publisher.await.expect("publisher task panicked");
     if let Err(error) = result {
         tracing::warn!(%error, "Publisher stopped with an error");
     }
+    // 5. Everything is settled, so the stopped consumers are sending their last acks and
+    //    closing their channels: let them finish before the caller closes the connection
+    //    (bounded: the broker may be slow to answer).
     if matches!(end, SessionEnd::Stopped) && ctx.answerer.unsettled.load(Ordering::Acquire) <= 0 {
-        // Everything is settled, so stopped consumers are closing their channels now: let them
-        // finish before the connection closes (bounded: the broker may be slow to answer).
         ctx.answerer.closing.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), ctx.answerer.closing.wait()).await;
         ctx.answerer.closing.reopen();
