@@ -31,6 +31,8 @@ cleanup() {
         rabbitmqctl -q -n "${INFERMQ_TLS_NODENAME:-infermq-tls@localhost}" delete_queue "$q" >/dev/null 2>&1 || true
       done
   done
+  # The TLS node goes too: left running, it holds its ports against another checkout's tests.
+  scripts/tls-broker.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
