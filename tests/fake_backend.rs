@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
+use infermq::broker::Topology;
 use infermq::client::{header_str, headers};
 use infermq::jobs::registry::BackendLoader;
 use infermq::protocol::{
@@ -79,15 +80,22 @@ fn job(id: &str, row: [f32; 4]) -> InferenceRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_are_batched_answered_and_failures_dead_lettered_on_a_fake_backend() {
     let repo = model_repository(&["iris"]);
-    let worker = TestWorker::start_with(
-        settings(&random_prefix(), repo.path(), &[]),
-        Arc::new(FakeLoader),
-    )
-    .await;
+    let settings = settings(&random_prefix(), repo.path(), &[]);
+    let topology = Topology::new(
+        settings.broker.prefix.clone(),
+        settings.broker.delivery_limit,
+    );
     let mut client = client().await;
-    let queue = worker.queue("iris");
+    let queue = topology.predict_queue("iris");
+    // The queue is declared and filled before the worker starts, so its first deliveries
+    // arrive together and must form batches (a worker that keeps up with a publisher may run
+    // every job alone).
+    topology
+        .declare_model(client.channel(), "iris")
+        .await
+        .expect("declare the iris queue");
 
-    // 300 jobs published at once: each answered once, with its own row's sum.
+    // 300 jobs: each answered once, with its own row's sum.
     for i in 0..300 {
         let body = encode_request(&job(&format!("j{i}"), [i as f32, 1.0, 2.0, 3.0]), false);
         let id = format!("j{i}");
@@ -100,6 +108,7 @@ async fn jobs_are_batched_answered_and_failures_dead_lettered_on_a_fake_backend(
             .await
             .unwrap();
     }
+    let worker = TestWorker::start_with(settings, Arc::new(FakeLoader)).await;
     let mut seen = std::collections::BTreeSet::new();
     let mut batched = false;
     while seen.len() < 300 {

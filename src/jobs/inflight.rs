@@ -9,14 +9,13 @@
 //! being settled (a bug, or a panic on the way) requeues its job and logs it, so no job is
 //! ever left unacked on a live channel.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
-use tokio::sync::{mpsc, Notify};
 
+pub use super::answerer::Answerer;
 use super::error::{Fate, JobError};
 use crate::broker::acks::DeliveryRef;
 use crate::broker::envelope::{Envelope, Route};
@@ -24,47 +23,8 @@ use crate::broker::headers::{table_size, MAX_HEADERS_BYTES};
 use crate::broker::publisher::{submit, with_error_headers, Settled};
 use crate::broker::{Command, Disposition, OutgoingMessage, Settlement};
 use crate::protocol::{encode_error, ErrorCode};
-use crate::telemetry::trace::{JobAttributes, JobStages, JobTrace, JobTracer, TraceContext};
-use crate::telemetry::{Metrics, ModelMetrics, Outcome};
-
-/// Everything the answering side needs, shared by all jobs of a worker.
-pub struct Answerer {
-    pub commands: mpsc::UnboundedSender<Command>,
-    pub metrics: Arc<Metrics>,
-    pub dead_letter_exchange: String,
-    pub delivery_limit: u32,
-    /// Jobs received and not yet settled, for graceful shutdown.
-    pub unsettled: AtomicI64,
-    pub settled: Notify,
-    /// Stopped consumers' channels, closed once every job is settled; a graceful stop waits
-    /// for them before it closes the connection.
-    pub closing: tokio_util::task::TaskTracker,
-    /// Continues each job's trace (W3C `traceparent`) and exports its spans when configured.
-    pub tracer: JobTracer,
-}
-
-impl Answerer {
-    fn job_started(&self) {
-        self.unsettled.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn job_done(&self) {
-        if self.unsettled.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.settled.notify_waiters();
-        }
-    }
-
-    /// Waits until no received job is left unsettled.
-    pub async fn wait_settled(&self) {
-        loop {
-            let notified = self.settled.notified();
-            if self.unsettled.load(Ordering::Acquire) <= 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
+use crate::telemetry::trace::{JobAttributes, JobStages, JobTrace, TraceContext};
+use crate::telemetry::{ModelMetrics, Outcome};
 
 /// Where a delivery came from and how to settle it.
 pub struct Delivered {

@@ -14,6 +14,7 @@
 //! step with the repository by [`registry::ModelSync`]) and [`batch`] (running a batch on an
 //! instance thread); [`assembly`] puts a split job's outputs back together.
 
+pub mod answerer;
 pub mod assembly;
 pub mod batch;
 pub mod early;
