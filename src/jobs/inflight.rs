@@ -218,6 +218,29 @@ impl InFlight {
         }
     }
 
+    /// The job, unless its `reply_to` names one of the fleet's own queues: then it is
+    /// dead-lettered with the reason at once (nothing is run for it) and `None` is returned.
+    pub fn routable(mut self) -> Option<InFlight> {
+        if matches!(self.held().route, Route::Queue(_)) {
+            return Some(self);
+        }
+        self.held.take()?.dead_letter_refused();
+        None
+    }
+
+    /// The job, unless its body is over `max` bytes (`broker.max_message_bytes`): then it is
+    /// answered `too_large` without being parsed (only `message_id` can name it) and `None` is
+    /// returned.
+    pub fn within(self, max: usize, message_id: Option<&str>) -> Option<InFlight> {
+        let size = self.body().len();
+        if size <= max {
+            return Some(self);
+        }
+        let message = format!("body: {size} bytes exceeds broker.max_message_bytes = {max}");
+        self.fail(JobError::answer(ErrorCode::TooLarge, message), message_id);
+        None
+    }
+
     /// Publishes the job's result to its route, then acks (`headers` and `content_type` as the
     /// result needs). A refused route dead-letters the job instead.
     pub fn answer(mut self, body: Vec<u8>, content_type: &str, headers: FieldTable) {

@@ -9,14 +9,12 @@ use std::time::Instant;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
-use super::error::JobError;
 use super::inflight::Answerer;
 use super::inflight::{Delivered, InFlight};
 use super::registry::ModelRegistry;
 use crate::broker::envelope::Envelope;
 use crate::broker::headers::{as_string, find};
 use crate::protocol::metadata::{model_metadata, METADATA_REQUEST, REQUEST_HEADER};
-use crate::protocol::ErrorCode;
 
 /// True when the delivery is a metadata request rather than a job.
 pub fn is_metadata_request(properties: &BasicProperties) -> bool {
@@ -35,10 +33,9 @@ pub fn answer_metadata(
     model: &Arc<str>,
 ) {
     let request = InFlight::request(answerer, delivered, envelope, model.clone(), Instant::now());
-    if let crate::broker::envelope::Route::Refused(reason) = &envelope.route {
-        let error = JobError::dead_letter(ErrorCode::InvalidRequest, reason.clone());
-        return request.fail(error, None);
-    }
+    let Some(request) = request.routable() else {
+        return;
+    };
     let version = match &envelope.headers {
         Ok(headers) => headers.model_version.clone(),
         Err(e) => return request.fail(e.clone().into(), None),

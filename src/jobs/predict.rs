@@ -17,7 +17,7 @@ use super::inflight::{Answerer, Delivered, InFlight};
 use super::registry::{ModelRegistry, ServedVersion};
 use crate::batching::{split_rows, Item};
 use crate::broker::authz::authorize;
-use crate::broker::envelope::{Envelope, Route};
+use crate::broker::envelope::Envelope;
 use crate::broker::headers::JobHeaders;
 use crate::broker::Topology;
 use crate::protocol::{decode_request, validate_request, ErrorCode, InferenceRequest, Tensor};
@@ -52,23 +52,13 @@ pub fn handle_delivery(
         );
     }
     let message_id = envelope.message_id.clone();
-    let mut job = InFlight::predict(&ctx.answerer, delivered, &envelope, model.clone(), received);
-    if let Route::Refused(reason) = &envelope.route {
-        let error = JobError::dead_letter(ErrorCode::InvalidRequest, reason.clone());
-        return job.fail(error, message_id.as_deref());
-    }
-    let size = job.body().len();
-    if size > ctx.max_message_bytes {
-        let message = format!(
-            "body: {size} bytes exceeds broker.max_message_bytes = {}",
-            ctx.max_message_bytes
-        );
-        // Answered without being parsed: only `message_id` can name it.
-        return job.fail(
-            JobError::answer(ErrorCode::TooLarge, message),
-            message_id.as_deref(),
-        );
-    }
+    let job = InFlight::predict(&ctx.answerer, delivered, &envelope, model.clone(), received);
+    let Some(mut job) = job
+        .routable()
+        .and_then(|job| job.within(ctx.max_message_bytes, message_id.as_deref()))
+    else {
+        return;
+    };
     // Refused before the body is decoded (or because it cannot be): named by the body's `id`
     // if the JSON can be read that far, else by `message_id`.
     let refuse = |job: InFlight, header_len: Option<usize>, error: JobError| {

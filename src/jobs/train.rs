@@ -74,26 +74,18 @@ pub async fn handle_training(
     let received = Instant::now();
     let envelope = Envelope::read(&delivered.properties, redelivered, &ctx.topology);
     let message_id = envelope.message_id.clone();
-    let mut job = InFlight::train(&ctx.answerer, delivered, &envelope, received);
-    if let Route::Refused(reason) = &envelope.route {
-        let error = JobError::dead_letter(ErrorCode::InvalidRequest, reason.clone());
-        return job.fail(error, message_id.as_deref());
-    }
+    let job = InFlight::train(&ctx.answerer, delivered, &envelope, received);
+    let Some(job) = job.routable() else {
+        return;
+    };
     let user_id = envelope.user_id.as_deref();
     let what = "training (training.allowed_users)";
     if let Err(e) = authorize(user_id, &ctx.allowed_users, what) {
         return job.fail(JobError::invalid(e.to_string()), message_id.as_deref());
     }
-    let size = job.body().len();
-    if size > ctx.max_message_bytes {
-        let message = format!(
-            "body: {size} bytes exceeds broker.max_message_bytes = {}",
-            ctx.max_message_bytes
-        );
-        // Not parsed: only `message_id` can name it.
-        let error = JobError::answer(ErrorCode::TooLarge, message);
-        return job.fail(error, message_id.as_deref());
-    }
+    let Some(mut job) = job.within(ctx.max_message_bytes, message_id.as_deref()) else {
+        return;
+    };
     // Training reads no contract header but a bad one is refused the same way as for
     // prediction: one reader, one rule.
     if let Err(error) = envelope.headers {
