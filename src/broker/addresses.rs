@@ -127,13 +127,7 @@ pub fn node_of(url: &str) -> String {
         };
         format!("{host_port}:{port}")
     };
-    if node.len() > 255 {
-        let mut end = 255;
-        while !node.is_char_boundary(end) {
-            end -= 1;
-        }
-        node.truncate(end);
-    }
+    node.truncate(crate::protocol::text::prefix(&node, 255).len());
     node
 }
 

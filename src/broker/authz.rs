@@ -36,11 +36,7 @@ pub fn authorize(
     let listed = || {
         let mut names = allowed.join(", ");
         if names.len() > ECHO_LIMIT {
-            let cut = (0..=ECHO_LIMIT)
-                .rev()
-                .find(|&i| names.is_char_boundary(i))
-                .unwrap_or(0);
-            names.truncate(cut);
+            names.truncate(crate::protocol::text::prefix(&names, ECHO_LIMIT).len());
             names.push('…');
         }
         format!("[{names}]")

@@ -67,11 +67,7 @@ pub fn echo(s: &str) -> String {
     if s.len() <= MAX_ECHO {
         return s.to_string();
     }
-    let mut end = MAX_ECHO;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!("{}…", crate::protocol::text::prefix(s, MAX_ECHO))
 }
 
 /// A model name from the path: the repository's rule (letters, digits, `-`, `_`, `.`, not

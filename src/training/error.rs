@@ -19,11 +19,8 @@ fn cut(s: &str, max: usize) -> Cow<'_, str> {
     if s.len() <= max {
         return Cow::Borrowed(s);
     }
-    let mut end = max.saturating_sub(3);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}...", &s[..end]))
+    let kept = crate::protocol::text::prefix(s, max.saturating_sub(3));
+    Cow::Owned(format!("{kept}..."))
 }
 
 /// Why a training job failed.

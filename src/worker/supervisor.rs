@@ -227,9 +227,5 @@ fn bounded(reason: &str) -> String {
     if reason.len() <= MAX_REASON {
         return reason.to_string();
     }
-    let mut end = MAX_REASON;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &reason[..end])
+    format!("{}…", crate::protocol::text::prefix(reason, MAX_REASON))
 }

@@ -77,11 +77,7 @@ pub(super) fn provider(
 }
 
 fn shorten(s: &str) -> &str {
-    let mut end = s.len().min(200);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::protocol::text::prefix(s, 200)
 }
 
 #[cfg(test)]

@@ -284,12 +284,5 @@ fn wall((now, wall_now): (Instant, SystemTime), at: Instant) -> SystemTime {
 
 /// At most [`MAX_ID_ATTRIBUTE`] bytes of `s`, cut on a character boundary.
 fn bounded(s: &str) -> &str {
-    if s.len() <= MAX_ID_ATTRIBUTE {
-        return s;
-    }
-    let mut end = MAX_ID_ATTRIBUTE;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::protocol::text::prefix(s, MAX_ID_ATTRIBUTE)
 }
