@@ -73,12 +73,7 @@ pub fn echo(s: &str) -> String {
 /// A model name from the path: the repository's rule (letters, digits, `-`, `_`, `.`, not
 /// starting with `.`), at most [`MAX_NAME`] bytes.
 pub fn check_model(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let ok = name.len() <= MAX_NAME && crate::repository::valid_model_name(name);
     if ok {
         Ok(())
     } else {
