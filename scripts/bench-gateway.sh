@@ -41,6 +41,11 @@ for _ in $(seq 1 150); do
 done
 curl -sf "http://127.0.0.1:$gport/v2/models/iris/ready" >/dev/null || { echo "gateway or worker not ready"; cat "$out/gateway-bench.log"; exit 1; }
 body='{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[0.61,-0.23,0.94,0.17]}]}'
+# CPU ticks (user + system) of the worker, the gateway and the broker, for the CPU per request.
+beam=$(pgrep -u rabbitmq -f "rabbit boot" | head -1 || true)
+ticks() { for p in "${pids[0]}" "${pids[1]}" $beam; do awk '{printf "%d ", $14 + $15}' /proc/"$p"/stat; done; echo; }
+# A load generator's own CPU, in seconds (user + system), to FILE.
+timed() { local file=$1; shift; /usr/bin/time -f '%U %S' -o "$file" "$@"; }
 oha() { "$OHA" --no-tui --output-format json -m POST -H 'Content-Type: application/json' -d "$body" "$@" "$url"; }
 direct() { "$bin" bench --prefix "$prefix" --model iris --rows 1 --json "$@"; }
 
@@ -48,15 +53,31 @@ echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d
 oha -n 2000 -c "$CONC" >/dev/null   # warm-up: channels, connections, caches
 echo "== 1. throughput, $CONC in flight, $JOBS requests per run"
 for round in $(seq 1 "$ROUNDS"); do
-  direct --jobs "$JOBS" --window "$CONC" >"$out/gw-direct-$round.json"
-  oha -n "$JOBS" -c "$CONC" >"$out/gw-http-$round.json"
+  ticks >"$out/gw-direct-$round.ticks"
+  timed "$out/gw-direct-$round.time" "$bin" bench --prefix "$prefix" --model iris --rows 1 --json --jobs "$JOBS" --window "$CONC" >"$out/gw-direct-$round.json"
+  ticks >>"$out/gw-direct-$round.ticks"
+  ticks >"$out/gw-http-$round.ticks"
+  timed "$out/gw-http-$round.time" "$OHA" --no-tui --output-format json -m POST -H 'Content-Type: application/json' -d "$body" -n "$JOBS" -c "$CONC" "$url" >"$out/gw-http-$round.json"
+  ticks >>"$out/gw-http-$round.ticks"
 done
 echo "== 2. light load, $LIGHT_RATE requests/s, $LIGHT_JOBS requests"
 direct --jobs "$LIGHT_JOBS" --rate "$LIGHT_RATE" >"$out/gw-direct-light.json"
 oha -n "$LIGHT_JOBS" -c 8 -q "$LIGHT_RATE" >"$out/gw-http-light.json"
-python3 - "$out" "$ROUNDS" <<'PY'
+python3 - "$out" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
 import json, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+def cpu(name, n):
+    """CPU per request in microseconds: worker, gateway, broker, load generator."""
+    lines = [list(map(int, l.split())) for l in open(f"{out}/{name}.ticks")]
+    used = [(b - a) / hz / n * 1e6 for a, b in zip(*lines)]
+    user, system = map(float, open(f"{out}/{name}.time").read().split()[-2:])
+    names = ["worker", "gateway", "broker"][: len(used)]
+    parts = dict(zip(names, used))
+    parts["load generator"] = (user + system) / n * 1e6
+    if name.startswith("gw-direct"):
+        parts.pop("gateway", None)
+    return "  ".join(f"{k} {v:.0f}" for k, v in parts.items()) + f"  (sum {sum(parts.values()):.0f})"
 
 def direct(name):
     r = json.load(open(f"{out}/{name}.json"))["reports"][0]
@@ -75,6 +96,9 @@ for i in range(1, rounds + 1):
     d, h = direct(f"gw-direct-{i}"), http(f"gw-http-{i}")
     ratios.append(h[0] / d[0])
     print(f"  direct {d[0]:8.0f} jobs/s p50 {d[1]:6.2f} ms p99 {d[2]:6.2f} ms   gateway {h[0]:8.0f} req/s p50 {h[1]:6.2f} ms p99 {h[2]:6.2f} ms   ratio {ratios[-1]:.3f}")
+    n = json.load(open(f"{out}/gw-direct-{i}.json"))["reports"][0]["jobs"]
+    print(f"    CPU us per job, direct:  {cpu(f'gw-direct-{i}', n)}")
+    print(f"    CPU us per request, gateway: {cpu(f'gw-http-{i}', n)}")
 print(f"  median ratio gateway/direct {statistics.median(ratios):.3f}")
 d, h = direct("gw-direct-light"), http("gw-http-light")
 print(f"  light load: direct p50 {d[1]:.3f} ms p99 {d[2]:.3f} ms   gateway p50 {h[1]:.3f} ms p99 {h[2]:.3f} ms   added p50 {h[1] - d[1]:.3f} ms")

@@ -113,6 +113,9 @@ pub struct RuntimeSettings {
     pub execution_providers: Vec<ExecutionProvider>,
     pub require_gpu: bool,
     pub intra_threads: usize,
+    /// Threads of the worker's async runtime (consumers, batchers, publisher, HTTP); 0: one per
+    /// core. Inference runs on instance threads of its own, whatever this is.
+    pub async_threads: usize,
     /// CPUs for the instance threads that run ONNX Runtime (one each, round robin).
     #[serde(deserialize_with = "one_or_many")]
     pub instance_cpus: Vec<usize>,
@@ -236,6 +239,8 @@ pub struct GatewaySettings {
     pub connections: usize,
     pub channels: usize,
     pub shutdown_timeout_ms: u64,
+    /// Threads of the gateway's async runtime (HTTP and broker); 0: one per core.
+    pub async_threads: usize,
 }
 
 impl GatewaySettings {

@@ -19,6 +19,12 @@ use infermq::runtime::Backend;
 use infermq::runtime::{env, OrtBackend, SessionOptions};
 use infermq::worker;
 
+/// mimalloc instead of the system allocator: jobs are allocated on the consumer's thread and
+/// freed on an instance or publisher thread, which glibc's per-thread arenas make costly
+/// (`_int_malloc`, `malloc_consolidate` in the worker's profile; BENCHMARKS.md, "CPU per job").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "infermq",
@@ -106,7 +112,16 @@ fn main() -> anyhow::Result<()> {
             anyhow::anyhow!("runtime.io_cpus = {:?}: {e}", settings.runtime.io_cpus)
         })?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let async_threads = match cli.command {
+        Command::Worker { .. } => settings.runtime.async_threads,
+        Command::Gateway { .. } => settings.gateway.async_threads,
+        _ => 0,
+    };
+    if async_threads > 0 {
+        builder.worker_threads(async_threads);
+    }
+    let runtime = builder
         .enable_all()
         .thread_stack_size(THREAD_STACK_BYTES)
         .build()?;

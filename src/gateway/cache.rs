@@ -11,6 +11,17 @@ use std::time::{Duration, Instant};
 /// Entries kept at most.
 pub const MAX_ENTRIES: usize = 4096;
 
+/// What [`TtlCache::get_or_claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<V> {
+    /// A value younger than the ttl (or one being fetched again by another caller).
+    Fresh(V),
+    /// The value expired and this caller is the one to fetch it again.
+    Refresh,
+    /// Nothing stored: fetch it.
+    Missing,
+}
+
 /// Values valid for `ttl` after they were stored.
 pub struct TtlCache<V> {
     ttl: Duration,
@@ -30,6 +41,26 @@ impl<V: Clone> TtlCache<V> {
         let entries = self.entries.lock().ok()?;
         let (at, value) = entries.get(key)?;
         (now.saturating_duration_since(*at) < self.ttl).then(|| value.clone())
+    }
+
+    /// Like [`TtlCache::get`], but an expired entry is handed out to one caller only: the first
+    /// to find it expired gets [`Lookup::Refresh`] (it fetches the value again and stores it) and
+    /// the entry is stamped `now`, so the callers that come while it fetches get the old value as
+    /// [`Lookup::Fresh`] instead of fetching it all at once.
+    pub fn get_or_claim(&self, key: &str, now: Instant) -> Lookup<V> {
+        let Ok(mut entries) = self.entries.lock() else {
+            return Lookup::Missing;
+        };
+        match entries.get_mut(key) {
+            None => Lookup::Missing,
+            Some((at, value)) if now.saturating_duration_since(*at) < self.ttl => {
+                Lookup::Fresh(value.clone())
+            }
+            Some((at, _)) => {
+                *at = now;
+                Lookup::Refresh
+            }
+        }
     }
 
     pub fn put(&self, key: &str, value: V, now: Instant) {
@@ -71,6 +102,25 @@ mod tests {
         assert_eq!(cache.get("b", t0), None);
         cache.remove("a");
         assert_eq!(cache.get("a", t0), None);
+    }
+
+    #[test]
+    fn an_expired_entry_is_fetched_again_by_one_caller_only() {
+        let ttl = Duration::from_millis(500);
+        let cache = TtlCache::new(ttl);
+        let t0 = Instant::now();
+        assert_eq!(cache.get_or_claim("a", t0), Lookup::Missing);
+        cache.put("a", 1, t0);
+        assert_eq!(cache.get_or_claim("a", t0 + ttl / 2), Lookup::Fresh(1));
+        let expired = t0 + ttl;
+        assert_eq!(cache.get_or_claim("a", expired), Lookup::Refresh);
+        // While the first caller fetches, the others get the old value.
+        assert_eq!(cache.get_or_claim("a", expired), Lookup::Fresh(1));
+        assert_eq!(cache.get_or_claim("a", expired + ttl / 2), Lookup::Fresh(1));
+        cache.put("a", 2, expired + ttl / 2);
+        assert_eq!(cache.get_or_claim("a", expired + ttl / 2), Lookup::Fresh(2));
+        // A caller that never stores leaves the claim to the next one after another ttl.
+        assert_eq!(cache.get_or_claim("a", expired + 2 * ttl), Lookup::Refresh);
     }
 
     #[test]

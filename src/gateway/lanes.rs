@@ -11,6 +11,7 @@
 //! connection if the old one is gone: that is the gateway's reconnection.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -174,6 +175,9 @@ impl Drop for Waiting {
 pub struct Broker {
     pub connections: ConnectionPool,
     pub lanes: deadpool::managed::Pool<LaneManager>,
+    /// Correlation ids: this gateway's random prefix and a counter.
+    instance: Arc<str>,
+    next_id: Arc<AtomicU64>,
 }
 
 impl Broker {
@@ -201,7 +205,12 @@ impl Broker {
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| e.to_string())?;
-        Ok(Broker { connections, lanes })
+        Ok(Broker {
+            connections,
+            lanes,
+            instance: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+            next_id: Arc::default(),
+        })
     }
 
     /// Publishes `body` to `queue` (persistent, mandatory, confirmed, `reply_to` direct
@@ -218,7 +227,13 @@ impl Broker {
             .await
             .map_err(|_| CallError::Timeout(timeout))?
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        // Unique among this gateway's requests, which is all a reply needs (it comes back only to
+        // this channel); a counter costs no random bytes per request.
+        let id = format!(
+            "{}-{:x}",
+            self.instance,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
         let (tx, rx) = oneshot::channel();
         lane.pending
             .lock()
@@ -245,6 +260,7 @@ impl Broker {
         // The answer may come before the confirm; a returned job comes before its ack.
         let mut confirm = std::pin::pin!(confirm);
         let mut rx = std::pin::pin!(rx);
+        let mut expiry = std::pin::pin!(tokio::time::sleep_until(deadline));
         let mut confirmed = false;
         loop {
             tokio::select! {
@@ -255,7 +271,7 @@ impl Broker {
                     Ok(Confirmation::Nack(_)) => return Err(CallError::Refused),
                     Err(_) => return Err(CallError::ChannelLost),
                 },
-                () = tokio::time::sleep_until(deadline) => return Err(CallError::Timeout(timeout)),
+                () = &mut expiry => return Err(CallError::Timeout(timeout)),
             }
         }
     }

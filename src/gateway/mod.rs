@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::headers::BINARY_HEADER;
 use crate::config::{GatewaySettings, Settings};
 use crate::protocol::metadata::{METADATA_REQUEST, REQUEST_HEADER};
-use cache::TtlCache;
+use cache::{Lookup, TtlCache};
 use http::{error, relay, InferRequest};
 use lanes::{Broker, CallError};
 use metrics::GatewayMetrics;
@@ -114,7 +114,10 @@ impl Gateway {
     /// The state of `model`'s queue, at most `queue_check_ms` old.
     pub async fn queue_state(&self, model: &str) -> Result<QueueState, CallError> {
         let queue = self.queue(model);
-        if let Some(state) = self.queues.get(&queue, Instant::now()) {
+        // Once a model's state is known, one request at a time checks it again when it
+        // expires; the others go on with the state it had (one probe per model per
+        // `queue_check_ms`, not one per request in flight).
+        if let Lookup::Fresh(state) = self.queues.get_or_claim(&queue, Instant::now()) {
             return Ok(state);
         }
         let state = self.broker.probe(&queue).await?;

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Worker CPU per job, by thread, with the iris ratio to the echo ceiling (BENCHMARKS.md,
+# "CPU per job"): starts a release worker on the bundled models with a random queue prefix,
+# then ROUNDS times `infermq bench --model iris --jobs JOBS --rows 1 --window 256` followed by
+# the same with `--echo-only` (the echo ceiling), reading the worker's /proc/<pid>/task/*/stat
+# and the broker's /proc/<pid>/stat (user + system ticks) around each run.
+# With PERF=1 the last round also records a call-graph profile of the worker
+# (`perf record -e cpu-clock -g`), summarised in target/bench/cpu-perf.txt.
+# Usage: scripts/bench-cpu.sh   (environment: JOBS, ROUNDS, PERF, BODY=json|binary)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-40000}
+ROUNDS=${ROUNDS:-4}
+out=target/bench
+mkdir -p "$out"
+cargo build --release --quiet --bin infermq
+bin=${CARGO_TARGET_DIR:-target}/release/infermq
+prefix="cpubench$RANDOM$RANDOM"
+port=$((20000 + RANDOM % 20000))
+worker=""
+trap '[ -n "$worker" ] && { kill -TERM "$worker" 2>/dev/null; wait "$worker" 2>/dev/null; }; scripts/delete-prefix.sh "$prefix"' EXIT
+env ${WORKER_ENV:-} INFERMQ__BROKER__PREFIX=$prefix INFERMQ__HTTP__LISTEN=127.0.0.1:$port INFERMQ__LOG__LEVEL=warn \
+  "$bin" worker >"$out/cpu-worker.log" 2>&1 &
+worker=$!
+for _ in $(seq 1 150); do
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$out/cpu-worker.log"; exit 1; }
+body_flag=""; [ "${BODY:-json}" = binary ] && body_flag="--binary"
+# Per-thread ticks: "<thread name> <utime> <stime>" (the name is field 2, in parentheses).
+beam=$(pgrep -u rabbitmq -f "rabbit boot" | head -1 || true)
+# The broker's ticks over the same interval (all its threads: field 14 + 15 of its stat).
+broker_ticks() { [ -n "$beam" ] && awk '{print $14 + $15}' /proc/"$beam"/stat || echo 0; }
+ticks() {
+  echo "broker:rabbitmq 0 $(broker_ticks) 0"
+  for t in /proc/"$worker"/task/*; do
+    echo "$(sed -E 's/^[0-9]+ \((.*)\) [A-Za-z] (([^ ]+ ){10})([0-9]+) ([0-9]+).*/\1 \4 \5/' "$t/stat") $(awk '/ctxt_switches/ {n += $2} END {print n}' "$t/status")"
+  done 2>/dev/null
+}
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+"$bin" bench --prefix "$prefix" --model iris --jobs 5000 --rows 1 --window 256 $body_flag >/dev/null   # warm-up
+for round in $(seq 1 "$ROUNDS"); do
+  ticks >"$out/cpu-ticks-before-$round.txt"
+  if [ "${PERF:-0}" = 1 ] && [ "$round" = "$ROUNDS" ]; then
+    perf record -q -e cpu-clock -F 1999 -g -p "$worker" -o "$out/cpu-perf.data" 2>/dev/null &
+    perf_pid=$!
+  fi
+  "$bin" bench --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >"$out/cpu-iris-$round.json"
+  ticks >"$out/cpu-ticks-after-$round.txt"
+  if [ -n "${perf_pid:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; perf_pid=""; fi
+  # The echo ceiling right after, through the same broker; its broker ticks too.
+  b0=$(broker_ticks)
+  "$bin" bench --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 --echo-only $body_flag >"$out/cpu-echo-$round.json"
+  echo "$(( $(broker_ticks) - b0 ))" >"$out/cpu-echo-broker-$round.txt"
+done
+python3 - "$out" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
+import collections, json, re, statistics, sys
+out, rounds, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def load(path):
+    t = collections.Counter()
+    for line in open(path):
+        name, user, system, switches = line.rsplit(" ", 3)
+        # Group threads by role: tokio-runtime-w, lapin-io-loop, infer-iris-0 -> infer-iris, ...
+        role = re.sub(r"-\d+$", "", name)
+        t[role] += int(user) + int(system)
+        t["switches:" + role] += int(switches)
+    return t
+def split(t):
+    broker = t.pop("broker:rabbitmq", 0)
+    return t, broker
+per_job, ratios = [], []
+for r in range(1, rounds + 1):
+    (before, b0), (after, b1) = split(load(f"{out}/cpu-ticks-before-{r}.txt")), split(load(f"{out}/cpu-ticks-after-{r}.txt"))
+    model = json.load(open(f"{out}/cpu-iris-{r}.json"))["reports"][0]
+    echo = json.load(open(f"{out}/cpu-echo-{r}.json"))["reports"][0]
+    ratio = model["jobs_per_s"] / echo["jobs_per_s"]
+    echo_broker = int(open(f"{out}/cpu-echo-broker-{r}.txt").read()) / hz / echo["ok"] * 1e6
+    jobs = model["ok"]
+    switches = {k[9:]: (after[k] - before.get(k, 0)) / jobs for k in after if k.startswith("switches:")}
+    used = {k: after[k] - before.get(k, 0) for k in after if not k.startswith("switches:")}
+    total = sum(used.values())
+    us = total / hz / jobs * 1e6
+    per_job.append(us); ratios.append(ratio)
+    threads = "  ".join(f"{k} {v / hz / jobs * 1e6:.1f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v)
+    print(f"  round {r}: worker {model['jobs_per_s']:.0f} jobs/s, echo {echo['jobs_per_s']:.0f}, ratio {ratio:.3f}, "
+          f"lost {model['lost']} dup {model['duplicated']}, mean batch {model['batch_size_mean']:.1f}; "
+          f"worker CPU {us:.1f} us/job ({threads}); broker {(b1 - b0) / hz / jobs * 1e6:.1f} us/job (echo run: {echo_broker:.1f})")
+    print("    context switches per job: " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(switches.items(), key=lambda kv: -kv[1])))
+print(f"  median: {statistics.median(per_job):.1f} us/job, ratio {statistics.median(ratios):.3f}")
+PY
+if [ -f "$out/cpu-perf.data" ] && [ "${PERF:-0}" = 1 ]; then
+  perf report -i "$out/cpu-perf.data" --no-children --sort comm,dso,symbol --percent-limit 0.7 --stdio 2>/dev/null \
+    | grep -E '^ +[0-9]' >"$out/cpu-perf.txt" || true
+  echo "  profile: $out/cpu-perf.txt (top entries below)"
+  head -25 "$out/cpu-perf.txt"
+fi
