@@ -4,8 +4,9 @@
 # then ROUNDS times `infermq bench --model iris --jobs JOBS --rows 1 --window 256` followed by
 # the same with `--echo-only` (the echo ceiling), reading the worker's /proc/<pid>/task/*/stat
 # and the broker's /proc/<pid>/stat (user + system ticks) around each run.
-# With PERF=1 the last round also records a call-graph profile of the worker
-# (`perf record -e cpu-clock -g`), summarised in target/bench/cpu-perf.txt.
+# With PERF=1 one more worker run follows, under `perf record -e cpu-clock` (not counted in the
+# figures: the profiler costs CPU too), summarised by thread, library and symbol in
+# target/bench/cpu-perf.txt.
 # Usage: scripts/bench-cpu.sh   (environment: JOBS, ROUNDS, PERF, BODY=json|binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,18 +43,19 @@ echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d
 "$bin" bench --prefix "$prefix" --model iris --jobs 5000 --rows 1 --window 256 $body_flag >/dev/null   # warm-up
 for round in $(seq 1 "$ROUNDS"); do
   ticks >"$out/cpu-ticks-before-$round.txt"
-  if [ "${PERF:-0}" = 1 ] && [ "$round" = "$ROUNDS" ]; then
-    perf record -q -e cpu-clock -F 1999 -g -p "$worker" -o "$out/cpu-perf.data" 2>/dev/null &
-    perf_pid=$!
-  fi
   "$bin" bench --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >"$out/cpu-iris-$round.json"
   ticks >"$out/cpu-ticks-after-$round.txt"
-  if [ -n "${perf_pid:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; perf_pid=""; fi
   # The echo ceiling right after, through the same broker; its broker ticks too.
   b0=$(broker_ticks)
   "$bin" bench --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 --echo-only $body_flag >"$out/cpu-echo-$round.json"
   echo "$(( $(broker_ticks) - b0 ))" >"$out/cpu-echo-broker-$round.txt"
 done
+if [ "${PERF:-0}" = 1 ]; then
+  perf record -q -e cpu-clock -F 1999 -p "$worker" -o "$out/cpu-perf.data" 2>/dev/null &
+  perf_pid=$!
+  "$bin" bench --prefix "$prefix" --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >/dev/null
+  kill -INT "$perf_pid"; wait "$perf_pid" || true
+fi
 python3 - "$out" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
 import collections, json, re, statistics, sys
 out, rounds, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -90,8 +92,10 @@ for r in range(1, rounds + 1):
 print(f"  median: {statistics.median(per_job):.1f} us/job, ratio {statistics.median(ratios):.3f}")
 PY
 if [ -f "$out/cpu-perf.data" ] && [ "${PERF:-0}" = 1 ]; then
-  perf report -i "$out/cpu-perf.data" --no-children --sort comm,dso,symbol --percent-limit 0.7 --stdio 2>/dev/null \
-    | grep -E '^ +[0-9]' >"$out/cpu-perf.txt" || true
+  for sort in comm dso comm,dso,symbol; do
+    echo "# by $sort"
+    perf report -i "$out/cpu-perf.data" --no-children --sort "$sort" --percent-limit 0.5 --stdio 2>/dev/null | grep -E '^ +[0-9]' | cut -c1-140
+  done >"$out/cpu-perf.txt" || true
   echo "  profile: $out/cpu-perf.txt (top entries below)"
-  head -25 "$out/cpu-perf.txt"
+  head -40 "$out/cpu-perf.txt"
 fi

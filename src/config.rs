@@ -510,6 +510,10 @@ pub struct ModelConfig {
     #[serde(default)]
     pub preferred_batch_sizes: Vec<usize>,
     pub instances: Option<usize>,
+    /// Run batches on the worker's async thread instead of instance threads of their own: for
+    /// models whose batch runs in microseconds, where the hand-off costs more than the run.
+    #[serde(default)]
+    pub inline: bool,
     pub execution_providers: Option<Vec<ExecutionProvider>>,
     #[serde(default)]
     pub version_policy: VersionPolicy,

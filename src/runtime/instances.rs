@@ -11,9 +11,14 @@
 //! through ONNX Runtime's C frames (it would abort the process instead), so a caught panic
 //! happened in Rust code before or after a `Run` call, and a session holds no per-run state.
 //! The jobs of the panicking task are ended by the task's own wrapper (`batching::task`).
+//!
+//! An *inline* pool ([`InstancePool::inline`]) has no threads: a task runs on the thread that
+//! hands it over (the batch task's), at once. For models whose batch runs in microseconds the
+//! hand-off to a thread and back costs more than the run; a panic is caught and reported the
+//! same way.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -39,6 +44,16 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 pub struct InstancePool {
     senders: Vec<mpsc::SyncSender<InstanceTask>>,
     threads: Vec<JoinHandle<()>>,
+    /// Inline: the backends, run on the caller's thread (no thread above).
+    inline: Vec<Inline>,
+}
+
+/// One backend of an inline pool.
+struct Inline {
+    name: String,
+    backend: Mutex<Box<dyn Backend>>,
+    idle: UnboundedSender<usize>,
+    on_panic: PanicHook,
 }
 
 impl InstancePool {
@@ -93,20 +108,59 @@ impl InstancePool {
             senders.push(tx);
             threads.push(thread);
         }
-        Ok(InstancePool { senders, threads })
+        Ok(InstancePool {
+            senders,
+            threads,
+            inline: Vec::new(),
+        })
+    }
+
+    /// A pool without threads: [`InstancePool::run`] runs the task on the calling thread, then
+    /// reports the instance idle on `idle`; `on_panic` is called when a task panics.
+    pub fn inline(
+        name: &str,
+        backends: Vec<Box<dyn Backend>>,
+        idle: UnboundedSender<usize>,
+        on_panic: PanicHook,
+    ) -> InstancePool {
+        let inline = backends
+            .into_iter()
+            .map(|backend| Inline {
+                name: name.to_string(),
+                backend: Mutex::new(backend),
+                idle: idle.clone(),
+                on_panic: on_panic.clone(),
+            })
+            .collect();
+        InstancePool {
+            senders: Vec::new(),
+            threads: Vec::new(),
+            inline,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.senders.len()
+        self.senders.len() + self.inline.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.senders.is_empty()
+        self.len() == 0
     }
 
     /// Hands a task to instance `index`, which must be idle. Gives the task back if the
     /// instance thread is gone.
     pub fn run(&self, index: usize, task: InstanceTask) -> Result<(), InstanceTask> {
+        if let Some(instance) = self.inline.get(index) {
+            // A panic inside the lock poisons it; the backend holds no per-run state (above).
+            let mut backend = instance.backend.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| task(backend.as_mut()))) {
+                let message = panic_message(payload.as_ref());
+                tracing::error!(model = %instance.name, instance = index, panic = %message, "Inference instance panicked; its batch failed, the instance goes on");
+                (instance.on_panic)(index, &message);
+            }
+            let _ = instance.idle.send(index);
+            return Ok(());
+        }
         match self.senders.get(index) {
             Some(sender) => sender.try_send(task).map_err(|e| match e {
                 mpsc::TrySendError::Full(t) | mpsc::TrySendError::Disconnected(t) => t,
@@ -179,5 +233,41 @@ mod tests {
             assert_eq!(seen, expected);
             pool.join();
         }
+    }
+
+    /// An inline pool runs each task on the caller's thread, reports the instance idle after
+    /// it, and goes on after a task panicked (reported to the hook).
+    #[test]
+    fn an_inline_pool_runs_tasks_on_the_calling_thread_and_survives_a_panic() {
+        let (idle_tx, mut idle_rx) = tokio::sync::mpsc::unbounded_channel();
+        let panics = Arc::new(Mutex::new(Vec::new()));
+        let hook: PanicHook = {
+            let panics = panics.clone();
+            Arc::new(move |index, message: &str| {
+                panics.lock().unwrap().push((index, message.to_string()))
+            })
+        };
+        let pool = InstancePool::inline("inline", vec![backend(), backend()], idle_tx, hook);
+        assert_eq!(pool.len(), 2);
+        let caller = std::thread::current().id();
+        let ran_on = Arc::new(Mutex::new(None));
+        let record = ran_on.clone();
+        let task: InstanceTask = Box::new(move |_| {
+            *record.lock().unwrap() = Some(std::thread::current().id());
+        });
+        assert!(pool.run(1, task).is_ok());
+        assert_eq!(*ran_on.lock().unwrap(), Some(caller));
+        assert_eq!(idle_rx.try_recv().ok(), Some(1));
+        assert!(pool.run(0, Box::new(|_| panic!("boom"))).is_ok());
+        assert_eq!(*panics.lock().unwrap(), vec![(0, "boom".to_string())]);
+        assert_eq!(idle_rx.try_recv().ok(), Some(0));
+        let again = ran_on.clone();
+        let task: InstanceTask = Box::new(move |_| *again.lock().unwrap() = None);
+        assert!(pool.run(0, task).is_ok());
+        assert_eq!(*ran_on.lock().unwrap(), None);
+        assert_eq!(idle_rx.try_recv().ok(), Some(0));
+        // An index the pool does not have gives the task back.
+        assert!(pool.run(2, Box::new(|_| {})).is_err());
+        pool.join();
     }
 }

@@ -182,10 +182,15 @@ impl ModelSync {
         let panics = (self.metrics.clone(), name.clone(), version.to_string());
         let on_panic: crate::runtime::instances::PanicHook =
             Arc::new(move |_, _: &str| panics.0.supervision.instance_restart(&panics.1, &panics.2));
-        let pool = match InstancePool::start_with(&name, backends, &options.cpus, idle_tx, on_panic)
-        {
-            Ok(pool) => pool,
-            Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
+        let pool = if entry.config.inline {
+            InstancePool::inline(&name, backends, idle_tx, on_panic)
+        } else {
+            match InstancePool::start_with(&name, backends, &options.cpus, idle_tx, on_panic) {
+                Ok(pool) => pool,
+                Err(error) => {
+                    return self.refuse(&name, version, started, stamp, error.to_string())
+                }
+            }
         };
         let served = Arc::new(ServedVersion {
             model: Arc::from(name.as_str()),
@@ -220,7 +225,7 @@ impl ModelSync {
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.model_load(&name, &served.label, seconds, true);
         self.metrics.set_model_loaded(&name, &served.label, true);
-        tracing::info!(model = %name, version, instances, max_batch_size, load_ms = (seconds * 1e3) as u64, providers = ?served.execution_providers, "Model version loaded");
+        tracing::info!(model = %name, version, instances, inline = entry.config.inline, max_batch_size, load_ms = (seconds * 1e3) as u64, providers = ?served.execution_providers, "Model version loaded");
         self.registry.insert(served);
     }
 
