@@ -43,7 +43,13 @@ curl -sf "http://127.0.0.1:$gport/v2/models/iris/ready" >/dev/null || { echo "ga
 body='{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[0.61,-0.23,0.94,0.17]}]}'
 # CPU ticks (user + system) of the worker, the gateway and the broker, for the CPU per request.
 beam=$(pgrep -u rabbitmq -f "rabbit boot" | head -1 || true)
-ticks() { for p in "${pids[0]}" "${pids[1]}" $beam; do awk '{printf "%d ", $14 + $15}' /proc/"$p"/stat; done; echo; }
+# Then the worker's context switches (all its threads) and its iris batches (rows, count).
+ticks() {
+  for p in "${pids[0]}" "${pids[1]}" $beam; do awk '{printf "%d ", $14 + $15}' /proc/"$p"/stat; done
+  awk '/ctxt_switches/ {n += $2} END {printf "%d ", n}' /proc/"${pids[0]}"/task/*/status
+  curl -sf "http://127.0.0.1:$wport/metrics" | awk '/^infermq_batch_rows_(sum|count)\{.*model="iris"/ {printf "%d ", $2}'
+  echo
+}
 # A load generator's own CPU, in seconds (user + system), to FILE.
 timed() { local file=$1; shift; /usr/bin/time -f '%U %S' -o "$file" "$@"; }
 oha() { "$OHA" --no-tui --output-format json -m POST -H 'Content-Type: application/json' -d "$body" "$@" "$url"; }
@@ -70,14 +76,17 @@ out, rounds, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def cpu(name, n):
     """CPU per request in microseconds: worker, gateway, broker, load generator."""
     lines = [list(map(int, l.split())) for l in open(f"{out}/{name}.ticks")]
-    used = [(b - a) / hz / n * 1e6 for a, b in zip(*lines)]
+    delta = [b - a for a, b in zip(*lines)]
+    used = [d / hz / n * 1e6 for d in delta[:-3]]
+    switches, rows, batches = delta[-3:]
     user, system = map(float, open(f"{out}/{name}.time").read().split()[-2:])
     names = ["worker", "gateway", "broker"][: len(used)]
     parts = dict(zip(names, used))
     parts["load generator"] = (user + system) / n * 1e6
     if name.startswith("gw-direct"):
         parts.pop("gateway", None)
-    return "  ".join(f"{k} {v:.0f}" for k, v in parts.items()) + f"  (sum {sum(parts.values()):.0f})"
+    return ("  ".join(f"{k} {v:.0f}" for k, v in parts.items()) + f"  (sum {sum(parts.values()):.0f});"
+            f" worker: {switches / n:.2f} context switches per job, mean batch {rows / max(batches, 1):.1f}")
 
 def direct(name):
     r = json.load(open(f"{out}/{name}.json"))["reports"][0]
