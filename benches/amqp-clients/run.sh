@@ -8,7 +8,7 @@
 # Before each measured run it waits (polling every 10 s, at most MAX_WAIT_S in all) until no
 # other infermq worker/gateway/bench runs and the 1-minute load average is below MAX_LOAD.
 #
-# Env: RUNS (4), JOBS (40000), MAX_LOAD (1.5), MAX_WAIT_S (600), INFERMQ (../../target/release/infermq),
+# Env: RUNS (4), JOBS (40000), MAX_LOAD (3), MAX_WAIT_S (600), INFERMQ (../../target/release/infermq),
 #      CARGO_TARGET_DIR (/work/amqp-target), RESULTS (results TSV, default /tmp/amqp-clients-<time>.tsv)
 set -euo pipefail
 
@@ -16,7 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 RUNS=${RUNS:-4}
 JOBS=${JOBS:-40000}
-MAX_LOAD=${MAX_LOAD:-1.5}
+MAX_LOAD=${MAX_LOAD:-3}
 MAX_WAIT_S=${MAX_WAIT_S:-600}
 INFERMQ=${INFERMQ:-$repo/target/release/infermq}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/amqp-target}
