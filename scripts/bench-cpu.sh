@@ -12,22 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-40000}
 ROUNDS=${ROUNDS:-4}
-out=target/bench
-mkdir -p "$out"
-cargo build --release --quiet --bin infermq
-bin=${CARGO_TARGET_DIR:-target}/release/infermq
-prefix="cpubench$RANDOM$RANDOM"
-port=$((20000 + RANDOM % 20000))
-worker=""
-trap '[ -n "$worker" ] && { kill -TERM "$worker" 2>/dev/null; wait "$worker" 2>/dev/null; }; scripts/delete-prefix.sh "$prefix"' EXIT
-env ${WORKER_ENV:-} INFERMQ__BROKER__PREFIX=$prefix INFERMQ__HTTP__LISTEN=127.0.0.1:$port INFERMQ__LOG__LEVEL=warn \
-  "$bin" worker >"$out/cpu-worker.log" 2>&1 &
-worker=$!
-for _ in $(seq 1 150); do
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$out/cpu-worker.log"; exit 1; }
+. scripts/bench-lib.sh
+bench_init cpubench
+# shellcheck disable=SC2086 # WORKER_ENV: VAR=VALUE words for the worker's environment
+bench_worker "$out/cpu-worker.log" ${WORKER_ENV:-}
 body_flag=""; [ "${BODY:-json}" = binary ] && body_flag="--binary"
 # Per-thread ticks: "<thread name> <utime> <stime>" (the name is field 2, in parentheses).
 beam=$(pgrep -u rabbitmq -f "rabbit boot" | head -1 || true)

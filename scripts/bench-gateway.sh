@@ -19,34 +19,21 @@ CONC=${CONC:-64}
 ROUNDS=${ROUNDS:-3}
 LIGHT_RATE=${LIGHT_RATE:-100}
 LIGHT_JOBS=${LIGHT_JOBS:-2000}
-out=target/bench
-mkdir -p "$out"
-cargo build --release --quiet --bin infermq
-bin=${CARGO_TARGET_DIR:-target}/release/infermq
-prefix="gwbench$RANDOM$RANDOM"
-wport=$((20000 + RANDOM % 20000))
-gport=$((wport + 1))
-pids=()
-trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; scripts/delete-prefix.sh "$prefix"' EXIT
-: >"$out/gateway-bench.log"
-export INFERMQ__BROKER__PREFIX=$prefix INFERMQ__LOG__LEVEL=warn
-INFERMQ__HTTP__LISTEN=127.0.0.1:$wport "$bin" worker >>"$out/gateway-bench.log" 2>&1 &
-pids+=($!)
-"$bin" gateway --listen 127.0.0.1:$gport >>"$out/gateway-bench.log" 2>&1 &
-pids+=($!)
+. scripts/bench-lib.sh
+bench_init gwbench
+wport=$port
+gport=$((port + 1))
+bench_worker "$out/gateway-bench.log"
+bench_start "$out/gateway-bench.log" "http://127.0.0.1:$gport/v2/models/iris/ready" "$bin" gateway --listen "127.0.0.1:$gport"
+gateway=$started
 url=http://127.0.0.1:$gport/v2/models/iris/infer
-for _ in $(seq 1 150); do
-  curl -sf "http://127.0.0.1:$gport/v2/models/iris/ready" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -sf "http://127.0.0.1:$gport/v2/models/iris/ready" >/dev/null || { echo "gateway or worker not ready"; cat "$out/gateway-bench.log"; exit 1; }
 body='{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[0.61,-0.23,0.94,0.17]}]}'
 # CPU ticks (user + system) of the worker, the gateway and the broker, for the CPU per request.
 beam=$(pgrep -u rabbitmq -f "rabbit boot" | head -1 || true)
 # Then the worker's context switches (all its threads) and its iris batches (rows, count).
 ticks() {
-  for p in "${pids[0]}" "${pids[1]}" $beam; do awk '{printf "%d ", $14 + $15}' /proc/"$p"/stat; done
-  awk '/ctxt_switches/ {n += $2} END {printf "%d ", n}' /proc/"${pids[0]}"/task/*/status
+  for p in "$worker" "$gateway" $beam; do awk '{printf "%d ", $14 + $15}' /proc/"$p"/stat; done
+  awk '/ctxt_switches/ {n += $2} END {printf "%d ", n}' /proc/"$worker"/task/*/status
   curl -sf "http://127.0.0.1:$wport/metrics" | awk '/^infermq_batch_rows_(sum|count)\{.*model="iris"/ {printf "%d ", $2}'
   echo
 }

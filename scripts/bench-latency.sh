@@ -7,20 +7,10 @@
 # Usage: scripts/bench-latency.sh   (environment: RATE (3500), ROUNDS (2), LIGHT_ONLY)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin infermq
-bin=${CARGO_TARGET_DIR:-target}/release/infermq
-prefix="lat$RANDOM$RANDOM"
-port=$((20000 + RANDOM % 20000))
+. scripts/bench-lib.sh
+bench_init lat
 rate=${RATE:-3500}
-mkdir -p target
-INFERMQ__BROKER__PREFIX=$prefix INFERMQ__HTTP__LISTEN=127.0.0.1:$port INFERMQ__LOG__LEVEL=warn \
-  "$bin" worker >target/bench-latency-worker.log 2>&1 &
-worker=$!
-trap 'kill -TERM "$worker" 2>/dev/null; wait "$worker" 2>/dev/null; scripts/delete-prefix.sh "$prefix"' EXIT
-for _ in $(seq 1 150); do
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
+bench_worker "$out/latency-worker.log"
 "$bin" bench --prefix "$prefix" --model iris --jobs 5000 --rows 1 --window 256 >/dev/null 2>&1   # warm-up
 show() { # label, then the bench arguments
   local label=$1; shift

@@ -1,0 +1,38 @@
+# Sourced by the benchmark scripts (bench-cpu.sh, bench-latency.sh, bench-gateway.sh): the
+# release binary, a random queue prefix whose queues are deleted on exit, and a worker on it.
+# After `bench_init NAME`: $bin, $prefix, $out (target/bench), $port (the worker's HTTP port).
+
+bench_init() {
+  out=target/bench
+  mkdir -p "$out"
+  cargo build --release --quiet --bin infermq
+  bin=${CARGO_TARGET_DIR:-target}/release/infermq
+  prefix="$1$RANDOM$RANDOM"
+  port=$((20000 + RANDOM % 20000))
+  bench_pids=()
+  trap 'for p in "${bench_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; scripts/delete-prefix.sh "$prefix"' EXIT
+}
+
+# bench_start LOG URL COMMAND...: starts COMMAND in the background (stopped on exit) with the
+# prefix and quiet logs, sets $started to its pid, and waits until URL answers (30 s at most).
+bench_start() {
+  local log=$1 url=$2
+  shift 2
+  env INFERMQ__BROKER__PREFIX="$prefix" INFERMQ__LOG__LEVEL=warn "$@" >>"$log" 2>&1 &
+  started=$!
+  bench_pids+=("$started")
+  for _ in $(seq 1 150); do
+    curl -sf "$url" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  curl -sf "$url" >/dev/null || { cat "$log"; exit 1; }
+}
+
+# bench_worker LOG [VAR=VALUE...]: a worker on $port with the given extra environment; $worker.
+bench_worker() {
+  local log=$1
+  shift
+  : >"$log"
+  bench_start "$log" "http://127.0.0.1:$port/readyz" "$@" INFERMQ__HTTP__LISTEN="127.0.0.1:$port" "$bin" worker
+  worker=$started
+}
