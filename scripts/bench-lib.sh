@@ -1,12 +1,18 @@
 # Sourced by the benchmark scripts (bench-cpu.sh, bench-latency.sh, bench-gateway.sh): the
 # release binary, a random queue prefix whose queues are deleted on exit, and a worker on it.
 # After `bench_init NAME`: $bin, $prefix, $out (target/bench), $port (the worker's HTTP port).
+# INFERMQ_BIN=/path/to/infermq measures that binary (e.g. to compare two builds in turn).
 
 bench_init() {
   out=target/bench
   mkdir -p "$out"
-  cargo build --release --quiet --bin infermq
-  bin=${CARGO_TARGET_DIR:-target}/release/infermq
+  # INFERMQ_BIN: measure that binary instead of building this checkout's.
+  if [ -n "${INFERMQ_BIN:-}" ]; then
+    bin=$INFERMQ_BIN
+  else
+    cargo build --release --quiet --bin infermq
+    bin=${CARGO_TARGET_DIR:-target}/release/infermq
+  fi
   prefix="$1$RANDOM$RANDOM"
   port=$((20000 + RANDOM % 20000))
   bench_pids=()

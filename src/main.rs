@@ -19,12 +19,6 @@ use infermq::runtime::Backend;
 use infermq::runtime::{env, OrtBackend, SessionOptions};
 use infermq::worker;
 
-/// mimalloc instead of the system allocator: jobs are allocated on the consumer's thread and
-/// freed on an instance or publisher thread, which glibc's per-thread arenas make costly
-/// (`_int_malloc`, `malloc_consolidate` in the worker's profile; BENCHMARKS.md, "CPU per job").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "infermq",
