@@ -17,10 +17,11 @@ bench_init cpubench
 # shellcheck disable=SC2086 # WORKER_ENV: VAR=VALUE words for the worker's environment
 bench_worker "$out/cpu-worker.log" ${WORKER_ENV:-}
 body_flag=""; [ "${BODY:-json}" = binary ] && body_flag="--binary"
-# Per-thread ticks: "<thread name> <utime> <stime>" (the name is field 2, in parentheses).
 beam=$(pgrep -u rabbitmq -f "rabbit boot" | head -1 || true)
 # The broker's ticks over the same interval (all its threads: field 14 + 15 of its stat).
 broker_ticks() { [ -n "$beam" ] && awk '{print $14 + $15}' /proc/"$beam"/stat || echo 0; }
+# Per-thread lines "<thread name> <utime> <stime> <context switches>" (the name is field 2 of
+# stat, in parentheses), after one line for the broker.
 ticks() {
   echo "broker:rabbitmq 0 $(broker_ticks) 0"
   for t in /proc/"$worker"/task/*; do

@@ -40,7 +40,12 @@ impl<V: Clone> TtlCache<V> {
     pub fn get(&self, key: &str, now: Instant) -> Option<V> {
         let entries = self.entries.lock().ok()?;
         let (at, value) = entries.get(key)?;
-        (now.saturating_duration_since(*at) < self.ttl).then(|| value.clone())
+        self.fresh(*at, now).then(|| value.clone())
+    }
+
+    /// Whether a value stored `at` is still valid `now`.
+    fn fresh(&self, at: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(at) < self.ttl
     }
 
     /// Like [`TtlCache::get`], but an expired entry is handed out to one caller only: the first
@@ -53,9 +58,7 @@ impl<V: Clone> TtlCache<V> {
         };
         match entries.get_mut(key) {
             None => Lookup::Missing,
-            Some((at, value)) if now.saturating_duration_since(*at) < self.ttl => {
-                Lookup::Fresh(value.clone())
-            }
+            Some((at, value)) if self.fresh(*at, now) => Lookup::Fresh(value.clone()),
             Some((at, _)) => {
                 *at = now;
                 Lookup::Refresh

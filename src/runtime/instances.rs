@@ -44,16 +44,32 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 pub struct InstancePool {
     senders: Vec<mpsc::SyncSender<InstanceTask>>,
     threads: Vec<JoinHandle<()>>,
-    /// Inline: the backends, run on the caller's thread (no thread above).
-    inline: Vec<Inline>,
+    /// An inline pool's backends, run on the caller's thread (no threads above).
+    inline: Option<Inline>,
 }
 
-/// One backend of an inline pool.
+/// The backends of an inline pool and what each run reports to.
 struct Inline {
     name: String,
-    backend: Mutex<Box<dyn Backend>>,
+    backends: Vec<Mutex<Box<dyn Backend>>>,
     idle: UnboundedSender<usize>,
     on_panic: PanicHook,
+}
+
+/// Runs `task` on `backend`; a panic is caught, logged and reported to `on_panic`, and the
+/// instance goes on (module documentation).
+fn run_caught(
+    model: &str,
+    index: usize,
+    task: InstanceTask,
+    backend: &mut dyn Backend,
+    on_panic: &PanicHook,
+) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| task(backend))) {
+        let message = panic_message(payload.as_ref());
+        tracing::error!(%model, instance = index, panic = %message, "Inference instance panicked; its batch failed, the instance goes on");
+        on_panic(index, &message);
+    }
 }
 
 impl InstancePool {
@@ -94,12 +110,7 @@ impl InstancePool {
                         }
                     }
                     for task in rx {
-                        let ran = catch_unwind(AssertUnwindSafe(|| task(backend.as_mut())));
-                        if let Err(payload) = ran {
-                            let message = panic_message(payload.as_ref());
-                            tracing::error!(%model, instance = index, panic = %message, "Inference instance panicked; its batch failed, the instance goes on");
-                            on_panic(index, &message);
-                        }
+                        run_caught(&model, index, task, backend.as_mut(), &on_panic);
                         if idle.send(index).is_err() {
                             break;
                         }
@@ -111,7 +122,7 @@ impl InstancePool {
         Ok(InstancePool {
             senders,
             threads,
-            inline: Vec::new(),
+            inline: None,
         })
     }
 
@@ -123,24 +134,20 @@ impl InstancePool {
         idle: UnboundedSender<usize>,
         on_panic: PanicHook,
     ) -> InstancePool {
-        let inline = backends
-            .into_iter()
-            .map(|backend| Inline {
-                name: name.to_string(),
-                backend: Mutex::new(backend),
-                idle: idle.clone(),
-                on_panic: on_panic.clone(),
-            })
-            .collect();
         InstancePool {
             senders: Vec::new(),
             threads: Vec::new(),
-            inline,
+            inline: Some(Inline {
+                name: name.to_string(),
+                backends: backends.into_iter().map(Mutex::new).collect(),
+                idle,
+                on_panic,
+            }),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.senders.len() + self.inline.len()
+        self.senders.len() + self.inline.as_ref().map_or(0, |i| i.backends.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -150,15 +157,20 @@ impl InstancePool {
     /// Hands a task to instance `index`, which must be idle. Gives the task back if the
     /// instance thread is gone.
     pub fn run(&self, index: usize, task: InstanceTask) -> Result<(), InstanceTask> {
-        if let Some(instance) = self.inline.get(index) {
+        if let Some(inline) = &self.inline {
+            let Some(backend) = inline.backends.get(index) else {
+                return Err(task);
+            };
             // A panic inside the lock poisons it; the backend holds no per-run state (above).
-            let mut backend = instance.backend.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| task(backend.as_mut()))) {
-                let message = panic_message(payload.as_ref());
-                tracing::error!(model = %instance.name, instance = index, panic = %message, "Inference instance panicked; its batch failed, the instance goes on");
-                (instance.on_panic)(index, &message);
-            }
-            let _ = instance.idle.send(index);
+            let mut backend = backend.lock().unwrap_or_else(|e| e.into_inner());
+            run_caught(
+                &inline.name,
+                index,
+                task,
+                backend.as_mut(),
+                &inline.on_panic,
+            );
+            let _ = inline.idle.send(index);
             return Ok(());
         }
         match self.senders.get(index) {
