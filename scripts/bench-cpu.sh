@@ -7,7 +7,10 @@
 # With PERF=1 one more worker run follows, under `perf record -e cpu-clock` (not counted in the
 # figures: the profiler costs CPU too), summarised by thread, library and symbol in
 # target/bench/cpu-perf.txt.
-# Usage: scripts/bench-cpu.sh   (environment: JOBS, ROUNDS, PERF, BODY=json|binary)
+# With SYSCALLS=1 one more worker run follows under `perf stat` counting the worker's system
+# calls by kind and thread (syscall tracepoints, no hardware counters needed), per job, in
+# target/bench/cpu-syscalls.txt.
+# Usage: scripts/bench-cpu.sh   (environment: JOBS, ROUNDS, PERF, SYSCALLS, BODY=json|binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-40000}
@@ -44,6 +47,38 @@ if [ "${PERF:-0}" = 1 ]; then
   perf_pid=$!
   "$bin" bench --prefix "$prefix" --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >/dev/null
   kill -INT "$perf_pid"; wait "$perf_pid" || true
+fi
+if [ "${SYSCALLS:-0}" = 1 ]; then
+  calls=raw_syscalls:sys_enter
+  for c in read write readv writev recvfrom sendto recvmsg sendmsg epoll_wait epoll_pwait futex sched_yield; do
+    calls+=",syscalls:sys_enter_$c"
+  done
+  perf stat -e "$calls" --per-thread -x, -o "$out/cpu-syscalls.csv" -p "$worker" &
+  perf_pid=$!
+  sleep 0.5
+  "$bin" bench --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >"$out/cpu-syscalls-run.json"
+  kill -INT "$perf_pid"; wait "$perf_pid" || true
+  python3 - "$out" <<'PY'
+import collections, json, re, sys
+out = sys.argv[1]
+jobs = json.load(open(f"{out}/cpu-syscalls-run.json"))["reports"][0]["ok"]
+by = collections.defaultdict(collections.Counter)
+for line in open(f"{out}/cpu-syscalls.csv"):
+    f = line.strip().split(",")
+    if len(f) < 4 or not f[1].replace(".", "").isdigit():
+        continue
+    thread = re.sub(r"-\d+$", "", f[0].strip())
+    event = f[3].split(":")[-1].replace("sys_enter_", "")
+    by[thread][event] += float(f[1])
+with open(f"{out}/cpu-syscalls.txt", "w") as txt:
+    for thread, counts in sorted(by.items(), key=lambda kv: -kv[1]["sys_enter"]):
+        if counts["sys_enter"] == 0:
+            continue
+        kinds = "  ".join(f"{k} {v / jobs:.2f}" for k, v in counts.most_common() if v and k != "sys_enter")
+        line = f"{thread}: {counts['sys_enter'] / jobs:.2f} system calls per job ({kinds})"
+        print("  " + line)
+        txt.write(line + "\n")
+PY
 fi
 python3 - "$out" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
 import collections, json, re, statistics, sys

@@ -31,8 +31,9 @@ pub struct Delivered {
     pub delivery: DeliveryRef,
     /// The connection generation it came on: a stale one is not answered again.
     pub generation: u64,
-    /// The queue it was consumed from (the routing key of its dead-letter copy).
-    pub queue: String,
+    /// The queue it was consumed from (the routing key of its dead-letter copy), shared by
+    /// every delivery of its consumer.
+    pub queue: Arc<str>,
     pub properties: BasicProperties,
     /// The body as received, kept for dead-lettering.
     pub body: Vec<u8>,
@@ -345,7 +346,7 @@ impl Held {
         let message = OutgoingMessage {
             model: self.model.clone(),
             exchange: self.answerer.dead_letter_exchange.clone(),
-            routing_key: self.delivered.queue.clone(),
+            routing_key: self.delivered.queue.to_string(),
             properties: received.clone().with_headers(headers),
             body: std::mem::take(&mut self.delivered.body),
         };

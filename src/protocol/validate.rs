@@ -46,10 +46,12 @@ fn check_utf8(input: &Tensor, path: &str) -> Result<(), ProtocolError> {
 /// Checks `req` against `sig`; the first problem found is returned.
 pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<(), ProtocolError> {
     let mut seen: Vec<Option<usize>> = vec![None; sig.inputs.len()];
-    // (rows, path) of the first batched input.
-    let mut batch: Option<(usize, String)> = None;
+    // (rows, index) of the first batched input.
+    let mut batch: Option<(usize, usize)> = None;
+    // An input's path in errors, written only when there is one (not once per job).
+    let path_of = |i: usize| format!("inputs[{i}] ({})", quoted(&req.inputs[i].name));
     for (i, input) in req.inputs.iter().enumerate() {
-        let path = format!("inputs[{i}] ({})", quoted(&input.name));
+        let path = || path_of(i);
         let Some(k) = sig.inputs.iter().position(|s| s.name == input.name) else {
             return Err(ProtocolError::UnknownInput {
                 path: format!("inputs[{i}]"),
@@ -68,14 +70,14 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
         let spec = &sig.inputs[k];
         if input.datatype != spec.datatype {
             return Err(ProtocolError::DatatypeMismatch {
-                path,
+                path: path(),
                 expected: spec.datatype,
                 got: input.datatype,
             });
         }
         if input.shape.len() != spec.shape.len() {
             return Err(ProtocolError::RankMismatch {
-                path,
+                path: path(),
                 expected: spec.shape.len(),
                 model_shape: spec.shape.clone(),
                 got: input.shape.len(),
@@ -85,7 +87,7 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
         for (dim, (&want, &got)) in spec.shape.iter().zip(&input.shape).enumerate() {
             if want >= 0 && usize::try_from(want) != Ok(got) {
                 return Err(ProtocolError::DimensionMismatch {
-                    path,
+                    path: path(),
                     dim,
                     expected: want,
                     got,
@@ -94,27 +96,29 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
         }
         if input.shape.contains(&0) {
             if spec.is_batched() && input.shape[0] == 0 {
-                return Err(ProtocolError::EmptyBatch { path });
+                return Err(ProtocolError::EmptyBatch { path: path() });
             }
             return Err(ProtocolError::EmptyTensor {
-                path,
+                path: path(),
                 shape: input.shape.clone(),
             });
         }
-        check_utf8(input, &path)?;
+        if matches!(input.data, TensorData::Bytes(_)) {
+            check_utf8(input, &path())?;
+        }
         if spec.is_batched() {
             let rows = input.shape[0];
             match &batch {
                 Some((expected, first)) if *expected != rows => {
                     return Err(ProtocolError::BatchMismatch {
-                        path,
-                        first: first.clone(),
+                        path: path(),
+                        first: path_of(*first),
                         expected: *expected,
                         got: rows,
                     })
                 }
                 Some(_) => {}
-                None => batch = Some((rows, path)),
+                None => batch = Some((rows, i)),
             }
         }
     }

@@ -58,8 +58,8 @@ pub(crate) fn decode_tensors(
     let mut offset = 0usize;
     let mut out = Vec::with_capacity(raw.len());
     for (i, t) in raw.into_iter().enumerate() {
-        let path = format!("{kind}[{i}]");
-        out.push(decode_tensor(t, &path, binary, &mut offset)?);
+        let path = IndexPath::new(kind, i);
+        out.push(decode_tensor(t, path.as_str(), binary, &mut offset)?);
     }
     let rest = binary.map_or(0, <[u8]>::len);
     if offset != rest {
@@ -69,6 +69,49 @@ pub(crate) fn decode_tensors(
         });
     }
     Ok(out)
+}
+
+/// `inputs[3]`: a tensor's path for its errors, written on the stack; it is made for every
+/// tensor of every job and almost never shown, so it costs no formatting and no allocation.
+struct IndexPath {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl IndexPath {
+    /// `kind` is this module's `"inputs"` or `"outputs"` (at most 16 bytes are kept).
+    fn new(kind: &str, index: usize) -> IndexPath {
+        let mut path = IndexPath {
+            buf: [0; 40],
+            len: 0,
+        };
+        let kind = &kind.as_bytes()[..kind.len().min(16)];
+        path.push(kind);
+        path.push(b"[");
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = index;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        path.push(&digits[at..]);
+        path.push(b"]");
+        path
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("tensor")
+    }
 }
 
 fn decode_tensor(
@@ -220,4 +263,21 @@ pub(crate) fn append_binary<'t>(
 pub(crate) fn write_usize(buf: &mut Vec<u8>, n: usize) {
     // Writing into a Vec<u8> cannot fail.
     let _ = CompactFormatter.write_u64(buf, n as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IndexPath;
+
+    #[test]
+    fn index_paths_read_as_formatted() {
+        for (kind, i) in [
+            ("inputs", 0),
+            ("outputs", 7),
+            ("inputs", 10),
+            ("inputs", usize::MAX),
+        ] {
+            assert_eq!(IndexPath::new(kind, i).as_str(), format!("{kind}[{i}]"));
+        }
+    }
 }

@@ -94,6 +94,7 @@ pub async fn predict_consumer_task(
     let acks = AckTracker::new(channel.clone());
     let label: Arc<str> = Arc::from(model.as_str());
     let started = Instant::now();
+    let delivered_from: Arc<str> = Arc::from(queue.as_str());
     tracing::info!(%queue, prefetch, "Consuming");
     let lost = loop {
         tokio::select! {
@@ -102,7 +103,7 @@ pub async fn predict_consumer_task(
                     let delivered = Delivered {
                         delivery: acks.delivered(delivery.delivery_tag),
                         generation: setup.generation,
-                        queue: queue.clone(),
+                        queue: delivered_from.clone(),
                         properties: delivery.properties,
                         body: delivery.data,
                     };

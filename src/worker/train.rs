@@ -64,6 +64,7 @@ pub async fn train_consumer_task(
     };
     tracing::info!(%queue, concurrency = ctx.concurrency, "Consuming training jobs");
     let acks = AckTracker::individual(channel.clone());
+    let delivered_from: Arc<str> = Arc::from(queue.as_str());
     let running = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
@@ -72,7 +73,7 @@ pub async fn train_consumer_task(
                     let delivered = Delivered {
                         delivery: acks.delivered(delivery.delivery_tag),
                         generation,
-                        queue: queue.clone(),
+                        queue: delivered_from.clone(),
                         properties: delivery.properties,
                         body: delivery.data,
                     };
