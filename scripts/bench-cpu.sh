@@ -72,7 +72,7 @@ for line in open(f"{out}/cpu-syscalls.csv"):
     by[thread][event] += float(f[1])
 with open(f"{out}/cpu-syscalls.txt", "w") as txt:
     for thread, counts in sorted(by.items(), key=lambda kv: -kv[1]["sys_enter"]):
-        if counts["sys_enter"] == 0:
+        if counts["sys_enter"] < 0.01 * jobs:
             continue
         kinds = "  ".join(f"{k} {v / jobs:.2f}" for k, v in counts.most_common() if v and k != "sys_enter")
         line = f"{thread}: {counts['sys_enter'] / jobs:.2f} system calls per job ({kinds})"
