@@ -27,11 +27,18 @@ pub enum Route {
     Refused(String),
 }
 
+/// Where a job's answers go, and the `correlation_id` they carry back: handed to the job's
+/// in-flight guard whole (not copied) once the envelope is read.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub route: Route,
+    pub correlation_id: Option<ShortString>,
+}
+
 /// One delivery's properties and headers, read.
 #[derive(Debug, Clone)]
 pub struct Envelope {
-    pub route: Route,
-    pub correlation_id: Option<ShortString>,
+    pub reply: Reply,
     /// The AMQP `message_id`: names a job whose body gives no `id`.
     pub message_id: Option<String>,
     /// The AMQP `user_id`, which RabbitMQ checks against the publishing connection's user.
@@ -68,8 +75,10 @@ impl Envelope {
             _ => 0,
         };
         Envelope {
-            route,
-            correlation_id: properties.correlation_id().clone(),
+            reply: Reply {
+                route,
+                correlation_id: properties.correlation_id().clone(),
+            },
             message_id: properties.message_id().as_ref().map(|m| m.to_string()),
             user_id: properties.user_id().as_ref().map(|u| u.to_string()),
             delivery_count,
@@ -110,7 +119,7 @@ mod tests {
     fn answers_never_go_to_the_fleets_own_queues() {
         let route = |reply_to: &str| {
             let p = BasicProperties::default().with_reply_to(reply_to.into());
-            Envelope::read(&p, false, &topology()).route
+            Envelope::read(&p, false, &topology()).reply.route
         };
         assert_eq!(route(""), Route::Queue("acme.results".into()));
         assert_eq!(route("amq.gen-1"), Route::Queue("amq.gen-1".into()));

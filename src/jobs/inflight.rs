@@ -18,7 +18,7 @@ use lapin::BasicProperties;
 pub use super::answerer::Answerer;
 use super::error::{Fate, JobError};
 use crate::broker::acks::DeliveryRef;
-use crate::broker::envelope::{Envelope, Route};
+use crate::broker::envelope::{Reply, Route};
 use crate::broker::headers::{table_size, MAX_HEADERS_BYTES};
 use crate::broker::publisher::{submit, with_error_headers, Settled};
 use crate::broker::{Command, Disposition, OutgoingMessage, Settlement};
@@ -86,14 +86,16 @@ impl InFlight {
     pub fn predict(
         answerer: &Arc<Answerer>,
         delivered: Delivered,
-        envelope: &Envelope,
+        reply: Reply,
+        delivery_count: u32,
         model: Arc<str>,
         received: Instant,
     ) -> InFlight {
         InFlight::new(
             answerer,
             delivered,
-            envelope,
+            reply,
+            delivery_count,
             model,
             received,
             Tally::Predict(None),
@@ -104,14 +106,16 @@ impl InFlight {
     pub fn request(
         answerer: &Arc<Answerer>,
         delivered: Delivered,
-        envelope: &Envelope,
+        reply: Reply,
+        delivery_count: u32,
         model: Arc<str>,
         received: Instant,
     ) -> InFlight {
         InFlight::new(
             answerer,
             delivered,
-            envelope,
+            reply,
+            delivery_count,
             model,
             received,
             Tally::Untallied,
@@ -122,14 +126,16 @@ impl InFlight {
     pub fn train(
         answerer: &Arc<Answerer>,
         delivered: Delivered,
-        envelope: &Envelope,
+        reply: Reply,
+        delivery_count: u32,
         received: Instant,
     ) -> InFlight {
         let tally = Tally::Train { samples: 0 };
         InFlight::new(
             answerer,
             delivered,
-            envelope,
+            reply,
+            delivery_count,
             Arc::from(""),
             received,
             tally,
@@ -139,7 +145,8 @@ impl InFlight {
     fn new(
         answerer: &Arc<Answerer>,
         delivered: Delivered,
-        envelope: &Envelope,
+        reply: Reply,
+        delivery_count: u32,
         model: Arc<str>,
         received: Instant,
         tally: Tally,
@@ -156,9 +163,9 @@ impl InFlight {
                 stages: Stages::default(),
                 delivered,
                 model,
-                route: envelope.route.clone(),
-                correlation_id: envelope.correlation_id.clone(),
-                delivery_count: envelope.delivery_count,
+                route: reply.route,
+                correlation_id: reply.correlation_id,
+                delivery_count,
                 received,
                 tally,
             }),
@@ -245,11 +252,15 @@ impl InFlight {
     /// Publishes the job's result to its route, then acks (`headers` and `content_type` as the
     /// result needs). A refused route dead-letters the job instead.
     pub fn answer(mut self, body: Vec<u8>, content_type: &str, headers: FieldTable) {
-        let Some(held) = self.held.take() else { return };
-        let Route::Queue(queue) = &held.route else {
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        let Route::Queue(queue) = &mut held.route else {
             return held.dead_letter_refused();
         };
-        let message = held.reply(queue.clone(), content_type, headers, body);
+        // Answered once: the route's queue name goes to the message.
+        let queue = std::mem::take(queue);
+        let message = held.reply(queue, content_type, headers, body);
         held.settle(Some(message), Disposition::Answer, Outcome::Success);
     }
 

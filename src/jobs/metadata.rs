@@ -32,7 +32,15 @@ pub fn answer_metadata(
     envelope: &Envelope,
     model: &Arc<str>,
 ) {
-    let request = InFlight::request(answerer, delivered, envelope, model.clone(), Instant::now());
+    let (reply, count) = (envelope.reply.clone(), envelope.delivery_count);
+    let request = InFlight::request(
+        answerer,
+        delivered,
+        reply,
+        count,
+        model.clone(),
+        Instant::now(),
+    );
     let Some(request) = request.routable() else {
         return;
     };

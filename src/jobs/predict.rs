@@ -52,7 +52,16 @@ pub fn handle_delivery(
         );
     }
     let message_id = envelope.message_id.clone();
-    let job = InFlight::predict(&ctx.answerer, delivered, &envelope, model.clone(), received);
+    let reply = envelope.reply;
+    let count = envelope.delivery_count;
+    let job = InFlight::predict(
+        &ctx.answerer,
+        delivered,
+        reply,
+        count,
+        model.clone(),
+        received,
+    );
     let Some(mut job) = job
         .routable()
         .and_then(|job| job.within(ctx.max_message_bytes, message_id.as_deref()))

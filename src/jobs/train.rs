@@ -74,7 +74,8 @@ pub async fn handle_training(
     let received = Instant::now();
     let envelope = Envelope::read(&delivered.properties, redelivered, &ctx.topology);
     let message_id = envelope.message_id.clone();
-    let job = InFlight::train(&ctx.answerer, delivered, &envelope, received);
+    let (reply, count) = (envelope.reply.clone(), envelope.delivery_count);
+    let job = InFlight::train(&ctx.answerer, delivered, reply, count, received);
     let Some(job) = job.routable() else {
         return;
     };
@@ -139,7 +140,7 @@ pub async fn handle_training(
     ctx.metrics.training_in_progress(1);
     tracing::info!(job = %id, model = %model, "Training started");
     let (progress_tx, progress_rx) = mpsc::unbounded_channel::<EpochReport>();
-    let route = match &envelope.route {
+    let route = match &envelope.reply.route {
         Route::Queue(queue) => queue.clone(),
         Route::Refused(_) => String::new(),
     };
@@ -147,7 +148,7 @@ pub async fn handle_training(
         events.clone(),
         progress_rx,
         route,
-        envelope.correlation_id.clone(),
+        envelope.reply.correlation_id.clone(),
         id.clone(),
         job.trace_context(),
     ));

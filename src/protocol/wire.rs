@@ -19,7 +19,9 @@ use serde_json::value::RawValue;
 #[derive(Deserialize)]
 pub(crate) struct RawTensor<'a> {
     name: String,
-    datatype: String,
+    /// Borrowed from the body unless it has escapes: only parsed, never kept.
+    #[serde(borrow)]
+    datatype: std::borrow::Cow<'a, str>,
     shape: Vec<i64>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
@@ -122,7 +124,7 @@ fn decode_tensor(
 ) -> Result<Tensor, ProtocolError> {
     let datatype = DataType::parse(&t.datatype).ok_or_else(|| ProtocolError::UnknownDatatype {
         path: path.to_string(),
-        got: t.datatype.clone(),
+        got: t.datatype.to_string(),
     })?;
     let shape: Vec<usize> = t
         .shape
