@@ -1,10 +1,11 @@
-//! Fast path for numeric and BOOL `data`: a byte scanner over the raw JSON text (already
-//! validated by serde_json when it captured the `RawValue`) that parses numbers straight
-//! into the packed buffer.
+//! Fast path for numeric and BOOL `data`: a byte scanner over the raw JSON text that parses
+//! numbers straight into the packed buffer.
 //!
-//! It accepts only what is certainly valid for the datatype; on anything else (an error,
-//! an escaped string, `null`) it gives up and `data.rs` re-parses with the serde visitor,
-//! which produces the precise error message.
+//! It accepts only what is certainly valid JSON and valid for the datatype (commas, brackets
+//! and number syntax are checked here, so it can also read a body serde_json has not
+//! validated: `request_fast.rs`); on anything else (an error, an escaped string, `null`) it
+//! gives up and `data.rs` re-parses with the serde visitor, which produces the precise error
+//! message.
 //!
 //! Floats: one pass finds the end of a number and reads its digits; numbers of up to 19
 //! significant digits with a small decimal exponent (what encoders write for real data:
@@ -18,13 +19,28 @@
 use super::types::DataType;
 use half::f16;
 
-/// Parses `raw` for a fixed-size `datatype`; `None` means "use the slow path".
-/// Returns the packed bytes and the element count.
+/// Parses `raw` (one JSON array, with nothing but whitespace around it) for a fixed-size
+/// `datatype`; `None` means "use the slow path". Returns the packed bytes and the element count.
 pub(crate) fn parse_fixed(
     raw: &str,
     datatype: DataType,
     capacity: usize,
 ) -> Option<(Vec<u8>, usize)> {
+    let (packed, count, end) = parse_fixed_prefix(raw, datatype, capacity)?;
+    raw.as_bytes()[end..]
+        .iter()
+        .all(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        .then_some((packed, count))
+}
+
+/// Parses the JSON array that `raw` starts with (after whitespace) for a fixed-size
+/// `datatype`: the packed bytes, the element count and where the array ends. `None` for
+/// anything that is not certainly valid.
+pub(crate) fn parse_fixed_prefix(
+    raw: &str,
+    datatype: DataType,
+    capacity: usize,
+) -> Option<(Vec<u8>, usize, usize)> {
     let size = datatype.element_size()?;
     let cap = capacity.min(raw.len()).saturating_mul(size);
     // One monomorphised scan per datatype: no per-element dispatch on the datatype.
@@ -72,9 +88,11 @@ pub(crate) fn parse_fixed(
     }
 }
 
-/// Walks the (valid JSON) text, checking the nesting is rectangular, and hands the start
-/// of each scalar to `push`, which appends it to the buffer and returns where it ends.
-fn scan<F>(raw: &str, cap: usize, mut push: F) -> Option<(Vec<u8>, usize)>
+/// Walks one JSON array from the start of `raw`, checking its syntax (a comma between
+/// elements, none before `]`) and that its nesting is rectangular, and hands the start of
+/// each scalar to `push`, which appends it to the buffer and returns where it ends. Stops
+/// after the array's closing bracket: returns the buffer, the count and that position.
+fn scan<F>(raw: &str, cap: usize, mut push: F) -> Option<(Vec<u8>, usize, usize)>
 where
     F: FnMut(&str, usize, &mut Vec<u8>) -> Option<usize>,
 {
@@ -87,10 +105,25 @@ where
     let mut leaf_depth: Option<usize> = None;
     let mut count = 0usize;
     let mut i = 0usize;
+    // After `[` or `,`: a value must come (`]` too, right after `[`); after a value: `,` or `]`.
+    let mut want_value = true;
+    let mut just_opened = false;
     while i < b.len() {
         match b[i] {
-            b' ' | b'\t' | b'\n' | b'\r' | b',' => i += 1,
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b',' => {
+                if want_value || open.is_empty() {
+                    return None;
+                }
+                want_value = true;
+                just_opened = false;
+                i += 1;
+            }
             b'[' => {
+                if !want_value {
+                    return None;
+                }
+                just_opened = true;
                 let depth = open.len();
                 if leaf_depth.is_some_and(|d| d <= depth) {
                     return None;
@@ -102,23 +135,35 @@ where
                 i += 1;
             }
             b']' => {
+                if want_value && !just_opened {
+                    return None;
+                }
+                want_value = false;
+                just_opened = false;
                 let len = open.pop()?;
                 let depth = open.len();
                 match dims[depth] {
                     Some(first) if first != len => return None,
                     _ => dims[depth] = Some(len),
                 }
-                if let Some(parent) = open.last_mut() {
-                    *parent += 1;
-                }
                 i += 1;
+                match open.last_mut() {
+                    Some(parent) => *parent += 1,
+                    None => return Some((out, count, i)),
+                }
             }
             _ => {
                 // A scalar: only inside an array, at the one leaf depth, below no array.
                 let depth = open.len();
-                if depth == 0 || dims.len() > depth || leaf_depth.is_some_and(|d| d != depth) {
+                if !want_value
+                    || depth == 0
+                    || dims.len() > depth
+                    || leaf_depth.is_some_and(|d| d != depth)
+                {
                     return None;
                 }
+                want_value = false;
+                just_opened = false;
                 leaf_depth = Some(depth);
                 let end = push(raw, i, &mut out)?;
                 if let Some(n) = open.last_mut() {
@@ -129,7 +174,8 @@ where
             }
         }
     }
-    (open.is_empty() && !dims.is_empty()).then_some((out, count))
+    // The text ended inside the array (or held none).
+    None
 }
 
 /// The scan for one integer datatype, `le` writing a value's little-endian bytes.
@@ -137,7 +183,7 @@ fn ints<T: std::str::FromStr, const N: usize>(
     raw: &str,
     cap: usize,
     le: impl Fn(T) -> [u8; N],
-) -> Option<(Vec<u8>, usize)> {
+) -> Option<(Vec<u8>, usize, usize)> {
     scan(
         raw,
         cap,
@@ -270,6 +316,10 @@ fn number(b: &[u8], mut i: usize) -> Option<(Option<Decimal>, usize)> {
     let negative = b.get(i) == Some(&b'-');
     i += usize::from(negative);
     let first = i;
+    // JSON: no leading zeros (`01`), a digit after `.`, a digit in an exponent.
+    if b.get(i) == Some(&b'0') && matches!(b.get(i + 1), Some(b'0'..=b'9')) {
+        return None;
+    }
     // Wrapping: the value is garbage past 19 significant digits, and then not used.
     let mut mantissa = 0u64;
     while let Some(&c @ b'0'..=b'9') = b.get(i) {
@@ -299,6 +349,9 @@ fn number(b: &[u8], mut i: usize) -> Option<(Option<Decimal>, usize)> {
             mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
             i += 1;
         }
+        if i == start {
+            return None;
+        }
         digits += i - start;
         exponent = -((i - start) as i64);
     }
@@ -316,9 +369,13 @@ fn number(b: &[u8], mut i: usize) -> Option<(Option<Decimal>, usize)> {
             _ => 1,
         };
         let mut e = 0i64;
+        let start = i;
         while let Some(&c @ b'0'..=b'9') = b.get(i) {
             e = (e * 10 + i64::from(c - b'0')).min(1 << 32);
             i += 1;
+        }
+        if i == start {
+            return None;
         }
         exponent += sign * e;
     }
@@ -363,9 +420,16 @@ fn parse_eight_digits(v: u64) -> u64 {
         >> 32
 }
 
-/// A JSON integer literal (no fraction or exponent) in range.
+/// A JSON integer literal (`-`, then `0` or digits without a leading zero; no fraction or
+/// exponent) in range.
 fn int<T: std::str::FromStr>(tok: &str) -> Option<T> {
-    if tok.bytes().any(|c| matches!(c, b'.' | b'e' | b'E' | b'"')) {
+    let digits = tok.strip_prefix('-').unwrap_or(tok).as_bytes();
+    let valid = match digits {
+        [] => false,
+        [b'0', rest @ ..] => rest.is_empty(),
+        _ => digits.iter().all(u8::is_ascii_digit),
+    };
+    if !valid {
         return None;
     }
     tok.parse().ok()

@@ -18,6 +18,7 @@ mod data_write;
 pub mod error;
 pub mod metadata;
 pub mod request;
+mod request_fast;
 pub mod response;
 pub mod tensor;
 pub mod text;
@@ -27,6 +28,8 @@ mod wire;
 
 #[cfg(test)]
 mod tests_errors;
+#[cfg(test)]
+mod tests_fast_paths;
 #[cfg(test)]
 mod tests_roundtrip;
 

@@ -120,6 +120,20 @@ pub fn decode_request(
     binary_header_len: Option<usize>,
 ) -> Result<InferenceRequest, ProtocolError> {
     let (header, binary) = split_body(body, binary_header_len)?;
+    // The common shape in one pass; everything else (and every error) through serde.
+    if binary.is_none() {
+        if let Some(request) = super::request_fast::decode(header) {
+            return Ok(request);
+        }
+    }
+    decode_with_serde(header, binary)
+}
+
+/// The whole decode through serde_json: every body the one-pass path does not take.
+pub(crate) fn decode_with_serde(
+    header: &[u8],
+    binary: Option<&[u8]>,
+) -> Result<InferenceRequest, ProtocolError> {
     let raw: RawRequest<'_> = serde_json::from_slice(header).map_err(malformed)?;
     let params = raw.parameters;
     if let Some(p) = &params {
