@@ -122,11 +122,23 @@ pub fn decode_request(
     let (header, binary) = split_body(body, binary_header_len)?;
     // The common shape in one pass; everything else (and every error) through serde.
     if binary.is_none() {
-        if let Some(request) = super::request_fast::decode(header) {
+        if let Some(request) = decode_one_pass(header) {
             return Ok(request);
         }
     }
     decode_with_serde(header, binary)
+}
+
+/// A body of the common shape decoded in one pass (`request_fast.rs`); `None` for any other.
+pub(crate) fn decode_one_pass(header: &[u8]) -> Option<InferenceRequest> {
+    let d = super::request_fast::decode(header)?;
+    Some(InferenceRequest {
+        id: d.id,
+        inputs: d.inputs,
+        outputs: None,
+        model_version: d.model_version,
+        binary_data_output: d.binary_data_output,
+    })
 }
 
 /// The whole decode through serde_json: every body the one-pass path does not take.

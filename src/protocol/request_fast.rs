@@ -15,12 +15,19 @@
 //! (property-tested against it, on valid and on randomly damaged bodies).
 
 use super::data_fast::parse_fixed_prefix;
-use super::request::InferenceRequest;
 use super::tensor::{checked_count, Tensor, TensorData};
 use super::types::DataType;
 
+/// What a request of the common shape holds (`request.rs` makes the `InferenceRequest`).
+pub(crate) struct Decoded {
+    pub id: Option<String>,
+    pub inputs: Vec<Tensor>,
+    pub model_version: Option<String>,
+    pub binary_data_output: bool,
+}
+
 /// The request in `header` (a JSON body without binary data), if it has the common shape.
-pub(crate) fn decode(header: &[u8]) -> Option<InferenceRequest> {
+pub(crate) fn decode(header: &[u8]) -> Option<Decoded> {
     let text = std::str::from_utf8(header).ok()?;
     let mut p = Cursor { text, at: 0 };
     p.open(b'{')?;
@@ -41,10 +48,9 @@ pub(crate) fn decode(header: &[u8]) -> Option<InferenceRequest> {
         return None;
     }
     let (model_version, binary_data_output) = parameters.unwrap_or_default();
-    Some(InferenceRequest {
+    Some(Decoded {
         id,
         inputs: inputs?,
-        outputs: None,
         model_version,
         binary_data_output: binary_data_output.unwrap_or(false),
     })

@@ -4,8 +4,7 @@
 
 use super::data::parse_with_serde;
 use super::data_fast::parse_fixed;
-use super::request::{decode_with_serde, encode_request, InferenceRequest};
-use super::request_fast;
+use super::request::{decode_one_pass, decode_with_serde, encode_request, InferenceRequest};
 use super::tensor::{Tensor, TensorData};
 use super::types::DataType;
 use proptest::prelude::*;
@@ -94,7 +93,7 @@ fn takes_what_the_load_generator_writes() {
         None,
     );
     let body = encode_request(&req, false).body;
-    assert_eq!(request_fast::decode(&body), Some(req));
+    assert_eq!(decode_one_pass(&body), Some(req));
 }
 
 #[test]
@@ -120,7 +119,7 @@ fn leaves_the_rest_to_serde() {
         "{\"inputs\":[{\"name\":\"\u{e9}\",\"datatype\":\"FP32\",\"shape\":[1],\"data\":[1]}]}",
     ];
     for body in bodies {
-        assert_eq!(request_fast::decode(body.as_bytes()), None, "{body}");
+        assert_eq!(decode_one_pass(body.as_bytes()), None, "{body}");
     }
 }
 
@@ -136,7 +135,7 @@ proptest! {
         // as the canonical NaN, whatever its payload was.)
         let serde = decode_with_serde(&body, None);
         prop_assert!(serde.is_ok(), "{:?}", serde);
-        let fast = request_fast::decode(&body);
+        let fast = decode_one_pass(&body);
         let plain = req.id.as_deref().is_none_or(|id| id.bytes().all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\'));
         prop_assert_eq!(fast.is_some(), plain);
         if let Some(fast) = fast {
@@ -151,7 +150,7 @@ proptest! {
         edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..4),
     ) {
         let body = damaged(&encode_request(&req, false).body, &edits);
-        if let Some(fast) = request_fast::decode(&body) {
+        if let Some(fast) = decode_one_pass(&body) {
             let serde = decode_with_serde(&body, None);
             prop_assert!(serde.is_ok(), "one pass took a body serde refuses: {:?}", String::from_utf8_lossy(&body));
             prop_assert_eq!(serde.ok(), Some(fast));
