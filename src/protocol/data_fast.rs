@@ -88,6 +88,10 @@ pub(crate) fn parse_fixed_prefix(
     }
 }
 
+/// Arrays nested deeper than this are left to the serde path (serde_json stops at 128 levels of
+/// the whole body; a request's `data` starts four levels down).
+const MAX_DEPTH: usize = 64;
+
 /// Walks one JSON array from the start of `raw`, checking its syntax (a comma between
 /// elements, none before `]`) and that its nesting is rectangular, and hands the start of
 /// each scalar to `push`, which appends it to the buffer and returns where it ends. Stops
@@ -120,7 +124,8 @@ where
                 i += 1;
             }
             b'[' => {
-                if !want_value {
+                // Deeper nesting goes to serde_json, which refuses it past its recursion limit.
+                if !want_value || open.len() >= MAX_DEPTH {
                     return None;
                 }
                 just_opened = true;

@@ -121,6 +121,14 @@ fn leaves_the_rest_to_serde() {
     for body in bodies {
         assert_eq!(decode_one_pass(body.as_bytes()), None, "{body}");
     }
+    // Nesting serde_json refuses (its recursion limit) is not taken either.
+    let deep = format!(
+        r#"{{"inputs":[{{"name":"x","datatype":"FP32","shape":[1],"data":{}1{}}}]}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    assert!(decode_with_serde(deep.as_bytes(), None).is_err());
+    assert_eq!(decode_one_pass(deep.as_bytes()), None);
 }
 
 proptest! {
