@@ -115,7 +115,6 @@ pub async fn publisher_task(
         }
     };
     while inflight.next().await.is_some() {}
-    drop(inflight);
     if result.is_ok() {
         super::connection::close_channel(&channel, "infermq publisher stopped").await;
     }

@@ -427,7 +427,7 @@ fn parse_eight_digits(v: u64) -> u64 {
 
 /// A JSON integer literal (`-`, then `0` or digits without a leading zero; no fraction or
 /// exponent) in range.
-fn int<T: std::str::FromStr>(tok: &str) -> Option<T> {
+pub(crate) fn int<T: std::str::FromStr>(tok: &str) -> Option<T> {
     let digits = tok.strip_prefix('-').unwrap_or(tok).as_bytes();
     let valid = match digits {
         [] => false,

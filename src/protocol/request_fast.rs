@@ -14,7 +14,7 @@
 //! decided there as before. For a body it takes, the result is the one the serde path gives
 //! (property-tested against it, on valid and on randomly damaged bodies).
 
-use super::data_fast::parse_fixed_prefix;
+use super::data_fast::{int, parse_fixed_prefix};
 use super::tensor::{checked_count, Tensor, TensorData};
 use super::types::DataType;
 
@@ -205,11 +205,8 @@ impl<'a> Cursor<'a> {
             while matches!(b.get(self.at), Some(b'0'..=b'9')) {
                 self.at += 1;
             }
-            let digits = &self.text[start..self.at];
-            if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) {
-                return None;
-            }
-            let d: i64 = digits.parse().ok()?;
+            // Digits only (a sign sends the body to serde), read as a JSON integer in i64.
+            let d: i64 = int(&self.text[start..self.at])?;
             dims.push(usize::try_from(d).ok()?);
             if self.close_or_comma(b']')? {
                 return Some(dims);

@@ -27,14 +27,14 @@ fn describe_all(specs: &[TensorSpec]) -> String {
 }
 
 /// Refuses a BYTES element that is not UTF-8, naming its flat (row-major) index.
-fn check_utf8(input: &Tensor, path: &str) -> Result<(), ProtocolError> {
+fn check_utf8(input: &Tensor, path: impl Fn() -> String) -> Result<(), ProtocolError> {
     let TensorData::Bytes(elements) = &input.data else {
         return Ok(());
     };
     for (index, element) in elements.iter().enumerate() {
         if let Err(e) = std::str::from_utf8(element) {
             return Err(ProtocolError::InvalidUtf8 {
-                path: path.to_string(),
+                path: path(),
                 index,
                 offset: e.valid_up_to(),
             });
@@ -103,9 +103,7 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
                 shape: input.shape.clone(),
             });
         }
-        if matches!(input.data, TensorData::Bytes(_)) {
-            check_utf8(input, &path())?;
-        }
+        check_utf8(input, path)?;
         if spec.is_batched() {
             let rows = input.shape[0];
             match &batch {

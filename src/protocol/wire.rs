@@ -87,21 +87,9 @@ impl IndexPath {
             buf: [0; 40],
             len: 0,
         };
-        let kind = &kind.as_bytes()[..kind.len().min(16)];
-        path.push(kind);
+        path.push(&kind.as_bytes()[..kind.len().min(16)]);
         path.push(b"[");
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut n = index;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        path.push(&digits[at..]);
+        path.push(itoa::Buffer::new().format(index).as_bytes());
         path.push(b"]");
         path
     }
