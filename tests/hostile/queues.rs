@@ -12,8 +12,9 @@ use crate::common::fleet::{metric_sum, wait_metrics};
 use crate::common::{http_get, model_repository, random_prefix};
 use crate::harness::{broker, Target};
 
-/// Publishes an iris job until the queue exists (a mandatory publish to a missing queue is
-/// returned) and returns once it is answered; fails after `within`.
+/// Publishes an iris job until the queue exists and takes it (a mandatory publish to a missing
+/// queue is returned; a quorum queue declared a moment ago can refuse one with a nack while it
+/// starts) and returns once it is answered; fails after `within`.
 async fn answered_within(t: &mut Target, case: &str, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -31,7 +32,7 @@ async fn answered_within(t: &mut Target, case: &str, within: Duration) {
                 t.reply(&id, left).await;
                 return;
             }
-            Err(ClientError::Unroutable(_)) => {
+            Err(ClientError::Unroutable(_) | ClientError::Refused) => {
                 t.assert_alive_and_bounded(case);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
