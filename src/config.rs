@@ -2,20 +2,24 @@
 //! `INFERMQ__SECTION__KEY`, validated once at start into typed sections that are passed to
 //! constructors. Unknown keys and invalid values stop the start with a message naming the key.
 //!
-//! Also the per-model `config.toml` of the model repository ([`ModelConfig`]).
+//! Only the process's own settings live here; the per-model `config.toml` of the model
+//! repository is [`crate::repository::ModelConfig`]. The types of settings that belong to another
+//! module (execution providers, log format, broker addresses) are defined there and used here,
+//! never re-exported, so dependencies run one way: `config` → its users' types.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// The defaults, compiled in so a binary started anywhere behaves the same.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
-/// The broker URL of the built-in defaults (`config/default.toml`).
-pub use crate::broker::addresses::{redact_url, DEFAULT_BROKER_URL};
+use crate::broker::addresses::redact_url;
+use crate::runtime::ExecutionProvider;
+use crate::telemetry::LogFormat;
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +28,6 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     #[error("configuration key {key}: {message}")]
     Invalid { key: &'static str, message: String },
-    #[error("{path}: {message}")]
-    ModelConfig { path: PathBuf, message: String },
 }
 
 /// The whole worker configuration.
@@ -103,8 +105,6 @@ pub struct RepositorySettings {
     pub models: Vec<String>,
     pub poll_interval_ms: u64,
 }
-
-pub use crate::runtime::ExecutionProvider;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,35 +243,6 @@ pub struct GatewaySettings {
     pub async_threads: usize,
 }
 
-impl GatewaySettings {
-    fn check(&self) -> Result<(), (&'static str, &'static str)> {
-        if self.timeout_ms == 0 || self.max_timeout_ms < self.timeout_ms {
-            return Err((
-                "gateway.max_timeout_ms",
-                "needs 0 < timeout_ms <= max_timeout_ms",
-            ));
-        }
-        if self.queue_check_ms == 0 {
-            return Err(("gateway.queue_check_ms", "must be at least 1"));
-        }
-        if self.max_body_bytes == 0 {
-            return Err(("gateway.max_body_bytes", "must be at least 1"));
-        }
-        if self.max_in_flight == 0 {
-            return Err(("gateway.max_in_flight", "must be at least 1"));
-        }
-        if self.connections == 0 || self.channels == 0 {
-            return Err((
-                "gateway.channels",
-                "connections and channels must be at least 1",
-            ));
-        }
-        Ok(())
-    }
-}
-
-pub use crate::telemetry::LogFormat;
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -338,223 +309,8 @@ impl Settings {
         settings.validate()?;
         Ok(settings)
     }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                message: message.to_string(),
-            })
-        };
-        if let Err(message) = crate::broker::addresses::check_urls(&self.broker.url) {
-            return invalid("broker.url", &message);
-        }
-        if let Err(crate::broker::tls::ConnectError::Settings(message)) = self.broker.tls.check() {
-            return invalid("broker.tls", message);
-        }
-        if self.broker.prefix.is_empty() || self.broker.prefix.contains(char::is_whitespace) {
-            return invalid("broker.prefix", "must be a non-empty name without spaces");
-        }
-        if self.broker.max_message_bytes == 0 {
-            return invalid("broker.max_message_bytes", "must be at least 1");
-        }
-        if self.broker.delivery_limit == 0 {
-            return invalid("broker.delivery_limit", "must be at least 1");
-        }
-        if self.broker.reconnect_initial_ms == 0
-            || self.broker.reconnect_max_ms < self.broker.reconnect_initial_ms
-        {
-            return invalid(
-                "broker.reconnect_max_ms",
-                "needs 0 < reconnect_initial_ms <= reconnect_max_ms",
-            );
-        }
-        if self.repository.poll_interval_ms == 0 {
-            return invalid("repository.poll_interval_ms", "must be at least 1");
-        }
-        if self.runtime.execution_providers.is_empty() {
-            return invalid(
-                "runtime.execution_providers",
-                "must name at least one of cuda, cpu",
-            );
-        }
-        if self.runtime.require_gpu
-            && !self
-                .runtime
-                .execution_providers
-                .contains(&ExecutionProvider::Cuda)
-        {
-            return invalid(
-                "runtime.require_gpu",
-                "is true but runtime.execution_providers has no \"cuda\"",
-            );
-        }
-        for (key, cpus) in [
-            ("runtime.instance_cpus", &self.runtime.instance_cpus),
-            ("runtime.io_cpus", &self.runtime.io_cpus),
-        ] {
-            if let Err(message) = crate::runtime::affinity::check_usable(cpus) {
-                return invalid(key, &message);
-            }
-        }
-        if self.batching.max_batch_size > 65536 {
-            return invalid("batching.max_batch_size", "must be at most 65536");
-        }
-        if self.training.concurrency == 0 {
-            return invalid("training.concurrency", "must be at least 1");
-        }
-        if self.training.max_data_bytes == 0 {
-            return invalid("training.max_data_bytes", "must be at least 1");
-        }
-        for (key, value) in [
-            ("training.max_parameters", self.training.max_parameters),
-            ("training.max_work", self.training.max_work),
-            ("training.max_duration_ms", self.training.max_duration_ms),
-        ] {
-            if value == 0 {
-                return invalid(key, "must be at least 1");
-            }
-        }
-        if self.training.max_history < 2 {
-            return invalid(
-                "training.max_history",
-                "must be at least 2 (the first and last epochs)",
-            );
-        }
-        if self.log.level.trim().is_empty() {
-            return invalid("log.level", "must not be empty");
-        }
-        if let Err(message) = crate::telemetry::trace::check_endpoint(&self.telemetry.otlp_endpoint)
-        {
-            return invalid("telemetry.otlp_endpoint", &message);
-        }
-        if let Err((key, message)) = self.gateway.check() {
-            return invalid(key, message);
-        }
-        Ok(())
-    }
 }
 
-/// Which versions of a model are served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VersionPolicy {
-    /// The N highest versions.
-    Latest(usize),
-    All,
-    Specific(Vec<u64>),
-}
-
-impl Default for VersionPolicy {
-    fn default() -> Self {
-        VersionPolicy::Latest(1)
-    }
-}
-
-impl VersionPolicy {
-    /// The versions to serve out of those present (any order in, ascending out).
-    pub fn select(&self, present: &[u64]) -> Vec<u64> {
-        let mut versions = present.to_vec();
-        versions.sort_unstable();
-        versions.dedup();
-        match self {
-            VersionPolicy::Latest(n) => versions.split_off(versions.len().saturating_sub(*n)),
-            VersionPolicy::All => versions,
-            VersionPolicy::Specific(wanted) => versions
-                .into_iter()
-                .filter(|v| wanted.contains(v))
-                .collect(),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for VersionPolicy {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Name(String),
-            Table(RawTable),
-        }
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct RawTable {
-            latest: Option<usize>,
-            specific: Option<Vec<u64>>,
-            all: Option<toml::Value>,
-        }
-        let err = || {
-            serde::de::Error::custom("expected \"all\", \"latest\", { latest = N }, { all = {} } or { specific = [versions] }")
-        };
-        match Raw::deserialize(d).map_err(|_| err())? {
-            Raw::Name(n) if n == "all" => Ok(VersionPolicy::All),
-            Raw::Name(n) if n == "latest" => Ok(VersionPolicy::Latest(1)),
-            Raw::Name(_) => Err(err()),
-            Raw::Table(t) => match (t.latest, t.specific, t.all) {
-                (Some(0), None, None) => Err(serde::de::Error::custom("latest must be at least 1")),
-                (Some(n), None, None) => Ok(VersionPolicy::Latest(n)),
-                (None, Some(v), None) if !v.is_empty() => Ok(VersionPolicy::Specific(v)),
-                (None, None, Some(_)) => Ok(VersionPolicy::All),
-                _ => Err(err()),
-            },
-        }
-    }
-}
-
-/// `models/<name>/config.toml`: every key optional; defaults work for any ONNX model.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Rows per batch; 0 = the model has no batch dimension (one job per run).
-    pub max_batch_size: Option<usize>,
-    pub max_queue_delay_ms: Option<u64>,
-    #[serde(default)]
-    pub preferred_batch_sizes: Vec<usize>,
-    pub instances: Option<usize>,
-    /// Run batches on the worker's async thread instead of instance threads of their own: for
-    /// models whose batch runs in microseconds, where the hand-off costs more than the run.
-    #[serde(default)]
-    pub inline: bool,
-    pub execution_providers: Option<Vec<ExecutionProvider>>,
-    #[serde(default)]
-    pub version_policy: VersionPolicy,
-    /// Broker users (the AMQP `user_id` property) whose prediction jobs are accepted; empty:
-    /// anyone.
-    #[serde(default)]
-    pub allowed_users: Vec<String>,
-}
-
-impl ModelConfig {
-    /// Reads `path`; a missing file is the default configuration.
-    pub fn read(path: &Path) -> Result<ModelConfig, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
-            Err(e) => {
-                return Err(ConfigError::ModelConfig {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })
-            }
-        };
-        let config: ModelConfig = toml::from_str(&text).map_err(|e| ConfigError::ModelConfig {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        if config.instances == Some(0) {
-            return Err(ConfigError::ModelConfig {
-                path: path.to_path_buf(),
-                message: "instances must be at least 1".into(),
-            });
-        }
-        if config.preferred_batch_sizes.contains(&0) {
-            return Err(ConfigError::ModelConfig {
-                path: path.to_path_buf(),
-                message: "preferred_batch_sizes must be at least 1".into(),
-            });
-        }
-        Ok(config)
-    }
-}
-
+mod check;
 #[cfg(test)]
 mod tests;

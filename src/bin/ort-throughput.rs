@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         },
         // GPU checks must not pass on a silent CPU fallback: require CUDA.
         "cuda" => SessionOptions {
-            execution_providers: vec![infermq::config::ExecutionProvider::Cuda],
+            execution_providers: vec![infermq::runtime::ExecutionProvider::Cuda],
             require_gpu: true,
             intra_threads,
             cpus: Vec::new(),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::broker::addresses::DEFAULT_BROKER_URL;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -147,42 +148,6 @@ fn broker_url_password_is_redacted_in_debug() {
     let debug = format!("{:?}", s.broker);
     assert!(!debug.contains("hunter2"), "{debug}");
     assert!(debug.contains("user:***@host"), "{debug}");
-}
-
-#[test]
-fn version_policies_select_versions() {
-    let present = [3, 1, 10, 2];
-    let cases: &[(&str, Vec<u64>)] = &[
-        ("", vec![10]),
-        ("version_policy = \"all\"", vec![1, 2, 3, 10]),
-        ("version_policy = { latest = 2 }", vec![3, 10]),
-        ("version_policy = { specific = [1, 3, 99] }", vec![1, 3]),
-        ("version_policy = { all = {} }", vec![1, 2, 3, 10]),
-    ];
-    for (text, want) in cases {
-        let file = write(text);
-        let config = ModelConfig::read(file.path()).unwrap();
-        assert_eq!(&config.version_policy.select(&present), want, "{text}");
-    }
-}
-
-#[test]
-fn model_config_errors_name_the_key() {
-    for (text, needle) in [
-        ("max_batch_size = \"big\"", "max_batch_size"),
-        ("instances = 0", "instances"),
-        ("version_policy = { latest = 0 }", "latest"),
-        ("batch = 3", "batch"),
-        ("preferred_batch_sizes = [0]", "preferred_batch_sizes"),
-    ] {
-        let file = write(text);
-        let err = ModelConfig::read(file.path()).unwrap_err().to_string();
-        assert!(err.contains(needle), "{text}: {err}");
-    }
-    assert_eq!(
-        ModelConfig::read(Path::new("/nonexistent/config.toml")).unwrap(),
-        ModelConfig::default()
-    );
 }
 
 #[test]

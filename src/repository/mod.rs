@@ -1,7 +1,10 @@
-//! The model repository: models and versions on disk ([`store`]), and the set of versions the
-//! worker serves, kept in step with the disk and with `model_version_ready` events.
+//! The model repository: models and versions on disk ([`store`]) and how each is served
+//! ([`config`], its `config.toml`), kept in step with the disk and with `model_version_ready`
+//! events.
 
+pub mod config;
 pub mod describe;
 pub mod store;
 
+pub use config::{ModelConfig, ModelConfigError, VersionPolicy};
 pub use store::{valid_model_name, ModelEntry, ModelStore, RepositoryError};

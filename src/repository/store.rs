@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigError, ModelConfig};
+use super::config::{ModelConfig, ModelConfigError};
 
 /// Why the repository could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +18,7 @@ pub enum RepositoryError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] ModelConfigError),
     #[error(
         "invalid model name {0:?}: use letters, digits, '-', '_' and '.', not starting with '.'"
     )]

@@ -11,11 +11,13 @@ use tokio_util::task::TaskTracker;
 
 use super::{file_stamp, FileStamp, ModelRegistry, ServedVersion};
 use crate::batching::{batch_task, BatchLimits, FailBatch, MakeTask};
-use crate::config::{BatchingSettings, ExecutionProvider};
+use crate::config::BatchingSettings;
 use crate::jobs::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
 use crate::jobs::error::JobError;
 use crate::repository::{ModelEntry, ModelStore};
-use crate::runtime::{affinity, Backend, InstancePool, OrtBackend, RuntimeError, SessionOptions};
+use crate::runtime::{
+    affinity, Backend, ExecutionProvider, InstancePool, OrtBackend, RuntimeError, SessionOptions,
+};
 use crate::telemetry::Metrics;
 
 /// Makes the backends that run a model version: ONNX Runtime sessions in the worker

@@ -1,0 +1,185 @@
+//! `models/<name>/config.toml`: how the repository serves one model (batching, instances,
+//! execution providers, which versions, who may send jobs). Read by [`super::ModelStore`] on
+//! every scan; the worker's own settings are `crate::config::Settings`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::runtime::ExecutionProvider;
+
+/// A model's `config.toml` that could not be read or was refused; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ModelConfigError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Which versions of a model are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    /// The N highest versions.
+    Latest(usize),
+    All,
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those present (any order in, ascending out).
+    pub fn select(&self, present: &[u64]) -> Vec<u64> {
+        let mut versions = present.to_vec();
+        versions.sort_unstable();
+        versions.dedup();
+        match self {
+            VersionPolicy::Latest(n) => versions.split_off(versions.len().saturating_sub(*n)),
+            VersionPolicy::All => versions,
+            VersionPolicy::Specific(wanted) => versions
+                .into_iter()
+                .filter(|v| wanted.contains(v))
+                .collect(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Table(RawTable),
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawTable {
+            latest: Option<usize>,
+            specific: Option<Vec<u64>>,
+            all: Option<toml::Value>,
+        }
+        let err = || {
+            serde::de::Error::custom("expected \"all\", \"latest\", { latest = N }, { all = {} } or { specific = [versions] }")
+        };
+        match Raw::deserialize(d).map_err(|_| err())? {
+            Raw::Name(n) if n == "all" => Ok(VersionPolicy::All),
+            Raw::Name(n) if n == "latest" => Ok(VersionPolicy::Latest(1)),
+            Raw::Name(_) => Err(err()),
+            Raw::Table(t) => match (t.latest, t.specific, t.all) {
+                (Some(0), None, None) => Err(serde::de::Error::custom("latest must be at least 1")),
+                (Some(n), None, None) => Ok(VersionPolicy::Latest(n)),
+                (None, Some(v), None) if !v.is_empty() => Ok(VersionPolicy::Specific(v)),
+                (None, None, Some(_)) => Ok(VersionPolicy::All),
+                _ => Err(err()),
+            },
+        }
+    }
+}
+
+/// `models/<name>/config.toml`: every key optional; defaults work for any ONNX model.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Rows per batch; 0 = the model has no batch dimension (one job per run).
+    pub max_batch_size: Option<usize>,
+    pub max_queue_delay_ms: Option<u64>,
+    #[serde(default)]
+    pub preferred_batch_sizes: Vec<usize>,
+    pub instances: Option<usize>,
+    /// Run batches on the worker's async thread instead of instance threads of their own: for
+    /// models whose batch runs in microseconds, where the hand-off costs more than the run.
+    #[serde(default)]
+    pub inline: bool,
+    pub execution_providers: Option<Vec<ExecutionProvider>>,
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
+    /// Broker users (the AMQP `user_id` property) whose prediction jobs are accepted; empty:
+    /// anyone.
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+}
+
+impl ModelConfig {
+    /// Reads `path`; a missing file is the default configuration.
+    pub fn read(path: &Path) -> Result<ModelConfig, ModelConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
+            Err(e) => {
+                return Err(ModelConfigError {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        let config: ModelConfig = toml::from_str(&text).map_err(|e| ModelConfigError {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if config.instances == Some(0) {
+            return Err(ModelConfigError {
+                path: path.to_path_buf(),
+                message: "instances must be at least 1".into(),
+            });
+        }
+        if config.preferred_batch_sizes.contains(&0) {
+            return Err(ModelConfigError {
+                path: path.to_path_buf(),
+                message: "preferred_batch_sizes must be at least 1".into(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("a temporary file");
+        std::fs::write(file.path(), text).expect("writable");
+        file
+    }
+
+    #[test]
+    fn version_policies_select_versions() {
+        let present = [3, 1, 10, 2];
+        let cases: &[(&str, Vec<u64>)] = &[
+            ("", vec![10]),
+            ("version_policy = \"all\"", vec![1, 2, 3, 10]),
+            ("version_policy = { latest = 2 }", vec![3, 10]),
+            ("version_policy = { specific = [1, 3, 99] }", vec![1, 3]),
+            ("version_policy = { all = {} }", vec![1, 2, 3, 10]),
+        ];
+        for (text, want) in cases {
+            let file = config_file(text);
+            let config = ModelConfig::read(file.path()).unwrap();
+            assert_eq!(&config.version_policy.select(&present), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn model_config_errors_name_the_key() {
+        for (text, needle) in [
+            ("max_batch_size = \"big\"", "max_batch_size"),
+            ("instances = 0", "instances"),
+            ("version_policy = { latest = 0 }", "latest"),
+            ("batch = 3", "batch"),
+            ("preferred_batch_sizes = [0]", "preferred_batch_sizes"),
+        ] {
+            let file = config_file(text);
+            let err = ModelConfig::read(file.path()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        assert_eq!(
+            ModelConfig::read(Path::new("/nonexistent/config.toml")).unwrap(),
+            ModelConfig::default()
+        );
+    }
+}
