@@ -189,6 +189,26 @@ impl ModelRegistry {
         removed
     }
 
+    /// Records the models found in the repository at the last scan (for readiness).
+    fn set_expected(&self, names: BTreeSet<String>) {
+        if let Ok(mut expected) = self.expected.write() {
+            *expected = names;
+        }
+    }
+
+    /// Every loaded version of a model not in `present` (the models found at the last scan).
+    fn versions_outside(&self, present: &BTreeSet<&str>) -> Vec<(String, u64)> {
+        self.models
+            .read()
+            .map(|m| {
+                m.iter()
+                    .filter(|(n, _)| !present.contains(n.as_str()))
+                    .flat_map(|(n, s)| s.versions.keys().map(move |v| (n.clone(), *v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn mark_failed(&self, model: &str, version: u64, reason: String, stamp: Option<FileStamp>) {
         if let Ok(mut models) = self.models.write() {
             models

@@ -14,6 +14,7 @@ use crate::batching::{batch_task, BatchLimits, FailBatch, MakeTask};
 use crate::config::BatchingSettings;
 use crate::jobs::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
 use crate::jobs::error::JobError;
+use crate::protocol::ModelSignature;
 use crate::repository::{ModelEntry, ModelStore};
 use crate::runtime::{
     affinity, Backend, ExecutionProvider, InstancePool, OrtBackend, RuntimeError, SessionOptions,
@@ -75,64 +76,76 @@ impl ModelSync {
         for (name, error) in &broken {
             tracing::error!(model = %name, %error, "Model configuration refused");
         }
-        if let Ok(mut expected) = self.registry.expected.write() {
-            *expected = entries
-                .iter()
-                .map(|e| e.name.clone())
-                .chain(broken.iter().map(|(n, _)| n.clone()))
-                .collect();
-        }
-        for entry in &entries {
-            for &version in entry.served.iter().rev() {
-                if self.registry.versions_of(&entry.name).contains(&version) {
-                    continue;
-                }
-                // Taken before reading, so a file still being written is retried once it changes.
-                let stamp = file_stamp(&self.store.model_path(&entry.name, version));
-                if self.registry.has_failed(&entry.name, version, stamp) {
-                    continue;
-                }
-                self.load(entry, version, stamp).await;
-            }
-            // Unload only once a replacement serves, so the model never goes dark. Only versions
-            // outside `served` are unloaded, so whether one of `served` is loaded cannot change.
-            let loaded = self.registry.versions_of(&entry.name);
-            if entry.served.iter().any(|v| loaded.contains(v)) {
-                for version in loaded.into_iter().filter(|v| !entry.served.contains(v)) {
-                    self.unload(&entry.name, version);
-                }
-            }
-        }
-        // A model whose config.toml was refused keeps serving what it had loaded.
+        // A model whose config.toml was refused is expected, and keeps serving what it had.
         let present: BTreeSet<&str> = entries
             .iter()
             .map(|e| e.name.as_str())
             .chain(broken.iter().map(|(n, _)| n.as_str()))
             .collect();
-        let gone: Vec<(String, u64)> = self
-            .registry
-            .models
-            .read()
-            .map(|m| {
-                m.iter()
-                    .filter(|(n, _)| !present.contains(n.as_str()))
-                    .flat_map(|(n, s)| s.versions.keys().map(move |v| (n.clone(), *v)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (name, version) in gone {
+        let expected = present.iter().map(|n| n.to_string()).collect();
+        self.registry.set_expected(expected);
+        for entry in &entries {
+            self.sync_model(entry).await;
+        }
+        for (name, version) in self.registry.versions_outside(&present) {
             self.unload(&name, version);
         }
         self.registry.publish_names();
     }
 
+    /// Loads the served versions of `entry` not loaded yet, then unloads the others.
+    async fn sync_model(&self, entry: &ModelEntry) {
+        for &version in entry.served.iter().rev() {
+            if self.registry.versions_of(&entry.name).contains(&version) {
+                continue;
+            }
+            // Taken before reading, so a file still being written is retried once it changes.
+            let stamp = file_stamp(&self.store.model_path(&entry.name, version));
+            if self.registry.has_failed(&entry.name, version, stamp) {
+                continue;
+            }
+            self.load(entry, version, stamp).await;
+        }
+        // Unload only once a replacement serves, so the model never goes dark. Only versions
+        // outside `served` are unloaded, so whether one of `served` is loaded cannot change.
+        let loaded = self.registry.versions_of(&entry.name);
+        if entry.served.iter().any(|v| loaded.contains(v)) {
+            for version in loaded.into_iter().filter(|v| !entry.served.contains(v)) {
+                self.unload(&entry.name, version);
+            }
+        }
+    }
+
+    /// Loads one version (its instances, batch limits and batch task) and serves it; a version
+    /// that cannot be loaded is refused with the reason.
     async fn load(&self, entry: &ModelEntry, version: u64, stamp: Option<FileStamp>) {
         let started = Instant::now();
-        let name = entry.name.clone();
-        let bytes = match self.store.read_version(&name, version) {
-            Ok(bytes) => bytes,
-            Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
+        let name = entry.name.as_str();
+        let served = match self.instances(entry, version).await {
+            Ok((backends, options)) => self.serve(entry, version, backends, &options),
+            Err(reason) => Err(reason),
         };
+        let served = match served {
+            Ok(served) => served,
+            Err(reason) => return self.refuse(name, version, started, stamp, reason),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.model_load(name, &served.label, seconds, true);
+        self.metrics.set_model_loaded(name, &served.label, true);
+        let (instances, inline) = (served.instances, entry.config.inline);
+        let max_batch_size = served.limits.max_batch_size;
+        tracing::info!(model = %name, version, instances, inline, max_batch_size, load_ms = (seconds * 1e3) as u64, providers = ?served.execution_providers, "Model version loaded");
+        self.registry.insert(served);
+    }
+
+    /// Reads one version and makes its instances' backends (off the runtime), with the session
+    /// options of its model.
+    async fn instances(
+        &self,
+        entry: &ModelEntry,
+        version: u64,
+    ) -> Result<(Vec<Box<dyn Backend>>, SessionOptions), String> {
+        let bytes = (self.store.read_version(&entry.name, version)).map_err(|e| e.to_string())?;
         let instances = entry.config.instances.unwrap_or(1);
         let mut options = self.options.clone();
         if let Some(providers) = &entry.config.execution_providers {
@@ -145,62 +158,66 @@ impl ModelSync {
             move || loader.load(&bytes, &options, instances)
         })
         .await;
-        let backends = match loaded {
-            Ok(Ok(backends)) if !backends.is_empty() => backends,
-            Ok(Ok(_)) => {
-                let reason = "no instance could be made".to_string();
-                return self.refuse(&name, version, started, stamp, reason);
-            }
-            Ok(Err(error)) => {
-                return self.refuse(&name, version, started, stamp, error.to_string())
-            }
-            Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
-        };
-        let signature = backends[0].signature().clone();
-        let batchable = signature
-            .inputs
-            .iter()
+        match loaded {
+            Ok(Ok(backends)) if !backends.is_empty() => Ok((backends, options)),
+            Ok(Ok(_)) => Err("no instance could be made".to_string()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// The batch limits of a version with `signature`: the model's, or the defaults; a model
+    /// that cannot be batched runs one job at a time.
+    fn limits(&self, entry: &ModelEntry, version: u64, signature: &ModelSignature) -> BatchLimits {
+        let config = &entry.config;
+        let batchable = (signature.inputs.iter())
             .chain(&signature.outputs)
             .all(|s| s.is_batched());
-        let configured = entry
-            .config
+        let configured = config
             .max_batch_size
             .unwrap_or(self.defaults.max_batch_size);
-        if configured > 0 && !batchable && entry.config.max_batch_size.is_some() {
-            tracing::warn!(model = %name, version, "max_batch_size ignored: not every input and output has a dynamic first dimension; running one job at a time");
+        if configured > 0 && !batchable && config.max_batch_size.is_some() {
+            tracing::warn!(model = %entry.name, version, "max_batch_size ignored: not every input and output has a dynamic first dimension; running one job at a time");
         }
         let max_batch_size = if batchable { configured } else { 0 };
-        let delay = Duration::from_millis(
-            entry
-                .config
-                .max_queue_delay_ms
-                .unwrap_or(self.defaults.max_queue_delay_ms),
-        );
-        let limits = BatchLimits::new(max_batch_size, delay, &entry.config.preferred_batch_sizes);
+        let delay = config
+            .max_queue_delay_ms
+            .unwrap_or(self.defaults.max_queue_delay_ms);
+        let delay = Duration::from_millis(delay);
+        BatchLimits::new(max_batch_size, delay, &config.preferred_batch_sizes)
+    }
+
+    /// Starts the instance pool and the batch task of a loaded version.
+    fn serve(
+        &self,
+        entry: &ModelEntry,
+        version: u64,
+        backends: Vec<Box<dyn Backend>>,
+        options: &SessionOptions,
+    ) -> Result<Arc<ServedVersion>, String> {
+        let name = entry.name.as_str();
+        let signature = backends[0].signature().clone();
+        let limits = self.limits(entry, version, &signature);
         let label: Arc<str> = Arc::from(version.to_string());
-        let metrics = self.metrics.model(&name, &label);
+        let metrics = self.metrics.model(name, &label);
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
-        let panics = (self.metrics.clone(), name.clone(), version.to_string());
+        let panics = (self.metrics.clone(), name.to_string(), version.to_string());
         let on_panic: crate::runtime::instances::PanicHook =
             Arc::new(move |_, _: &str| panics.0.supervision.instance_restart(&panics.1, &panics.2));
         let pool = if entry.config.inline {
-            InstancePool::inline(&name, backends, idle_tx, on_panic)
+            InstancePool::inline(name, backends, idle_tx, on_panic)
         } else {
-            match InstancePool::start_with(&name, backends, &options.cpus, idle_tx, on_panic) {
-                Ok(pool) => pool,
-                Err(error) => {
-                    return self.refuse(&name, version, started, stamp, error.to_string())
-                }
-            }
+            InstancePool::start_with(name, backends, &options.cpus, idle_tx, on_panic)
+                .map_err(|error| error.to_string())?
         };
         let served = Arc::new(ServedVersion {
-            model: Arc::from(name.as_str()),
+            model: Arc::from(name),
             version,
             label,
             signature,
             limits: limits.clone(),
-            instances,
+            instances: entry.config.instances.unwrap_or(1),
             execution_providers: options.effective(),
             allowed_users: entry.config.allowed_users.clone(),
             metrics,
@@ -224,11 +241,7 @@ impl ModelSync {
         });
         self.tracker
             .spawn(batch_task(limits, inbox_rx, pool, idle_rx, make_task, fail));
-        let seconds = started.elapsed().as_secs_f64();
-        self.metrics.model_load(&name, &served.label, seconds, true);
-        self.metrics.set_model_loaded(&name, &served.label, true);
-        tracing::info!(model = %name, version, instances, inline = entry.config.inline, max_batch_size, load_ms = (seconds * 1e3) as u64, providers = ?served.execution_providers, "Model version loaded");
-        self.registry.insert(served);
+        Ok(served)
     }
 
     fn refuse(
