@@ -1,7 +1,8 @@
 //! One model's trouble stays its own: a consumer the broker cancels (its queue deleted) is
 //! restarted and counted, and a model whose queue the broker refuses to declare is reported on
 //! `/readyz` and in metrics and retried, while the other models are served and the broker
-//! session is never torn down (no reconnect).
+//! session is never torn down (no reconnect). The training consumer, lost, ends the session as
+//! its kind says: the worker reconnects and trains again.
 
 mod common;
 
@@ -22,6 +23,14 @@ async fn admin() -> lapin::Connection {
     lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
         .await
         .expect("admin connection")
+}
+
+async fn delete_queue(admin: &lapin::Connection, queue: &str) {
+    let channel = admin.create_channel().await.expect("channel");
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete {queue}: {e}"));
 }
 
 /// Polls `check` every 50 ms until it holds; fails with `what` after `within`.
@@ -56,11 +65,7 @@ async fn a_consumer_cancelled_by_the_broker_is_restarted_without_a_reconnect() {
 
     // Deleting the queue makes the broker cancel the worker's consumer (basic.cancel).
     let admin = admin().await;
-    let channel = admin.create_channel().await.expect("channel");
-    channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .expect("delete the iris queue");
+    delete_queue(&admin, &queue).await;
     worker
         .wait_for_metric("infermq_consumer_restarts_total{model=\"iris\"} 1")
         .await;
@@ -169,4 +174,62 @@ async fn a_queue_the_broker_refuses_is_reported_and_retried_while_others_are_ser
     shutdown.cancel();
     task.await.expect("worker task").expect("worker result");
     cleanup(&prefix).await;
+}
+
+/// Deleting the training queue makes the broker cancel the training consumer: its kind ends the
+/// broker session, and after the reconnect (which declares the queue again) jobs are trained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_training_consumer_ends_the_session_and_training_resumes_after_the_reconnect() {
+    let repo = model_repository(&["iris"]);
+    let prefix = random_prefix();
+    let worker = TestWorker::start(settings(&prefix, repo.path(), &[])).await;
+    let train_queue = format!("{prefix}.train");
+    let admin = admin().await;
+    delete_queue(&admin, &train_queue).await;
+    worker
+        .wait_for_metric("infermq_broker_reconnects_total 1")
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "training queue consumed again",
+        || {
+            let (admin, queue) = (&admin, &train_queue);
+            async move { queue_counts(admin, queue).await.map(|c| c.1) == Some(1) }
+        },
+    )
+    .await;
+    let mut client = client().await;
+    let job = serde_json::json!({
+        "id": "after-reconnect", "model_name": "after-reconnect",
+        "layers": [{"units": 1, "activation": "linear"}],
+        "loss": "mse", "optimizer": {"type": "sgd", "learning_rate": 0.01},
+        "epochs": 3, "batch_size": 2,
+        "data": {"x": [[0.0], [1.0]], "y": [[1.0], [3.0]]}
+    });
+    let body = infermq::protocol::EncodedBody {
+        body: serde_json::to_vec(&job).unwrap(),
+        header_len: None,
+        content_type: "application/json",
+    };
+    let properties = client.job_properties("after-reconnect", &body, headers(&[]));
+    client
+        .publish(&train_queue, &body.body, properties)
+        .await
+        .unwrap();
+    let result = loop {
+        let reply = client.next_reply(CALL_TIMEOUT).await.expect("an answer");
+        if infermq::client::header_str(&reply, "x-event").as_deref() != Some("progress") {
+            break reply;
+        }
+    };
+    assert_eq!(
+        infermq::client::header_str(&result, "x-error-code"),
+        None,
+        "{}",
+        String::from_utf8_lossy(&result.data)
+    );
+    assert!(answered(&mut client, &worker.queue("iris")).await);
+    client.close().await;
+    let _ = admin.close(200, "bye".into()).await;
+    worker.stop().await;
 }

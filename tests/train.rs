@@ -374,3 +374,64 @@ async fn bad_training_jobs_are_answered_with_named_fields_and_new_models_are_cre
     client.close().await;
     worker.stop().await;
 }
+
+/// A training job running when the worker stops is told to stop between batches and goes back
+/// to its queue, unanswered and whole; the stop does not wait for the run (which would take far
+/// longer than the shutdown timeout) nor for the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_training_job_running_at_shutdown_goes_back_to_its_queue() {
+    let repo = model_repository(&[]);
+    let prefix = random_prefix();
+    let worker = TestWorker::start(settings(&prefix, repo.path(), &[])).await;
+    let mut client = client().await;
+    let queue = format!("{prefix}.train");
+    // A million epochs of 64 batches: hours of training.
+    let x: Vec<[f64; 1]> = (0..128).map(|i| [i as f64 / 128.0]).collect();
+    let y: Vec<[f64; 1]> = x.iter().map(|[v]| [2.0 * v + 1.0]).collect();
+    let job = serde_json::json!({
+        "id": "endless", "model_name": "endless",
+        "layers": [{"units": 1, "activation": "linear"}],
+        "loss": "mse", "optimizer": {"type": "sgd", "learning_rate": 0.01},
+        "epochs": 1_000_000, "batch_size": 2,
+        "data": {"x": x, "y": y}
+    });
+    let body = json_body(&job);
+    let properties = client.job_properties("endless", &body, headers(&[]));
+    client
+        .publish(&queue, &body.body, properties)
+        .await
+        .unwrap();
+    let first = client
+        .next_reply(Duration::from_secs(60))
+        .await
+        .expect("a progress message");
+    assert_eq!(
+        header_str(&first, "x-event").as_deref(),
+        Some("progress"),
+        "{}",
+        String::from_utf8_lossy(&first.data)
+    );
+
+    let stopping = std::time::Instant::now();
+    worker.shutdown.cancel();
+    worker.task.await.unwrap().unwrap();
+    let stopped_in = stopping.elapsed();
+    assert!(
+        stopped_in < Duration::from_millis(20_000),
+        "the stop waited for the training run or the 20 s shutdown timeout: {stopped_in:?}"
+    );
+    // Requeued by the stopping worker (never acked, never answered): back in its queue.
+    let channel = client.channel().clone();
+    let got = channel
+        .basic_get(
+            queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the job is back in the training queue");
+    assert!(got.delivery.redelivered, "returned after a delivery");
+    assert_eq!(got.delivery.data, body.body);
+    client.close().await;
+    cleanup(&prefix).await;
+}

@@ -17,6 +17,10 @@
 //! (rabbitmq-server#10327). A burst of individual requeues at stop put it there, the acks of the
 //! jobs answered next were held back, the close dropped them, and the broker redelivered jobs
 //! already answered. With at most a few commands after the cancel, nothing is held back.
+//!
+//! A tracker that acks each delivery on its own ([`AckTracker::individual`], long jobs) holds
+//! nothing back: its channel closes once the window has heard of every settlement, each of
+//! which was written to the connection before the window heard of it.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -138,11 +142,11 @@ pub struct DeliveryRef {
     pub tag: u64,
 }
 
-/// How often a closing tracker looks at its channel when no settlement wakes it (a channel
-/// lost meanwhile ends the wait: its deliveries went back to the broker with it).
 /// How long a stopping consumer's channel stays open after its last settlement is written.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
+/// How often a closing tracker looks at its channel when no settlement wakes it (a channel
+/// lost meanwhile ends the wait: its deliveries went back to the broker with it).
 const CLOSING_CHECK: Duration = Duration::from_millis(500);
 
 impl AckTracker {
@@ -180,13 +184,18 @@ impl AckTracker {
         self.window.lock().map(|w| w.outstanding()).unwrap_or(0)
     }
 
-    /// For a channel whose consumer is cancelled: holds every settlement from now on, and once
-    /// the last registered delivery is settled, sends the held ones as one `multiple` command
-    /// per run (see the module documentation) and closes the channel. Returns early if the
-    /// channel is lost meanwhile (the broker then returns its deliveries itself).
+    /// For a channel whose consumer is cancelled (or lost): closes it once the last registered
+    /// delivery is settled, so no ack of a job answered meanwhile is lost with it. Coalescing
+    /// acks, it holds every settlement from now on and sends the held ones, just before the
+    /// close, as one `multiple` command per run (see the module documentation); one ack per
+    /// delivery, each settlement has been sent on its own before the window hears of it.
+    /// Returns early if the channel is lost meanwhile (the broker then returns its deliveries
+    /// itself).
     pub async fn close_when_settled(&self, reason: &str) {
-        if let Ok(mut window) = self.window.lock() {
-            window.begin_closing();
+        if self.coalesce {
+            if let Ok(mut window) = self.window.lock() {
+                window.begin_closing();
+            }
         }
         loop {
             let notified = self.settled.notified();

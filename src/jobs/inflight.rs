@@ -40,12 +40,12 @@ pub struct Delivered {
 }
 
 /// How a job is counted when it settles.
-enum Tally {
-    /// A prediction job: per version once resolved ([`InFlight::attach`]), else under
-    /// version "" of the queue's model.
-    Predict(Option<ModelMetrics>),
+pub enum Tally {
+    /// In `infermq_jobs_total`: per model version once resolved ([`InFlight::attach`]), else
+    /// under version "" of the queue's model.
+    Jobs(Option<ModelMetrics>),
     /// A training job, under its validated model name ("" until validated).
-    Train { samples: u64 },
+    Training { samples: u64 },
     /// Not a job (a metadata request): settled like one, counted nowhere.
     Untallied,
 }
@@ -82,67 +82,9 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// A prediction job from `model`'s queue.
-    pub fn predict(
-        answerer: &Arc<Answerer>,
-        delivered: Delivered,
-        reply: Reply,
-        delivery_count: u32,
-        model: Arc<str>,
-        received: Instant,
-    ) -> InFlight {
-        InFlight::new(
-            answerer,
-            delivered,
-            reply,
-            delivery_count,
-            model,
-            received,
-            Tally::Predict(None),
-        )
-    }
-
-    /// A request that is not a job (metadata): settled like a job, never counted as one.
-    pub fn request(
-        answerer: &Arc<Answerer>,
-        delivered: Delivered,
-        reply: Reply,
-        delivery_count: u32,
-        model: Arc<str>,
-        received: Instant,
-    ) -> InFlight {
-        InFlight::new(
-            answerer,
-            delivered,
-            reply,
-            delivery_count,
-            model,
-            received,
-            Tally::Untallied,
-        )
-    }
-
-    /// A training job (its model is named once its body is validated).
-    pub fn train(
-        answerer: &Arc<Answerer>,
-        delivered: Delivered,
-        reply: Reply,
-        delivery_count: u32,
-        received: Instant,
-    ) -> InFlight {
-        let tally = Tally::Train { samples: 0 };
-        InFlight::new(
-            answerer,
-            delivered,
-            reply,
-            delivery_count,
-            Arc::from(""),
-            received,
-            tally,
-        )
-    }
-
-    fn new(
+    /// Takes `delivered` over: from now on it is settled exactly once, and counted as `tally`
+    /// says. `model` labels its metrics and error results (a training job names it later).
+    pub fn new(
         answerer: &Arc<Answerer>,
         delivered: Delivered,
         reply: Reply,
@@ -154,7 +96,7 @@ impl InFlight {
         answerer.job_started();
         let headers = delivered.properties.headers().as_ref();
         let trace = answerer
-            .tracer
+            .tracer()
             .start_job(headers, &delivered.queue, received);
         InFlight {
             held: Some(Held {
@@ -192,7 +134,7 @@ impl InFlight {
     pub fn attach(&mut self, metrics: &ModelMetrics) {
         if let Some(held) = self.held.as_mut() {
             metrics.pending_add(1);
-            held.tally = Tally::Predict(Some(metrics.clone()));
+            held.tally = Tally::Jobs(Some(metrics.clone()));
         }
     }
 
@@ -218,7 +160,7 @@ impl InFlight {
     /// Records how many samples a training job trained on.
     pub fn set_samples(&mut self, n: u64) {
         if let Some(Held {
-            tally: Tally::Train { samples },
+            tally: Tally::Training { samples },
             ..
         }) = self.held.as_mut()
         {
@@ -281,7 +223,7 @@ impl InFlight {
                 }
                 Route::Refused(_) => held.dead_letter_refused(),
             },
-            Fate::Retry if held.delivery_count + 1 >= held.answerer.delivery_limit => {
+            Fate::Retry if held.delivery_count + 1 >= held.answerer.delivery_limit() => {
                 tracing::warn!(model = %held.model, error = %error.message, delivery_count = held.delivery_count, "Job failed on its last allowed delivery; dead-lettering it");
                 held.dead_letter(&error);
             }
@@ -356,7 +298,7 @@ impl Held {
         self.trace.inject(&mut headers);
         let message = OutgoingMessage {
             model: self.model.clone(),
-            exchange: self.answerer.dead_letter_exchange.clone(),
+            exchange: self.answerer.dead_letter_exchange().to_string(),
             routing_key: self.delivered.queue.to_string(),
             properties: received.clone().with_headers(headers),
             body: std::mem::take(&mut self.delivered.body),
@@ -389,7 +331,7 @@ impl Held {
             let ok = settled == Settled::Done(disposition);
             let answered = disposition != Disposition::Requeue;
             match &tally {
-                Tally::Predict(Some(metrics)) => {
+                Tally::Jobs(Some(metrics)) => {
                     if ok {
                         metrics.job(outcome);
                         if answered {
@@ -399,8 +341,8 @@ impl Held {
                     }
                     metrics.pending_add(-1);
                 }
-                Tally::Predict(None) if ok => done.metrics.job(&model, "", outcome),
-                Tally::Train { samples } if ok => done.metrics.training_job(
+                Tally::Jobs(None) if ok => done.metrics().job(&model, "", outcome),
+                Tally::Training { samples } if ok => done.metrics().training_job(
                     &model,
                     outcome,
                     *samples,
@@ -424,7 +366,7 @@ impl Held {
                     batch_rows: stages.batch_rows,
                     outcome,
                 };
-                done.tracer.record_job(trace, &job_stages, &attributes);
+                done.tracer().record_job(trace, &job_stages, &attributes);
             }
             done.job_done();
         });
@@ -441,6 +383,6 @@ impl Held {
             },
             None => Command::Settle(settlement),
         };
-        submit(&answerer.commands, command);
+        submit(answerer.commands(), command);
     }
 }

@@ -10,7 +10,7 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
 use super::inflight::Answerer;
-use super::inflight::{Delivered, InFlight};
+use super::inflight::{Delivered, InFlight, Tally};
 use super::registry::ModelRegistry;
 use crate::broker::envelope::Envelope;
 use crate::broker::headers::{as_string, find};
@@ -33,13 +33,15 @@ pub fn answer_metadata(
     model: &Arc<str>,
 ) {
     let (reply, count) = (envelope.reply.clone(), envelope.delivery_count);
-    let request = InFlight::request(
+    let untallied = Tally::Untallied;
+    let request = InFlight::new(
         answerer,
         delivered,
         reply,
         count,
         model.clone(),
         Instant::now(),
+        untallied,
     );
     let Some(request) = request.routable() else {
         return;

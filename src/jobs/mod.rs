@@ -10,6 +10,10 @@
 //! 3. [`predict`] or [`train`] checks and runs the job; every failure is an
 //!    [`error::JobError`] that carries its [`error::Fate`].
 //!
+//! Each kind of job is one module implementing [`kind::JobKind`]: which consumers it wants,
+//! which queue each reads and how, and what becomes of a delivery. The consumer loop around it
+//! is the same for every kind (`worker::consumer`).
+//!
 //! Prediction jobs go through the [`registry`] (served versions and their batchers, kept in
 //! step with the repository by [`registry::ModelSync`]) and [`batch`] (running a batch on an
 //! instance thread); [`assembly`] puts a split job's outputs back together.
@@ -20,6 +24,7 @@ pub mod batch;
 pub mod early;
 pub mod error;
 pub mod inflight;
+pub mod kind;
 pub mod metadata;
 pub mod predict;
 pub mod registry;

@@ -1,4 +1,6 @@
-//! Prediction jobs: from a delivery to chunks in a model version's batcher.
+//! Prediction jobs: from a delivery to chunks in a model version's batcher. The prediction kind
+//! of job ([`PredictContext`]) has one consumer per served model, on its model's queue (declared
+//! when the consumer starts), with coalesced acks; a lost consumer is restarted on its own.
 //!
 //! Checks run cheapest first — reply route, size, headers, deadline, JSON, version, signature —
 //! and each failure ends the job at once through its [`InFlight`], with the contract's code and a
@@ -6,15 +8,21 @@
 //! `max_batch_size` rows; the batcher never mixes chunks whose non-batch dimensions differ
 //! (their shape keys differ).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::watch;
 
 use super::assembly::{JobState, OutputPlan};
 use super::batch::Chunk;
 use super::early::early_names;
 use super::error::JobError;
-use super::inflight::{Answerer, Delivered, InFlight};
-use super::registry::{ModelRegistry, ServedVersion};
+use super::inflight::{Answerer, Delivered, InFlight, Tally};
+use super::kind::{Acks, Consume, JobKind, JobTasks, OnLost, StartError};
+use super::registry::{ConsumingGuard, ModelRegistry, ServedVersion};
 use crate::batching::{split_rows, Item};
 use crate::broker::authz::authorize;
 use crate::broker::envelope::Envelope;
@@ -22,12 +30,77 @@ use crate::broker::headers::JobHeaders;
 use crate::broker::Topology;
 use crate::protocol::{decode_request, validate_request, ErrorCode, InferenceRequest, Tensor};
 
-/// What the consumers of prediction queues share.
+/// The prediction kind of job: what the consumers of prediction queues share, one consumer per
+/// served model.
 pub struct PredictContext {
     pub registry: Arc<ModelRegistry>,
     pub answerer: Arc<Answerer>,
     pub topology: Topology,
     pub max_message_bytes: usize,
+    /// `broker.prefetch`; 0: enough to fill batches (see [`PredictContext::prefetch_for`]).
+    pub prefetch: u16,
+}
+
+/// One prediction consumer: its model's label, and (once consuming) the guard that counts it
+/// for readiness.
+pub struct PredictLane {
+    label: Arc<str>,
+    /// Held, never read: dropping it marks the consumer stopped.
+    _consuming: Option<ConsumingGuard>,
+}
+
+impl JobKind for PredictContext {
+    type Lane = PredictLane;
+    const NAME: &'static str = "prediction";
+    const ON_LOST: OnLost = OnLost::Restart;
+
+    fn wanted(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.registry.names()
+    }
+
+    async fn open(
+        &self,
+        _connection: &Connection,
+        channel: &Channel,
+        model: &str,
+    ) -> Result<(Consume, PredictLane), StartError> {
+        if let Err(error) = self.topology.declare_model(channel, model).await {
+            return Err(StartError::DeclareRefused(error.to_string()));
+        }
+        self.registry.set_unavailable(model, None);
+        let consume = Consume {
+            queue: self.topology.predict_queue(model),
+            prefetch: self.prefetch_for(model),
+            arguments: FieldTable::default(),
+            acks: Acks::Coalesced,
+        };
+        let lane = PredictLane {
+            label: Arc::from(model),
+            _consuming: None,
+        };
+        Ok((consume, lane))
+    }
+
+    fn consuming(&self, lane: &mut PredictLane) {
+        lane._consuming = Some(self.registry.consuming(&lane.label));
+    }
+
+    fn handle(&self, lane: &PredictLane, delivered: Delivered, redelivered: bool, _: &JobTasks) {
+        handle_delivery(self, &lane.label, delivered, redelivered);
+    }
+}
+
+impl PredictContext {
+    /// `broker.prefetch`, or enough to fill batches: 2 × max_batch_size × instances, at least 64.
+    fn prefetch_for(&self, model: &str) -> u16 {
+        if self.prefetch > 0 {
+            return self.prefetch;
+        }
+        let wanted = (self.registry.resolve(model, None))
+            .map(|v| 2 * v.limits.max_batch_size.max(1) * v.instances.max(1))
+            .unwrap_or(64);
+        wanted.clamp(64, u16::MAX as usize) as u16
+    }
 }
 
 /// Handles one delivery of `model`'s queue: accepts it into a batcher, or ends it.
@@ -39,7 +112,7 @@ pub fn handle_delivery(
 ) {
     let received = Instant::now();
     if redelivered {
-        ctx.answerer.metrics.duplicate_delivery(model);
+        ctx.answerer.metrics().duplicate_delivery(model);
     }
     let envelope = Envelope::read(&delivered.properties, redelivered, &ctx.topology);
     if super::metadata::is_metadata_request(&delivered.properties) {
@@ -51,44 +124,64 @@ pub fn handle_delivery(
             model,
         );
     }
-    let message_id = envelope.message_id.clone();
-    let reply = envelope.reply;
-    let count = envelope.delivery_count;
-    let job = InFlight::predict(
-        &ctx.answerer,
+    let Envelope {
+        reply,
+        message_id,
+        user_id,
+        delivery_count,
+        headers,
+        ..
+    } = envelope;
+    let (answerer, tally) = (&ctx.answerer, Tally::Jobs(None));
+    let job = InFlight::new(
+        answerer,
         delivered,
         reply,
-        count,
+        delivery_count,
         model.clone(),
         received,
+        tally,
     );
-    let Some(mut job) = job
+    let Some(job) = job
         .routable()
         .and_then(|job| job.within(ctx.max_message_bytes, message_id.as_deref()))
     else {
         return;
     };
-    // Refused before the body is decoded (or because it cannot be): named by the body's `id`
-    // if the JSON can be read that far, else by `message_id`.
-    let refuse = |job: InFlight, header_len: Option<usize>, error: JobError| {
-        let id = early_names(job.body(), header_len, message_id.clone()).id;
-        job.fail(error, id.as_deref())
-    };
-    let headers = match envelope.headers {
-        Ok(headers) => headers,
-        Err(e) => return refuse(job, None, e.into()),
-    };
+    match headers {
+        Ok(headers) => accept(ctx, model, job, headers, message_id, user_id.as_deref()),
+        Err(e) => refuse(job, None, message_id, e.into()),
+    }
+}
+
+/// Ends a job refused before its body is decoded (or because it cannot be): named by the body's
+/// `id` if the JSON can be read that far, else by `message_id`.
+fn refuse(job: InFlight, header_len: Option<usize>, message_id: Option<String>, error: JobError) {
+    let id = early_names(job.body(), header_len, message_id).id;
+    job.fail(error, id.as_deref())
+}
+
+/// Checks a job whose headers were read — deadline, body, version, user, signature — and
+/// submits it to its version's batcher, or ends it at the first failure.
+fn accept(
+    ctx: &PredictContext,
+    model: &Arc<str>,
+    mut job: InFlight,
+    headers: JobHeaders,
+    message_id: Option<String>,
+    user_id: Option<&str>,
+) {
     let header_len = headers.binary_header_len;
     if headers.expired(SystemTime::now()) {
         let error = JobError::answer(
             ErrorCode::DeadlineExceeded,
             "deadline passed before the job was read (x-deadline-ms or expiration)",
         );
-        return refuse(job, header_len, error);
+        return refuse(job, header_len, message_id, error);
     }
     let mut request = match decode_request(job.body(), header_len) {
         Ok(request) => request,
-        Err(e) => return refuse(job, header_len, e.into()),
+        Err(e) => return refuse(job, header_len, message_id, e.into()),
     };
     if request.id.is_none() {
         request.id = message_id;
@@ -103,7 +196,6 @@ pub fn handle_delivery(
         Err(e) => return job.fail(e, request.id.as_deref()),
     };
     job.attach(&served.metrics);
-    let user_id = envelope.user_id.as_deref();
     if let Err(e) = authorize(user_id, &served.allowed_users, "this model (allowed_users)") {
         return job.fail(JobError::invalid(e.to_string()), request.id.as_deref());
     }

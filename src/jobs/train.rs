@@ -1,36 +1,50 @@
-//! Training jobs: each runs on ONNX Runtime on a blocking thread, sends progress messages to
-//! `reply_to`, writes the model as a new version of the repository (atomically), announces it
-//! on the models exchange, and then answers and acks — all through the job's [`InFlight`].
+//! Training jobs: the training lane, and each job from its delivery to its settlement.
 //!
-//! A running job stops between batches when its session's `stop` token is cancelled (the
-//! worker stops, or its broker connection was lost): its delivery goes back to the queue (or is
-//! redelivered by the broker when the channel is gone), and the consumer never waits for it to
-//! run to the end.
+//! The lane is one consumer of `<prefix>.train` with prefetch `training.concurrency`, so
+//! training never takes an inference instance. It asks RabbitMQ for `x-consumer-timeout` =
+//! `training.consumer_timeout_ms` (honoured from RabbitMQ 3.12; on older brokers raise
+//! `consumer_timeout` in rabbitmq.conf), so a long job is not cancelled at the broker's
+//! 30-minute default. Its acks are individual: a long job's ack never waits for another's. A
+//! lost training channel ends the broker session (the worker reconnects).
+//!
+//! Each delivery runs as a task: it runs on ONNX Runtime on a blocking thread, sends progress
+//! messages to `reply_to`, writes the model as a new version of the repository (atomically),
+//! announces it on the models exchange ([`publish`]), and then answers and acks — all through
+//! the job's [`InFlight`]. A running job stops between batches when its consumer ends (the
+//! worker stops, or its channel or connection was lost): its delivery goes back to the queue
+//! (or is redelivered by the broker when the channel is gone), and a reconnect never waits for
+//! a training run. A job whose worker dies mid-training was never acked: the broker redelivers
+//! it.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel};
-use tokio::sync::{mpsc, Notify};
+use lapin::options::ConfirmSelectOptions;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::early::early_names;
 use super::error::JobError;
-use super::inflight::{Answerer, Delivered, InFlight};
+use super::inflight::{Answerer, Delivered, InFlight, Tally};
+use super::kind::{Acks, Consume, JobKind, JobTasks, OnLost, StartError};
 use crate::broker::authz::authorize;
 use crate::broker::envelope::{Envelope, Route};
 use crate::broker::Topology;
 use crate::protocol::ErrorCode;
 use crate::repository::{valid_model_name, ModelStore};
 use crate::runtime::SessionOptions;
-use crate::telemetry::trace::TraceContext;
 use crate::telemetry::Metrics;
 use crate::training::{
-    admit, parse_job, train_within, Budget, DataLimits, EpochReport, SessionFactory, TrainOutcome,
-    TrainingError,
+    admit, parse_job, train_within, Budget, DataLimits, EpochReport, Rules, SessionFactory,
+    TrainJob, TrainOutcome, TrainingError,
 };
+
+mod publish;
+
+use publish::{event_headers, forward_progress, publish_version};
 
 /// What training jobs need.
 pub struct TrainContext {
@@ -54,12 +68,84 @@ pub struct TrainContext {
     pub reload: Arc<Notify>,
 }
 
+/// The training kind of job: one consumer, named `training`.
+pub struct Training {
+    ctx: Arc<TrainContext>,
+    wanted: watch::Sender<BTreeSet<String>>,
+}
+
+impl Training {
+    pub fn new(ctx: TrainContext) -> Training {
+        let lane = BTreeSet::from([Training::NAME.to_string()]);
+        Training {
+            ctx: Arc::new(ctx),
+            wanted: watch::Sender::new(lane),
+        }
+    }
+}
+
+impl JobKind for Training {
+    /// The channel (in confirm mode) that progress and version events are published on.
+    type Lane = Channel;
+    const NAME: &'static str = "training";
+    const ON_LOST: OnLost = OnLost::EndSession;
+
+    fn wanted(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.wanted.subscribe()
+    }
+
+    /// The training queue is declared with the shared topology, at each session's start.
+    async fn open(
+        &self,
+        connection: &Connection,
+        _channel: &Channel,
+        _name: &str,
+    ) -> Result<(Consume, Channel), StartError> {
+        let events = async {
+            let events = connection.create_channel().await?;
+            events
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(events)
+        };
+        let events = (events.await)
+            .map_err(|e| StartError::Failed(format!("opening the events channel: {e}")))?;
+        let mut arguments = FieldTable::default();
+        let timeout = self.ctx.consumer_timeout_ms.min(i64::MAX as u64) as i64;
+        arguments.insert(
+            ShortString::from("x-consumer-timeout"),
+            AMQPValue::LongLongInt(timeout),
+        );
+        let consume = Consume {
+            queue: self.ctx.topology.train_queue(),
+            prefetch: self.ctx.concurrency,
+            arguments,
+            acks: Acks::Individual,
+        };
+        Ok((consume, events))
+    }
+
+    fn handle(&self, events: &Channel, delivered: Delivered, redelivered: bool, tasks: &JobTasks) {
+        let (ctx, events) = (self.ctx.clone(), events.clone());
+        tasks.spawn(move |stop| handle_training(ctx, events, delivered, redelivered, stop));
+    }
+}
+
 struct WorkerSessions(SessionOptions);
 
 impl SessionFactory for WorkerSessions {
     fn session(&self, model: &[u8]) -> Result<ort::session::Session, String> {
         self.0.session(model).map_err(|e| e.to_string())
     }
+}
+
+/// A training job that passed every check, ready to run.
+struct Admitted {
+    job: InFlight,
+    parsed: TrainJob,
+    rules: Rules,
+    /// The version training starts from (`init_from`), read.
+    init: Option<Vec<u8>>,
 }
 
 /// Runs one training job to its settlement. `events` publishes progress and version events;
@@ -73,70 +159,16 @@ pub async fn handle_training(
 ) {
     let received = Instant::now();
     let envelope = Envelope::read(&delivered.properties, redelivered, &ctx.topology);
-    let message_id = envelope.message_id.clone();
-    let (reply, count) = (envelope.reply.clone(), envelope.delivery_count);
-    let job = InFlight::train(&ctx.answerer, delivered, reply, count, received);
-    let Some(job) = job.routable() else {
+    let Some(admitted) = admit_job(&ctx, delivered, &envelope, received) else {
         return;
     };
-    let user_id = envelope.user_id.as_deref();
-    let what = "training (training.allowed_users)";
-    if let Err(e) = authorize(user_id, &ctx.allowed_users, what) {
-        return job.fail(JobError::invalid(e.to_string()), message_id.as_deref());
-    }
-    let Some(mut job) = job.within(ctx.max_message_bytes, message_id.as_deref()) else {
-        return;
-    };
-    // Training reads no contract header but a bad one is refused the same way as for
-    // prediction: one reader, one rule.
-    if let Err(error) = envelope.headers {
-        let named = early_names(job.body(), None, message_id);
-        return job.fail(error.into(), named.id.as_deref());
-    }
-    let parsed = match parse_job(job.body()) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            // Named as far as the JSON can be read; only a valid model name is echoed (the
-            // training queue is shared, so only the body names the model).
-            let named = early_names(job.body(), None, message_id);
-            if let Some(model) = named.model_name.filter(|m| valid_model_name(m)) {
-                job.name_model(&model);
-            }
-            return job.fail(error.into(), named.id.as_deref());
-        }
-    };
-    let id = parsed.id().to_string();
-    let model = parsed.model_name().to_string();
-    job.name_model(&model);
-    let rules = match admit(
-        &parsed,
-        &ctx.store,
-        &ctx.data_limits,
-        &ctx.budget,
-        &ctx.allowed_models,
-    ) {
-        Ok(rules) => rules,
-        Err(e) => return job.fail(e.into(), Some(&id)),
-    };
-    let init = match parsed.init_from_version() {
-        None => None,
-        Some(version) => match version
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .and_then(|v| ctx.store.read_version(&model, v).ok())
-        {
-            Some(bytes) => Some(bytes),
-            None => {
-                let message = format!(
-                    "init_from.model_version: model {model:?} has no version {} in the repository",
-                    crate::protocol::text::quoted(version)
-                );
-                let error = JobError::answer(ErrorCode::UnknownVersion, message);
-                return job.fail(error, Some(&id));
-            }
-        },
-    };
+    let Admitted {
+        mut job,
+        parsed,
+        rules,
+        init,
+    } = admitted;
+    let (id, model) = (parsed.id().to_string(), parsed.model_name().to_string());
     ctx.metrics.training_in_progress(1);
     tracing::info!(job = %id, model = %model, "Training started");
     let (progress_tx, progress_rx) = mpsc::unbounded_channel::<EpochReport>();
@@ -144,35 +176,18 @@ pub async fn handle_training(
         Route::Queue(queue) => queue.clone(),
         Route::Refused(_) => String::new(),
     };
-    let forward = tokio::spawn(forward_progress(
+    let correlation_id = envelope.reply.correlation_id.clone();
+    let trace = job.trace_context();
+    let forward = forward_progress(
         events.clone(),
         progress_rx,
         route,
-        envelope.reply.correlation_id.clone(),
+        correlation_id,
         id.clone(),
-        job.trace_context(),
-    ));
-    let options = ctx.options.clone();
-    let should_stop = stop.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut progress = |report: &EpochReport| {
-            let _ = progress_tx.send(report.clone());
-        };
-        train_within(
-            &parsed,
-            &rules,
-            init.as_deref(),
-            &WorkerSessions(options),
-            &mut progress,
-            &|| should_stop.is_cancelled(),
-        )
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(TrainingError::Runtime(format!(
-            "training thread failed: {e}"
-        )))
-    });
+        trace,
+    );
+    let forward = tokio::spawn(forward);
+    let outcome = train(&ctx, parsed, rules, init, progress_tx, stop).await;
     let _ = forward.await;
     ctx.metrics.training_in_progress(-1);
     match outcome {
@@ -187,101 +202,129 @@ pub async fn handle_training(
     }
 }
 
-/// Publishes each progress report to the job's route (informative: no confirm awaited).
-async fn forward_progress(
-    events: Channel,
-    mut reports: mpsc::UnboundedReceiver<EpochReport>,
-    routing_key: String,
-    correlation_id: Option<ShortString>,
-    id: String,
-    trace: Option<TraceContext>,
-) {
-    while let Some(report) = reports.recv().await {
-        if routing_key.is_empty() {
-            continue;
-        }
-        let mut body = serde_json::to_value(&report).unwrap_or_default();
-        body["id"] = serde_json::Value::String(id.clone());
-        let mut headers = event_headers("progress");
-        if let Some(trace) = &trace {
-            trace.inject(&mut headers);
-        }
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_headers(headers);
-        if let Some(c) = &correlation_id {
-            properties = properties.with_correlation_id(c.clone());
-        }
-        let _ = events
-            .basic_publish(
-                "".into(),
-                routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &serde_json::to_vec(&body).unwrap_or_default(),
-                properties,
-            )
-            .await;
-    }
-}
-
-/// Writes the version, announces it, and returns the result body and the samples trained on.
-async fn publish_version(
+/// Takes the delivery over and checks it, cheapest first — route, user, size, headers, body,
+/// admission, the version to start from; the first failure ends the job (`None`).
+fn admit_job(
     ctx: &TrainContext,
-    events: &Channel,
-    model: &str,
-    id: &str,
-    outcome: TrainOutcome,
-) -> Result<(Vec<u8>, u64), JobError> {
-    let store = ctx.store.clone();
-    let name = model.to_string();
-    let bytes = outcome.model.clone();
-    let version = tokio::task::spawn_blocking(move || store.write_version(&name, &bytes))
-        .await
-        .map_err(|e| JobError::internal(e.to_string()))?
-        .map_err(|e| JobError::internal(format!("writing the new version: {e}")))?;
-    let event = serde_json::json!({"event": "model_version_ready", "model_name": model, "model_version": version.to_string()});
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into());
-    let confirmed = async {
-        events
-            .basic_publish(
-                ctx.topology.models_exchange().as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &serde_json::to_vec(&event).unwrap_or_default(),
-                properties,
-            )
-            .await?
-            .await
+    delivered: Delivered,
+    envelope: &Envelope,
+    received: Instant,
+) -> Option<Admitted> {
+    let message_id = envelope.message_id.clone();
+    let (reply, count) = (envelope.reply.clone(), envelope.delivery_count);
+    let tally = Tally::Training { samples: 0 };
+    let job = InFlight::new(
+        &ctx.answerer,
+        delivered,
+        reply,
+        count,
+        Arc::from(""),
+        received,
+        tally,
+    );
+    let job = job.routable()?;
+    let user_id = envelope.user_id.as_deref();
+    let what = "training (training.allowed_users)";
+    if let Err(e) = authorize(user_id, &ctx.allowed_users, what) {
+        job.fail(JobError::invalid(e.to_string()), message_id.as_deref());
+        return None;
     }
-    .await;
-    if let Err(error) = confirmed {
-        // The version is on disk; workers' polling finds it even without the event.
-        tracing::warn!(%error, model, version, "Announcing the new version failed");
+    let mut job = job.within(ctx.max_message_bytes, message_id.as_deref())?;
+    // Training reads no contract header but a bad one is refused the same way as for
+    // prediction: one reader, one rule.
+    if let Err(error) = &envelope.headers {
+        let named = early_names(job.body(), None, message_id);
+        job.fail(error.clone().into(), named.id.as_deref());
+        return None;
     }
-    ctx.reload.notify_one();
-    tracing::info!(job = %id, model, version, duration_ms = outcome.duration_ms as u64, "Training finished; version written");
-    let body = serde_json::json!({
-        "id": id,
-        "model_name": model,
-        "model_version": version.to_string(),
-        "metrics": outcome.metrics,
-        "history": outcome.history,
-        "duration_ms": outcome.duration_ms,
-    });
-    Ok((
-        serde_json::to_vec(&body).unwrap_or_default(),
-        outcome.samples,
-    ))
+    let parsed = match parse_job(job.body()) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            // Named as far as the JSON can be read; only a valid model name is echoed (the
+            // training queue is shared, so only the body names the model).
+            let named = early_names(job.body(), None, message_id);
+            if let Some(model) = named.model_name.filter(|m| valid_model_name(m)) {
+                job.name_model(&model);
+            }
+            job.fail(error.into(), named.id.as_deref());
+            return None;
+        }
+    };
+    job.name_model(parsed.model_name());
+    let id = parsed.id();
+    let admitted = admit(
+        &parsed,
+        &ctx.store,
+        &ctx.data_limits,
+        &ctx.budget,
+        &ctx.allowed_models,
+    );
+    let rules = match admitted {
+        Ok(rules) => rules,
+        Err(e) => {
+            job.fail(e.into(), Some(id));
+            return None;
+        }
+    };
+    let init = match initial_version(ctx, &parsed) {
+        Ok(init) => init,
+        Err(error) => {
+            job.fail(error, Some(id));
+            return None;
+        }
+    };
+    Some(Admitted {
+        job,
+        parsed,
+        rules,
+        init,
+    })
 }
 
-fn event_headers(event: &str) -> FieldTable {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        ShortString::from("x-event"),
-        AMQPValue::LongString(LongString::from(event)),
-    );
-    headers
+/// The version `init_from.model_version` names, read from the repository; `None` without one.
+fn initial_version(ctx: &TrainContext, parsed: &TrainJob) -> Result<Option<Vec<u8>>, JobError> {
+    let Some(version) = parsed.init_from_version() else {
+        return Ok(None);
+    };
+    let model = parsed.model_name();
+    let read =
+        (version.trim().parse::<u64>().ok()).and_then(|v| ctx.store.read_version(model, v).ok());
+    read.map(Some).ok_or_else(|| {
+        let message = format!(
+            "init_from.model_version: model {model:?} has no version {} in the repository",
+            crate::protocol::text::quoted(version)
+        );
+        JobError::answer(ErrorCode::UnknownVersion, message)
+    })
+}
+
+/// Trains on a blocking thread; each epoch's report goes to `progress`.
+async fn train(
+    ctx: &TrainContext,
+    parsed: TrainJob,
+    rules: Rules,
+    init: Option<Vec<u8>>,
+    progress: mpsc::UnboundedSender<EpochReport>,
+    stop: CancellationToken,
+) -> Result<TrainOutcome, TrainingError> {
+    let options = ctx.options.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut report = |report: &EpochReport| {
+            let _ = progress.send(report.clone());
+        };
+        train_within(
+            &parsed,
+            &rules,
+            init.as_deref(),
+            &WorkerSessions(options),
+            &mut report,
+            &|| stop.is_cancelled(),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(TrainingError::Runtime(format!(
+            "training thread failed: {e}"
+        )))
+    })
 }

@@ -15,24 +15,24 @@
 //! declares the topology again and resumes; `/readyz` answers 503 meanwhile.
 
 mod consumer;
+mod kinds;
 mod session;
 mod supervisor;
-mod train;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::Topology;
+use crate::broker::{Command, Topology};
 use crate::config::Settings;
 use crate::jobs::inflight::Answerer;
 use crate::jobs::registry::{BackendLoader, ModelRegistry, ModelSync, OrtLoader};
-use crate::jobs::train::TrainContext;
 use crate::repository::ModelStore;
 use crate::runtime::{env, RuntimeError, SessionOptions};
 use crate::telemetry::trace::JobTracer;
@@ -113,52 +113,90 @@ pub async fn run_with(
     shutdown: CancellationToken,
     started: Option<tokio::sync::oneshot::Sender<Worker>>,
 ) -> Result<(), WorkerError> {
-    env::init(settings.runtime.library())?;
-    let options = SessionOptions {
-        execution_providers: settings.runtime.execution_providers.clone(),
-        require_gpu: settings.runtime.require_gpu,
-        intra_threads: settings.runtime.intra_threads,
-        cpus: settings.runtime.instance_cpus.clone(),
-    };
-    options.check()?;
-    tracing::info!(providers = ?options.effective(), library = %env::resolve_library(settings.runtime.library()).display(), "ONNX Runtime ready");
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    let parts = start(&settings, loader, commands_tx).await?;
+    let http = Http::start(&settings, &parts).await?;
+    // Polling stops as soon as shutdown begins: a stopping worker loads nothing new.
+    let poll_stop = shutdown.child_token();
+    let poll = tokio::spawn(poll_task(
+        parts.sync.clone(),
+        parts.reload.clone(),
+        Duration::from_millis(settings.repository.poll_interval_ms),
+        poll_stop.clone(),
+    ));
+    if let Some(started) = started {
+        let _ = started.send(Worker {
+            metrics: parts.metrics.clone(),
+            registry: parts.registry.clone(),
+            status: parts.status.clone(),
+            http_addr: http.addr,
+        });
+    }
+    broker_side(&settings, &parts, commands_rx, &shutdown).await;
+    parts.status.stopping.store(true, Ordering::Release);
+    poll_stop.cancel();
+    let _ = poll.await;
+    parts.registry.clear();
+    parts.batch_tasks.close();
+    http.stop().await;
+    // Spans still buffered are exported before the process ends (blocking: off the runtime).
+    let tracer = parts.tracer;
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || tracer.shutdown()).await {
+        tracing::warn!(%error, "Exporting the last spans failed");
+    }
+    tracing::info!("Worker stopped");
+    Ok(())
+}
+
+/// What a started worker is made of, shared by its HTTP side, its repository polling and its
+/// broker side.
+struct Parts {
+    metrics: Arc<Metrics>,
+    topology: Topology,
+    tracer: JobTracer,
+    answerer: Arc<Answerer>,
+    data_limits: DataLimits,
+    registry: Arc<ModelRegistry>,
+    batch_tasks: TaskTracker,
+    sync: Arc<ModelSync>,
+    status: Arc<WorkerStatus>,
+    /// Wakes the repository sync at once (a version announced or written).
+    reload: Arc<Notify>,
+}
+
+/// Checks the runtime and the repository, and loads the models.
+async fn start(
+    settings: &Settings,
+    loader: Arc<dyn BackendLoader>,
+    commands: mpsc::UnboundedSender<Command>,
+) -> Result<Parts, WorkerError> {
+    let options = session_options(settings)?;
     let metrics = Arc::new(Metrics::new(
         env!("CARGO_PKG_VERSION"),
         env::loaded_version().unwrap_or("unknown"),
     ));
-    let topology = Topology::new(
-        settings.broker.prefix.clone(),
-        settings.broker.delivery_limit,
-    );
-    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "infermq".into());
-    let tracer = JobTracer::new(&settings.telemetry.otlp_endpoint, &host)?;
-    let answerer = Arc::new(Answerer {
-        commands: commands_tx,
-        metrics: metrics.clone(),
-        dead_letter_exchange: topology.dead_letter_exchange(),
-        delivery_limit: settings.broker.delivery_limit,
-        unsettled: AtomicI64::new(0),
-        settled: Notify::new(),
-        closing: tokio_util::task::TaskTracker::new(),
-        tracer: tracer.clone(),
-    });
-    if !settings.repository.path.is_dir() {
+    let broker = &settings.broker;
+    let topology = Topology::new(broker.prefix.clone(), broker.delivery_limit);
+    let tracer = JobTracer::new(&settings.telemetry.otlp_endpoint, &hostname())?;
+    let answerer = Arc::new(Answerer::new(
+        commands,
+        metrics.clone(),
+        topology.dead_letter_exchange(),
+        broker.delivery_limit,
+        tracer.clone(),
+    ));
+    let repository = &settings.repository;
+    if !repository.path.is_dir() {
         return Err(WorkerError::Repository {
-            path: settings.repository.path.display().to_string(),
+            path: repository.path.display().to_string(),
             message: "not a directory (set repository.path or --models)".into(),
         });
     }
-    let data_limits = training_data_limits(&settings)?;
+    let data_limits = training_data_limits(settings)?;
     let registry = Arc::new(ModelRegistry::default());
     let batch_tasks = TaskTracker::new();
     let sync = Arc::new(ModelSync {
-        store: ModelStore::new(
-            &settings.repository.path,
-            settings.repository.models.clone(),
-        ),
+        store: ModelStore::new(&repository.path, repository.models.clone()),
         registry: registry.clone(),
         options,
         defaults: settings.batching.clone(),
@@ -167,114 +205,105 @@ pub async fn run_with(
         loader,
     });
     sync.sync().await;
-
     let status = Arc::new(WorkerStatus {
         connected: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         registry: registry.clone(),
     });
-    let listener = tokio::net::TcpListener::bind(settings.http.listen)
-        .await
-        .map_err(|source| WorkerError::Listen {
-            addr: settings.http.listen,
-            source,
-        })?;
-    let http_addr = listener
-        .local_addr()
-        .map_err(|source| WorkerError::Listen {
-            addr: settings.http.listen,
-            source,
-        })?;
-    let http_stop = CancellationToken::new();
-    let http = tokio::spawn(crate::telemetry::serve(
-        listener,
-        HttpState {
-            metrics: metrics.clone(),
-            status: status.clone(),
-        },
-        http_stop.clone(),
-    ));
-    tracing::info!(%http_addr, "HTTP listening");
+    Ok(Parts {
+        metrics,
+        topology,
+        tracer,
+        answerer,
+        data_limits,
+        registry,
+        batch_tasks,
+        sync,
+        status,
+        reload: Arc::new(Notify::new()),
+    })
+}
 
-    let reload = Arc::new(Notify::new());
-    // Polling stops as soon as shutdown begins: a stopping worker loads nothing new.
-    let poll_stop = shutdown.child_token();
-    let poll = tokio::spawn(poll_task(
-        sync.clone(),
-        reload.clone(),
-        Duration::from_millis(settings.repository.poll_interval_ms),
-        poll_stop.clone(),
-    ));
+/// ONNX Runtime loaded, and the session options of `runtime.*` checked.
+fn session_options(settings: &Settings) -> Result<SessionOptions, WorkerError> {
+    let runtime = &settings.runtime;
+    env::init(runtime.library())?;
+    let options = SessionOptions {
+        execution_providers: runtime.execution_providers.clone(),
+        require_gpu: runtime.require_gpu,
+        intra_threads: runtime.intra_threads,
+        cpus: runtime.instance_cpus.clone(),
+    };
+    options.check()?;
+    tracing::info!(providers = ?options.effective(), library = %env::resolve_library(runtime.library()).display(), "ONNX Runtime ready");
+    Ok(options)
+}
 
-    if let Some(started) = started {
-        let _ = started.send(Worker {
-            metrics: metrics.clone(),
-            registry: registry.clone(),
-            status: status.clone(),
-            http_addr,
-        });
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "infermq".into())
+}
+
+/// The HTTP side (`/metrics`, `/healthz`, `/readyz`, `/v2/models`), listening.
+struct Http {
+    addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
+    stop: CancellationToken,
+}
+
+impl Http {
+    async fn start(settings: &Settings, parts: &Parts) -> Result<Http, WorkerError> {
+        let addr = settings.http.listen;
+        let listen_error = |source| WorkerError::Listen { addr, source };
+        let listener = (tokio::net::TcpListener::bind(addr).await).map_err(listen_error)?;
+        let addr = listener.local_addr().map_err(listen_error)?;
+        let stop = CancellationToken::new();
+        let state = HttpState {
+            metrics: parts.metrics.clone(),
+            status: parts.status.clone(),
+        };
+        let task = tokio::spawn(crate::telemetry::serve(listener, state, stop.clone()));
+        tracing::info!(http_addr = %addr, "HTTP listening");
+        Ok(Http { addr, task, stop })
     }
 
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Runs the broker side until `shutdown` and its graceful stop are done. Every stop is bounded:
+/// the graceful drain has `shutdown_timeout`; past it and a margin, the broker side is dropped,
+/// which closes the connection, and the broker redelivers whatever was not settled.
+async fn broker_side(
+    settings: &Settings,
+    parts: &Parts,
+    commands: mpsc::UnboundedReceiver<Command>,
+    shutdown: &CancellationToken,
+) {
+    let kinds = kinds::register(settings, parts);
     let broker = session::BrokerContext {
         settings: settings.clone(),
-        topology: topology.clone(),
-        registry: registry.clone(),
-        answerer: answerer.clone(),
-        metrics: metrics.clone(),
-        status: status.clone(),
-        reload: reload.clone(),
-        training: settings.training.enabled.then(|| {
-            Arc::new(TrainContext {
-                topology: topology.clone(),
-                store: ModelStore::new(&settings.repository.path, vec![]),
-                options: sync.options.clone(),
-                metrics: metrics.clone(),
-                answerer: answerer.clone(),
-                concurrency: settings.training.concurrency.min(u16::MAX as usize) as u16,
-                consumer_timeout_ms: settings.training.consumer_timeout_ms,
-                max_message_bytes: settings.broker.max_message_bytes,
-                data_limits: data_limits.clone(),
-                budget: (&settings.training).into(),
-                allowed_models: settings.training.allowed_models.clone(),
-                allowed_users: settings.training.allowed_users.clone(),
-                reload: reload.clone(),
-            })
-        }),
+        topology: parts.topology.clone(),
+        registry: parts.registry.clone(),
+        answerer: parts.answerer.clone(),
+        metrics: parts.metrics.clone(),
+        status: parts.status.clone(),
+        reload: parts.reload.clone(),
+        kinds,
     };
-    // Every stop is bounded: the graceful drain has `shutdown_timeout`; past it and a margin,
-    // the broker side is dropped, which closes the connection, and the broker redelivers
-    // whatever was not settled.
-    {
-        let stop_limit = settings.worker.shutdown_timeout() + Duration::from_secs(5);
-        let broker_side = session::broker_task(
-            Arc::new(broker),
-            commands_rx,
-            shutdown.clone(),
-            batch_tasks.clone(),
-        );
-        tokio::pin!(broker_side);
-        tokio::select! {
-            () = &mut broker_side => {}
-            () = async {
-                shutdown.cancelled().await;
-                tokio::time::sleep(stop_limit).await;
-            } => tracing::warn!(limit_ms = stop_limit.as_millis() as u64, "Stop took longer than allowed; closing the broker connection with jobs unsettled (they are redelivered)"),
-        }
+    let stop_limit = settings.worker.shutdown_timeout() + Duration::from_secs(5);
+    let batch_tasks = parts.batch_tasks.clone();
+    let run = session::broker_task(Arc::new(broker), commands, shutdown.clone(), batch_tasks);
+    tokio::select! {
+        () = run => {}
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(stop_limit).await;
+        } => tracing::warn!(limit_ms = stop_limit.as_millis() as u64, "Stop took longer than allowed; closing the broker connection with jobs unsettled (they are redelivered)"),
     }
-
-    status.stopping.store(true, Ordering::Release);
-    poll_stop.cancel();
-    let _ = poll.await;
-    registry.clear();
-    batch_tasks.close();
-    http_stop.cancel();
-    let _ = http.await;
-    // Spans still buffered are exported before the process ends (blocking: off the runtime).
-    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || tracer.shutdown()).await {
-        tracing::warn!(%error, "Exporting the last spans failed");
-    }
-    tracing::info!("Worker stopped");
-    Ok(())
 }
 
 /// Resolves `training.data_dir` once; without it, `file://` training data is refused.

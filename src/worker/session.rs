@@ -1,27 +1,26 @@
 //! The broker side of the worker: one connection at a time, with its publisher and consumers,
 //! reconnecting after failures until shutdown.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::ConfirmSelectOptions;
-use lapin::Connection;
+use lapin::{Channel, Connection};
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::consumer::{events_task, ConsumerSetup};
-use super::supervisor::Supervisor;
+use super::consumer::{events_task, ConsumerSetup, Kind};
+use super::supervisor::{Supervisor, Wake};
 use super::WorkerStatus;
 use crate::broker::connection::{connect_with_retry, Backoff};
-use crate::broker::publisher::{publisher_task, PublisherContext};
+use crate::broker::publisher::{publisher_task, PublisherContext, PublisherError};
 use crate::broker::{Command, Topology};
 use crate::config::Settings;
 use crate::jobs::inflight::Answerer;
-use crate::jobs::predict::PredictContext;
 use crate::jobs::registry::ModelRegistry;
 use crate::telemetry::Metrics;
 
@@ -34,8 +33,8 @@ pub struct BrokerContext {
     pub metrics: Arc<Metrics>,
     pub status: Arc<WorkerStatus>,
     pub reload: Arc<Notify>,
-    /// Present when `training.enabled`.
-    pub training: Option<Arc<crate::jobs::train::TrainContext>>,
+    /// The kinds of job consumed (`kinds.rs`).
+    pub kinds: Vec<Arc<dyn Kind>>,
 }
 
 enum SessionEnd {
@@ -101,132 +100,156 @@ pub async fn broker_task(
     }
 }
 
+/// The publisher's task: its end, and the command queue it gives back.
+type PublisherTask = JoinHandle<(Result<(), PublisherError>, mpsc::UnboundedReceiver<Command>)>;
+
+/// What runs during one session: the publisher, the events consumer, the consumers of jobs.
+struct Running {
+    publisher: PublisherTask,
+    publisher_stop: CancellationToken,
+    events: JoinHandle<()>,
+    events_stop: CancellationToken,
+    /// The events consumer's failure, which ends the session.
+    failed: mpsc::UnboundedReceiver<String>,
+    consumers: Supervisor,
+}
+
+/// One session on `connection`: setup, serve until shutdown or a failure, then stop in order.
 async fn session(
     ctx: &Arc<BrokerContext>,
     connection: Arc<Connection>,
     generation: u64,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::UnboundedReceiver<Command>,
     shutdown: &CancellationToken,
     batch_tasks: &TaskTracker,
 ) -> (SessionEnd, mpsc::UnboundedReceiver<Command>) {
-    let setup = async {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        ctx.topology.declare_shared(&channel).await?;
-        Ok::<_, lapin::Error>(channel)
-    }
-    .await;
-    let publish_channel = match setup {
+    let publish_channel = match publish_channel(ctx, &connection).await {
         Ok(channel) => channel,
         Err(error) => return (SessionEnd::Failed(format!("setup: {error}")), commands),
     };
-    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<String>();
-    let session_stop = CancellationToken::new();
+    let mut running = start(ctx, &connection, generation, publish_channel, commands);
+    ctx.status.connected.store(true, Ordering::Release);
+    ctx.metrics.set_broker_connected(true);
+    tracing::info!(generation, "Broker connected");
+    let (end, returned) = serve(&connection, &mut running, shutdown).await;
+    stop(ctx, running, end, returned, batch_tasks).await
+}
+
+/// The publisher's channel (in confirm mode), once the shared topology is declared.
+async fn publish_channel(ctx: &BrokerContext, connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    ctx.topology.declare_shared(&channel).await?;
+    Ok(channel)
+}
+
+/// Starts the publisher, the events consumer and the supervisor of the job consumers.
+fn start(
+    ctx: &Arc<BrokerContext>,
+    connection: &Arc<Connection>,
+    generation: u64,
+    channel: Channel,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) -> Running {
     let publisher_stop = CancellationToken::new();
     let returned_metrics = ctx.metrics.clone();
-    let publisher_context = PublisherContext {
+    let context = PublisherContext {
         dead_letter_exchange: ctx.topology.dead_letter_exchange(),
         on_returned: Arc::new(move |model: &str| returned_metrics.result_returned(model)),
     };
-    let publisher = {
-        let stop = publisher_stop.clone();
-        tokio::spawn(async move {
-            let result = publisher_task(
-                publish_channel,
-                generation,
-                &mut commands,
-                publisher_context,
-                stop,
-            )
-            .await;
-            (result, commands)
-        })
-    };
-    let training = ctx.training.clone().map(|training| {
-        tokio::spawn(super::train::train_consumer_task(
-            connection.clone(),
-            training,
-            generation,
-            session_stop.clone(),
-            failed_tx.clone(),
-        ))
+    let stop = publisher_stop.clone();
+    let publisher = tokio::spawn(async move {
+        let result = publisher_task(channel, generation, &mut commands, context, stop).await;
+        (result, commands)
     });
+    let (failed_tx, failed) = mpsc::unbounded_channel::<String>();
+    let events_stop = CancellationToken::new();
     let events = tokio::spawn(events_task(
         connection.clone(),
         ctx.topology.clone(),
         ctx.reload.clone(),
-        session_stop.clone(),
-        failed_tx.clone(),
+        events_stop.clone(),
+        failed_tx,
     ));
     let setup = Arc::new(ConsumerSetup {
         connection: connection.clone(),
-        topology: ctx.topology.clone(),
-        context: Arc::new(PredictContext {
-            registry: ctx.registry.clone(),
-            answerer: ctx.answerer.clone(),
-            topology: ctx.topology.clone(),
-            max_message_bytes: ctx.settings.broker.max_message_bytes,
-        }),
+        answerer: ctx.answerer.clone(),
         generation,
     });
-    let prefetch_ctx = ctx.clone();
-    let mut consumers = Supervisor::new(
+    let consumers = Supervisor::new(
+        ctx.kinds.clone(),
         setup,
         ctx.registry.clone(),
         ctx.metrics.clone(),
-        Box::new(move |model| prefetch_for(&prefetch_ctx, model)),
     );
-    let mut names = ctx.registry.names();
+    Running {
+        publisher,
+        publisher_stop,
+        events,
+        events_stop,
+        failed,
+        consumers,
+    }
+}
+
+/// Keeps the consumers in step with what their kinds want until shutdown or a failure.
+/// Returns the command queue too when the publisher already ended (its failure ended the
+/// session); otherwise the publisher is stopped after the consumers.
+async fn serve(
+    connection: &Connection,
+    running: &mut Running,
+    shutdown: &CancellationToken,
+) -> (SessionEnd, Option<mpsc::UnboundedReceiver<Command>>) {
     let mut connection_events = connection.events_listener();
-    ctx.status.connected.store(true, Ordering::Release);
-    ctx.metrics.set_broker_connected(true);
-    tracing::info!(generation, "Broker connected");
-    let mut publisher = publisher;
-    // `returned` holds the command queue when the publisher already ended (its failure ended
-    // the session); otherwise the publisher is stopped after the consumers.
-    let (end, returned) = loop {
-        let wanted: BTreeSet<String> = names.borrow().clone();
-        consumers.reconcile(&wanted, Instant::now());
-        let retry = consumers.next_retry();
+    loop {
+        running.consumers.reconcile(Instant::now());
         tokio::select! {
-            changed = names.changed() => if changed.is_err() { break (SessionEnd::Stopped, None) },
-            Some(ended) = consumers.next_end() => {
-                let connected = connection.status().connected();
-                if let Err(reason) = consumers.on_end(ended, connected, Instant::now()) {
-                    break (SessionEnd::Failed(reason), None);
+            wake = running.consumers.next() => match wake {
+                Wake::Reconcile => {}
+                Wake::Closed => return (SessionEnd::Stopped, None),
+                Wake::Ended(ended) => {
+                    let connected = connection.status().connected();
+                    if let Err(reason) = running.consumers.on_end(ended, connected, Instant::now()) {
+                        return (SessionEnd::Failed(reason), None);
+                    }
                 }
-            }
-            () = sleep_until(retry) => {}
-            Some(reason) = failed_rx.recv() => break (SessionEnd::Failed(reason), None),
+            },
+            Some(reason) = running.failed.recv() => return (SessionEnd::Failed(reason), None),
             // lapin reports a channel closed by the broker here too: only a connection that is
             // no longer connected ends the session (lapin marks it before it reports).
             event = connection_events.next() => if let Some(lapin::Event::Error(error)) = event {
                 if !connection.status().connected() {
-                    break (SessionEnd::Failed(format!("connection: {error}")), None);
+                    return (SessionEnd::Failed(format!("connection: {error}")), None);
                 }
                 tracing::debug!(%error, "A channel failed; its owner handles it");
             },
-            joined = &mut publisher => {
+            joined = &mut running.publisher => {
                 let (result, commands) = joined.expect("publisher task panicked");
                 let reason = match result { Err(e) => e.to_string(), Ok(()) => "publisher stopped".into() };
-                break (SessionEnd::Failed(reason), Some(commands));
+                return (SessionEnd::Failed(reason), Some(commands));
             }
-            () = shutdown.cancelled() => break (SessionEnd::Stopped, None),
+            () = shutdown.cancelled() => return (SessionEnd::Stopped, None),
         }
-    };
-    // The stop, in order (the same for a shutdown and a lost connection, less what a lost
-    // connection cannot do):
+    }
+}
+
+/// The stop, in order (the same for a shutdown and a lost connection, less what a lost
+/// connection cannot do).
+async fn stop(
+    ctx: &Arc<BrokerContext>,
+    mut running: Running,
+    end: SessionEnd,
+    returned: Option<mpsc::UnboundedReceiver<Command>>,
+    batch_tasks: &TaskTracker,
+) -> (SessionEnd, mpsc::UnboundedReceiver<Command>) {
     // 1. Stop consuming: every consumer sends basic.cancel; its unstarted prefetched jobs go
     //    back when its channel closes, after its own jobs are settled (consumer.rs). Running
     //    training jobs are told to stop between batches and are requeued.
-    session_stop.cancel();
-    consumers.stop_all().await;
-    let _ = events.await;
-    if let Some(training) = training {
-        let _ = training.await;
-    }
+    running.events_stop.cancel();
+    running.consumers.stop_all().await;
+    let _ = running.events.await;
     // 2. The publisher already ended (its failure ended the session): nothing can be answered
     //    on this connection; the broker redelivers what was not acked.
     if let Some(commands) = returned {
@@ -240,18 +263,18 @@ async fn session(
     }
     // 4. The publisher finishes what it was handed (publish, confirm, settle) and closes its
     //    channel.
-    publisher_stop.cancel();
-    let (result, commands) = publisher.await.expect("publisher task panicked");
+    running.publisher_stop.cancel();
+    let (result, commands) = (running.publisher.await).expect("publisher task panicked");
     if let Err(error) = result {
         tracing::warn!(%error, "Publisher stopped with an error");
     }
     // 5. Everything is settled, so the stopped consumers are sending their last acks and
     //    closing their channels: let them finish before the caller closes the connection
     //    (bounded: the broker may be slow to answer).
-    if matches!(end, SessionEnd::Stopped) && ctx.answerer.unsettled.load(Ordering::Acquire) <= 0 {
-        ctx.answerer.closing.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), ctx.answerer.closing.wait()).await;
-        ctx.answerer.closing.reopen();
+    if matches!(end, SessionEnd::Stopped) {
+        ctx.answerer
+            .wait_channels_closed(Duration::from_secs(2))
+            .await;
     }
     (end, commands)
 }
@@ -259,7 +282,7 @@ async fn session(
 /// Runs and answers everything already received, within the shutdown deadline.
 async fn graceful_drain(ctx: &Arc<BrokerContext>, batch_tasks: &TaskTracker) {
     let deadline = ctx.settings.worker.shutdown_timeout();
-    let pending = ctx.answerer.unsettled.load(Ordering::Acquire);
+    let pending = ctx.answerer.unsettled();
     tracing::info!(
         pending,
         timeout_ms = deadline.as_millis() as u64,
@@ -273,31 +296,10 @@ async fn graceful_drain(ctx: &Arc<BrokerContext>, batch_tasks: &TaskTracker) {
     })
     .await;
     if drained.is_err() {
-        let left = ctx.answerer.unsettled.load(Ordering::Acquire);
+        let left = ctx.answerer.unsettled();
         tracing::warn!(
             left,
             "Shutdown deadline reached; unsettled jobs return to their queues"
         );
     }
-}
-
-/// Sleeps until `at`; forever when `None`.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// `broker.prefetch`, or enough to fill batches: 2 × max_batch_size × instances, at least 64.
-fn prefetch_for(ctx: &BrokerContext, model: &str) -> u16 {
-    if ctx.settings.broker.prefetch > 0 {
-        return ctx.settings.broker.prefetch;
-    }
-    let wanted = ctx
-        .registry
-        .resolve(model, None)
-        .map(|v| 2 * v.limits.max_batch_size.max(1) * v.instances.max(1))
-        .unwrap_or(64);
-    wanted.clamp(64, u16::MAX as usize) as u16
 }

@@ -1,26 +1,31 @@
-//! The broker session's supervisor of prediction consumers: one per served model, started as
-//! models appear, stopped as they go, and restarted when one ends on its own.
+//! The broker session's supervisor of consumers, for every registered kind of job: one
+//! consumer per name its kind wants (a served model for prediction; `training`), started as
+//! names appear, stopped as they go, and restarted — or the session ended — when one ends on
+//! its own, as its kind says ([`OnLost`]).
 //!
-//! Only a connection-level failure ends the session. A consumer whose channel the broker
-//! closed, or whose consumer the broker cancelled (its queue deleted), is restarted after a
-//! short backoff (declaring its queue again), counted in `infermq_consumer_restarts_total` and
-//! logged with the reason. A model whose queue the broker refuses to declare (declared elsewhere
-//! with other arguments: PRECONDITION_FAILED) is reported — `/readyz` names it with the
-//! broker's reason, `infermq_queue_declare_failures_total` counts it, a log says why — and
-//! retried with a longer backoff in case an operator fixes the queue; every other model is
-//! served meanwhile. Jobs settled on a lost consumer's channel end as `Settled::ChannelLost`
-//! (the broker redelivers them); the new consumer has a channel and an ack window of its own.
+//! Only a connection-level failure, or a kind whose consumers end the session when lost
+//! (training), ends the session. A prediction consumer whose channel the broker closed, or whose
+//! consumer the broker cancelled (its queue deleted), is restarted after a short backoff
+//! (declaring its queue again), counted in `infermq_consumer_restarts_total` and logged with the
+//! reason. A model whose queue the broker refuses to declare (declared elsewhere with other
+//! arguments: PRECONDITION_FAILED) is reported — `/readyz` names it with the broker's reason,
+//! `infermq_queue_declare_failures_total` counts it, a log says why — and retried with a longer
+//! backoff in case an operator fixes the queue; every other model is served meanwhile. Jobs
+//! settled on a lost consumer's channel end as `Settled::ChannelLost` (the broker redelivers
+//! them); the new consumer has a channel and an ack window of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use futures_util::future::select_all;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::consumer::{predict_consumer_task, ConsumerEnd, ConsumerSetup};
+use super::consumer::{ConsumerEnd, ConsumerSetup, Kind};
 use crate::broker::connection::Backoff;
+use crate::jobs::kind::OnLost;
 use crate::jobs::registry::ModelRegistry;
 use crate::telemetry::Metrics;
 
@@ -35,11 +40,23 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// Longest broker reason kept for `/readyz` and logs.
 const MAX_REASON: usize = 512;
 
+/// A consumer: the index of its kind, and its name (metrics and readiness label it by name).
+type Key = (usize, String);
+
 /// A consumer's end, as its task reports it.
 pub(super) struct Ended {
-    model: String,
+    key: Key,
     id: u64,
     end: ConsumerEnd,
+}
+
+/// Why the supervisor woke the session.
+pub(super) enum Wake {
+    /// The names wanted changed, or a backoff is over: reconcile.
+    Reconcile,
+    Ended(Ended),
+    /// What tells a kind's wanted names is gone (the worker is stopping).
+    Closed,
 }
 
 struct Running {
@@ -48,7 +65,7 @@ struct Running {
     handle: JoinHandle<()>,
 }
 
-/// Per model: when it may be started again, and the two backoffs.
+/// Per consumer: when it may be started again, and the two backoffs.
 struct Retry {
     at: Option<Instant>,
     restart: Backoff,
@@ -67,12 +84,13 @@ impl Default for Retry {
 
 /// The consumers of one broker session.
 pub(super) struct Supervisor {
+    kinds: Vec<Arc<dyn Kind>>,
+    wanted: Vec<watch::Receiver<BTreeSet<String>>>,
     setup: Arc<ConsumerSetup>,
     registry: Arc<ModelRegistry>,
     metrics: Arc<Metrics>,
-    prefetch: Box<dyn Fn(&str) -> u16 + Send + Sync>,
-    running: BTreeMap<String, Running>,
-    retries: BTreeMap<String, Retry>,
+    running: BTreeMap<Key, Running>,
+    retries: BTreeMap<Key, Retry>,
     ended_tx: mpsc::UnboundedSender<Ended>,
     ended_rx: mpsc::UnboundedReceiver<Ended>,
     next_id: u64,
@@ -80,17 +98,18 @@ pub(super) struct Supervisor {
 
 impl Supervisor {
     pub(super) fn new(
+        kinds: Vec<Arc<dyn Kind>>,
         setup: Arc<ConsumerSetup>,
         registry: Arc<ModelRegistry>,
         metrics: Arc<Metrics>,
-        prefetch: Box<dyn Fn(&str) -> u16 + Send + Sync>,
     ) -> Supervisor {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         Supervisor {
+            wanted: kinds.iter().map(|k| k.wanted()).collect(),
+            kinds,
             setup,
             registry,
             metrics,
-            prefetch,
             running: BTreeMap::new(),
             retries: BTreeMap::new(),
             ended_tx,
@@ -99,93 +118,118 @@ impl Supervisor {
         }
     }
 
-    /// Starts consumers for served models that have none (unless waiting out a backoff) and
-    /// stops those of models no longer served.
-    pub(super) fn reconcile(&mut self, wanted: &BTreeSet<String>, now: Instant) {
-        let stale: Vec<String> = (self.running.keys())
+    /// Starts the consumers wanted that are not running (unless waiting out a backoff) and
+    /// stops those no longer wanted.
+    pub(super) fn reconcile(&mut self, now: Instant) {
+        let wanted: BTreeSet<Key> = (self.wanted.iter_mut().enumerate())
+            .flat_map(|(i, w)| {
+                w.borrow_and_update()
+                    .clone()
+                    .into_iter()
+                    .map(move |n| (i, n))
+            })
+            .collect();
+        let stale: Vec<Key> = (self.running.keys())
             .chain(self.retries.keys())
-            .filter(|m| !wanted.contains(*m))
+            .filter(|key| !wanted.contains(*key))
             .cloned()
             .collect();
-        for model in stale {
-            if let Some(running) = self.running.remove(&model) {
+        for key in stale {
+            if let Some(running) = self.running.remove(&key) {
                 running.cancel.cancel();
             }
-            self.retries.remove(&model);
-            self.registry.set_unavailable(&model, None);
+            self.retries.remove(&key);
+            self.registry.set_unavailable(&key.1, None);
         }
-        for model in wanted {
-            let waiting = self
-                .retries
-                .get(model)
+        for key in wanted {
+            let waiting = (self.retries.get(&key))
                 .and_then(|r| r.at)
                 .is_some_and(|at| at > now);
-            if !self.running.contains_key(model) && !waiting {
-                self.start(model);
+            if !self.running.contains_key(&key) && !waiting {
+                self.start(key);
             }
         }
     }
 
-    fn start(&mut self, model: &str) {
+    /// Waits for what the session must act on: a change of the names wanted, a consumer's end,
+    /// or the end of a backoff.
+    pub(super) async fn next(&mut self) -> Wake {
+        let retry = self.next_retry();
+        let wanted = &mut self.wanted;
+        let changed = async {
+            if wanted.is_empty() {
+                return std::future::pending().await;
+            }
+            select_all(wanted.iter_mut().map(|w| Box::pin(w.changed())))
+                .await
+                .0
+        };
+        tokio::select! {
+            changed = changed => match changed {
+                Ok(()) => Wake::Reconcile,
+                Err(_) => Wake::Closed,
+            },
+            // Never `None` while the supervisor lives: it holds a sender.
+            Some(ended) = self.ended_rx.recv() => Wake::Ended(ended),
+            () = sleep_until(retry) => Wake::Reconcile,
+        }
+    }
+
+    fn start(&mut self, key: Key) {
         self.next_id += 1;
         let id = self.next_id;
         let cancel = CancellationToken::new();
-        let task = predict_consumer_task(
-            self.setup.clone(),
-            model.to_string(),
-            (self.prefetch)(model),
-            cancel.clone(),
-        );
+        let kind = self.kinds[key.0].clone();
+        let task = kind.start(self.setup.clone(), key.1.clone(), cancel.clone());
         let ended = self.ended_tx.clone();
-        let name = model.to_string();
+        let reported = key.clone();
         let handle = tokio::spawn(async move {
             let end = task.await;
             let _ = ended.send(Ended {
-                model: name,
+                key: reported,
                 id,
                 end,
             });
         });
-        self.running
-            .insert(model.to_string(), Running { id, cancel, handle });
+        self.running.insert(key, Running { id, cancel, handle });
     }
 
-    /// The earliest time a model waiting out a backoff may be started.
-    pub(super) fn next_retry(&self) -> Option<Instant> {
+    /// The earliest time a consumer waiting out a backoff may be started.
+    fn next_retry(&self) -> Option<Instant> {
         self.retries
             .iter()
-            .filter(|(m, _)| !self.running.contains_key(*m))
+            .filter(|(key, _)| !self.running.contains_key(*key))
             .filter_map(|(_, r)| r.at)
             .min()
     }
 
-    /// The next consumer end (never `None` while the supervisor lives: it holds a sender).
-    pub(super) async fn next_end(&mut self) -> Option<Ended> {
-        self.ended_rx.recv().await
-    }
-
-    /// Handles a consumer's end; `Err` (the reason) when the session must end because the
-    /// connection itself is gone.
+    /// Handles a consumer's end; `Err` (the reason) when the session must end: the connection
+    /// itself is gone, or the consumer's kind ends the session when one is lost.
     pub(super) fn on_end(
         &mut self,
         ended: Ended,
         connected: bool,
         now: Instant,
     ) -> Result<(), String> {
-        let Ended { model, id, end } = ended;
-        if self.running.get(&model).map(|r| r.id) != Some(id) {
+        let Ended { key, id, end } = ended;
+        if self.running.get(&key).map(|r| r.id) != Some(id) {
             // A consumer already stopped or replaced.
             return Ok(());
         }
-        self.running.remove(&model);
-        let retry = self.retries.entry(model.clone()).or_default();
+        self.running.remove(&key);
+        let kind = &self.kinds[key.0];
+        let model = &key.1;
+        let retry = self.retries.entry(key.clone()).or_default();
         let delay = match &end {
             ConsumerEnd::Stopped => return Ok(()),
             _ if !connected => return Err(format!("connection lost (consumer for {model} ended)")),
+            _ if kind.on_lost() == OnLost::EndSession => {
+                return Err(format!("{} consumer ended: {}", kind.name(), why(&end)))
+            }
             ConsumerEnd::DeclareRefused(reason) => {
                 let reason = bounded(reason);
-                self.registry.set_unavailable(&model, Some(&reason));
-                self.metrics.supervision.queue_declare_failure(&model);
+                self.registry.set_unavailable(model, Some(&reason));
+                self.metrics.supervision.queue_declare_failure(model);
                 let delay = retry.declare.next_delay();
                 tracing::warn!(%model, %reason, retry_in_ms = delay.as_millis() as u64, "The broker refused to declare this model's queue; serving the other models and retrying");
                 delay
@@ -200,7 +244,7 @@ impl Supervisor {
                 if *ran >= STABLE_AFTER {
                     retry.restart.reset();
                 }
-                self.metrics.supervision.consumer_restart(&model);
+                self.metrics.supervision.consumer_restart(model);
                 let delay = retry.restart.next_delay();
                 tracing::warn!(%model, reason = %bounded(reason), ran_ms = ran.as_millis() as u64, retry_in_ms = delay.as_millis() as u64, "Consumer ended; restarting it");
                 delay
@@ -219,6 +263,23 @@ impl Supervisor {
         for (_, running) in std::mem::take(&mut self.running) {
             let _ = running.handle.await;
         }
+    }
+}
+
+/// Why a consumer that is not [`ConsumerEnd::Stopped`] ended.
+fn why(end: &ConsumerEnd) -> &str {
+    match end {
+        ConsumerEnd::Stopped => "stopped",
+        ConsumerEnd::DeclareRefused(reason) | ConsumerEnd::StartFailed(reason) => reason,
+        ConsumerEnd::Lost { reason, .. } => reason,
+    }
+}
+
+/// Sleeps until `at`; forever when `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
