@@ -210,39 +210,13 @@ fn admit_job(
     envelope: &Envelope,
     received: Instant,
 ) -> Option<Admitted> {
-    let message_id = envelope.message_id.clone();
-    let (reply, count) = (envelope.reply.clone(), envelope.delivery_count);
-    let tally = Tally::Training { samples: 0 };
-    let job = InFlight::new(
-        &ctx.answerer,
-        delivered,
-        reply,
-        count,
-        Arc::from(""),
-        received,
-        tally,
-    );
-    let job = job.routable()?;
-    let user_id = envelope.user_id.as_deref();
-    let what = "training (training.allowed_users)";
-    if let Err(e) = authorize(user_id, &ctx.allowed_users, what) {
-        job.fail(JobError::invalid(e.to_string()), message_id.as_deref());
-        return None;
-    }
-    let mut job = job.within(ctx.max_message_bytes, message_id.as_deref())?;
-    // Training reads no contract header but a bad one is refused the same way as for
-    // prediction: one reader, one rule.
-    if let Err(error) = &envelope.headers {
-        let named = early_names(job.body(), None, message_id);
-        job.fail(error.clone().into(), named.id.as_deref());
-        return None;
-    }
+    let mut job = receive(ctx, delivered, envelope, received)?;
     let parsed = match parse_job(job.body()) {
         Ok(parsed) => parsed,
         Err(error) => {
             // Named as far as the JSON can be read; only a valid model name is echoed (the
             // training queue is shared, so only the body names the model).
-            let named = early_names(job.body(), None, message_id);
+            let named = early_names(job.body(), None, envelope.message_id.clone());
             if let Some(model) = named.model_name.filter(|m| valid_model_name(m)) {
                 job.name_model(&model);
             }
@@ -251,34 +225,61 @@ fn admit_job(
         }
     };
     job.name_model(parsed.model_name());
-    let id = parsed.id();
-    let admitted = admit(
-        &parsed,
-        &ctx.store,
-        &ctx.data_limits,
-        &ctx.budget,
-        &ctx.allowed_models,
-    );
-    let rules = match admitted {
-        Ok(rules) => rules,
-        Err(e) => {
-            job.fail(e.into(), Some(id));
-            return None;
-        }
-    };
-    let init = match initial_version(ctx, &parsed) {
-        Ok(init) => init,
+    let (store, limits, budget) = (&ctx.store, &ctx.data_limits, &ctx.budget);
+    let admitted = admit(&parsed, store, limits, budget, &ctx.allowed_models)
+        .map_err(JobError::from)
+        .and_then(|rules| Ok((rules, initial_version(ctx, &parsed)?)));
+    match admitted {
+        Ok((rules, init)) => Some(Admitted {
+            job,
+            parsed,
+            rules,
+            init,
+        }),
         Err(error) => {
-            job.fail(error, Some(id));
-            return None;
+            job.fail(error, Some(parsed.id()));
+            None
         }
-    };
-    Some(Admitted {
-        job,
-        parsed,
-        rules,
-        init,
-    })
+    }
+}
+
+/// Takes the delivery over, unless its route, its user, its size or its headers refuse it
+/// (the job is then ended).
+fn receive(
+    ctx: &TrainContext,
+    delivered: Delivered,
+    envelope: &Envelope,
+    received: Instant,
+) -> Option<InFlight> {
+    let message_id = envelope.message_id.as_deref();
+    let (reply, count) = (envelope.reply.clone(), envelope.delivery_count);
+    let tally = Tally::Training { samples: 0 };
+    let unnamed = Arc::from("");
+    let job = InFlight::new(
+        &ctx.answerer,
+        delivered,
+        reply,
+        count,
+        unnamed,
+        received,
+        tally,
+    );
+    let job = job.routable()?;
+    let user_id = envelope.user_id.as_deref();
+    let what = "training (training.allowed_users)";
+    if let Err(e) = authorize(user_id, &ctx.allowed_users, what) {
+        job.fail(JobError::invalid(e.to_string()), message_id);
+        return None;
+    }
+    let job = job.within(ctx.max_message_bytes, message_id)?;
+    // Training reads no contract header but a bad one is refused the same way as for
+    // prediction: one reader, one rule.
+    if let Err(error) = &envelope.headers {
+        let named = early_names(job.body(), None, envelope.message_id.clone());
+        job.fail(error.clone().into(), named.id.as_deref());
+        return None;
+    }
+    Some(job)
 }
 
 /// The version `init_from.model_version` names, read from the repository; `None` without one.
