@@ -72,11 +72,6 @@ impl Loss {
             Loss::SparseCategoricalCrossentropy => "sparse_categorical_crossentropy",
         }
     }
-
-    /// Classification losses report `accuracy`; `mse` reports `mse` and `mae`.
-    pub fn is_classification(self) -> bool {
-        self != Loss::Mse
-    }
 }
 
 /// A learning-rate schedule, evaluated on the host before every step (the step graph takes the
