@@ -136,7 +136,8 @@ pub fn metric_model_name(name: &str) -> &str {
     }
 }
 
-/// Parses and validates a training job body.
+/// Parses and validates a training job body. Fields are checked in the order of the struct, and
+/// the first problem is the error.
 pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
     let raw: RawJob =
         serde_json::from_slice(body).map_err(|e| TrainingError::BadJson(e.to_string()))?;
@@ -153,32 +154,11 @@ pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
         ));
     }
     let layers = parse_layers(&raw.layers)?;
-    let loss = Loss::parse(&raw.loss).ok_or_else(|| {
-        invalid(
-            "loss",
-            format_args!(
-                "unknown loss {:?} (expected one of {})",
-                raw.loss,
-                Loss::NAMES
-            ),
-        )
-    })?;
+    let loss = parse_loss(&raw.loss)?;
     check_output_layer(&layers, loss)?;
     let (optimizer, learning_rate, schedule) = parse_optimizer(raw.optimizer.as_ref())?;
-    let epochs = raw.epochs.unwrap_or(10);
-    if !(1..=MAX_EPOCHS).contains(&epochs) {
-        return Err(invalid(
-            "epochs",
-            format_args!("{epochs} is outside [1, {MAX_EPOCHS}]"),
-        ));
-    }
-    let batch_size = raw.batch_size.unwrap_or(32);
-    if !(1..=MAX_BATCH).contains(&batch_size) {
-        return Err(invalid(
-            "batch_size",
-            format_args!("{batch_size} is outside [1, {MAX_BATCH}]"),
-        ));
-    }
+    let epochs = count("epochs", raw.epochs.unwrap_or(10), MAX_EPOCHS)?;
+    let batch_size = count("batch_size", raw.batch_size.unwrap_or(32), MAX_BATCH)?;
     let validation_split = in_range(
         "validation_split",
         raw.validation_split.unwrap_or(0.0),
@@ -187,36 +167,9 @@ pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
         false,
         true,
     )?;
-    let early_stopping = match raw.early_stopping {
-        None => None,
-        Some(es) => Some(EarlyStopping {
-            patience: es.patience.unwrap_or(0) as usize,
-            min_delta: in_range(
-                "early_stopping.min_delta",
-                es.min_delta.unwrap_or(0.0),
-                0.0,
-                f64::MAX,
-                false,
-                false,
-            )?,
-        }),
-    };
+    let early_stopping = raw.early_stopping.map(parse_early_stopping).transpose()?;
     let data = DataSource::from_json(&raw.data)?;
-    let init_from = match raw.init_from {
-        None => None,
-        Some(RawInitFrom {
-            model_version: serde_json::Value::String(s),
-        }) if !s.is_empty() => Some(s),
-        Some(RawInitFrom {
-            model_version: serde_json::Value::Number(n),
-        }) if n.is_u64() => Some(n.to_string()),
-        Some(RawInitFrom { model_version }) => {
-            return Err(invalid(
-                "init_from.model_version",
-                format_args!("{model_version} is not a version"),
-            ))
-        }
-    };
+    let init_from = raw.init_from.map(parse_init_from).transpose()?;
     Ok(TrainJob {
         id: raw.id,
         model_name: raw.model_name,
@@ -225,8 +178,8 @@ pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
         optimizer,
         learning_rate,
         schedule,
-        epochs: epochs as usize,
-        batch_size: batch_size as usize,
+        epochs,
+        batch_size,
         validation_split,
         seed: raw.seed.unwrap_or(0),
         shuffle: raw.shuffle.unwrap_or(true),
@@ -234,6 +187,52 @@ pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
         data,
         init_from,
     })
+}
+
+fn parse_loss(name: &str) -> Result<Loss, TrainingError> {
+    Loss::parse(name).ok_or_else(|| {
+        invalid(
+            "loss",
+            format_args!("unknown loss {name:?} (expected one of {})", Loss::NAMES),
+        )
+    })
+}
+
+/// A count within `[1, max]`.
+fn count(field: &str, value: u64, max: u64) -> Result<usize, TrainingError> {
+    if !(1..=max).contains(&value) {
+        return Err(invalid(
+            field,
+            format_args!("{value} is outside [1, {max}]"),
+        ));
+    }
+    Ok(value as usize)
+}
+
+fn parse_early_stopping(raw: RawEarlyStopping) -> Result<EarlyStopping, TrainingError> {
+    Ok(EarlyStopping {
+        patience: raw.patience.unwrap_or(0) as usize,
+        min_delta: in_range(
+            "early_stopping.min_delta",
+            raw.min_delta.unwrap_or(0.0),
+            0.0,
+            f64::MAX,
+            false,
+            false,
+        )?,
+    })
+}
+
+/// `init_from.model_version`: a non-empty string or an unsigned integer, as a string.
+fn parse_init_from(raw: RawInitFrom) -> Result<String, TrainingError> {
+    match raw.model_version {
+        serde_json::Value::String(s) if !s.is_empty() => Ok(s),
+        serde_json::Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+        other => Err(invalid(
+            "init_from.model_version",
+            format_args!("{other} is not a version"),
+        )),
+    }
 }
 
 fn parse_layers(raw: &[RawLayer]) -> Result<Vec<Layer>, TrainingError> {
