@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use infermq::broker::headers::{ERROR_CODE, MODEL_VERSION};
 use infermq::broker::Topology;
 use infermq::client::{binary_header_len, header_str, headers, Client};
 use infermq::config::Settings;
@@ -198,14 +199,14 @@ async fn predict(
     );
     let queue = topology.predict_queue(model);
     let extra = match &version {
-        Some(v) => headers(&[("x-model-version", v.as_str())]),
+        Some(v) => headers(&[(MODEL_VERSION, v.as_str())]),
         None => headers(&[]),
     };
     let delivery = client
         .call(&queue, &body, extra, Duration::from_secs(timeout_s))
         .await?;
     client.close().await;
-    let code = header_str(&delivery, "x-error-code");
+    let code = header_str(&delivery, ERROR_CODE);
     match binary_header_len(&delivery) {
         None => println!("{}", String::from_utf8_lossy(&delivery.data)),
         Some(len) => {

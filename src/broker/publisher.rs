@@ -298,11 +298,11 @@ fn finish(mut settlement: Settlement, settled: Settled) {
 pub fn with_error_headers(headers: Option<&FieldTable>, code: &str, error: &str) -> FieldTable {
     let mut headers = headers.cloned().unwrap_or_default();
     headers.insert(
-        ShortString::from("x-error-code"),
+        ShortString::from(super::headers::ERROR_CODE),
         AMQPValue::LongString(LongString::from(code)),
     );
     headers.insert(
-        ShortString::from("x-error"),
+        ShortString::from(super::headers::ERROR),
         AMQPValue::LongString(LongString::from(error)),
     );
     headers

@@ -22,8 +22,9 @@ impl Topology {
         }
     }
 
+    /// `<prefix>.predict.<model>`: see [`predict_queue`].
     pub fn predict_queue(&self, model: &str) -> String {
-        format!("{}.predict.{model}", self.prefix)
+        predict_queue(&self.prefix, model)
     }
 
     pub fn train_queue(&self) -> String {
@@ -159,6 +160,12 @@ impl Topology {
             .await?;
         Ok(name)
     }
+}
+
+/// `<prefix>.predict.<model>`: the queue of a model's jobs, for a worker, the gateway and any
+/// producer.
+pub fn predict_queue(prefix: &str, model: &str) -> String {
+    format!("{prefix}.predict.{model}")
 }
 
 /// Declares a server-named queue that lives as long as this connection (events, replies).

@@ -19,7 +19,7 @@ use serde_json::json;
 use super::metrics::Endpoint;
 use super::policy::{self, Admission};
 use super::{Gateway, TIMEOUT_HEADER};
-use crate::broker::headers::BINARY_HEADER;
+use crate::broker::headers::{as_string, find, BINARY_HEADER, ERROR_CODE};
 
 /// The path of a model route: `/v2/models/{model}[/versions/{version}]…`.
 #[derive(Debug, Deserialize)]
@@ -70,11 +70,8 @@ fn retry_later(status: StatusCode, message: &str, seconds: u64) -> Response {
 /// published.
 pub fn relay(delivery: Delivery) -> Response {
     let properties = &delivery.properties;
-    let found = |name: &str| {
-        crate::broker::headers::find(properties.headers().as_ref(), name)
-            .and_then(crate::broker::headers::as_string)
-    };
-    let status = found("x-error-code")
+    let found = |name: &str| find(properties.headers().as_ref(), name).and_then(as_string);
+    let status = found(ERROR_CODE)
         .map(|code| policy::status_for_code(&code))
         .unwrap_or(StatusCode::OK);
     let content_type = properties
@@ -89,7 +86,7 @@ pub fn relay(delivery: Delivery) -> Response {
         headers.insert(header::CONTENT_TYPE, value);
     }
     if let Some(len) = found(BINARY_HEADER).and_then(|l| l.parse::<u64>().ok()) {
-        headers.insert("inference-header-content-length", HeaderValue::from(len));
+        headers.insert(BINARY_HEADER, HeaderValue::from(len));
     }
     response
 }

@@ -35,7 +35,8 @@ use lapin::BasicProperties;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::headers::BINARY_HEADER;
+use crate::broker::headers::{BINARY_HEADER, DEADLINE_MS, MODEL_VERSION};
+use crate::broker::topology::predict_queue;
 use crate::config::{GatewaySettings, Settings};
 use crate::protocol::metadata::{METADATA_REQUEST, REQUEST_HEADER};
 use cache::{Lookup, TtlCache};
@@ -96,7 +97,7 @@ impl Gateway {
     }
 
     fn queue(&self, model: &str) -> String {
-        format!("{}.predict.{model}", self.prefix)
+        predict_queue(&self.prefix, model)
     }
 
     pub fn queue_check(&self) -> Duration {
@@ -157,9 +158,9 @@ impl Gateway {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         let mut headers = FieldTable::default();
-        headers.insert("x-deadline-ms".into(), AMQPValue::LongLongInt(deadline_ms));
+        headers.insert(DEADLINE_MS.into(), AMQPValue::LongLongInt(deadline_ms));
         if let Some(version) = version {
-            headers.insert("x-model-version".into(), long_string(version));
+            headers.insert(MODEL_VERSION.into(), long_string(version));
         }
         if let Some(len) = request.header_len {
             headers.insert(BINARY_HEADER.into(), AMQPValue::LongLongInt(len as i64));
@@ -193,14 +194,14 @@ impl Gateway {
         let mut headers = FieldTable::default();
         headers.insert(REQUEST_HEADER.into(), long_string(METADATA_REQUEST));
         if let Some(version) = version {
-            headers.insert("x-model-version".into(), long_string(version));
+            headers.insert(MODEL_VERSION.into(), long_string(version));
         }
         let timeout = self.default_timeout();
         let deadline_ms = (SystemTime::now() + timeout)
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        headers.insert("x-deadline-ms".into(), AMQPValue::LongLongInt(deadline_ms));
+        headers.insert(DEADLINE_MS.into(), AMQPValue::LongLongInt(deadline_ms));
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_headers(headers);

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 
+use crate::protocol::ErrorCode;
+
 /// Longest piece of a client's input quoted back in an error.
 pub const MAX_ECHO: usize = 128;
 /// Longest model name or version accepted in a path.
@@ -14,14 +16,15 @@ pub const MAX_NAME: usize = 128;
 /// Longest `traceparent` / `tracestate` copied onto a job (W3C allows 512 for tracestate).
 pub const MAX_TRACE: usize = 512;
 
-/// The HTTP status of a worker's error result, from its `x-error-code` header.
+/// The HTTP status of a worker's error result, from its `x-error-code` header (a code the
+/// contract does not name is a 500).
 pub fn status_for_code(code: &str) -> StatusCode {
-    match code {
-        "invalid_request" => StatusCode::BAD_REQUEST,
-        "unknown_model" | "unknown_version" => StatusCode::NOT_FOUND,
-        "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    match ErrorCode::parse(code) {
+        Some(ErrorCode::InvalidRequest) => StatusCode::BAD_REQUEST,
+        Some(ErrorCode::UnknownModel | ErrorCode::UnknownVersion) => StatusCode::NOT_FOUND,
+        Some(ErrorCode::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+        Some(ErrorCode::DeadlineExceeded) => StatusCode::GATEWAY_TIMEOUT,
+        Some(ErrorCode::Internal) | None => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
