@@ -8,10 +8,11 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 
 use crate::broker::headers::BINARY_HEADER;
 use crate::broker::tls::{ConnectError, TlsAuth, TlsSettings};
+use crate::broker::PublishOutcome;
 use crate::protocol::EncodedBody;
 
 /// Why a call failed.
@@ -147,12 +148,12 @@ impl Client {
         let confirm = self
             .channel
             .basic_publish("".into(), queue.into(), options, body, properties)
-            .await?
             .await?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(ClientError::Unroutable(queue.to_string())),
-            Confirmation::Nack(_) => Err(ClientError::Refused),
+        match PublishOutcome::of(confirm).await {
+            PublishOutcome::Confirmed => Ok(()),
+            PublishOutcome::Returned(_) => Err(ClientError::Unroutable(queue.to_string())),
+            PublishOutcome::Nacked(_) => Err(ClientError::Refused),
+            PublishOutcome::ChannelLost(error) => Err(error.into()),
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod acks;
 pub mod addresses;
 pub mod authz;
+pub mod confirm;
 pub mod connection;
 pub mod envelope;
 pub mod headers;
@@ -13,5 +14,6 @@ pub mod tls;
 pub mod topology;
 
 pub use addresses::BrokerAddresses;
+pub use confirm::PublishOutcome;
 pub use publisher::{Command, Disposition, OutgoingMessage, Settlement};
 pub use topology::Topology;
