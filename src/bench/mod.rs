@@ -104,6 +104,8 @@ struct JsonOutput<'a> {
 /// (echo first when it ran).
 /// `tls` is used by `amqps://` URLs (`broker.tls` of the configuration).
 pub async fn run(args: &BenchArgs, tls: &TlsSettings) -> anyhow::Result<Vec<BenchReport>> {
+    // A name no worker could serve is refused before any queue is declared.
+    crate::protocol::ModelName::parse(&args.model).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
     let datatype = DataType::parse(&args.datatype)
         .with_context(|| format!("--datatype {} is not a v2 datatype", args.datatype))?;
     let pace = match args.rate {

@@ -39,6 +39,7 @@ use crate::broker::headers::{BINARY_HEADER, DEADLINE_MS, MODEL_VERSION};
 use crate::broker::topology::predict_queue;
 use crate::config::{GatewaySettings, Settings};
 use crate::protocol::metadata::{METADATA_REQUEST, REQUEST_HEADER};
+use crate::protocol::ModelName;
 use cache::{Lookup, TtlCache};
 use http::{error, relay, InferRequest};
 use lanes::{Broker, CallError};
@@ -96,7 +97,7 @@ impl Gateway {
         })
     }
 
-    fn queue(&self, model: &str) -> String {
+    fn queue(&self, model: &ModelName) -> String {
         predict_queue(&self.prefix, model)
     }
 
@@ -113,7 +114,7 @@ impl Gateway {
     }
 
     /// The state of `model`'s queue, at most `queue_check_ms` old.
-    pub async fn queue_state(&self, model: &str) -> Result<QueueState, CallError> {
+    pub async fn queue_state(&self, model: &ModelName) -> Result<QueueState, CallError> {
         let queue = self.queue(model);
         // Once a model's state is known, one request at a time checks it again when it
         // expires; the others go on with the state it had (one probe per model per
@@ -147,7 +148,7 @@ impl Gateway {
     /// Publishes an inference request and answers with its result.
     async fn infer(
         &self,
-        model: &str,
+        model: &ModelName,
         version: Option<&str>,
         request: InferRequest<'_>,
         body: &[u8],
@@ -182,7 +183,7 @@ impl Gateway {
     }
 
     /// A model's metadata as a worker serving it answers it (reused for `metadata_cache_ms`).
-    async fn metadata(&self, model: &str, version: Option<&str>) -> Response {
+    async fn metadata(&self, model: &ModelName, version: Option<&str>) -> Response {
         let key = format!("{model}/{}", version.unwrap_or(""));
         let json = |body: Bytes| {
             let headers = [(axum::http::header::CONTENT_TYPE, "application/json")];
@@ -218,7 +219,7 @@ impl Gateway {
 
     async fn call(
         &self,
-        model: &str,
+        model: &ModelName,
         body: &[u8],
         properties: BasicProperties,
         timeout: Duration,

@@ -22,8 +22,8 @@ use super::inflight::{Answerer, Delivered, InFlight};
 use crate::broker::authz::authorize;
 use crate::broker::envelope::{Envelope, Route};
 use crate::broker::Topology;
-use crate::protocol::ErrorCode;
-use crate::repository::{valid_model_name, ModelStore};
+use crate::protocol::{ErrorCode, ModelName};
+use crate::repository::ModelStore;
 use crate::runtime::SessionOptions;
 use crate::telemetry::trace::TraceContext;
 use crate::telemetry::Metrics;
@@ -99,7 +99,7 @@ pub async fn handle_training(
             // Named as far as the JSON can be read; only a valid model name is echoed (the
             // training queue is shared, so only the body names the model).
             let named = early_names(job.body(), None, message_id);
-            if let Some(model) = named.model_name.filter(|m| valid_model_name(m)) {
+            if let Some(model) = named.model_name.filter(|m| ModelName::is_valid(m)) {
                 job.name_model(&model);
             }
             return job.fail(error.into(), named.id.as_deref());

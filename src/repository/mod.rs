@@ -4,4 +4,4 @@
 pub mod describe;
 pub mod store;
 
-pub use store::{valid_model_name, ModelEntry, ModelStore, RepositoryError};
+pub use store::{ModelEntry, ModelStore, RepositoryError};

@@ -1,7 +1,8 @@
 //! The training job: the JSON body of a message on `infermq.train`, validated into typed values.
 //!
 //! Field reference (defaults in parentheses):
-//! - `id`, `model_name` (letters, digits, `_`, `-`, `.`; it names a repository folder);
+//! - `id`, `model_name` (a [`ModelName`]: 1-128 letters, digits, `_`, `-`, `.`, not starting
+//!   with `.`; it names a repository folder);
 //! - `layers`: `[{"units": n, "activation": relu|sigmoid|tanh|linear|softmax (linear)}]`, the
 //!   last one is the output layer;
 //! - `loss`: `mse`, `binary_crossentropy` (targets in [0, 1], sigmoid output),
@@ -24,12 +25,13 @@ use super::data::DataSource;
 use super::error::TrainingError;
 use super::spec::{in_range, invalid, parse_optimizer, RawOptimizer};
 pub use super::spec::{Activation, EarlyStopping, Layer, Loss, Optimizer, Schedule};
+use crate::protocol::ModelName;
 
 /// A validated training job.
 #[derive(Debug, Clone)]
 pub struct TrainJob {
     pub id: String,
-    pub model_name: String,
+    pub model_name: ModelName,
     pub layers: Vec<Layer>,
     pub loss: Loss,
     pub optimizer: Optimizer,
@@ -50,7 +52,7 @@ impl TrainJob {
         &self.id
     }
 
-    pub fn model_name(&self) -> &str {
+    pub fn model_name(&self) -> &ModelName {
         &self.model_name
     }
 
@@ -116,20 +118,10 @@ const MAX_UNITS: u64 = 1 << 16;
 const MAX_EPOCHS: u64 = 1_000_000;
 const MAX_BATCH: u64 = 1 << 24;
 
-/// 1-128 letters, digits, `_`, `-` or `.`, not starting with `.`.
-fn valid_model_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-}
-
 /// The `model` label of training metrics: `name` when it is a valid model name, else `""`, so a
 /// producer's string that failed validation never becomes a series.
 pub fn metric_model_name(name: &str) -> &str {
-    if valid_model_name(name) {
+    if ModelName::is_valid(name) {
         name
     } else {
         ""
@@ -144,15 +136,7 @@ pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
     if raw.id.is_empty() {
         return Err(invalid("id", "must not be empty"));
     }
-    if !valid_model_name(&raw.model_name) {
-        return Err(invalid(
-            "model_name",
-            format_args!(
-                "{:?} must be 1-128 letters, digits, '_', '-' or '.', not starting with '.'",
-                raw.model_name
-            ),
-        ));
-    }
+    let model_name = ModelName::parse(&raw.model_name).map_err(|e| invalid("model_name", e))?;
     let layers = parse_layers(&raw.layers)?;
     let loss = parse_loss(&raw.loss)?;
     check_output_layer(&layers, loss)?;
@@ -172,7 +156,7 @@ pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
     let init_from = raw.init_from.map(parse_init_from).transpose()?;
     Ok(TrainJob {
         id: raw.id,
-        model_name: raw.model_name,
+        model_name,
         layers,
         loss,
         optimizer,

@@ -76,7 +76,7 @@ impl ModelSync {
         if let Ok(mut expected) = self.registry.expected.write() {
             *expected = entries
                 .iter()
-                .map(|e| e.name.clone())
+                .map(|e| e.name.to_string())
                 .chain(broken.iter().map(|(n, _)| n.clone()))
                 .collect();
         }
