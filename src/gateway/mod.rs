@@ -15,11 +15,11 @@
 //! `gateway.shutdown_timeout_ms`. A request cut at the deadline has still been published: its
 //! job runs and its result is dropped by the broker (direct reply-to has no queue to keep it).
 
-pub mod cache;
-pub mod http;
-pub mod lanes;
-pub mod metrics;
-pub mod policy;
+mod cache;
+mod http;
+mod lanes;
+mod metrics;
+mod policy;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;

@@ -2,6 +2,6 @@
 //! worker serves, kept in step with the disk and with `model_version_ready` events.
 
 pub mod describe;
-pub mod store;
+mod store;
 
 pub use store::{ModelEntry, ModelStore, RepositoryError};

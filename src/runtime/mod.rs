@@ -6,13 +6,14 @@
 
 pub mod affinity;
 pub mod env;
-pub mod instances;
-pub mod session;
+pub(crate) mod instances;
+mod session;
 
 use crate::protocol::{ModelSignature, Tensor};
 
-pub use instances::InstancePool;
-pub use session::{run_session, signature_of, SessionOptions};
+pub(crate) use instances::InstancePool;
+pub use session::SessionOptions;
+pub(crate) use session::{run_session, signature_of};
 
 /// An execution provider name as configured (`runtime.execution_providers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
