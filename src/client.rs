@@ -8,11 +8,12 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 
 use crate::broker::headers::BINARY_HEADER;
 use crate::broker::tls::{ConnectError, TlsAuth, TlsSettings};
-use crate::protocol::EncodedBody;
+use crate::broker::PublishOutcome;
+use crate::protocol::{EncodedBody, ModelName, ModelNameError};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,9 @@ pub enum ClientError {
     Broker(#[from] lapin::Error),
     #[error("{0}")]
     Connect(#[from] ConnectError),
+    /// The model name breaks the rule, so no worker can serve it (refused before publishing).
+    #[error("model name {0}")]
+    InvalidModel(#[from] ModelNameError),
     #[error("no queue {0}: no worker serves that model (the broker returned the job)")]
     Unroutable(String),
     #[error("the broker refused the job (nack)")]
@@ -147,12 +151,12 @@ impl Client {
         let confirm = self
             .channel
             .basic_publish("".into(), queue.into(), options, body, properties)
-            .await?
             .await?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(ClientError::Unroutable(queue.to_string())),
-            Confirmation::Nack(_) => Err(ClientError::Refused),
+        match PublishOutcome::of(confirm).await {
+            PublishOutcome::Confirmed => Ok(()),
+            PublishOutcome::Returned(_) => Err(ClientError::Unroutable(queue.to_string())),
+            PublishOutcome::Nacked(_) => Err(ClientError::Refused),
+            PublishOutcome::ChannelLost(error) => Err(error.into()),
         }
     }
 
@@ -197,6 +201,14 @@ impl Client {
     }
 }
 
+/// The job queue of `model` under `prefix` (`<prefix>.predict.<model>`), when the name follows
+/// the rule every worker applies ([`ModelName`]); a name that breaks it is refused here, before
+/// anything is published.
+pub fn model_queue(prefix: &str, model: &str) -> Result<String, ClientError> {
+    let model = ModelName::parse(model)?;
+    Ok(crate::broker::topology::predict_queue(prefix, &model))
+}
+
 /// Reads a header as text (for `x-error-code`, `x-event`).
 pub fn header_str(delivery: &Delivery, name: &str) -> Option<String> {
     use crate::broker::headers::{as_string, find};
@@ -222,7 +234,7 @@ pub fn headers(pairs: &[(&str, &str)]) -> FieldTable {
 
 #[cfg(test)]
 mod tests {
-    use super::url_user;
+    use super::{model_queue, url_user, ClientError};
 
     #[test]
     fn the_user_of_the_url() {
@@ -234,6 +246,20 @@ mod tests {
         ];
         for (url, user) in cases {
             assert_eq!(url_user(url).as_deref(), user, "{url}");
+        }
+    }
+
+    #[test]
+    fn model_queues_take_names_by_the_one_rule() {
+        let longest = "m".repeat(crate::protocol::ModelName::MAX_LEN);
+        assert_eq!(
+            model_queue("acme", &longest).unwrap(),
+            format!("acme.predict.{longest}")
+        );
+        for bad in [format!("{longest}m"), "a/b".into(), String::new()] {
+            let e = model_queue("acme", &bad).unwrap_err();
+            assert!(matches!(e, ClientError::InvalidModel(_)), "{bad}");
+            assert!(e.to_string().starts_with("model name \""), "{e}");
         }
     }
 }

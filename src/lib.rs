@@ -4,7 +4,19 @@
 //! confirms) → [`batching`] (dynamic batches per model version) → [`runtime`] (ONNX Runtime
 //! sessions), with models found by [`repository`] and new versions made by [`training`].
 //! [`jobs`] owns each job's lifecycle from delivery to settlement; [`telemetry`] exposes
-//! Prometheus metrics and health; [`worker`] wires it all together.
+//! Prometheus metrics and health; [`worker`] wires it all together. Beside the flow:
+//! [`gateway`] (KServe v2 over HTTP onto the queues), [`client`] (a producer of the contract),
+//! [`bench`] (the load generator), [`onnx`] (ONNX models as data), [`config`].
+//!
+//! What it exposes, and why: the library exists so that the binaries (`src/main.rs`,
+//! `src/bin/make-models.rs`, `src/bin/ort-throughput.rs`), the integration tests (`tests/`)
+//! and the benchmarks (`benches/`) build against one copy of the code. Each module below is
+//! public because one of them uses it, and inside each only what they name is public: entry
+//! points (`worker::run`, `gateway::run`, `bench::run`), the contract's types and names
+//! (`protocol`, `broker::headers`, `broker::Topology`, `client`), and the pieces the tests and
+//! benchmarks drive on their own (the batching policy, runtime backends, training's parts).
+//! Everything else is `pub(crate)` or private. The stable interface for other programs is the
+//! wire contract, `docs/PROTOCOL.md`, not this crate's API.
 
 pub mod batching;
 pub mod bench;

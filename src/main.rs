@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use infermq::broker::Topology;
-use infermq::client::{binary_header_len, header_str, headers, Client};
+use infermq::broker::headers::{ERROR_CODE, MODEL_VERSION};
+use infermq::client::{binary_header_len, header_str, headers, model_queue, Client};
 use infermq::config::Settings;
 use infermq::protocol::{decode_request, decode_response, encode_request};
 use infermq::repository::describe::describe;
@@ -191,21 +191,17 @@ async fn predict(
     // Parse locally first so a typo is reported here, then re-encode (JSON or binary).
     let request = decode_request(&text, None).map_err(|e| anyhow::anyhow!("input: {e}"))?;
     let body = encode_request(&request, binary);
+    let queue = model_queue(&settings.broker.prefix, model)?;
     let mut client = Client::connect_any(&settings.broker.url, &settings.broker.tls).await?;
-    let topology = Topology::new(
-        settings.broker.prefix.clone(),
-        settings.broker.delivery_limit,
-    );
-    let queue = topology.predict_queue(model);
     let extra = match &version {
-        Some(v) => headers(&[("x-model-version", v.as_str())]),
+        Some(v) => headers(&[(MODEL_VERSION, v.as_str())]),
         None => headers(&[]),
     };
     let delivery = client
         .call(&queue, &body, extra, Duration::from_secs(timeout_s))
         .await?;
     client.close().await;
-    let code = header_str(&delivery, "x-error-code");
+    let code = header_str(&delivery, ERROR_CODE);
     match binary_header_len(&delivery) {
         None => println!("{}", String::from_utf8_lossy(&delivery.data)),
         Some(len) => {

@@ -254,3 +254,6 @@ fn now_ms() -> i128 {
 
 #[path = "gateway/curl_checks.rs"]
 mod curl_checks;
+
+#[path = "gateway/model_names.rs"]
+mod model_names;

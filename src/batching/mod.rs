@@ -1,8 +1,8 @@
 //! Dynamic batching: the pure policy ([`policy`]) and the task that drives it per model
 //! version ([`task`]). Third stage of the flow: `broker` → `batching` → `runtime`.
 
-pub mod policy;
-pub mod task;
+pub(crate) mod policy;
+pub(crate) mod task;
 
 pub use policy::{split_rows, BatchLimits, Batcher, Decision, Item};
-pub use task::{batch_task, FailBatch, FailItem, MakeTask};
+pub(crate) use task::{batch_task, FailBatch, MakeTask};

@@ -117,10 +117,6 @@ impl BodyTemplate {
         })
     }
 
-    pub fn encoding(&self) -> Encoding {
-        self.encoding
-    }
-
     /// Writes job `index`'s body into `buf` (cleared first). Returns the JSON header length for
     /// binary bodies (the `inference-header-content-length` header), `None` for JSON bodies.
     pub fn write(&self, index: u64, buf: &mut Vec<u8>) -> Option<usize> {

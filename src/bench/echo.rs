@@ -20,6 +20,8 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::PublishOutcome;
+
 /// The result every echoed job gets.
 pub const ECHO_RESULT: &[u8] = br#"{"id":"","model_name":"echo","outputs":[]}"#;
 /// Unacked jobs the echo consumer holds at once.
@@ -168,16 +170,20 @@ async fn answer(publish: Channel, delivery: Delivery, default_reply: &str) -> la
             ECHO_RESULT,
             props,
         )
-        .await?
         .await?;
-    if confirm.is_nack() {
-        let requeue = BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        };
-        delivery.nack(requeue).await?;
-    } else {
-        delivery.ack(BasicAckOptions::default()).await?;
+    match PublishOutcome::of(confirm).await {
+        PublishOutcome::Nacked(_) => {
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            delivery.nack(requeue).await?;
+        }
+        // Published without `mandatory`: the broker returns nothing.
+        PublishOutcome::Confirmed | PublishOutcome::Returned(_) => {
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        PublishOutcome::ChannelLost(error) => return Err(error),
     }
     Ok(())
 }

@@ -15,6 +15,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection, Consumer};
+
+use crate::broker::PublishOutcome;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
@@ -196,7 +198,7 @@ impl Run<'_, '_> {
                     }
                 },
                 Some((index, confirm)) = self.confirms.next(), if !self.confirms.is_empty() => {
-                    self.on_confirm(index, confirm?);
+                    self.on_confirm(index, confirm.into())?;
                 }
                 _ = ticker.tick(), if rate_mode && self.next < self.plan.jobs => {
                     self.publish_due(start.elapsed()).await?;
@@ -223,14 +225,17 @@ impl Run<'_, '_> {
         }
     }
 
-    fn on_confirm(&mut self, index: u64, confirm: Confirmation) {
-        let code = match &confirm {
-            Confirmation::Nack(_) => "publish_nacked",
-            Confirmation::Ack(Some(_)) => "publish_returned",
-            Confirmation::Ack(None) | Confirmation::NotRequested => return,
+    /// Counts a job the broker did not take; a lost channel ends the run.
+    fn on_confirm(&mut self, index: u64, outcome: PublishOutcome) -> lapin::Result<()> {
+        let code = match outcome {
+            PublishOutcome::Nacked(_) => "publish_nacked",
+            PublishOutcome::Returned(_) => "publish_returned",
+            PublishOutcome::Confirmed => return Ok(()),
+            PublishOutcome::ChannelLost(error) => return Err(error),
         };
         tracing::warn!(index, code, queue = self.plan.queue, "Broker refused a job");
         self.tracker.on_publish_failed(index, code);
+        Ok(())
     }
 
     /// Window mode: publish until `window` jobs are unsettled (or all are out).

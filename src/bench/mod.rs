@@ -10,11 +10,11 @@
 //! Layout: [`bodies`] builds the jobs, [`wire`] holds names, properties and result decoding,
 //! [`load`] drives one run, [`stats`] keeps the pure accounting, [`echo`] is the echo consumer.
 
-pub mod bodies;
-pub mod echo;
-pub mod load;
-pub mod stats;
-pub mod wire;
+mod bodies;
+mod echo;
+mod load;
+mod stats;
+mod wire;
 
 #[cfg(test)]
 mod integration_tests;
@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::protocol::types::DataType;
 use bodies::{BodyTemplate, Encoding, JobShape};
-pub use echo::{echo_task, EchoConsumer};
+use echo::EchoConsumer;
 use load::{run_load, LoadPlan, Pace};
 pub use stats::{BenchReport, LatencyMs};
 
@@ -104,6 +104,8 @@ struct JsonOutput<'a> {
 /// (echo first when it ran).
 /// `tls` is used by `amqps://` URLs (`broker.tls` of the configuration).
 pub async fn run(args: &BenchArgs, tls: &TlsSettings) -> anyhow::Result<Vec<BenchReport>> {
+    // A name no worker could serve is refused before any queue is declared.
+    crate::protocol::ModelName::parse(&args.model).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
     let datatype = DataType::parse(&args.datatype)
         .with_context(|| format!("--datatype {} is not a v2 datatype", args.datatype))?;
     let pace = match args.rate {

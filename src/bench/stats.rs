@@ -129,10 +129,6 @@ impl Tracker {
         self.sent.len() as u64
     }
 
-    pub fn published(&self) -> u64 {
-        self.published
-    }
-
     /// Published jobs that have neither a result nor a publish failure yet.
     pub fn outstanding(&self) -> u64 {
         self.published - self.settled
@@ -349,7 +345,7 @@ mod tests {
             t.on_publish(i, t0);
         }
         t.on_publish(2, t0); // a second publish of the same index is ignored
-        assert_eq!(t.published(), 4);
+        assert_eq!(t.published, 4);
         assert_eq!(t.on_result(&ok(0, t0)), ResultKind::First);
         assert_eq!(t.on_result(&ok(0, t0)), ResultKind::Duplicate);
         assert_eq!(t.on_result(&ok(0, t0)), ResultKind::Duplicate);

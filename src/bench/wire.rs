@@ -1,8 +1,10 @@
 //! The parts of the wire contract the load generator speaks: queue names and arguments, job
 //! properties, and the few fields it reads back from a result.
 //!
-//! Written from PROTOCOL.md alone (not from the worker's code), so a run also checks that the
-//! contract is enough to drive the fleet.
+//! Names (queues, headers) and queue arguments come from their one definition in
+//! [`crate::broker::topology`] and [`crate::broker::headers`]; the tests below pin them to the
+//! values PROTOCOL.md documents, and everything else the bench sends is written from
+//! PROTOCOL.md alone, so a run also checks that the contract is enough to drive the fleet.
 
 use std::time::Instant;
 
@@ -12,15 +14,12 @@ use lapin::{BasicProperties, Channel};
 use serde::Deserialize;
 
 use super::stats::Outcome;
-
-/// The header that frames a v2 binary body.
-pub const HEADER_LENGTH: &str = "inference-header-content-length";
-/// The header that carries an error result's code.
-pub const ERROR_CODE: &str = "x-error-code";
+use crate::broker::headers::{as_i128, as_string, find, BINARY_HEADER, ERROR_CODE};
+use crate::broker::topology::{predict_queue, Topology};
 
 /// `<prefix>.predict.<model>`.
 pub fn model_queue(prefix: &str, model: &str) -> String {
-    format!("{prefix}.predict.{model}")
+    predict_queue(prefix, model)
 }
 
 /// `<prefix>.predict.<model>.echo`: the echo ceiling's queue, never one a worker serves.
@@ -33,19 +32,10 @@ pub fn results_queue(prefix: &str) -> String {
     format!("{prefix}.results")
 }
 
-/// The arguments of every job queue: quorum, delivery limit 5, dead-lettered to `<prefix>.dlx`.
+/// The arguments of every job queue: quorum, delivery limit 5 (the default
+/// `broker.delivery_limit`), dead-lettered to `<prefix>.dlx`.
 pub fn job_queue_arguments(prefix: &str) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(5));
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(format!("{prefix}.dlx").into()),
-    );
-    args
+    Topology::new(prefix, 5).job_queue_arguments()
 }
 
 /// Declares a job queue idempotently, with the same arguments the worker uses.
@@ -75,7 +65,7 @@ pub fn job_properties(
         Some(len) => {
             let mut headers = FieldTable::default();
             headers.insert(
-                HEADER_LENGTH.into(),
+                BINARY_HEADER.into(),
                 AMQPValue::LongLongInt(i64::try_from(len).unwrap_or(i64::MAX)),
             );
             props
@@ -107,11 +97,8 @@ pub fn decode_result(props: &BasicProperties, body: &[u8], at: Instant) -> Outco
         .as_ref()
         .and_then(|id| id.as_str().parse::<u64>().ok());
     let headers = props.headers().as_ref();
-    let header_code = headers
-        .and_then(|h| header(h, ERROR_CODE))
-        .and_then(value_string);
-    let json_len = headers
-        .and_then(|h| header(h, HEADER_LENGTH))
+    let header_code = find(headers, ERROR_CODE).and_then(value_string);
+    let json_len = find(headers, BINARY_HEADER)
         .and_then(value_usize)
         .map_or(body.len(), |n| n.min(body.len()));
     let head = serde_json::from_slice::<ResultHead>(&body[..json_len]).ok();
@@ -132,37 +119,17 @@ pub fn decode_result(props: &BasicProperties, body: &[u8], at: Instant) -> Outco
     }
 }
 
-/// A header by name, matched case-insensitively.
-pub fn header<'a>(headers: &'a FieldTable, name: &str) -> Option<&'a AMQPValue> {
-    headers
-        .inner()
-        .iter()
-        .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-}
-
+/// A text header value; a byte array (which some clients send for strings) is read as UTF-8.
 fn value_string(value: &AMQPValue) -> Option<String> {
     match value {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => as_string(value),
         _ => None,
     }
 }
 
 fn value_usize(value: &AMQPValue) -> Option<usize> {
-    let n: i128 = match value {
-        AMQPValue::ShortShortInt(n) => (*n).into(),
-        AMQPValue::ShortShortUInt(n) => (*n).into(),
-        AMQPValue::ShortInt(n) => (*n).into(),
-        AMQPValue::ShortUInt(n) => (*n).into(),
-        AMQPValue::LongInt(n) => (*n).into(),
-        AMQPValue::LongUInt(n) => (*n).into(),
-        AMQPValue::LongLongInt(n) => (*n).into(),
-        AMQPValue::Timestamp(n) => (*n).into(),
-        other => value_string(other)?.trim().parse().ok()?,
-    };
-    usize::try_from(n).ok()
+    usize::try_from(as_i128(value)?).ok()
 }
 
 #[cfg(test)]
@@ -246,18 +213,14 @@ mod tests {
     #[test]
     fn job_queue_arguments_follow_the_contract() {
         let args = job_queue_arguments("pfx");
+        let arg = |name| find(Some(&args), name);
         assert_eq!(
-            header(&args, "x-queue-type")
-                .and_then(value_string)
-                .as_deref(),
+            arg("x-queue-type").and_then(value_string).as_deref(),
             Some("quorum")
         );
+        assert_eq!(arg("x-delivery-limit").and_then(value_usize), Some(5));
         assert_eq!(
-            header(&args, "x-delivery-limit").and_then(value_usize),
-            Some(5)
-        );
-        assert_eq!(
-            header(&args, "x-dead-letter-exchange")
+            arg("x-dead-letter-exchange")
                 .and_then(value_string)
                 .as_deref(),
             Some("pfx.dlx")
@@ -270,7 +233,10 @@ mod tests {
     fn binary_jobs_carry_the_header_length() {
         let p = job_properties(9, "amq.gen-x", Some(120));
         let h = p.headers().as_ref().unwrap();
-        assert_eq!(header(h, HEADER_LENGTH).and_then(value_usize), Some(120));
+        assert_eq!(
+            find(Some(h), BINARY_HEADER).and_then(value_usize),
+            Some(120)
+        );
         assert_eq!(p.correlation_id().as_ref().map(|c| c.as_str()), Some("9"));
         assert_eq!(p.delivery_mode(), &Some(2));
         assert!(job_properties(9, "r", None).headers().is_none());

@@ -19,76 +19,80 @@ use infermq::runtime::{env, Backend, OrtBackend, SessionOptions};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 
+/// The command line.
+struct Run {
+    model: String,
+    input: String,
+    features: usize,
+    batch: usize,
+    seconds: f64,
+    intra_threads: usize,
+    ep: String,
+    io: String,
+}
+
+impl Run {
+    fn parse(args: &[String]) -> anyhow::Result<Run> {
+        anyhow::ensure!(
+            args.len() >= 6,
+            "usage: ort-throughput MODEL INPUT FEATURES BATCH SECONDS [INTRA_THREADS] [cpu|cuda] [plain|iobinding]"
+        );
+        let run = Run {
+            model: args[1].clone(),
+            input: args[2].clone(),
+            features: args[3].parse()?,
+            batch: args[4].parse()?,
+            seconds: args[5].parse()?,
+            intra_threads: args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(1),
+            ep: args.get(7).cloned().unwrap_or_else(|| "cpu".into()),
+            io: args.get(8).cloned().unwrap_or_else(|| "plain".into()),
+        };
+        anyhow::ensure!(
+            matches!(run.io.as_str(), "plain" | "iobinding"),
+            "unknown mode {:?} (plain or iobinding)",
+            run.io
+        );
+        Ok(run)
+    }
+
+    fn options(&self) -> anyhow::Result<SessionOptions> {
+        Ok(match self.ep.as_str() {
+            "cpu" => SessionOptions {
+                intra_threads: self.intra_threads,
+                ..SessionOptions::cpu()
+            },
+            // GPU checks must not pass on a silent CPU fallback: require CUDA.
+            "cuda" => SessionOptions {
+                execution_providers: vec![infermq::runtime::ExecutionProvider::Cuda],
+                require_gpu: true,
+                intra_threads: self.intra_threads,
+                cpus: Vec::new(),
+            },
+            other => anyhow::bail!("unknown execution provider {other:?} (cpu or cuda)"),
+        })
+    }
+
+    fn tensor(&self, values: &[f32]) -> Tensor {
+        Tensor::from_f32(self.input.as_str(), vec![self.batch, self.features], values)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(
-        args.len() >= 6,
-        "usage: ort-throughput MODEL INPUT FEATURES BATCH SECONDS [INTRA_THREADS] [cpu|cuda] [plain|iobinding]"
-    );
-    let (model, input, features, batch, seconds) = (
-        &args[1],
-        &args[2],
-        args[3].parse::<usize>()?,
-        args[4].parse::<usize>()?,
-        args[5].parse::<f64>()?,
-    );
-    let intra_threads = args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(1);
-    let ep = args.get(7).map(String::as_str).unwrap_or("cpu");
-    let io = args.get(8).map(String::as_str).unwrap_or("plain");
-    anyhow::ensure!(
-        matches!(io, "plain" | "iobinding"),
-        "unknown mode {io:?} (plain or iobinding)"
-    );
+    let run = Run::parse(&args)?;
     env::init(None)?;
-    let options = match ep {
-        "cpu" => SessionOptions {
-            intra_threads,
-            ..SessionOptions::cpu()
-        },
-        // GPU checks must not pass on a silent CPU fallback: require CUDA.
-        "cuda" => SessionOptions {
-            execution_providers: vec![infermq::runtime::ExecutionProvider::Cuda],
-            require_gpu: true,
-            intra_threads,
-            cpus: Vec::new(),
-        },
-        other => anyhow::bail!("unknown execution provider {other:?} (cpu or cuda)"),
-    };
+    let options = run.options()?;
     options.check()?;
-    let values: Vec<f32> = (0..batch * features)
+    let values: Vec<f32> = (0..run.batch * run.features)
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
         .collect();
-    let times = if io == "iobinding" {
-        let bytes = std::fs::read(model)?;
-        let mut session = options.session(&bytes)?;
-        let (times, bound) = iobinding_times(
-            &mut session,
-            input,
-            batch,
-            features,
-            &values,
-            seconds,
-            ep == "cuda",
-        )
-        .map_err(|e| anyhow::anyhow!("IoBinding: {e}"))?;
-        // The bound output must be what a plain run computes, or the timing means nothing.
-        let tensor = Tensor::from_f32(input.as_str(), vec![batch, features], &values);
-        let plain = OrtBackend::load(&bytes, &options)?.infer(std::slice::from_ref(&tensor))?;
-        let plain = plain[0].to_f32_vec().unwrap_or_default();
-        let worst = plain
-            .iter()
-            .zip(&bound)
-            .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
-            .fold(0.0f32, f32::max);
-        anyhow::ensure!(
-            plain.len() == bound.len() && worst <= 1e-4,
-            "IoBinding output differs from a plain run (relative difference {worst})"
-        );
-        times
+    let bytes = std::fs::read(&run.model)?;
+    let times = if run.io == "iobinding" {
+        checked_iobinding_times(&run, &bytes, &options, &values)?
     } else {
-        let mut backend = OrtBackend::load(&std::fs::read(model)?, &options)?;
-        let tensor = Tensor::from_f32(input.as_str(), vec![batch, features], &values);
-        timed(seconds, || {
+        let mut backend = OrtBackend::load(&bytes, &options)?;
+        let tensor = run.tensor(&values);
+        timed(run.seconds, || {
             backend.infer(std::slice::from_ref(&tensor)).map(drop)
         })?
     };
@@ -96,11 +100,46 @@ fn main() -> anyhow::Result<()> {
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let median = sorted[sorted.len() / 2];
+    let rows_per_s = (run.batch * times.len()) as f64 / total;
     println!(
         "{}",
-        serde_json::json!({"batch": batch, "rows_per_s": (batch * times.len()) as f64 / total, "batch_ms": median * 1e3, "runs": times.len(), "ep": ep, "io": io})
+        serde_json::json!({"batch": run.batch, "rows_per_s": rows_per_s, "batch_ms": median * 1e3, "runs": times.len(), "ep": run.ep, "io": run.io})
     );
     Ok(())
+}
+
+/// The IoBinding timings, once its output is checked against a plain run's.
+fn checked_iobinding_times(
+    run: &Run,
+    bytes: &[u8],
+    options: &SessionOptions,
+    values: &[f32],
+) -> anyhow::Result<Vec<f64>> {
+    let mut session = options.session(bytes)?;
+    let (times, bound) = iobinding_times(
+        &mut session,
+        &run.input,
+        run.batch,
+        run.features,
+        values,
+        run.seconds,
+        run.ep == "cuda",
+    )
+    .map_err(|e| anyhow::anyhow!("IoBinding: {e}"))?;
+    // The bound output must be what a plain run computes, or the timing means nothing.
+    let tensor = run.tensor(values);
+    let plain = OrtBackend::load(bytes, options)?.infer(std::slice::from_ref(&tensor))?;
+    let plain = plain[0].to_f32_vec().unwrap_or_default();
+    let worst = plain
+        .iter()
+        .zip(&bound)
+        .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
+        .fold(0.0f32, f32::max);
+    anyhow::ensure!(
+        plain.len() == bound.len() && worst <= 1e-4,
+        "IoBinding output differs from a plain run (relative difference {worst})"
+    );
+    Ok(times)
 }
 
 /// Runs `f` 20 times to warm up, then for `seconds`; the duration of each timed run.

@@ -99,10 +99,6 @@ impl BrokerAddresses {
     pub fn len(&self) -> usize {
         self.urls.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.urls.is_empty()
-    }
 }
 
 /// `host:port` of an AMQP URL, without user, password, vhost or query; the port defaults to

@@ -7,8 +7,19 @@ use lapin::BasicProperties;
 
 use crate::protocol::text::quoted;
 
-/// The binary extension's header (matched case-insensitively).
+/// The binary extension's header (matched case-insensitively): the length of the body's JSON
+/// part, on a job or a result.
 pub const BINARY_HEADER: &str = "inference-header-content-length";
+/// A job's header: the model version to run (wins over the body's `parameters.model_version`).
+pub const MODEL_VERSION: &str = "x-model-version";
+/// A job's header: its deadline in unix epoch milliseconds.
+pub const DEADLINE_MS: &str = "x-deadline-ms";
+/// Set by quorum queues on a redelivery: how many times the broker delivered the message.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
+/// An error result's (or dead-lettered job's) header: its [`crate::protocol::ErrorCode`].
+pub const ERROR_CODE: &str = "x-error-code";
+/// An error result's (or dead-lettered job's) header: the message, at most 1 KiB.
+pub const ERROR: &str = "x-error";
 
 /// A header by name, matched case-insensitively (`Inference-Header-Content-Length` works too).
 pub fn find<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {
@@ -160,23 +171,23 @@ impl JobHeaders {
                 });
             }
         }
-        let model_version = find(headers, "x-model-version")
+        let model_version = find(headers, MODEL_VERSION)
             .map(|v| match as_string(v) {
                 Some(s) => Ok(s),
                 None => Err(HeaderError {
-                    name: "x-model-version",
+                    name: MODEL_VERSION,
                     message: format!("expected a string or integer, got {}", shown(v)),
                 }),
             })
             .transpose()?;
-        let header_deadline = find(headers, "x-deadline-ms")
+        let header_deadline = find(headers, DEADLINE_MS)
             .map(|v| match as_i128(v) {
                 // Past the end of time as this system counts it: no deadline.
                 Some(ms) if ms >= 0 => Ok(u64::try_from(ms)
                     .ok()
                     .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))),
                 _ => Err(HeaderError {
-                    name: "x-deadline-ms",
+                    name: DEADLINE_MS,
                     message: format!("expected unix epoch milliseconds, got {}", shown(v)),
                 }),
             })
@@ -191,7 +202,7 @@ impl JobHeaders {
                 }),
             })
             .transpose()?;
-        let delivery_count = find(headers, "x-delivery-count")
+        let delivery_count = find(headers, DELIVERY_COUNT)
             .and_then(as_i128)
             .unwrap_or(0)
             .clamp(0, u32::MAX as i128) as u32;
@@ -235,6 +246,30 @@ mod tests {
             table.insert(ShortString::from(*k), v.clone());
         }
         BasicProperties::default().with_headers(table)
+    }
+
+    /// The names as PROTOCOL.md documents them: every producer and consumer takes them from here.
+    #[test]
+    fn names_are_the_documented_ones() {
+        let names = [
+            BINARY_HEADER,
+            MODEL_VERSION,
+            DEADLINE_MS,
+            DELIVERY_COUNT,
+            ERROR_CODE,
+            ERROR,
+        ];
+        assert_eq!(
+            names,
+            [
+                "inference-header-content-length",
+                "x-model-version",
+                "x-deadline-ms",
+                "x-delivery-count",
+                "x-error-code",
+                "x-error",
+            ]
+        );
     }
 
     #[test]

@@ -2,16 +2,18 @@
 //!
 //! Second stage of the flow: `protocol` → `broker` → `batching` → `runtime`.
 
-pub mod acks;
-pub mod addresses;
-pub mod authz;
-pub mod connection;
-pub mod envelope;
+pub(crate) mod acks;
+pub(crate) mod addresses;
+pub(crate) mod authz;
+pub(crate) mod confirm;
+pub(crate) mod connection;
+pub(crate) mod envelope;
 pub mod headers;
-pub mod publisher;
+pub(crate) mod publisher;
 pub mod tls;
-pub mod topology;
+pub(crate) mod topology;
 
-pub use addresses::BrokerAddresses;
-pub use publisher::{Command, Disposition, OutgoingMessage, Settlement};
+pub(crate) use addresses::BrokerAddresses;
+pub use confirm::PublishOutcome;
+pub(crate) use publisher::{Command, Disposition, OutgoingMessage, Settlement};
 pub use topology::Topology;

@@ -10,6 +10,7 @@
 //! and moved to the dead-letter exchange, so it is not lost either.
 
 use super::acks::DeliveryRef;
+use super::confirm::PublishOutcome;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -211,16 +212,16 @@ fn confirmed(
     model: &str,
     context: &PublisherContext,
 ) -> Confirmed {
-    match confirmation {
-        Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Confirmed::Kept,
-        Ok(Confirmation::Ack(Some(returned))) => {
+    match PublishOutcome::from(confirmation) {
+        PublishOutcome::Confirmed => Confirmed::Kept,
+        PublishOutcome::Returned(returned) => {
             (context.on_returned)(model);
             let reply_to = returned.delivery.routing_key.as_str();
             tracing::warn!(%reply_to, reply_code = returned.reply_code, "Result returned as unroutable; moving it to the dead-letter exchange");
             let dead = dead_letter_message(returned.delivery, model, context);
             Confirmed::Returned(Box::new(dead))
         }
-        Ok(Confirmation::Nack(returned)) => {
+        PublishOutcome::Nacked(returned) => {
             let reply_to = returned.as_ref().map(|r| r.delivery.routing_key.as_str());
             tracing::warn!(
                 reply_to,
@@ -228,7 +229,7 @@ fn confirmed(
             );
             Confirmed::NotKept
         }
-        Err(error) => {
+        PublishOutcome::ChannelLost(error) => {
             tracing::warn!(%error, "Result not confirmed by the broker; requeueing its job");
             Confirmed::NotKept
         }
@@ -298,11 +299,11 @@ fn finish(mut settlement: Settlement, settled: Settled) {
 pub fn with_error_headers(headers: Option<&FieldTable>, code: &str, error: &str) -> FieldTable {
     let mut headers = headers.cloned().unwrap_or_default();
     headers.insert(
-        ShortString::from("x-error-code"),
+        ShortString::from(super::headers::ERROR_CODE),
         AMQPValue::LongString(LongString::from(code)),
     );
     headers.insert(
-        ShortString::from("x-error"),
+        ShortString::from(super::headers::ERROR),
         AMQPValue::LongString(LongString::from(error)),
     );
     headers

@@ -22,8 +22,9 @@ impl Topology {
         }
     }
 
+    /// `<prefix>.predict.<model>`: see [`predict_queue`].
     pub fn predict_queue(&self, model: &str) -> String {
-        format!("{}.predict.{model}", self.prefix)
+        predict_queue(&self.prefix, model)
     }
 
     pub fn train_queue(&self) -> String {
@@ -161,6 +162,13 @@ impl Topology {
     }
 }
 
+/// `<prefix>.predict.<model>`: the queue of a model's jobs, for a worker, the gateway and any
+/// producer. With a name of at most [`crate::protocol::ModelName::MAX_LEN`] bytes it is a legal
+/// queue name (an AMQP short string, at most 255 bytes) for every prefix of at most 118 bytes.
+pub fn predict_queue(prefix: &str, model: &str) -> String {
+    format!("{prefix}.predict.{model}")
+}
+
 /// Declares a server-named queue that lives as long as this connection (events, replies).
 pub async fn declare_private_queue(channel: &Channel) -> lapin::Result<String> {
     let options = QueueDeclareOptions {
@@ -186,6 +194,19 @@ fn quorum() -> FieldTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reason for the model name's limit: under the longest prefix, the longest model name
+    /// makes a queue name of exactly 255 bytes, AMQP's limit for a short string.
+    #[test]
+    fn the_longest_model_name_fits_a_queue_name() {
+        use crate::protocol::ModelName;
+        let longest_prefix = 255 - ".predict.".len() - ModelName::MAX_LEN;
+        assert_eq!(longest_prefix, 118);
+        let name = ModelName::parse(&"m".repeat(ModelName::MAX_LEN)).unwrap();
+        let queue = predict_queue(&"p".repeat(longest_prefix), &name);
+        assert_eq!(queue.len(), 255);
+        assert!(ShortString::try_new(queue).is_ok());
+    }
 
     #[test]
     fn names_follow_the_prefix() {

@@ -19,7 +19,8 @@ use serde_json::json;
 use super::metrics::Endpoint;
 use super::policy::{self, Admission};
 use super::{Gateway, TIMEOUT_HEADER};
-use crate::broker::headers::BINARY_HEADER;
+use crate::broker::headers::{as_string, find, BINARY_HEADER, ERROR_CODE};
+use crate::protocol::ModelName;
 
 /// The path of a model route: `/v2/models/{model}[/versions/{version}]…`.
 #[derive(Debug, Deserialize)]
@@ -70,11 +71,8 @@ fn retry_later(status: StatusCode, message: &str, seconds: u64) -> Response {
 /// published.
 pub fn relay(delivery: Delivery) -> Response {
     let properties = &delivery.properties;
-    let found = |name: &str| {
-        crate::broker::headers::find(properties.headers().as_ref(), name)
-            .and_then(crate::broker::headers::as_string)
-    };
-    let status = found("x-error-code")
+    let found = |name: &str| find(properties.headers().as_ref(), name).and_then(as_string);
+    let status = found(ERROR_CODE)
         .map(|code| policy::status_for_code(&code))
         .unwrap_or(StatusCode::OK);
     let content_type = properties
@@ -89,7 +87,7 @@ pub fn relay(delivery: Delivery) -> Response {
         headers.insert(header::CONTENT_TYPE, value);
     }
     if let Some(len) = found(BINARY_HEADER).and_then(|l| l.parse::<u64>().ok()) {
-        headers.insert("inference-header-content-length", HeaderValue::from(len));
+        headers.insert(BINARY_HEADER, HeaderValue::from(len));
     }
     response
 }
@@ -141,13 +139,13 @@ where
 }
 
 /// Checks the path's model and version; the refusal is a 400.
-fn check_path(path: &ModelPath) -> Result<(), Refusal> {
+fn check_path(path: &ModelPath) -> Result<ModelName, Refusal> {
     let bad = |message: String| Refusal::new(false, StatusCode::BAD_REQUEST, message);
-    policy::check_model(&path.model).map_err(bad)?;
+    let model = policy::check_model(&path.model).map_err(bad)?;
     if let Some(v) = &path.version {
         policy::check_version(v).map_err(bad)?;
     }
-    Ok(())
+    Ok(model)
 }
 
 /// A request refused by the gateway itself; `known` says whether the model's queue exists
@@ -184,7 +182,7 @@ impl Refusal {
 }
 
 /// Looks up the model's queue and refuses what admission refuses.
-async fn admit(gw: &Gateway, model: &str, max_depth: u32) -> Result<(), Refusal> {
+async fn admit(gw: &Gateway, model: &ModelName, max_depth: u32) -> Result<(), Refusal> {
     let state = gw.queue_state(model).await.map_err(|e| {
         Refusal::new(false, StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry(1)
     })?;
@@ -216,16 +214,14 @@ async fn admit(gw: &Gateway, model: &str, max_depth: u32) -> Result<(), Refusal>
 async fn metadata(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
     let model = path.model.clone();
     counted(&gw, &model, Endpoint::Metadata, async {
-        if let Err(refusal) = check_path(&path) {
+        let model = match check_path(&path) {
+            Ok(model) => model,
+            Err(refusal) => return refusal.answer(),
+        };
+        if let Err(refusal) = admit(&gw, &model, 0).await {
             return refusal.answer();
         }
-        if let Err(refusal) = admit(&gw, &path.model, 0).await {
-            return refusal.answer();
-        }
-        (
-            true,
-            gw.metadata(&path.model, path.version.as_deref()).await,
-        )
+        (true, gw.metadata(&model, path.version.as_deref()).await)
     })
     .await
 }
@@ -233,17 +229,18 @@ async fn metadata(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -
 async fn model_ready(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
     let model = path.model.clone();
     counted(&gw, &model, Endpoint::Ready, async {
-        if let Err(refusal) = check_path(&path) {
-            return refusal.answer();
-        }
-        if let Err(refusal) = admit(&gw, &path.model, 0).await {
+        let model = match check_path(&path) {
+            Ok(model) => model,
+            Err(refusal) => return refusal.answer(),
+        };
+        if let Err(refusal) = admit(&gw, &model, 0).await {
             return refusal.answer();
         }
         let Some(version) = path.version.as_deref() else {
             return (true, StatusCode::OK.into_response());
         };
         // A version is ready when a worker serves it: its metadata says so.
-        let answer = gw.metadata(&path.model, Some(version)).await;
+        let answer = gw.metadata(&model, Some(version)).await;
         let status = answer.status();
         if status == StatusCode::OK {
             (true, StatusCode::OK.into_response())
@@ -273,9 +270,10 @@ async fn infer(
                 retry_later(StatusCode::TOO_MANY_REQUESTS, &message, 1),
             );
         };
-        if let Err(refusal) = check_path(&path) {
-            return refusal.answer();
-        }
+        let model = match check_path(&path) {
+            Ok(model) => model,
+            Err(refusal) => return refusal.answer(),
+        };
         let body = match body {
             Ok(body) => body,
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -294,11 +292,11 @@ async fn infer(
             Ok(request) => request,
             Err(message) => return (false, error(StatusCode::BAD_REQUEST, &message)),
         };
-        if let Err(refusal) = admit(&gw, &path.model, gw.settings.max_queue_depth).await {
+        if let Err(refusal) = admit(&gw, &model, gw.settings.max_queue_depth).await {
             return refusal.answer();
         }
         let response = gw
-            .infer(&path.model, path.version.as_deref(), request, &body)
+            .infer(&model, path.version.as_deref(), request, &body)
             .await;
         (true, response)
     })

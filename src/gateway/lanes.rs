@@ -21,10 +21,11 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ErrorKind};
+use lapin::{BasicProperties, Channel, Connection, ErrorKind};
 
 use crate::broker::connection::connect_any;
 use crate::broker::tls::{ConnectError, TlsSettings};
+use crate::broker::PublishOutcome;
 use tokio::sync::oneshot;
 
 use super::policy::QueueState;
@@ -265,11 +266,11 @@ impl Broker {
         loop {
             tokio::select! {
                 answer = &mut rx => return answer.map_err(|_| CallError::ChannelLost),
-                result = &mut confirm, if !confirmed => match result {
-                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => confirmed = true,
-                    Ok(Confirmation::Ack(Some(_))) => return Err(CallError::Unroutable(queue.to_string())),
-                    Ok(Confirmation::Nack(_)) => return Err(CallError::Refused),
-                    Err(_) => return Err(CallError::ChannelLost),
+                result = &mut confirm, if !confirmed => match PublishOutcome::from(result) {
+                    PublishOutcome::Confirmed => confirmed = true,
+                    PublishOutcome::Returned(_) => return Err(CallError::Unroutable(queue.to_string())),
+                    PublishOutcome::Nacked(_) => return Err(CallError::Refused),
+                    PublishOutcome::ChannelLost(_) => return Err(CallError::ChannelLost),
                 },
                 () = &mut expiry => return Err(CallError::Timeout(timeout)),
             }

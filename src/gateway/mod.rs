@@ -15,11 +15,11 @@
 //! `gateway.shutdown_timeout_ms`. A request cut at the deadline has still been published: its
 //! job runs and its result is dropped by the broker (direct reply-to has no queue to keep it).
 
-pub mod cache;
-pub mod http;
-pub mod lanes;
-pub mod metrics;
-pub mod policy;
+mod cache;
+mod http;
+mod lanes;
+mod metrics;
+mod policy;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -35,9 +35,11 @@ use lapin::BasicProperties;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::headers::BINARY_HEADER;
+use crate::broker::headers::{BINARY_HEADER, DEADLINE_MS, MODEL_VERSION};
+use crate::broker::topology::predict_queue;
 use crate::config::{GatewaySettings, Settings};
 use crate::protocol::metadata::{METADATA_REQUEST, REQUEST_HEADER};
+use crate::protocol::ModelName;
 use cache::{Lookup, TtlCache};
 use http::{error, relay, InferRequest};
 use lanes::{Broker, CallError};
@@ -95,8 +97,8 @@ impl Gateway {
         })
     }
 
-    fn queue(&self, model: &str) -> String {
-        format!("{}.predict.{model}", self.prefix)
+    fn queue(&self, model: &ModelName) -> String {
+        predict_queue(&self.prefix, model)
     }
 
     pub fn queue_check(&self) -> Duration {
@@ -112,7 +114,7 @@ impl Gateway {
     }
 
     /// The state of `model`'s queue, at most `queue_check_ms` old.
-    pub async fn queue_state(&self, model: &str) -> Result<QueueState, CallError> {
+    pub async fn queue_state(&self, model: &ModelName) -> Result<QueueState, CallError> {
         let queue = self.queue(model);
         // Once a model's state is known, one request at a time checks it again when it
         // expires; the others go on with the state it had (one probe per model per
@@ -146,7 +148,7 @@ impl Gateway {
     /// Publishes an inference request and answers with its result.
     async fn infer(
         &self,
-        model: &str,
+        model: &ModelName,
         version: Option<&str>,
         request: InferRequest<'_>,
         body: &[u8],
@@ -157,9 +159,9 @@ impl Gateway {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         let mut headers = FieldTable::default();
-        headers.insert("x-deadline-ms".into(), AMQPValue::LongLongInt(deadline_ms));
+        headers.insert(DEADLINE_MS.into(), AMQPValue::LongLongInt(deadline_ms));
         if let Some(version) = version {
-            headers.insert("x-model-version".into(), long_string(version));
+            headers.insert(MODEL_VERSION.into(), long_string(version));
         }
         if let Some(len) = request.header_len {
             headers.insert(BINARY_HEADER.into(), AMQPValue::LongLongInt(len as i64));
@@ -181,7 +183,7 @@ impl Gateway {
     }
 
     /// A model's metadata as a worker serving it answers it (reused for `metadata_cache_ms`).
-    async fn metadata(&self, model: &str, version: Option<&str>) -> Response {
+    async fn metadata(&self, model: &ModelName, version: Option<&str>) -> Response {
         let key = format!("{model}/{}", version.unwrap_or(""));
         let json = |body: Bytes| {
             let headers = [(axum::http::header::CONTENT_TYPE, "application/json")];
@@ -193,14 +195,14 @@ impl Gateway {
         let mut headers = FieldTable::default();
         headers.insert(REQUEST_HEADER.into(), long_string(METADATA_REQUEST));
         if let Some(version) = version {
-            headers.insert("x-model-version".into(), long_string(version));
+            headers.insert(MODEL_VERSION.into(), long_string(version));
         }
         let timeout = self.default_timeout();
         let deadline_ms = (SystemTime::now() + timeout)
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        headers.insert("x-deadline-ms".into(), AMQPValue::LongLongInt(deadline_ms));
+        headers.insert(DEADLINE_MS.into(), AMQPValue::LongLongInt(deadline_ms));
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_headers(headers);
@@ -217,7 +219,7 @@ impl Gateway {
 
     async fn call(
         &self,
-        model: &str,
+        model: &ModelName,
         body: &[u8],
         properties: BasicProperties,
         timeout: Duration,

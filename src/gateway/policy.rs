@@ -7,21 +7,22 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 
+use crate::protocol::{ErrorCode, ModelName};
+
 /// Longest piece of a client's input quoted back in an error.
 pub const MAX_ECHO: usize = 128;
-/// Longest model name or version accepted in a path.
-pub const MAX_NAME: usize = 128;
 /// Longest `traceparent` / `tracestate` copied onto a job (W3C allows 512 for tracestate).
 pub const MAX_TRACE: usize = 512;
 
-/// The HTTP status of a worker's error result, from its `x-error-code` header.
+/// The HTTP status of a worker's error result, from its `x-error-code` header (a code the
+/// contract does not name is a 500).
 pub fn status_for_code(code: &str) -> StatusCode {
-    match code {
-        "invalid_request" => StatusCode::BAD_REQUEST,
-        "unknown_model" | "unknown_version" => StatusCode::NOT_FOUND,
-        "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    match ErrorCode::parse(code) {
+        Some(ErrorCode::InvalidRequest) => StatusCode::BAD_REQUEST,
+        Some(ErrorCode::UnknownModel | ErrorCode::UnknownVersion) => StatusCode::NOT_FOUND,
+        Some(ErrorCode::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+        Some(ErrorCode::DeadlineExceeded) => StatusCode::GATEWAY_TIMEOUT,
+        Some(ErrorCode::Internal) | None => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -70,18 +71,9 @@ pub fn echo(s: &str) -> String {
     format!("{}…", crate::protocol::text::prefix(s, MAX_ECHO))
 }
 
-/// A model name from the path: the repository's rule (letters, digits, `-`, `_`, `.`, not
-/// starting with `.`), at most [`MAX_NAME`] bytes.
-pub fn check_model(name: &str) -> Result<(), String> {
-    let ok = name.len() <= MAX_NAME && crate::repository::valid_model_name(name);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "model name {:?}: expected 1-{MAX_NAME} letters, digits, '-', '_', '.' (not starting with '.')",
-            echo(name)
-        ))
-    }
+/// A model name from the path, by the one rule ([`ModelName`]).
+pub fn check_model(name: &str) -> Result<ModelName, String> {
+    ModelName::parse(name).map_err(|e| format!("model name {e}"))
 }
 
 /// A version from the path: decimal digits, as the workers' repositories number them.
@@ -203,7 +195,12 @@ mod tests {
         for ok in ["iris", "iris-docs", "m_1.v2"] {
             assert!(check_model(ok).is_ok(), "{ok}");
         }
-        let long = "a".repeat(MAX_NAME + 1);
+        let longest = "a".repeat(ModelName::MAX_LEN);
+        assert_eq!(
+            check_model(&longest).map(|m| m.len()),
+            Ok(ModelName::MAX_LEN)
+        );
+        let long = "a".repeat(ModelName::MAX_LEN + 1);
         for bad in ["", ".hidden", "a/b", "a b", "é", long.as_str()] {
             let err = check_model(bad).unwrap_err();
             assert!(err.starts_with("model name"), "{err}");

@@ -1,11 +1,11 @@
 //! What an error result can still say about a job refused before (or while) its body was
 //! decoded: the body's `id` and `model_name` from a second, lenient read of its JSON, and the
-//! AMQP `message_id` as the job's id when the body gives none.
+//! AMQP `message_id` (read by [`crate::broker::envelope`]) as the job's id when the body gives
+//! none.
 //!
 //! Shared by prediction jobs (`predict.rs`, which use the `id`) and training jobs (`train.rs`,
 //! which use both). Error path only: it reads the JSON once more.
 
-use lapin::BasicProperties;
 use serde::{Deserialize, Deserializer};
 
 /// The names a refused job still gives.
@@ -32,14 +32,6 @@ fn string_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
         serde_json::Value::String(s) => Some(s),
         _ => None,
     })
-}
-
-/// The job's AMQP `message_id` property, if set.
-pub fn message_id(properties: &BasicProperties) -> Option<String> {
-    properties
-        .message_id()
-        .as_ref()
-        .map(|m| m.as_str().to_string())
 }
 
 /// Reads `id` and `model_name` from `body` (from its first `header_len` bytes, the JSON header,

@@ -33,8 +33,8 @@ use super::kind::{Acks, Consume, JobKind, JobTasks, OnLost, StartError};
 use crate::broker::authz::authorize;
 use crate::broker::envelope::{Envelope, Route};
 use crate::broker::Topology;
-use crate::protocol::ErrorCode;
-use crate::repository::{valid_model_name, ModelStore};
+use crate::protocol::{ErrorCode, ModelName};
+use crate::repository::ModelStore;
 use crate::runtime::SessionOptions;
 use crate::telemetry::Metrics;
 use crate::training::{
@@ -217,7 +217,7 @@ fn admit_job(
             // Named as far as the JSON can be read; only a valid model name is echoed (the
             // training queue is shared, so only the body names the model).
             let named = early_names(job.body(), None, envelope.message_id.clone());
-            if let Some(model) = named.model_name.filter(|m| valid_model_name(m)) {
+            if let Some(model) = named.model_name.filter(|m| ModelName::is_valid(m)) {
                 job.name_model(&model);
             }
             job.fail(error.into(), named.id.as_deref());

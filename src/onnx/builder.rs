@@ -43,32 +43,12 @@ pub fn attr_int(name: &str, value: i64) -> AttributeProto {
     }
 }
 
-/// An attribute with a float value.
-pub fn attr_float(name: &str, value: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.to_string(),
-        f: Some(value),
-        r#type: attr_type::FLOAT,
-        ..Default::default()
-    }
-}
-
 /// An attribute with a list of integers.
 pub fn attr_ints(name: &str, values: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.to_string(),
         ints: values.to_vec(),
         r#type: attr_type::INTS,
-        ..Default::default()
-    }
-}
-
-/// An attribute holding a tensor (for `Constant`).
-pub fn attr_tensor(name: &str, value: TensorProto) -> AttributeProto {
-    AttributeProto {
-        name: name.to_string(),
-        t: Some(value),
-        r#type: attr_type::TENSOR,
         ..Default::default()
     }
 }

@@ -6,7 +6,7 @@
 
 pub mod builder;
 pub mod proto;
-pub mod signature;
+mod signature;
 
 use prost::Message;
 

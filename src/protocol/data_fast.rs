@@ -102,85 +102,123 @@ where
 {
     let b = raw.as_bytes();
     let mut out = Vec::with_capacity(cap);
-    // Elements counted so far in each open array, outermost first.
-    let mut open: Vec<usize> = Vec::new();
-    // Length of the first array closed at each depth.
-    let mut dims: Vec<Option<usize>> = Vec::new();
-    let mut leaf_depth: Option<usize> = None;
-    let mut count = 0usize;
+    let mut walk = Walk::default();
     let mut i = 0usize;
-    // After `[` or `,`: a value must come (`]` too, right after `[`); after a value: `,` or `]`.
-    let mut want_value = true;
-    let mut just_opened = false;
     while i < b.len() {
         match b[i] {
             b' ' | b'\t' | b'\n' | b'\r' => i += 1,
             b',' => {
-                if want_value || open.is_empty() {
-                    return None;
-                }
-                want_value = true;
-                just_opened = false;
+                walk.comma()?;
                 i += 1;
             }
             b'[' => {
-                // Deeper nesting goes to serde_json, which refuses it past its recursion limit.
-                if !want_value || open.len() >= MAX_DEPTH {
-                    return None;
-                }
-                just_opened = true;
-                let depth = open.len();
-                if leaf_depth.is_some_and(|d| d <= depth) {
-                    return None;
-                }
-                open.push(0);
-                if dims.len() <= depth {
-                    dims.resize(depth + 1, None);
-                }
+                walk.open()?;
                 i += 1;
             }
             b']' => {
-                if want_value && !just_opened {
-                    return None;
-                }
-                want_value = false;
-                just_opened = false;
-                let len = open.pop()?;
-                let depth = open.len();
-                match dims[depth] {
-                    Some(first) if first != len => return None,
-                    _ => dims[depth] = Some(len),
-                }
                 i += 1;
-                match open.last_mut() {
-                    Some(parent) => *parent += 1,
-                    None => return Some((out, count, i)),
+                if walk.close()? {
+                    return Some((out, walk.count, i));
                 }
             }
             _ => {
-                // A scalar: only inside an array, at the one leaf depth, below no array.
-                let depth = open.len();
-                if !want_value
-                    || depth == 0
-                    || dims.len() > depth
-                    || leaf_depth.is_some_and(|d| d != depth)
-                {
-                    return None;
-                }
-                want_value = false;
-                just_opened = false;
-                leaf_depth = Some(depth);
-                let end = push(raw, i, &mut out)?;
-                if let Some(n) = open.last_mut() {
-                    *n += 1;
-                }
-                count += 1;
-                i = end;
+                walk.scalar()?;
+                i = push(raw, i, &mut out)?;
             }
         }
     }
     // The text ended inside the array (or held none).
     None
+}
+
+/// Where [`scan`] is in the array: each step checks that the token may come next and records
+/// it; `None` refuses the text. (Inlined into the loop: the scanner is on the hot path, and
+/// `cargo bench --bench codec` shows no cost to the split.)
+#[derive(Default)]
+struct Walk {
+    /// Elements counted so far in each open array, outermost first.
+    open: Vec<usize>,
+    /// Length of the first array closed at each depth.
+    dims: Vec<Option<usize>>,
+    leaf_depth: Option<usize>,
+    /// Scalars so far.
+    count: usize,
+    /// After `[` or `,` (or at the start) a value must come; after a value, `,` or `]`.
+    after_value: bool,
+    /// Right after `[`, where `]` may come too.
+    just_opened: bool,
+}
+
+impl Walk {
+    #[inline(always)]
+    fn comma(&mut self) -> Option<()> {
+        if !self.after_value || self.open.is_empty() {
+            return None;
+        }
+        self.after_value = false;
+        self.just_opened = false;
+        Some(())
+    }
+
+    #[inline(always)]
+    fn open(&mut self) -> Option<()> {
+        // Deeper nesting goes to serde_json, which refuses it past its recursion limit.
+        if self.after_value || self.open.len() >= MAX_DEPTH {
+            return None;
+        }
+        self.just_opened = true;
+        let depth = self.open.len();
+        if self.leaf_depth.is_some_and(|d| d <= depth) {
+            return None;
+        }
+        self.open.push(0);
+        if self.dims.len() <= depth {
+            self.dims.resize(depth + 1, None);
+        }
+        Some(())
+    }
+
+    /// `Some(true)` when the outermost array closed.
+    #[inline(always)]
+    fn close(&mut self) -> Option<bool> {
+        if !self.after_value && !self.just_opened {
+            return None;
+        }
+        self.after_value = true;
+        self.just_opened = false;
+        let len = self.open.pop()?;
+        let depth = self.open.len();
+        match self.dims[depth] {
+            Some(first) if first != len => return None,
+            _ => self.dims[depth] = Some(len),
+        }
+        match self.open.last_mut() {
+            Some(parent) => *parent += 1,
+            None => return Some(true),
+        }
+        Some(false)
+    }
+
+    /// A scalar: only inside an array, at the one leaf depth, below no array.
+    #[inline(always)]
+    fn scalar(&mut self) -> Option<()> {
+        let depth = self.open.len();
+        if self.after_value
+            || depth == 0
+            || self.dims.len() > depth
+            || self.leaf_depth.is_some_and(|d| d != depth)
+        {
+            return None;
+        }
+        self.after_value = true;
+        self.just_opened = false;
+        self.leaf_depth = Some(depth);
+        if let Some(n) = self.open.last_mut() {
+            *n += 1;
+        }
+        self.count += 1;
+        Some(())
+    }
 }
 
 /// The scan for one integer datatype, `le` writing a value's little-endian bytes.
@@ -337,52 +375,15 @@ fn number(b: &[u8], mut i: usize) -> Option<(Option<Decimal>, usize)> {
     let mut digits = i - first;
     let mut exponent = 0i64;
     if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        // Eight digits at a time (random data is written with 8 to 9 fraction digits).
-        while let Some(chunk) = b.get(i..i + 8) {
-            let v = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            if !eight_digits(v) {
-                break;
-            }
-            mantissa = mantissa
-                .wrapping_mul(100_000_000)
-                .wrapping_add(parse_eight_digits(v));
-            i += 8;
-        }
-        while let Some(&c @ b'0'..=b'9') = b.get(i) {
-            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
+        let start = i + 1;
+        (mantissa, i) = fraction(b, start, mantissa)?;
         digits += i - start;
         exponent = -((i - start) as i64);
     }
     if matches!(b.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        let sign = match b.get(i) {
-            Some(b'-') => {
-                i += 1;
-                -1
-            }
-            Some(b'+') => {
-                i += 1;
-                1
-            }
-            _ => 1,
-        };
-        let mut e = 0i64;
-        let start = i;
-        while let Some(&c @ b'0'..=b'9') = b.get(i) {
-            e = (e * 10 + i64::from(c - b'0')).min(1 << 32);
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        exponent += sign * e;
+        let e;
+        (e, i) = exponent_part(b, i + 1)?;
+        exponent += e;
     }
     match b.get(i) {
         None | Some(b',' | b']' | b' ' | b'\t' | b'\n' | b'\r') => {}
@@ -403,6 +404,53 @@ fn number(b: &[u8], mut i: usize) -> Option<(Option<Decimal>, usize)> {
         exponent: exponent.clamp(-1000, 1000) as i32,
     });
     Some((decimal, i))
+}
+
+/// The digits after a number's `.` (from `i`), appended to `mantissa` (wrapping, like the
+/// integer part): the new mantissa and where the digits end. At least one digit is required.
+#[inline(always)]
+fn fraction(b: &[u8], mut i: usize, mut mantissa: u64) -> Option<(u64, usize)> {
+    let start = i;
+    // Eight digits at a time (random data is written with 8 to 9 fraction digits).
+    while let Some(chunk) = b.get(i..i + 8) {
+        let v = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        if !eight_digits(v) {
+            break;
+        }
+        mantissa = mantissa
+            .wrapping_mul(100_000_000)
+            .wrapping_add(parse_eight_digits(v));
+        i += 8;
+    }
+    while let Some(&c @ b'0'..=b'9') = b.get(i) {
+        mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+        i += 1;
+    }
+    (i > start).then_some((mantissa, i))
+}
+
+/// The exponent after a number's `e` (from `i`: an optional sign, then at least one digit),
+/// saturated far past any finite value, and where it ends.
+#[inline(always)]
+fn exponent_part(b: &[u8], mut i: usize) -> Option<(i64, usize)> {
+    let sign = match b.get(i) {
+        Some(b'-') => {
+            i += 1;
+            -1
+        }
+        Some(b'+') => {
+            i += 1;
+            1
+        }
+        _ => 1,
+    };
+    let mut e = 0i64;
+    let start = i;
+    while let Some(&c @ b'0'..=b'9') = b.get(i) {
+        e = (e * 10 + i64::from(c - b'0')).min(1 << 32);
+        i += 1;
+    }
+    (i > start).then_some((sign * e, i))
 }
 
 /// Whether the eight bytes of `v` (little-endian) are all ASCII digits.

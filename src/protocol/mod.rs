@@ -6,6 +6,7 @@
 //! - [`decode_request`] / [`encode_request`]: prediction jobs, JSON or binary extension.
 //! - [`validate_request`]: a decoded job against the model's [`ModelSignature`].
 //! - [`encode_response`] / [`encode_error`] / [`decode_response`]: results.
+//! - [`ModelName`]: the one rule for a model's name.
 //! - [`Tensor::concat_rows`] / [`Tensor::slice_rows`]: batching along dimension 0.
 //!
 //! JSON conventions (non-finite floats as `"NaN"`/`"Infinity"`/`"-Infinity"`, integers
@@ -15,14 +16,15 @@ mod binary;
 mod data;
 mod data_fast;
 mod data_write;
-pub mod error;
-pub mod metadata;
-pub mod request;
+pub(crate) mod error;
+pub(crate) mod metadata;
+pub(crate) mod model_name;
+pub(crate) mod request;
 mod request_fast;
-pub mod response;
-pub mod tensor;
-pub mod text;
-pub mod types;
+pub(crate) mod response;
+pub(crate) mod tensor;
+pub(crate) mod text;
+pub(crate) mod types;
 mod validate;
 mod wire;
 
@@ -34,6 +36,7 @@ mod tests_fast_paths;
 mod tests_roundtrip;
 
 pub use error::ProtocolError;
+pub use model_name::{ModelName, ModelNameError};
 pub use request::{decode_request, encode_request, InferenceRequest, RequestedOutput};
 pub use response::{
     decode_response, encode_error, encode_response, DecodedResponse, EncodedBody,

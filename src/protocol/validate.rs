@@ -52,57 +52,8 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
     let path_of = |i: usize| format!("inputs[{i}] ({})", quoted(&req.inputs[i].name));
     for (i, input) in req.inputs.iter().enumerate() {
         let path = || path_of(i);
-        let Some(k) = sig.inputs.iter().position(|s| s.name == input.name) else {
-            return Err(ProtocolError::UnknownInput {
-                path: format!("inputs[{i}]"),
-                name: input.name.clone(),
-                expected: describe_all(&sig.inputs),
-            });
-        };
-        if let Some(first) = seen[k] {
-            return Err(ProtocolError::DuplicateInput {
-                path: format!("inputs[{i}]"),
-                name: input.name.clone(),
-                first,
-            });
-        }
-        seen[k] = Some(i);
-        let spec = &sig.inputs[k];
-        if input.datatype != spec.datatype {
-            return Err(ProtocolError::DatatypeMismatch {
-                path: path(),
-                expected: spec.datatype,
-                got: input.datatype,
-            });
-        }
-        if input.shape.len() != spec.shape.len() {
-            return Err(ProtocolError::RankMismatch {
-                path: path(),
-                expected: spec.shape.len(),
-                model_shape: spec.shape.clone(),
-                got: input.shape.len(),
-                shape: input.shape.clone(),
-            });
-        }
-        for (dim, (&want, &got)) in spec.shape.iter().zip(&input.shape).enumerate() {
-            if want >= 0 && usize::try_from(want) != Ok(got) {
-                return Err(ProtocolError::DimensionMismatch {
-                    path: path(),
-                    dim,
-                    expected: want,
-                    got,
-                });
-            }
-        }
-        if input.shape.contains(&0) {
-            if spec.is_batched() && input.shape[0] == 0 {
-                return Err(ProtocolError::EmptyBatch { path: path() });
-            }
-            return Err(ProtocolError::EmptyTensor {
-                path: path(),
-                shape: input.shape.clone(),
-            });
-        }
+        let spec = &sig.inputs[input_slot(i, input, sig, &mut seen)?];
+        check_input(input, spec, path)?;
         check_utf8(input, path)?;
         if spec.is_batched() {
             let rows = input.shape[0];
@@ -127,6 +78,81 @@ pub fn validate_request(req: &InferenceRequest, sig: &ModelSignature) -> Result<
             spec: describe(spec),
         });
     }
+    check_outputs(req, sig)
+}
+
+/// The index in `sig.inputs` of request input `i`, which must name a model input not named
+/// before (`seen[k]`: the request input that named model input `k`).
+fn input_slot(
+    i: usize,
+    input: &Tensor,
+    sig: &ModelSignature,
+    seen: &mut [Option<usize>],
+) -> Result<usize, ProtocolError> {
+    let Some(k) = sig.inputs.iter().position(|s| s.name == input.name) else {
+        return Err(ProtocolError::UnknownInput {
+            path: format!("inputs[{i}]"),
+            name: input.name.clone(),
+            expected: describe_all(&sig.inputs),
+        });
+    };
+    if let Some(first) = seen[k] {
+        return Err(ProtocolError::DuplicateInput {
+            path: format!("inputs[{i}]"),
+            name: input.name.clone(),
+            first,
+        });
+    }
+    seen[k] = Some(i);
+    Ok(k)
+}
+
+/// One input against its spec: datatype, rank, fixed dimensions, and at least one element.
+fn check_input(
+    input: &Tensor,
+    spec: &TensorSpec,
+    path: impl Fn() -> String,
+) -> Result<(), ProtocolError> {
+    if input.datatype != spec.datatype {
+        return Err(ProtocolError::DatatypeMismatch {
+            path: path(),
+            expected: spec.datatype,
+            got: input.datatype,
+        });
+    }
+    if input.shape.len() != spec.shape.len() {
+        return Err(ProtocolError::RankMismatch {
+            path: path(),
+            expected: spec.shape.len(),
+            model_shape: spec.shape.clone(),
+            got: input.shape.len(),
+            shape: input.shape.clone(),
+        });
+    }
+    for (dim, (&want, &got)) in spec.shape.iter().zip(&input.shape).enumerate() {
+        if want >= 0 && usize::try_from(want) != Ok(got) {
+            return Err(ProtocolError::DimensionMismatch {
+                path: path(),
+                dim,
+                expected: want,
+                got,
+            });
+        }
+    }
+    if input.shape.contains(&0) {
+        if spec.is_batched() && input.shape[0] == 0 {
+            return Err(ProtocolError::EmptyBatch { path: path() });
+        }
+        return Err(ProtocolError::EmptyTensor {
+            path: path(),
+            shape: input.shape.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Requested outputs: each one the model has, each named at most once.
+fn check_outputs(req: &InferenceRequest, sig: &ModelSignature) -> Result<(), ProtocolError> {
     let mut requested: Vec<Option<usize>> = vec![None; sig.outputs.len()];
     for (i, o) in req.outputs.iter().flatten().enumerate() {
         let Some(k) = sig.outputs.iter().position(|s| s.name == o.name) else {

@@ -31,7 +31,7 @@ pub fn describe(
             })
             .collect();
         out.push(json!({
-            "name": entry.name,
+            "name": entry.name.as_str(),
             "config": {
                 "max_batch_size": entry.config.max_batch_size,
                 "max_queue_delay_ms": entry.config.max_queue_delay_ms,

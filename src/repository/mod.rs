@@ -4,7 +4,7 @@
 
 pub mod config;
 pub mod describe;
-pub mod store;
+mod store;
 
 pub use config::{ModelConfig, ModelConfigError, VersionPolicy};
-pub use store::{valid_model_name, ModelEntry, ModelStore, RepositoryError};
+pub use store::{ModelEntry, ModelStore, RepositoryError};

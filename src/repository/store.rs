@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::config::{ModelConfig, ModelConfigError};
+use crate::protocol::{ModelName, ModelNameError};
 
 /// Why the repository could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -19,16 +20,14 @@ pub enum RepositoryError {
     },
     #[error(transparent)]
     Config(#[from] ModelConfigError),
-    #[error(
-        "invalid model name {0:?}: use letters, digits, '-', '_' and '.', not starting with '.'"
-    )]
-    InvalidName(String),
+    #[error("model name {0}")]
+    InvalidName(#[from] ModelNameError),
 }
 
 /// One model directory as found on disk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelEntry {
-    pub name: String,
+    pub name: ModelName,
     pub config: ModelConfig,
     /// Every version directory that holds a `model.onnx`, ascending.
     pub versions: Vec<u64>,
@@ -44,16 +43,6 @@ pub type Scan = (Vec<ModelEntry>, Vec<(String, RepositoryError)>);
 pub struct ModelStore {
     root: PathBuf,
     only: Vec<String>,
-}
-
-/// True for names that are safe as directory and queue names.
-pub fn valid_model_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepositoryError + '_ {
@@ -91,19 +80,24 @@ impl ModelStore {
         let entries = std::fs::read_dir(&self.root).map_err(io(&self.root))?;
         for entry in entries {
             let entry = entry.map_err(io(&self.root))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            // Directories whose name breaks the rule are not models (nor `.tmp-*` writes).
+            let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| ModelName::parse(n).ok())
+            else {
                 continue;
             };
-            if !valid_model_name(&name) || !entry.path().is_dir() {
+            if !entry.path().is_dir() {
                 continue;
             }
-            if !self.only.is_empty() && !self.only.contains(&name) {
+            if !self.only.is_empty() && !self.only.iter().any(|o| *o == *name) {
                 continue;
             }
             match self.read_model(&name) {
                 Ok(Some(model)) => models.push(model),
                 Ok(None) => {}
-                Err(e) => broken.push((name, e)),
+                Err(e) => broken.push((name.to_string(), e)),
             }
         }
         models.sort_by(|a, b| a.name.cmp(&b.name));
@@ -111,8 +105,8 @@ impl ModelStore {
     }
 
     /// One model; `None` when the directory holds no version with a `model.onnx`.
-    pub fn read_model(&self, name: &str) -> Result<Option<ModelEntry>, RepositoryError> {
-        let dir = self.root.join(name);
+    pub fn read_model(&self, name: &ModelName) -> Result<Option<ModelEntry>, RepositoryError> {
+        let dir = self.root.join(name.as_str());
         let versions = self.versions(name)?;
         if versions.is_empty() {
             return Ok(None);
@@ -120,7 +114,7 @@ impl ModelStore {
         let config = ModelConfig::read(&dir.join("config.toml"))?;
         let served = config.version_policy.select(&versions);
         Ok(Some(ModelEntry {
-            name: name.to_string(),
+            name: name.clone(),
             config,
             versions,
             served,
@@ -161,9 +155,8 @@ impl ModelStore {
     /// Writes `model` as the next version of `name` (creating the model), atomically.
     /// Returns the new version number.
     pub fn write_version(&self, name: &str, model: &[u8]) -> Result<u64, RepositoryError> {
-        if !valid_model_name(name) {
-            return Err(RepositoryError::InvalidName(name.to_string()));
-        }
+        let name = ModelName::parse(name)?;
+        let name = name.as_str();
         let dir = self.root.join(name);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
@@ -249,9 +242,30 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
             .collect();
         assert!(leftovers.is_empty());
-        assert!(matches!(
-            store.write_version("../evil", b"x"),
-            Err(RepositoryError::InvalidName(_))
-        ));
+        let over = "m".repeat(ModelName::MAX_LEN + 1);
+        for bad in ["../evil", over.as_str()] {
+            assert!(matches!(
+                store.write_version(bad, b"x"),
+                Err(RepositoryError::InvalidName(_))
+            ));
+        }
+    }
+
+    /// The listing takes names by the one rule: the longest legal name is a model, one byte
+    /// more is not.
+    #[test]
+    fn lists_names_by_the_one_rule() {
+        let root = tempfile::tempdir().unwrap();
+        let longest = "m".repeat(ModelName::MAX_LEN);
+        let over = "n".repeat(ModelName::MAX_LEN + 1);
+        for name in [longest.as_str(), over.as_str(), ".hidden"] {
+            let dir = root.path().join(name).join("1");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("model.onnx"), b"x").unwrap();
+        }
+        let (models, broken) = ModelStore::new(root.path(), vec![]).scan().unwrap();
+        let names: Vec<_> = models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, [longest.as_str()]);
+        assert!(broken.is_empty());
     }
 }

@@ -75,7 +75,9 @@ fn run_caught(
 impl InstancePool {
     /// Starts one thread per backend, pinned to `cpus[index % cpus.len()]` when `cpus` is
     /// not empty. Each reports its index on `idle` after every task. A panicking task is only
-    /// logged; [`InstancePool::start_with`] also reports it.
+    /// logged; [`InstancePool::start_with`] also reports it. (For tests: the worker always
+    /// passes a panic hook.)
+    #[cfg(test)]
     pub fn start(
         name: &str,
         backends: Vec<Box<dyn Backend>>,
@@ -148,10 +150,6 @@ impl InstancePool {
 
     pub fn len(&self) -> usize {
         self.senders.len() + self.inline.as_ref().map_or(0, |i| i.backends.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Hands a task to instance `index`, which must be idle. Gives the task back if the

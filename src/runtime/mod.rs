@@ -6,14 +6,14 @@
 
 pub mod affinity;
 pub mod env;
-pub mod instances;
-pub mod session;
+pub(crate) mod instances;
+mod session;
 
-use crate::protocol::ErrorCode;
 use crate::protocol::{ModelSignature, Tensor};
 
-pub use instances::InstancePool;
-pub use session::{run_session, signature_of, SessionOptions};
+pub(crate) use instances::InstancePool;
+pub use session::SessionOptions;
+pub(crate) use session::{run_session, signature_of};
 
 /// An execution provider name as configured (`runtime.execution_providers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -23,7 +23,8 @@ pub enum ExecutionProvider {
     Cpu,
 }
 
-/// Why a model could not be loaded or run.
+/// Why a model could not be loaded or run. Every runtime failure is the worker's fault, not the
+/// job's: a job that meets one is requeued (`internal`; see `jobs::error`).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     #[error("ONNX Runtime is not initialised")]
@@ -38,25 +39,6 @@ pub enum RuntimeError {
     Run(String),
     #[error("inference instance stopped")]
     InstanceGone,
-}
-
-impl RuntimeError {
-    /// Every runtime failure is the worker's fault, not the job's: `internal` (requeued).
-    pub fn code(&self) -> ErrorCode {
-        ErrorCode::Internal
-    }
-
-    /// A bounded label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RuntimeError::NotInitialised => "not_initialised",
-            RuntimeError::GpuUnavailable(_) => "gpu_unavailable",
-            RuntimeError::Load(_) => "load",
-            RuntimeError::UnsupportedType { .. } => "unsupported_type",
-            RuntimeError::Run(_) => "run",
-            RuntimeError::InstanceGone => "instance_gone",
-        }
-    }
 }
 
 /// Something that runs batches of one model version. Implementations own their session, so

@@ -6,14 +6,14 @@
 //! output once at start; [`trace`] continues producers' W3C trace context in each job's spans.
 //! `docs/METRICS.md` documents every series and endpoint.
 
-pub mod broker_node;
-pub mod http;
+pub(crate) mod broker_node;
+pub(crate) mod http;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 mod outcome;
-pub mod supervision;
+pub(crate) mod supervision;
 pub mod trace;
 
-pub use http::{serve, HttpState, StatusSource};
+pub(crate) use http::{serve, HttpState, StatusSource};
 pub use logging::LogFormat;
 pub use metrics::{Metrics, ModelMetrics, Outcome};

@@ -269,9 +269,16 @@ impl Tape {
         self.record(Op::SumLast { x: x.into() }, x, y, &[x])
     }
 
-    fn mask(&mut self, cond: &str) -> String {
+    /// `v` cast to the tape's element type (a 0/1 mask from a condition, a count).
+    fn mask(&mut self, v: &str) -> String {
         let to = attr_int("to", self.elem as i64);
-        self.graph.node("Cast", &[cond], vec![to])
+        self.graph.node("Cast", &[v], vec![to])
+    }
+
+    /// `v` broadcast to the shape of `x` (the gradient of a reduction over `x`).
+    fn expand_like(&mut self, v: &str, x: &str) -> String {
+        let shape = self.graph.node("Shape", &[x], vec![]);
+        self.graph.node("Expand", &[v, &shape], vec![])
     }
 
     /// Emits the gradient nodes of one entry: (input, gradient) pairs.
@@ -336,23 +343,14 @@ impl Tape {
             Op::Scale { x, c } => vec![(x.clone(), g.node("Mul", &[gy, c], vec![]))],
             Op::MeanAll { x } => {
                 let size = g.node("Size", &[x], vec![]);
-                let to = attr_int("to", self.elem as i64);
-                let n = self.graph.node("Cast", &[&size], vec![to]);
+                let n = self.mask(&size);
                 let per = self.graph.node("Div", &[gy, &n], vec![]);
-                let shape = self.graph.node("Shape", &[x], vec![]);
-                vec![(
-                    x.clone(),
-                    self.graph.node("Expand", &[&per, &shape], vec![]),
-                )]
+                vec![(x.clone(), self.expand_like(&per, x))]
             }
             Op::SumLast { x } => {
                 let axes = self.axes(true);
                 let col = self.graph.node("Unsqueeze", &[gy, &axes], vec![]);
-                let shape = self.graph.node("Shape", &[x], vec![]);
-                vec![(
-                    x.clone(),
-                    self.graph.node("Expand", &[&col, &shape], vec![]),
-                )]
+                vec![(x.clone(), self.expand_like(&col, x))]
             }
         }
     }

@@ -54,6 +54,56 @@ pub fn from_csv(text: &str, label_column: Option<&str>) -> Result<RawData, Train
     super::csv::parse(text, label_column)
 }
 
+/// `data.uri` as one string: a CSV file.
+fn csv_source(
+    uri: &str,
+    format: Option<&str>,
+    label_column: Option<String>,
+) -> Result<DataSource, TrainingError> {
+    if format == Some("npy") {
+        return Err(invalid(
+            "data.uri",
+            "npy data needs {\"x\": uri, \"y\": uri}",
+        ));
+    }
+    let path = file_path("data.uri", uri)?;
+    if format.is_none() && path.extension().is_none_or(|e| e != "csv") {
+        return Err(invalid(
+            "data.format",
+            "is required unless the uri ends in .csv",
+        ));
+    }
+    Ok(DataSource::Csv { path, label_column })
+}
+
+/// `data.uri` as an `{x, y}` pair: NumPy files.
+fn npy_source(
+    pair: &serde_json::Map<String, Value>,
+    format: Option<&str>,
+    label_column: bool,
+) -> Result<DataSource, TrainingError> {
+    if format == Some("csv") {
+        return Err(invalid("data.uri", "csv data takes a single uri string"));
+    }
+    if label_column {
+        return Err(invalid("data.label_column", "does not apply to npy data"));
+    }
+    let get = |k: &str| match pair.get(k) {
+        Some(Value::String(u)) => file_path(&format!("data.uri.{k}"), u),
+        _ => Err(invalid(
+            &format!("data.uri.{k}"),
+            "must be a file:// URI string",
+        )),
+    };
+    if let Some(key) = pair.keys().find(|k| *k != "x" && *k != "y") {
+        return Err(invalid(&format!("data.uri.{key}"), "unknown field"));
+    }
+    Ok(DataSource::Npy {
+        x: get("x")?,
+        y: get("y")?,
+    })
+}
+
 impl DataSource {
     /// Reads the `data` object of a job (inline data is parsed and checked here; files are read by
     /// [`DataSource::load`]).
@@ -96,43 +146,9 @@ impl DataSource {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 Err(invalid("data", "has both uri and inline x/y"))
             }
-            (Some(Value::String(uri)), None, None) => {
-                if format == Some("npy") {
-                    return Err(invalid(
-                        "data.uri",
-                        "npy data needs {\"x\": uri, \"y\": uri}",
-                    ));
-                }
-                let path = file_path("data.uri", uri)?;
-                if format.is_none() && path.extension().is_none_or(|e| e != "csv") {
-                    return Err(invalid(
-                        "data.format",
-                        "is required unless the uri ends in .csv",
-                    ));
-                }
-                Ok(DataSource::Csv { path, label_column })
-            }
+            (Some(Value::String(uri)), None, None) => csv_source(uri, format, label_column),
             (Some(Value::Object(pair)), None, None) => {
-                if format == Some("csv") {
-                    return Err(invalid("data.uri", "csv data takes a single uri string"));
-                }
-                if label_column.is_some() {
-                    return Err(invalid("data.label_column", "does not apply to npy data"));
-                }
-                let get = |k: &str| match pair.get(k) {
-                    Some(Value::String(u)) => file_path(&format!("data.uri.{k}"), u),
-                    _ => Err(invalid(
-                        &format!("data.uri.{k}"),
-                        "must be a file:// URI string",
-                    )),
-                };
-                if let Some(key) = pair.keys().find(|k| *k != "x" && *k != "y") {
-                    return Err(invalid(&format!("data.uri.{key}"), "unknown field"));
-                }
-                Ok(DataSource::Npy {
-                    x: get("x")?,
-                    y: get("y")?,
-                })
+                npy_source(pair, format, label_column.is_some())
             }
             (Some(other), None, None) => Err(invalid(
                 "data.uri",

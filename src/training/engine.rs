@@ -236,7 +236,7 @@ fn result_model(
 ) -> Vec<u8> {
     let mut meta = vec![
         ("infermq.job_id".to_string(), job.id.clone()),
-        ("infermq.model_name".to_string(), job.model_name.clone()),
+        ("infermq.model_name".to_string(), job.model_name.to_string()),
         (
             "infermq.metrics".to_string(),
             serde_json::to_string(metrics).unwrap_or_default(),

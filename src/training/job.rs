@@ -1,7 +1,8 @@
 //! The training job: the JSON body of a message on `infermq.train`, validated into typed values.
 //!
 //! Field reference (defaults in parentheses):
-//! - `id`, `model_name` (letters, digits, `_`, `-`, `.`; it names a repository folder);
+//! - `id`, `model_name` (a [`ModelName`]: 1-128 letters, digits, `_`, `-`, `.`, not starting
+//!   with `.`; it names a repository folder);
 //! - `layers`: `[{"units": n, "activation": relu|sigmoid|tanh|linear|softmax (linear)}]`, the
 //!   last one is the output layer;
 //! - `loss`: `mse`, `binary_crossentropy` (targets in [0, 1], sigmoid output),
@@ -24,12 +25,13 @@ use super::data::DataSource;
 use super::error::TrainingError;
 use super::spec::{in_range, invalid, parse_optimizer, RawOptimizer};
 pub use super::spec::{Activation, EarlyStopping, Layer, Loss, Optimizer, Schedule};
+use crate::protocol::ModelName;
 
 /// A validated training job.
 #[derive(Debug, Clone)]
 pub struct TrainJob {
     pub id: String,
-    pub model_name: String,
+    pub model_name: ModelName,
     pub layers: Vec<Layer>,
     pub loss: Loss,
     pub optimizer: Optimizer,
@@ -50,7 +52,7 @@ impl TrainJob {
         &self.id
     }
 
-    pub fn model_name(&self) -> &str {
+    pub fn model_name(&self) -> &ModelName {
         &self.model_name
     }
 
@@ -116,69 +118,31 @@ const MAX_UNITS: u64 = 1 << 16;
 const MAX_EPOCHS: u64 = 1_000_000;
 const MAX_BATCH: u64 = 1 << 24;
 
-/// 1-128 letters, digits, `_`, `-` or `.`, not starting with `.`.
-fn valid_model_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-}
-
 /// The `model` label of training metrics: `name` when it is a valid model name, else `""`, so a
 /// producer's string that failed validation never becomes a series.
 pub fn metric_model_name(name: &str) -> &str {
-    if valid_model_name(name) {
+    if ModelName::is_valid(name) {
         name
     } else {
         ""
     }
 }
 
-/// Parses and validates a training job body.
+/// Parses and validates a training job body. Fields are checked in the order of the struct, and
+/// the first problem is the error.
 pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
     let raw: RawJob =
         serde_json::from_slice(body).map_err(|e| TrainingError::BadJson(e.to_string()))?;
     if raw.id.is_empty() {
         return Err(invalid("id", "must not be empty"));
     }
-    if !valid_model_name(&raw.model_name) {
-        return Err(invalid(
-            "model_name",
-            format_args!(
-                "{:?} must be 1-128 letters, digits, '_', '-' or '.', not starting with '.'",
-                raw.model_name
-            ),
-        ));
-    }
+    let model_name = ModelName::parse(&raw.model_name).map_err(|e| invalid("model_name", e))?;
     let layers = parse_layers(&raw.layers)?;
-    let loss = Loss::parse(&raw.loss).ok_or_else(|| {
-        invalid(
-            "loss",
-            format_args!(
-                "unknown loss {:?} (expected one of {})",
-                raw.loss,
-                Loss::NAMES
-            ),
-        )
-    })?;
+    let loss = parse_loss(&raw.loss)?;
     check_output_layer(&layers, loss)?;
     let (optimizer, learning_rate, schedule) = parse_optimizer(raw.optimizer.as_ref())?;
-    let epochs = raw.epochs.unwrap_or(10);
-    if !(1..=MAX_EPOCHS).contains(&epochs) {
-        return Err(invalid(
-            "epochs",
-            format_args!("{epochs} is outside [1, {MAX_EPOCHS}]"),
-        ));
-    }
-    let batch_size = raw.batch_size.unwrap_or(32);
-    if !(1..=MAX_BATCH).contains(&batch_size) {
-        return Err(invalid(
-            "batch_size",
-            format_args!("{batch_size} is outside [1, {MAX_BATCH}]"),
-        ));
-    }
+    let epochs = count("epochs", raw.epochs.unwrap_or(10), MAX_EPOCHS)?;
+    let batch_size = count("batch_size", raw.batch_size.unwrap_or(32), MAX_BATCH)?;
     let validation_split = in_range(
         "validation_split",
         raw.validation_split.unwrap_or(0.0),
@@ -187,46 +151,19 @@ pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
         false,
         true,
     )?;
-    let early_stopping = match raw.early_stopping {
-        None => None,
-        Some(es) => Some(EarlyStopping {
-            patience: es.patience.unwrap_or(0) as usize,
-            min_delta: in_range(
-                "early_stopping.min_delta",
-                es.min_delta.unwrap_or(0.0),
-                0.0,
-                f64::MAX,
-                false,
-                false,
-            )?,
-        }),
-    };
+    let early_stopping = raw.early_stopping.map(parse_early_stopping).transpose()?;
     let data = DataSource::from_json(&raw.data)?;
-    let init_from = match raw.init_from {
-        None => None,
-        Some(RawInitFrom {
-            model_version: serde_json::Value::String(s),
-        }) if !s.is_empty() => Some(s),
-        Some(RawInitFrom {
-            model_version: serde_json::Value::Number(n),
-        }) if n.is_u64() => Some(n.to_string()),
-        Some(RawInitFrom { model_version }) => {
-            return Err(invalid(
-                "init_from.model_version",
-                format_args!("{model_version} is not a version"),
-            ))
-        }
-    };
+    let init_from = raw.init_from.map(parse_init_from).transpose()?;
     Ok(TrainJob {
         id: raw.id,
-        model_name: raw.model_name,
+        model_name,
         layers,
         loss,
         optimizer,
         learning_rate,
         schedule,
-        epochs: epochs as usize,
-        batch_size: batch_size as usize,
+        epochs,
+        batch_size,
         validation_split,
         seed: raw.seed.unwrap_or(0),
         shuffle: raw.shuffle.unwrap_or(true),
@@ -234,6 +171,52 @@ pub fn parse_job(body: &[u8]) -> Result<TrainJob, TrainingError> {
         data,
         init_from,
     })
+}
+
+fn parse_loss(name: &str) -> Result<Loss, TrainingError> {
+    Loss::parse(name).ok_or_else(|| {
+        invalid(
+            "loss",
+            format_args!("unknown loss {name:?} (expected one of {})", Loss::NAMES),
+        )
+    })
+}
+
+/// A count within `[1, max]`.
+fn count(field: &str, value: u64, max: u64) -> Result<usize, TrainingError> {
+    if !(1..=max).contains(&value) {
+        return Err(invalid(
+            field,
+            format_args!("{value} is outside [1, {max}]"),
+        ));
+    }
+    Ok(value as usize)
+}
+
+fn parse_early_stopping(raw: RawEarlyStopping) -> Result<EarlyStopping, TrainingError> {
+    Ok(EarlyStopping {
+        patience: raw.patience.unwrap_or(0) as usize,
+        min_delta: in_range(
+            "early_stopping.min_delta",
+            raw.min_delta.unwrap_or(0.0),
+            0.0,
+            f64::MAX,
+            false,
+            false,
+        )?,
+    })
+}
+
+/// `init_from.model_version`: a non-empty string or an unsigned integer, as a string.
+fn parse_init_from(raw: RawInitFrom) -> Result<String, TrainingError> {
+    match raw.model_version {
+        serde_json::Value::String(s) if !s.is_empty() => Ok(s),
+        serde_json::Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+        other => Err(invalid(
+            "init_from.model_version",
+            format_args!("{other} is not a version"),
+        )),
+    }
 }
 
 fn parse_layers(raw: &[RawLayer]) -> Result<Vec<Layer>, TrainingError> {

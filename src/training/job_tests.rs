@@ -32,7 +32,7 @@ fn field_error(patch: &str) -> String {
 #[test]
 fn parses_the_protocol_example() {
     let job = parse_job(EXAMPLE.as_bytes()).expect("valid");
-    assert_eq!((job.id(), job.model_name()), ("train-7", "iris"));
+    assert_eq!((job.id(), job.model_name().as_str()), ("train-7", "iris"));
     assert_eq!(job.layers[0].activation, Activation::Relu);
     assert_eq!(job.loss, Loss::SparseCategoricalCrossentropy);
     assert!(matches!(job.optimizer, Optimizer::Adam { .. }));
@@ -171,6 +171,18 @@ fn schedules_decay_as_documented() {
 }
 
 #[test]
+fn model_names_follow_the_one_rule() {
+    let longest = "m".repeat(crate::protocol::ModelName::MAX_LEN);
+    let job = with(&format!(r#"{{"model_name": "{longest}"}}"#)).expect("longest name");
+    assert_eq!(job.model_name().as_str(), longest);
+    let msg = field_error(&format!(r#"{{"model_name": "{longest}n"}}"#));
+    assert!(
+        msg.starts_with(r#"model_name: "mmm"#) && msg.contains("(129 bytes): expected 1-128"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn metric_labels_take_only_valid_model_names() {
     use super::job::metric_model_name;
     assert_eq!(metric_model_name("iris-2.v_1"), "iris-2.v_1");
@@ -198,7 +210,7 @@ fn errors_quoting_producer_text_stay_under_one_kib() {
     for body in bodies {
         let e = parse_job(body.as_bytes()).unwrap_err().to_string();
         assert!(e.len() <= 1024, "{} bytes: {}", e.len(), &e[..80]);
-        assert!(e.contains("..."), "{}", &e[..80]);
+        assert!(e.contains("...") || e.contains('…'), "{}", &e[..80]);
     }
     let e = TrainingError::InvalidData {
         field: "é".repeat(100),

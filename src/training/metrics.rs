@@ -62,11 +62,6 @@ impl Accumulator {
         }
     }
 
-    /// Rows seen so far.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// Mean loss over the rows seen.
     pub fn loss(&self) -> f64 {
         self.loss_sum / self.rows.max(1) as f64

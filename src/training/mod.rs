@@ -20,22 +20,22 @@
 
 mod admission;
 pub mod autodiff;
-pub mod budget;
+mod budget;
 pub mod bundled;
 mod csv;
 pub mod data;
-pub mod engine;
+mod engine;
 mod error;
 mod files;
 pub mod graph;
 mod inline;
 pub mod job;
-pub mod metrics;
+mod metrics;
 pub mod npy;
-pub mod optimizer;
+mod optimizer;
 mod raw;
 pub mod rng;
-pub mod spec;
+mod spec;
 mod state;
 
 #[cfg(test)]

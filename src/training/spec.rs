@@ -72,11 +72,6 @@ impl Loss {
             Loss::SparseCategoricalCrossentropy => "sparse_categorical_crossentropy",
         }
     }
-
-    /// Classification losses report `accuracy`; `mse` reports `mse` and `mae`.
-    pub fn is_classification(self) -> bool {
-        self != Loss::Mse
-    }
 }
 
 /// A learning-rate schedule, evaluated on the host before every step (the step graph takes the
@@ -222,54 +217,60 @@ pub(super) fn parse_optimizer(
             Schedule::Constant,
         ));
     };
-    let (optimizer, default_lr) = match raw.kind.as_str() {
+    let (optimizer, default_lr) = optimizer_kind(raw)?;
+    check_applies(raw, optimizer)?;
+    let lr = in_range(
+        "optimizer.learning_rate",
+        raw.learning_rate.unwrap_or(default_lr),
+        0.0,
+        1e6,
+        true,
+        false,
+    )?;
+    let schedule = match &raw.schedule {
+        None => Schedule::Constant,
+        Some(s) => parse_schedule(s)?,
+    };
+    Ok((optimizer, lr, schedule))
+}
+
+/// The optimizer `optimizer.type` names, with its parameters, and its default learning rate.
+fn optimizer_kind(raw: &RawOptimizer) -> Result<(Optimizer, f64), TrainingError> {
+    let unit = |field: &str, value: f64, lo_open: bool, hi_open: bool| {
+        in_range(field, value, 0.0, 1.0, lo_open, hi_open)
+    };
+    match raw.kind.as_str() {
         "sgd" => {
-            let momentum = in_range(
+            let momentum = unit(
                 "optimizer.momentum",
                 raw.momentum.unwrap_or(0.0),
-                0.0,
-                1.0,
                 false,
                 true,
             )?;
-            (Optimizer::Sgd { momentum }, 0.01)
+            Ok((Optimizer::Sgd { momentum }, 0.01))
         }
-        "adam" => (
+        "adam" => Ok((
             Optimizer::Adam {
-                beta_1: in_range(
-                    "optimizer.beta_1",
-                    raw.beta_1.unwrap_or(0.9),
-                    0.0,
-                    1.0,
-                    false,
-                    true,
-                )?,
-                beta_2: in_range(
-                    "optimizer.beta_2",
-                    raw.beta_2.unwrap_or(0.999),
-                    0.0,
-                    1.0,
-                    false,
-                    true,
-                )?,
-                epsilon: in_range(
+                beta_1: unit("optimizer.beta_1", raw.beta_1.unwrap_or(0.9), false, true)?,
+                beta_2: unit("optimizer.beta_2", raw.beta_2.unwrap_or(0.999), false, true)?,
+                epsilon: unit(
                     "optimizer.epsilon",
                     raw.epsilon.unwrap_or(1e-7),
-                    0.0,
-                    1.0,
                     true,
                     false,
                 )?,
             },
             0.001,
-        ),
-        other => {
-            return Err(invalid(
-                "optimizer.type",
-                format_args!("unknown optimizer {other:?} (expected sgd or adam)"),
-            ))
-        }
-    };
+        )),
+        other => Err(invalid(
+            "optimizer.type",
+            format_args!("unknown optimizer {other:?} (expected sgd or adam)"),
+        )),
+    }
+}
+
+/// Refuses a parameter of the other optimizer (`beta_1` for sgd, `momentum` for adam).
+fn check_applies(raw: &RawOptimizer, optimizer: Optimizer) -> Result<(), TrainingError> {
     let only = |name: &str, set: bool| -> Result<(), TrainingError> {
         if set {
             Err(invalid(
@@ -284,23 +285,10 @@ pub(super) fn parse_optimizer(
         Optimizer::Sgd { .. } => {
             only("beta_1", raw.beta_1.is_some())?;
             only("beta_2", raw.beta_2.is_some())?;
-            only("epsilon", raw.epsilon.is_some())?;
+            only("epsilon", raw.epsilon.is_some())
         }
-        Optimizer::Adam { .. } => only("momentum", raw.momentum.is_some())?,
+        Optimizer::Adam { .. } => only("momentum", raw.momentum.is_some()),
     }
-    let lr = in_range(
-        "optimizer.learning_rate",
-        raw.learning_rate.unwrap_or(default_lr),
-        0.0,
-        1e6,
-        true,
-        false,
-    )?;
-    let schedule = match &raw.schedule {
-        None => Schedule::Constant,
-        Some(s) => parse_schedule(s)?,
-    };
-    Ok((optimizer, lr, schedule))
 }
 
 fn parse_schedule(raw: &RawSchedule) -> Result<Schedule, TrainingError> {
