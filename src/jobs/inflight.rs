@@ -397,7 +397,7 @@ impl Held {
                             metrics.end_to_end(received.elapsed().as_secs_f64());
                         }
                     }
-                    metrics.pending_add(-1);
+                    metrics.job_left(received.elapsed().as_secs_f64());
                 }
                 Tally::Predict(None) if ok => done.metrics.job(&model, "", outcome),
                 Tally::Train { samples } if ok => done.metrics.training_job(

@@ -8,6 +8,7 @@
 
 pub mod broker_node;
 pub mod http;
+pub mod load;
 pub mod logging;
 pub mod metrics;
 mod outcome;

@@ -130,10 +130,12 @@ impl Supervisor {
         self.next_id += 1;
         let id = self.next_id;
         let cancel = CancellationToken::new();
+        let prefetch = (self.prefetch)(model);
+        self.metrics.load.set_job_slots(model, prefetch);
         let task = predict_consumer_task(
             self.setup.clone(),
             model.to_string(),
-            (self.prefetch)(model),
+            prefetch,
             cancel.clone(),
         );
         let ended = self.ended_tx.clone();
