@@ -11,13 +11,14 @@ Prometheus (Debian's `prometheus`, started here on a free loopback port, scrapin
 worker's /metrics through a file_sd list rewritten as workers start and stop, --scrape-s apart; and
 RabbitMQ's rabbitmq_prometheus endpoint when a query names rabbitmq_*); a `rabbitmq` trigger's
 queue length is the ready count a passive queue.declare returns (what KEDA reads with
-`protocol: amqp`). Queue names in the manifest have their `infermq.` prefix replaced by this run's.
+`protocol: amqp`). Queue names in the manifest (a `rabbitmq` trigger's queueName, a quoted
+"infermq.…" in a query) have their `infermq.` prefix replaced by this run's.
 
 Workers are real processes (release binary, own INFERMQ__HTTP__LISTEN port, one random prefix, a
 temporary repository holding only iris, `broker.prefetch` --prefetch, iris `max_batch_size`
 --batch), started when the replica count rises and stopped with SIGTERM, newest first, when it
 falls; publisher threads (pika: confirms, mandatory, reply_to, correlation_id) send 1-row iris jobs
-on a --profile: `rise` (base 20 s, linear rise 15 s, hold 60 s, fall 15 s, base 40 s), `step`
+on a --profile: `rise` (base 20 s, linear rise 15 s, hold 60 s, fall 15 s, base 60 s), `step`
 (base 20 s, peak 60 s, base 60 s), `wave` (a cosine between base and peak, 75 s period, 150 s),
 `zero` (idle, a burst, idle past the cooldown, a burst: scale to zero and back), or
 `points:T=R,T=R,...` (linear between points). --time-scale S divides every duration of the
@@ -62,6 +63,12 @@ def args_parse():
     p.add_argument("--peak-rate", type=float, default=600, help="jobs/s at the peak")
     p.add_argument("--rates-x", type=float, nargs=2, metavar=("BASE", "PEAK"),
                    help="base and peak as multiples of one worker's measured rate (tests)")
+    p.add_argument("--backlog-wait-s", type=float,
+                   help="set the value of each rabbitmq trigger on a predict queue to one worker's measured "
+                        "rate x this (the manifest's own rule for choosing it)")
+    p.add_argument("--busy-share", type=float,
+                   help="set the threshold of each prometheus trigger on infermq_job_slots to this x the "
+                        "slot occupancy measured at saturation (the manifest's own rule for choosing it)")
     p.add_argument("--stretch", type=float, default=1.0, help="multiply the profile's times")
     p.add_argument("--prefetch", type=int, default=1, help="each worker's broker.prefetch")
     p.add_argument("--batch", type=int, default=1, help="iris max_batch_size in the temp repository")
@@ -70,7 +77,7 @@ def args_parse():
     p.add_argument("--measure-s", type=float, default=10, help="measure one worker first (0: --worker-rate)")
     p.add_argument("--measure-only", action="store_true", help="measure one worker, print, exit")
     p.add_argument("--worker-rate", type=float, help="one worker's jobs/s, when not measured")
-    p.add_argument("--scale-down-s", type=float, default=90,
+    p.add_argument("--scale-down-s", type=float, default=150,
                    help="documented time back to the base size after the fall (manifest seconds)")
     p.add_argument("--drain-s", type=float, default=60, help="wait for answers after the profile")
     p.add_argument("--tail-s", type=float, default=0,
@@ -106,7 +113,7 @@ def profile_of(a):
     b, p, k = a.base_rate, a.peak_rate, a.stretch
     pts = lambda spec: [(t * k, r) for t, r in spec]
     if a.profile == "rise":
-        return Profile(pts([(0, b), (20, b), (35, p), (95, p), (110, b), (150, b)]),
+        return Profile(pts([(0, b), (20, b), (35, p), (95, p), (110, b), (170, b)]),
                        hold=(35 * k, 95 * k), fall_end=110 * k)
     if a.profile == "step":
         return Profile(pts([(0, b), (20, b), (20, p), (80, p), (80, b), (140, b)]),
@@ -408,8 +415,8 @@ class Scaler:
         for t in self.triggers:
             if t.type == "rabbitmq":
                 t.meta["queueName"] = t.meta["queueName"].replace("infermq.", prefix + ".", 1)
-            else:
-                t.meta["query"] = scale.promql(t.meta["query"])
+            else:  # queue="infermq.predict.iris" in a query names this run's queue
+                t.meta["query"] = scale.promql(t.meta["query"]).replace('"infermq.', '"%s.' % prefix)
 
     def read(self):
         out = []
@@ -522,7 +529,7 @@ def integrate(samples, profile, mu, hpa_min):
 
 def judge(a, profile, rows, samples, summary, mu, hpa_min, scale):
     """The targets of docs/OPERATIONS.md (Autoscaling), each with the figure it is decided on."""
-    t = {"lost": summary["lost"] == 0, "duplicates": summary["duplicates"] == 0,
+    t = {"none_lost": summary["lost"] == 0, "no_duplicates": summary["duplicates"] == 0,
          "exits_0": all(c == 0 for c in summary["worker_exit_codes"])}
     spent, ideal = integrate(samples, profile, mu, hpa_min)
     summary["worker_seconds"], summary["ideal_worker_seconds"] = round(spent, 1), round(ideal, 1)
@@ -679,11 +686,21 @@ def main():
             if a.rates_x:
                 a.base_rate, a.peak_rate = (round(x * mu, 1) for x in a.rates_x)
                 profile = profile_of(a)
+            for i, t in enumerate(spec["triggers"]):
+                if a.busy_share and "infermq_job_slots" in t["metadata"].get("query", ""):
+                    t["metadata"]["threshold"] = "%.3f" % (a.busy_share * measured["slot_occupancy"])
+                    a.set.append("triggers.%d.metadata.threshold=%s" % (i, t["metadata"]["threshold"]))
+                if a.backlog_wait_s and t["type"] == "rabbitmq" and ".predict." in t["metadata"]["queueName"]:
+                    t["metadata"]["value"] = str(max(1, round(mu * a.backlog_wait_s)))
+                    a.set.append("triggers.%d.metadata.value=%s" % (i, t["metadata"]["value"]))
         else:
             measured, mu = None, a.worker_rate
         if not mu:
             sys.exit("--measure-s 0 needs --worker-rate")
         queries = " ".join(t.get("metadata", {}).get("query", "") for t in spec["triggers"])
+        if "rabbitmq_" in queries and not port_busy(15692):
+            sys.exit("a query reads rabbitmq_* but RabbitMQ's Prometheus endpoint (127.0.0.1:15692) does not "
+                     "answer: rabbitmq-plugins enable rabbitmq_prometheus")
         prom = Prometheus(a, tmp, fleet.sd_path, "rabbitmq_" in queries)
         scaler = Scaler(spec, scale, prefix, prom, broker)
         hpa_min = scaler.keda.hpa.min
@@ -692,6 +709,8 @@ def main():
         if not wait_ready(lives, time.time() + 60):
             sys.exit("the first workers were not ready within 60 s (log: %s)" % tmp)
         t0 = time.time()
+        if first:  # the fleet has been serving the base load: KEDA saw it active until now
+            scaler.keda.last_active = 0.0
         threading.Thread(target=scheduler, args=(profile, jobs, t0, 0), daemon=True).start()
         samples, polls = control_loop(a, profile, fleet, scaler, broker, qname, answers, t0)
         for _ in pubs:
