@@ -99,6 +99,7 @@ pub fn run_batch(backend: &mut dyn Backend, served: &BatchInfo, items: Vec<Item<
     }
     let metrics = &served.metrics;
     metrics.inflight_add(1);
+    let busy = Instant::now();
     let rows: usize = chunks.iter().map(|c| c.rows).sum();
     match execute(backend, &chunks) {
         Ok((outputs, assembly, compute)) => {
@@ -130,5 +131,6 @@ pub fn run_batch(backend: &mut dyn Backend, served: &BatchInfo, items: Vec<Item<
         }
         Err(error) => chunks[0].job.answer_failure(JobError::internal(error)),
     }
+    metrics.instance_busy(busy.elapsed().as_secs_f64());
     metrics.inflight_add(-1);
 }

@@ -339,7 +339,7 @@ impl Held {
                             metrics.end_to_end(received.elapsed().as_secs_f64());
                         }
                     }
-                    metrics.pending_add(-1);
+                    metrics.job_left(received.elapsed().as_secs_f64());
                 }
                 Tally::Jobs(None) if ok => done.metrics().job(&model, "", outcome),
                 Tally::Training { samples } if ok => done.metrics().training_job(

@@ -28,6 +28,7 @@ use crate::broker::authz::authorize;
 use crate::broker::envelope::Envelope;
 use crate::broker::headers::JobHeaders;
 use crate::broker::Topology;
+use crate::telemetry::Metrics;
 use crate::protocol::{decode_request, validate_request, ErrorCode, InferenceRequest, Tensor};
 
 /// The prediction kind of job: what the consumers of prediction queues share, one consumer per
@@ -39,6 +40,8 @@ pub struct PredictContext {
     pub max_message_bytes: usize,
     /// `broker.prefetch`; 0: enough to fill batches (see [`PredictContext::prefetch_for`]).
     pub prefetch: u16,
+    /// Where the consumer's job slots (its prefetch) are published for autoscalers.
+    pub metrics: Arc<Metrics>,
 }
 
 /// One prediction consumer: its model's label, and (once consuming) the guard that counts it
@@ -68,9 +71,11 @@ impl JobKind for PredictContext {
             return Err(StartError::DeclareRefused(error.to_string()));
         }
         self.registry.set_unavailable(model, None);
+        let prefetch = self.prefetch_for(model);
+        self.metrics.load.set_job_slots(model, prefetch);
         let consume = Consume {
             queue: self.topology.predict_queue(model),
-            prefetch: self.prefetch_for(model),
+            prefetch,
             arguments: FieldTable::default(),
             acks: Acks::Coalesced,
         };

@@ -56,6 +56,8 @@ pub struct Metrics {
     training_in_progress: IntGauge,
     /// Consumer restarts, refused queue declarations, instance restarts.
     pub supervision: super::supervision::Supervision,
+    /// Jobs held, job slots, instance busy time: the autoscaling signal.
+    pub load: super::load::Load,
 }
 
 const MV: &[&str] = &["model", "version"];
@@ -146,6 +148,7 @@ impl Metrics {
             training_seconds: histogram_vec(&r, "infermq_training_seconds", "Duration of training jobs.", TRAINING_BUCKETS.to_vec(), &["model"]),
             training_in_progress: reg(&r, IntGauge::new("infermq_training_in_progress", "Training jobs running now.").expect("valid gauge")),
             supervision: super::supervision::Supervision::new(&r),
+            load: super::load::Load::new(&r),
             registry: r,
         }
     }
@@ -194,6 +197,7 @@ impl Metrics {
                 end_to_end: self.end_to_end.with_label_values(&mv),
                 pending: self.pending.with_label_values(&mv),
                 inflight: self.inflight.with_label_values(&mv),
+                load: self.load.model(model),
             }),
         }
     }
@@ -315,6 +319,7 @@ struct ModelSeries {
     end_to_end: Histogram,
     pending: IntGauge,
     inflight: IntGauge,
+    load: super::load::LoadSeries,
 }
 
 /// Hot-path handle of one model version: one `Arc` clone, no label lookups per call.
@@ -370,6 +375,17 @@ impl ModelMetrics {
     /// Adds to the batches running now.
     pub fn inflight_add(&self, delta: i64) {
         self.inner.inflight.add(delta);
+    }
+
+    /// A job held for `held_seconds` (receipt to settlement) left the worker.
+    pub fn job_left(&self, held_seconds: f64) {
+        self.inner.pending.dec();
+        self.inner.load.job_seconds.inc_by(held_seconds.max(0.0));
+    }
+
+    /// The model's instance ran a batch (its retries included) for `seconds`.
+    pub fn instance_busy(&self, seconds: f64) {
+        self.inner.load.instance_busy.inc_by(seconds.max(0.0));
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub(crate) mod broker_node;
 pub(crate) mod http;
+pub(crate) mod load;
 pub mod logging;
 pub(crate) mod metrics;
 mod outcome;

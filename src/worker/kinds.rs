@@ -31,6 +31,7 @@ fn prediction(settings: &Settings, parts: &Parts) -> PredictContext {
         topology: parts.topology.clone(),
         max_message_bytes: settings.broker.max_message_bytes,
         prefetch: settings.broker.prefetch,
+        metrics: parts.metrics.clone(),
     }
 }
 

@@ -386,7 +386,7 @@ fn every_family_has_help_and_no_job_labels() {
     let (ours, process): (Vec<_>, Vec<_>) = families
         .iter()
         .partition(|f| f.name().starts_with("infermq_"));
-    assert_eq!(ours.len(), 25, "one family per documented metric");
+    assert_eq!(ours.len(), 28, "one family per documented metric");
     let process: Vec<&str> = process.iter().map(|f| f.name()).collect();
     for name in [
         "process_cpu_seconds_total",
@@ -414,4 +414,38 @@ fn every_family_has_help_and_no_job_labels() {
             assert!(allowed.contains(&k.as_str()), "{name} has label {k}");
         }
     }
+}
+
+#[test]
+fn load_series_are_per_model_and_outlive_a_version() {
+    let m = Metrics::new("v", "o");
+    let v3 = m.model("iris", "3");
+    let v4 = m.model("iris", "4");
+    let iris = [("model", "iris")];
+    let text = m.render();
+    for name in [
+        "infermq_job_seconds_total",
+        "infermq_instance_busy_seconds_total",
+        "infermq_job_slots",
+    ] {
+        assert_eq!(value(&text, name, &iris), Some(0.0), "{name} at zero");
+    }
+    v3.pending_add(1);
+    v4.pending_add(2);
+    v3.job_left(0.25);
+    v4.job_left(0.5);
+    v4.job_left(-1.0); // a clock step back adds nothing
+    v3.instance_busy(0.125);
+    m.load.set_job_slots("iris", 64);
+    m.remove_model_version("iris", "3");
+    let text = m.render();
+    assert_eq!(value(&text, "infermq_job_seconds_total", &iris), Some(0.75));
+    assert_eq!(
+        value(&text, "infermq_instance_busy_seconds_total", &iris),
+        Some(0.125)
+    );
+    assert_eq!(value(&text, "infermq_job_slots", &iris), Some(64.0));
+    assert_eq!(value(&text, "infermq_pending_jobs", &IRIS), None);
+    let v4_pending = [("model", "iris"), ("version", "4")];
+    assert_eq!(value(&text, "infermq_pending_jobs", &v4_pending), Some(0.0));
 }
