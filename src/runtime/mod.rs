@@ -5,6 +5,7 @@
 //! Sits after `batching` in the flow; fed models by `repository`.
 
 pub mod affinity;
+pub mod cuda;
 pub mod env;
 pub mod instances;
 pub mod session;
