@@ -3,6 +3,7 @@
 //! error log and a metric while the old one keeps serving, and retries it once its file changes.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,38 +15,44 @@ use crate::batching::{batch_task, BatchLimits, FailBatch, MakeTask};
 use crate::config::{BatchingSettings, ExecutionProvider};
 use crate::jobs::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
 use crate::jobs::error::JobError;
+use crate::repository::external::check_version;
 use crate::repository::{ModelEntry, ModelStore};
-use crate::runtime::{affinity, Backend, InstancePool, OrtBackend, RuntimeError, SessionOptions};
+use crate::runtime::cuda::CudaSettings;
+use crate::runtime::{affinity, load_version, Backend, InstancePool, RuntimeError, SessionOptions};
 use crate::telemetry::Metrics;
 
 /// Makes the backends that run a model version: ONNX Runtime sessions in the worker
 /// ([`OrtLoader`]), a fake in tests that run the whole worker without ONNX Runtime.
 pub trait BackendLoader: Send + Sync + 'static {
-    /// `instances` backends for the ONNX model `bytes`, each with the model's signature.
+    /// `instances` backends for the ONNX model file `model`, each with the model's signature.
     fn load(
         &self,
-        bytes: &[u8],
+        model: &Path,
         options: &SessionOptions,
         instances: usize,
     ) -> Result<Vec<Box<dyn Backend>>, RuntimeError>;
 }
 
-/// Loads versions into ONNX Runtime sessions, on threads pinned like the instances will be.
+/// Loads versions into ONNX Runtime sessions, on threads pinned like the instances will be,
+/// once their external data is known to stay inside the version directory.
 pub struct OrtLoader;
 
 impl BackendLoader for OrtLoader {
     fn load(
         &self,
-        bytes: &[u8],
+        model: &Path,
         options: &SessionOptions,
         instances: usize,
     ) -> Result<Vec<Box<dyn Backend>>, RuntimeError> {
+        check_version(model).map_err(|e| RuntimeError::Load(e.to_string()))?;
         // Threads ONNX Runtime starts with a session inherit the loader's CPUs.
-        affinity::with_pinned(&options.cpus, || {
-            (0..instances)
-                .map(|_| OrtBackend::load(bytes, options).map(|b| Box::new(b) as Box<dyn Backend>))
-                .collect()
-        })
+        let backends = affinity::with_pinned(&options.cpus, || {
+            load_version(model, options, &CudaSettings::default(), instances)
+        })?;
+        Ok(backends
+            .into_iter()
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .collect())
     }
 }
 
@@ -127,10 +134,7 @@ impl ModelSync {
     async fn load(&self, entry: &ModelEntry, version: u64, stamp: Option<FileStamp>) {
         let started = Instant::now();
         let name = entry.name.clone();
-        let bytes = match self.store.read_version(&name, version) {
-            Ok(bytes) => bytes,
-            Err(error) => return self.refuse(&name, version, started, stamp, error.to_string()),
-        };
+        let model = self.store.model_path(&name, version);
         let instances = entry.config.instances.unwrap_or(1);
         let mut options = self.options.clone();
         if let Some(providers) = &entry.config.execution_providers {
@@ -140,7 +144,7 @@ impl ModelSync {
         let loader = self.loader.clone();
         let loaded = tokio::task::spawn_blocking({
             let options = options.clone();
-            move || loader.load(&bytes, &options, instances)
+            move || loader.load(&model, &options, instances)
         })
         .await;
         let backends = match loaded {
