@@ -122,6 +122,8 @@ pub struct RuntimeSettings {
     /// CPUs for every other thread of the worker (tokio, broker connection, HTTP).
     #[serde(deserialize_with = "crate::runtime::affinity::one_or_many")]
     pub io_cpus: Vec<usize>,
+    /// Bytes the worker may use for models; 0: the cgroup's limit, else the machine's memory.
+    pub memory_limit: u64,
     pub cuda: crate::runtime::cuda::CudaSettings,
 }
 

@@ -3,13 +3,16 @@
 //! Inference runs on dedicated threads ([`instances`]) behind the synchronous [`Backend`] trait,
 //! so the worker can be driven by the real ONNX Runtime ([`OrtBackend`]) or by a fake in tests.
 //! A version's instances share one session per device ([`version`], [`shared`]); CUDA devices
-//! and arena options are [`cuda`]'s.
+//! and arena options are [`cuda`]'s. For loading large models: the memory a worker may use
+//! ([`memory`]) and what a version needs and whether it fits ([`admission`]).
 //! Sits after `batching` in the flow; fed models by `repository`.
 
+pub mod admission;
 pub mod affinity;
 pub mod cuda;
 pub mod env;
 pub mod instances;
+pub mod memory;
 pub mod session;
 pub mod shared;
 pub mod version;
