@@ -4,7 +4,8 @@
 //! so the worker can be driven by the real ONNX Runtime ([`OrtBackend`]) or by a fake in tests.
 //! A version's instances share one session per device ([`version`], [`shared`]); CUDA devices
 //! and arena options are [`cuda`]'s. For loading large models: the memory a worker may use
-//! ([`memory`]) and what a version needs and whether it fits ([`admission`]).
+//! ([`memory`]), what a version needs and whether it fits ([`admission`]), and warm-up batches
+//! ([`warmup`]).
 //! Sits after `batching` in the flow; fed models by `repository`.
 
 pub mod admission;
@@ -16,6 +17,7 @@ pub mod memory;
 pub mod session;
 pub mod shared;
 pub mod version;
+pub mod warmup;
 
 use std::sync::Arc;
 
