@@ -117,41 +117,14 @@ pub struct RuntimeSettings {
     /// core. Inference runs on instance threads of its own, whatever this is.
     pub async_threads: usize,
     /// CPUs for the instance threads that run ONNX Runtime (one each, round robin).
-    #[serde(deserialize_with = "one_or_many")]
+    #[serde(deserialize_with = "crate::runtime::affinity::one_or_many")]
     pub instance_cpus: Vec<usize>,
     /// CPUs for every other thread of the worker (tokio, broker connection, HTTP).
-    #[serde(deserialize_with = "one_or_many")]
+    #[serde(deserialize_with = "crate::runtime::affinity::one_or_many")]
     pub io_cpus: Vec<usize>,
-}
-
-/// A list of CPU numbers, or a single one: from the environment, `INFERMQ__RUNTIME__IO_CPUS=0`
-/// arrives as one number and `=0,1` as a list of strings.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Cpu {
-        Number(usize),
-        Text(String),
-    }
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(Cpu),
-        Many(Vec<Cpu>),
-    }
-    let cpus = match OneOrMany::deserialize(d)? {
-        OneOrMany::One(cpu) => vec![cpu],
-        OneOrMany::Many(cpus) => cpus,
-    };
-    cpus.into_iter()
-        .map(|cpu| match cpu {
-            Cpu::Number(n) => Ok(n),
-            Cpu::Text(t) => t
-                .trim()
-                .parse()
-                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a CPU number"))),
-        })
-        .collect()
+    /// Bytes the worker may use for models; 0: the cgroup's limit, else the machine's memory.
+    pub memory_limit: u64,
+    pub cuda: crate::runtime::cuda::CudaSettings,
 }
 
 impl RuntimeSettings {
@@ -300,6 +273,7 @@ impl Settings {
                 .with_list_parse_key("training.allowed_models")
                 .with_list_parse_key("runtime.instance_cpus")
                 .with_list_parse_key("runtime.io_cpus")
+                .with_list_parse_key("runtime.cuda.device_ids")
                 .with_list_parse_key("broker.url")
                 .with_list_parse_key("training.allowed_users")
                 .source(Some(env)),

@@ -48,7 +48,7 @@ struct FakeLoader;
 impl BackendLoader for FakeLoader {
     fn load(
         &self,
-        _bytes: &[u8],
+        _model: &std::path::Path,
         _options: &SessionOptions,
         instances: usize,
     ) -> Result<Vec<Box<dyn Backend>>, RuntimeError> {

@@ -1,11 +1,14 @@
 //! ONNX models as data: hand-written protobuf messages ([`proto`]), a graph builder
-//! ([`builder`]) and reading initializers back from existing model bytes.
+//! ([`builder`]), reading initializers back from existing model bytes, external data
+//! ([`external`]) and every tensor of a model file read without its weights ([`scan`]).
 //!
 //! Used by [`crate::training`] (inference and training-step graphs, and the bundled models of
 //! `make-models`); it depends on nothing else in the crate and never touches ONNX Runtime.
 
 pub mod builder;
+pub mod external;
 pub mod proto;
+pub(crate) mod scan;
 mod signature;
 
 use prost::Message;

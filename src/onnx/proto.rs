@@ -1,8 +1,9 @@
 //! Hand-written `prost` messages for the subset of `onnx.proto` that infermq writes and reads.
 //!
 //! Field numbers follow `onnx/onnx.proto` (IR version 8 and later). Fields infermq never sets
-//! (sparse tensors, functions, training info, external data) are left out: `prost` skips unknown
-//! fields when decoding, so models produced elsewhere still parse. Attribute values are
+//! (sparse tensors, functions, training info) are left out: `prost` skips unknown fields when
+//! decoding, so models produced elsewhere still parse. Reading a model file without its weights
+//! (every tensor, wherever it is nested) is [`super::scan`]'s job. Attribute values are
 //! `optional` so that a zero (`transA = 0`) is still written, as `onnx.checker` requires each
 //! attribute to carry exactly one value field.
 
@@ -144,7 +145,15 @@ pub struct TensorProto {
     pub double_data: Vec<f64>,
     #[prost(string, tag = "12")]
     pub doc_string: String,
+    /// Where the data lives when `data_location` is [`EXTERNAL`]: `location`, `offset`, `length`.
+    #[prost(message, repeated, tag = "13")]
+    pub external_data: Vec<StringStringEntryProto>,
+    #[prost(int32, tag = "14")]
+    pub data_location: i32,
 }
+
+/// `TensorProto.DataLocation`: the tensor's data is in another file.
+pub const EXTERNAL: i32 = 1;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ValueInfoProto {

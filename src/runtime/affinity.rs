@@ -50,6 +50,39 @@ pub fn with_pinned<T>(cpus: &[usize], f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// A list of numbers (CPUs, GPUs), or a single one, as configuration gives it: from the
+/// environment, `INFERMQ__RUNTIME__IO_CPUS=0` arrives as one number and `=0,1` as a list of
+/// strings.
+pub fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::Error> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Number(usize),
+        Text(String),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Number),
+        Many(Vec<Number>),
+    }
+    let numbers = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(n) => vec![n],
+        OneOrMany::Many(ns) => ns,
+    };
+    numbers
+        .into_iter()
+        .map(|n| match n {
+            Number::Number(n) => Ok(n),
+            Number::Text(t) => t
+                .trim()
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number"))),
+        })
+        .collect()
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use std::io;

@@ -2,18 +2,32 @@
 //!
 //! Inference runs on dedicated threads ([`instances`]) behind the synchronous [`Backend`] trait,
 //! so the worker can be driven by the real ONNX Runtime ([`OrtBackend`]) or by a fake in tests.
+//! A version's instances share one session per device ([`version`], [`shared`]); CUDA devices
+//! and arena options are [`cuda`]'s. For loading large models: the memory a worker may use
+//! ([`memory`]), what a version needs and whether it fits ([`admission`]), and warm-up batches
+//! ([`warmup`]).
 //! Sits after `batching` in the flow; fed models by `repository`.
 
+pub mod admission;
 pub mod affinity;
+pub mod cuda;
 pub mod env;
 pub(crate) mod instances;
+pub(crate) mod memory;
 mod session;
+pub(crate) mod shared;
+pub(crate) mod version;
+pub(crate) mod warmup;
+
+use std::sync::Arc;
 
 use crate::protocol::{ModelSignature, Tensor};
 
 pub(crate) use instances::InstancePool;
 pub use session::SessionOptions;
 pub(crate) use session::{run_session, signature_of};
+pub use shared::SharedSession;
+pub use version::load_version;
 
 /// An execution provider name as configured (`runtime.execution_providers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -41,8 +55,9 @@ pub enum RuntimeError {
     InstanceGone,
 }
 
-/// Something that runs batches of one model version. Implementations own their session, so
-/// each instance thread holds one and calls it without locks.
+/// Something that runs batches of one model version. Each instance thread holds one and calls
+/// it without locks; [`OrtBackend`]s of one version share a session, which ONNX Runtime runs
+/// from several threads at once.
 pub trait Backend: Send + 'static {
     /// The model's inputs and outputs.
     fn signature(&self) -> &ModelSignature;
@@ -51,27 +66,32 @@ pub trait Backend: Send + 'static {
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
 }
 
-/// A [`Backend`] on an ONNX Runtime session.
+/// A [`Backend`] on an ONNX Runtime session, its own or shared with the other instances of its
+/// version ([`version`]).
+#[derive(Debug)]
 pub struct OrtBackend {
-    session: ort::session::Session,
-    signature: ModelSignature,
+    session: Arc<SharedSession>,
 }
 
 impl OrtBackend {
-    /// Loads ONNX bytes into a session with the given options.
+    /// Loads ONNX bytes into a session of its own with the given options.
     pub fn load(model: &[u8], options: &SessionOptions) -> Result<OrtBackend, RuntimeError> {
-        let session = options.session(model)?;
-        let signature = signature_of(&session)?;
-        Ok(OrtBackend { session, signature })
+        let session = SharedSession::new(options.session(model)?)?;
+        Ok(OrtBackend::shared(Arc::new(session)))
+    }
+
+    /// A backend running batches on `session`, which other backends may share.
+    pub fn shared(session: Arc<SharedSession>) -> OrtBackend {
+        OrtBackend { session }
     }
 }
 
 impl Backend for OrtBackend {
     fn signature(&self) -> &ModelSignature {
-        &self.signature
+        self.session.signature()
     }
 
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
-        run_session(&mut self.session, inputs)
+        self.session.run(inputs)
     }
 }

@@ -1,13 +1,18 @@
-//! ONNX Runtime sessions: execution providers, model signatures, and running one batch.
+//! ONNX Runtime sessions: execution providers, model signatures, and tensors in and out.
 //!
 //! Tensors cross the boundary as packed little-endian bytes ([`TensorData::Fixed`]), so a batch
-//! is copied once into an ONNX Runtime tensor and once out of it, whatever the datatype.
+//! is copied once into an ONNX Runtime tensor and once out of it, whatever the datatype. Running
+//! a batch is [`super::shared::SharedSession`]'s.
 
 use ort::ep::{self, ExecutionProvider as _};
 use ort::memory::Allocator;
-use ort::session::{builder::GraphOptimizationLevel, Session};
+use std::path::Path;
+
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::Session;
 use ort::value::{DynTensor, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 
+use super::cuda::{CudaInstance, CudaSettings};
 use super::ExecutionProvider;
 use super::RuntimeError;
 use crate::protocol::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
@@ -69,36 +74,55 @@ impl SessionOptions {
         names
     }
 
-    fn dispatches(&self) -> Vec<ep::ExecutionProviderDispatch> {
+    fn dispatches(&self, cuda: &CudaInstance) -> Vec<ep::ExecutionProviderDispatch> {
         self.effective()
             .into_iter()
             .map(|name| match name {
-                "cuda" if self.require_gpu => ep::CUDA::default().build().error_on_failure(),
-                "cuda" => ep::CUDA::default().build(),
+                "cuda" if self.require_gpu => cuda.provider().build().error_on_failure(),
+                "cuda" => cuda.provider().build(),
                 _ => ep::CPU::default().build(),
             })
             .collect()
     }
 
-    /// Creates a session from ONNX bytes.
+    /// Creates a session from ONNX bytes (a model without external data: ONNX Runtime would
+    /// look for it in the working directory), on CUDA device 0 when CUDA is used.
     pub fn session(&self, model: &[u8]) -> Result<Session, RuntimeError> {
+        let load = |e: ort::Error| RuntimeError::Load(e.to_string());
+        let cuda = CudaSettings::default().instance(0);
+        self.builder(&cuda)?.commit_from_memory(model).map_err(load)
+    }
+
+    /// Creates a session from a model file, so ONNX Runtime reads it itself and finds external
+    /// data beside it; `cuda`: the device and arena options when CUDA is used.
+    pub fn session_from_path(
+        &self,
+        model: &Path,
+        cuda: &CudaInstance,
+    ) -> Result<Session, RuntimeError> {
+        let load = |e: ort::Error| RuntimeError::Load(format!("{}: {e}", model.display()));
+        self.builder(cuda)?.commit_from_file(model).map_err(load)
+    }
+
+    /// A session builder with these options applied, to be committed by the caller.
+    pub fn builder(&self, cuda: &CudaInstance) -> Result<SessionBuilder, RuntimeError> {
         let environment = super::env::environment().ok_or(RuntimeError::NotInitialised)?;
-        self.build(environment, model)
+        self.build(environment, cuda)
             .map_err(|e| RuntimeError::Load(e.to_string()))
     }
 
     fn build(
         &self,
         environment: &ort::environment::Environment,
-        model: &[u8],
-    ) -> ort::Result<Session> {
+        cuda: &CudaInstance,
+    ) -> ort::Result<SessionBuilder> {
         let mut builder = Session::builder(environment)?
-            .with_execution_providers(self.dispatches())?
+            .with_execution_providers(self.dispatches(cuda))?
             .with_optimization_level(GraphOptimizationLevel::All)?;
         if self.intra_threads > 0 {
             builder = builder.with_intra_threads(self.intra_threads)?;
         }
-        builder.commit_from_memory(model)
+        Ok(builder)
     }
 }
 
@@ -170,13 +194,7 @@ pub fn signature_of(session: &Session) -> Result<ModelSignature, RuntimeError> {
     Ok(ModelSignature { inputs, outputs })
 }
 
-/// Runs one batch on a session: `inputs` in any order, returns every model output in the
-/// session's order.
-pub fn run_session(session: &mut Session, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
-    run_inner(session, inputs).map_err(|e| RuntimeError::Run(e.to_string()))
-}
-
-fn to_ort(tensor: &Tensor) -> ort::Result<DynValue> {
+pub(super) fn to_ort(tensor: &Tensor) -> ort::Result<DynValue> {
     let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
     match &tensor.data {
         TensorData::Fixed(bytes) => {
@@ -223,7 +241,7 @@ fn to_ort(tensor: &Tensor) -> ort::Result<DynValue> {
     }
 }
 
-fn from_ort(name: &str, value: &DynValue) -> ort::Result<Tensor> {
+pub(super) fn from_ort(name: &str, value: &DynValue) -> ort::Result<Tensor> {
     let dtype = value.dtype();
     let ty = dtype
         .tensor_type()
@@ -250,21 +268,4 @@ fn from_ort(name: &str, value: &DynValue) -> ort::Result<Tensor> {
         shape,
         data,
     })
-}
-
-fn run_inner(session: &mut Session, inputs: &[Tensor]) -> ort::Result<Vec<Tensor>> {
-    let values = inputs
-        .iter()
-        .map(|t| Ok((t.name.clone(), to_ort(t)?)))
-        .collect::<ort::Result<Vec<(String, DynValue)>>>()?;
-    let names: Vec<String> = session
-        .outputs()
-        .iter()
-        .map(|o| o.name().to_string())
-        .collect();
-    let outputs = session.run(values)?;
-    names
-        .iter()
-        .map(|name| from_ort(name, &outputs[name.as_str()]))
-        .collect()
 }

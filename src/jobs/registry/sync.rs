@@ -3,6 +3,7 @@
 //! error log and a metric while the old one keeps serving, and retries it once its file changes.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,40 +16,46 @@ use crate::config::BatchingSettings;
 use crate::jobs::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
 use crate::jobs::error::JobError;
 use crate::protocol::ModelSignature;
+use crate::repository::external::check_version;
 use crate::repository::{ModelEntry, ModelStore};
+use crate::runtime::cuda::CudaSettings;
 use crate::runtime::{
-    affinity, Backend, ExecutionProvider, InstancePool, OrtBackend, RuntimeError, SessionOptions,
+    affinity, load_version, Backend, ExecutionProvider, InstancePool, RuntimeError, SessionOptions,
 };
 use crate::telemetry::Metrics;
 
 /// Makes the backends that run a model version: ONNX Runtime sessions in the worker
 /// ([`OrtLoader`]), a fake in tests that run the whole worker without ONNX Runtime.
 pub trait BackendLoader: Send + Sync + 'static {
-    /// `instances` backends for the ONNX model `bytes`, each with the model's signature.
+    /// `instances` backends for the ONNX model file `model`, each with the model's signature.
     fn load(
         &self,
-        bytes: &[u8],
+        model: &Path,
         options: &SessionOptions,
         instances: usize,
     ) -> Result<Vec<Box<dyn Backend>>, RuntimeError>;
 }
 
-/// Loads versions into ONNX Runtime sessions, on threads pinned like the instances will be.
+/// Loads versions into ONNX Runtime sessions, on threads pinned like the instances will be,
+/// once their external data is known to stay inside the version directory.
 pub struct OrtLoader;
 
 impl BackendLoader for OrtLoader {
     fn load(
         &self,
-        bytes: &[u8],
+        model: &Path,
         options: &SessionOptions,
         instances: usize,
     ) -> Result<Vec<Box<dyn Backend>>, RuntimeError> {
+        check_version(model).map_err(|e| RuntimeError::Load(e.to_string()))?;
         // Threads ONNX Runtime starts with a session inherit the loader's CPUs.
-        affinity::with_pinned(&options.cpus, || {
-            (0..instances)
-                .map(|_| OrtBackend::load(bytes, options).map(|b| Box::new(b) as Box<dyn Backend>))
-                .collect()
-        })
+        let backends = affinity::with_pinned(&options.cpus, || {
+            load_version(model, options, &CudaSettings::default(), instances)
+        })?;
+        Ok(backends
+            .into_iter()
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .collect())
     }
 }
 
@@ -145,7 +152,7 @@ impl ModelSync {
         entry: &ModelEntry,
         version: u64,
     ) -> Result<(Vec<Box<dyn Backend>>, SessionOptions), String> {
-        let bytes = (self.store.read_version(&entry.name, version)).map_err(|e| e.to_string())?;
+        let model = self.store.model_path(&entry.name, version);
         let instances = entry.config.instances.unwrap_or(1);
         let mut options = self.options.clone();
         if let Some(providers) = &entry.config.execution_providers {
@@ -155,7 +162,7 @@ impl ModelSync {
         let loader = self.loader.clone();
         let loaded = tokio::task::spawn_blocking({
             let options = options.clone();
-            move || loader.load(&bytes, &options, instances)
+            move || loader.load(&model, &options, instances)
         })
         .await;
         match loaded {
