@@ -4,5 +4,7 @@
 pub mod policy;
 pub mod task;
 
-pub use policy::{split_rows, BatchLimits, Batcher, Decision, Item};
+pub use policy::{
+    split_rows, BatchKey, BatchLimits, Batcher, Decision, Item, PadLimits, PaddedKey,
+};
 pub use task::{batch_task, FailBatch, FailItem, MakeTask};
