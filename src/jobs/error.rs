@@ -1,6 +1,7 @@
 //! Why a job failed, and what the broker should do with it: every error carries its fate as a
 //! type, decided where the error is made, never re-derived from its code later.
 
+use super::padding::PadError;
 use crate::broker::headers::HeaderError;
 use crate::protocol::text::bounded;
 use crate::protocol::{ErrorCode, ProtocolError};
@@ -83,6 +84,15 @@ impl From<ProtocolError> for JobError {
 impl From<HeaderError> for JobError {
     fn from(e: HeaderError) -> JobError {
         JobError::invalid(e.to_string())
+    }
+}
+
+impl From<PadError> for JobError {
+    fn from(e: PadError) -> JobError {
+        match e.code() {
+            ErrorCode::Internal => JobError::internal(e.to_string()),
+            code => JobError::answer(code, e.to_string()),
+        }
     }
 }
 
