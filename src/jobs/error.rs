@@ -6,6 +6,7 @@ use crate::broker::headers::HeaderError;
 use crate::protocol::text::bounded;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::RuntimeError;
+use crate::tokenizer::TextError;
 use crate::training::TrainingError;
 
 /// What becomes of a job that failed.
@@ -93,6 +94,12 @@ impl From<PadError> for JobError {
             ErrorCode::Internal => JobError::internal(e.to_string()),
             code => JobError::answer(code, e.to_string()),
         }
+    }
+}
+
+impl From<TextError> for JobError {
+    fn from(e: TextError) -> JobError {
+        JobError::answer(e.code(), e.to_string())
     }
 }
 
