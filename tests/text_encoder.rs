@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use infermq::jobs::padding::{InputPad, PadLiteral, PadPlan, PadValue, PaddedAxis};
+use infermq::jobs::padding::{PadLiteral, PadPlan, PadValue, SymbolicTensor};
 use infermq::onnx::{decode_model, initializer_f32, ModelProto};
 use infermq::protocol::{DataType, Tensor};
 use infermq::runtime::{Backend, OrtBackend, SessionOptions};
@@ -67,6 +67,14 @@ fn max_relative(a: &[f32], b: &[f32]) -> f64 {
         .map(|(&x, &y)| (x as f64 - y as f64).abs())
         .fold(0.0, f64::max);
     largest / norm(b).max(f64::MIN_POSITIVE)
+}
+
+/// `a + b`, row by row (a residual connection).
+fn add(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    a.iter()
+        .zip(b)
+        .map(|(r, s)| r.iter().zip(s).map(|(u, v)| u + v).collect())
+        .collect()
 }
 
 /// The encoder in f64 from the weights in `model` (see `src/training/encoder.rs`).
@@ -169,24 +177,14 @@ impl Reference {
         for layer in 0..LAYERS {
             let p = |n: &str| format!("layer{layer}.{n}");
             let a = self.attention(layer, &x, &keep);
-            let sum: Vec<Vec<f64>> = x
-                .iter()
-                .zip(&a)
-                .map(|(r, s)| r.iter().zip(s).map(|(u, v)| u + v).collect())
-                .collect();
-            x = self.layer_norm(&p("attention_norm"), &sum);
+            x = self.layer_norm(&p("attention_norm"), &add(&x, &a));
             let h: Vec<Vec<f64>> = self
                 .dense(&p("ffn_in"), &x, FFN)
                 .into_iter()
                 .map(|r| r.into_iter().map(|v| v.max(0.0)).collect())
                 .collect();
             let h = self.dense(&p("ffn_out"), &h, HIDDEN);
-            let sum: Vec<Vec<f64>> = x
-                .iter()
-                .zip(&h)
-                .map(|(r, s)| r.iter().zip(s).map(|(u, v)| u + v).collect())
-                .collect();
-            x = self.layer_norm(&p("ffn_norm"), &sum);
+            x = self.layer_norm(&p("ffn_norm"), &add(&x, &h));
         }
         let count = keep.iter().sum::<f64>().max(1.0);
         let mean: Vec<f64> = (0..HIDDEN)
@@ -268,20 +266,16 @@ fn a_padded_batch_embeds_each_sequence_as_it_embeds_alone() {
             ]
         })
         .collect();
-    let seq = vec![PaddedAxis { axis: 1, dim: 0 }];
+    // The encoder's signature: both inputs and nothing of the output along `sequence`.
+    let seq = [Some("batch"), Some("sequence")];
     let zero = PadValue::new(DataType::I64, &PadLiteral::Int(0)).unwrap();
-    let plan = PadPlan {
-        dims: vec!["sequence".into()],
-        inputs: ["input_ids", "attention_mask"]
-            .into_iter()
-            .map(|name| InputPad {
-                name: name.into(),
-                axes: seq.clone(),
-                value: Some(zero.clone()),
-            })
-            .collect(),
-        outputs: vec![vec![]],
+    let input = |name| (SymbolicTensor { name, dims: &seq }, Some(zero.clone()));
+    let embedding = SymbolicTensor {
+        name: "embedding",
+        dims: &[Some("batch"), None],
     };
+    let plan =
+        PadPlan::new(&[input("input_ids"), input("attention_mask")], &[embedding]).expect("a plan");
     let slices: Vec<&[Tensor]> = jobs.iter().map(|j| &j[..]).collect();
     let (inputs, longest) = plan.pad_batch(&slices).expect("pads");
     let mut b = backend(&model_bytes());

@@ -10,11 +10,12 @@
 //!
 //! Padding then cutting back is the identity (property-tested), for every datatype.
 
-use crate::protocol::tensor::TensorData;
-use crate::protocol::{DataType, ErrorCode, Tensor};
+use crate::protocol::{ErrorCode, Tensor};
 
+mod block;
 mod value;
 
+use block::{blank, copy_region, Place};
 pub use value::{PadLiteral, PadValue, PadValueError};
 
 /// One padded axis of a tensor, and which of the model's padded dimensions it is (an index
@@ -42,6 +43,19 @@ pub struct PadPlan {
     pub inputs: Vec<InputPad>,
     pub outputs: Vec<Vec<PaddedAxis>>,
 }
+
+/// A model input or output as [`PadPlan::new`] reads it: its name and, for each dimension, its
+/// symbolic name (`dim_param`), `None` for a fixed size.
+#[derive(Debug, Clone, Copy)]
+pub struct SymbolicTensor<'a> {
+    pub name: &'a str,
+    pub dims: &'a [Option<&'a str>],
+}
+
+/// A model whose padding cannot be read from its dimension names and pad values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PlanError(String);
 
 /// Why a job or a batch could not be padded or cut back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +91,56 @@ fn inconsistent(message: impl Into<String>) -> PadError {
 }
 
 impl PadPlan {
+    /// Reads a model's padding: each dimension after the first of an input with a pad value is
+    /// padded when it is symbolic; dimensions of one name are padded together and numbered in
+    /// order of first appearance; output dimensions of those names are cut back. An input
+    /// without a pad value that has such a dimension is refused (its jobs could never share a
+    /// batch, and its length would go unchecked against the others').
+    pub fn new(
+        inputs: &[(SymbolicTensor, Option<PadValue>)],
+        outputs: &[SymbolicTensor],
+    ) -> Result<PadPlan, PlanError> {
+        let mut dims: Vec<String> = Vec::new();
+        for (tensor, _) in inputs.iter().filter(|(_, value)| value.is_some()) {
+            for name in tensor.dims.iter().skip(1).flatten() {
+                if !dims.iter().any(|d| d == name) {
+                    dims.push(name.to_string());
+                }
+            }
+        }
+        let axes = |tensor: &SymbolicTensor| -> Vec<PaddedAxis> {
+            let dim = |name: &&str| dims.iter().position(|d| d == name);
+            let named = tensor.dims.iter().enumerate().skip(1);
+            named
+                .filter_map(|(axis, name)| {
+                    name.as_ref()
+                        .and_then(dim)
+                        .map(|dim| PaddedAxis { axis, dim })
+                })
+                .collect()
+        };
+        let mut plan_inputs = Vec::with_capacity(inputs.len());
+        for (tensor, value) in inputs {
+            let padded = axes(tensor);
+            if let (None, Some(a)) = (value, padded.first()) {
+                return Err(PlanError(format!(
+                    "input {:?} has the padded dimension {:?} but no pad_value",
+                    tensor.name, dims[a.dim]
+                )));
+            }
+            plan_inputs.push(InputPad {
+                name: tensor.name.to_string(),
+                axes: padded,
+                value: value.clone(),
+            });
+        }
+        Ok(PadPlan {
+            outputs: outputs.iter().map(axes).collect(),
+            inputs: plan_inputs,
+            dims,
+        })
+    }
+
     /// True when some input is padded.
     pub fn pads(&self) -> bool {
         self.inputs.iter().any(|i| !i.axes.is_empty())
@@ -297,89 +361,6 @@ pub fn cut_rows(
         shape,
         data,
     })
-}
-
-/// Where a block starts in a tensor's data: the tensor's shape, and the element offset.
-#[derive(Clone, Copy)]
-struct Place<'a> {
-    shape: &'a [usize],
-    offset: usize,
-}
-
-/// Copies the block `region` (a shape no larger than either tensor's) from `src` at `from` to
-/// `dst` at `to`; both hold `datatype` elements.
-fn copy_region(
-    src: &TensorData,
-    from: Place,
-    dst: &mut TensorData,
-    to: Place,
-    region: &[usize],
-    datatype: DataType,
-) -> Result<(), PadError> {
-    match (src, dst) {
-        (TensorData::Fixed(s), TensorData::Fixed(d)) => {
-            let unit = datatype.element_size().unwrap_or(1);
-            copy_block(s, from, d, to, region, unit);
-            Ok(())
-        }
-        (TensorData::Bytes(s), TensorData::Bytes(d)) => {
-            copy_block(s, from, d, to, region, 1);
-            Ok(())
-        }
-        _ => Err(inconsistent("BYTES and fixed-size data mixed")),
-    }
-}
-
-/// `copy_region` on slices of units (`unit` slice entries per element): an odometer over every
-/// axis but the last, one contiguous copy per innermost run. The callers check the shapes.
-fn copy_block<E: Clone>(
-    src: &[E],
-    from: Place,
-    dst: &mut [E],
-    to: Place,
-    region: &[usize],
-    unit: usize,
-) {
-    let rank = region.len();
-    if region.contains(&0) {
-        return;
-    }
-    let strides = |shape: &[usize]| -> Vec<usize> {
-        let mut s = vec![unit; rank];
-        for i in (0..rank.saturating_sub(1)).rev() {
-            s[i] = s[i + 1] * shape[i + 1];
-        }
-        s
-    };
-    let (ss, ds) = (strides(from.shape), strides(to.shape));
-    let run = region.last().map_or(1, |&l| l) * unit;
-    let mut index = vec![0usize; rank.saturating_sub(1)];
-    loop {
-        let at = |strides: &[usize]| index.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
-        let (a, b) = (from.offset * unit + at(&ss), to.offset * unit + at(&ds));
-        dst[b..b + run].clone_from_slice(&src[a..a + run]);
-        // The next index, the axis before the innermost fastest.
-        let mut axis = index.len();
-        loop {
-            if axis == 0 {
-                return;
-            }
-            axis -= 1;
-            index[axis] += 1;
-            if index[axis] < region[axis] {
-                break;
-            }
-            index[axis] = 0;
-        }
-    }
-}
-
-/// `count` elements of `datatype`, zeroed (empty strings for BYTES).
-fn blank(datatype: DataType, count: usize) -> TensorData {
-    match datatype.element_size() {
-        Some(size) => TensorData::Fixed(vec![0; count * size]),
-        None => TensorData::Bytes(vec![Vec::new(); count]),
-    }
 }
 
 #[cfg(test)]

@@ -1,23 +1,24 @@
 use super::*;
+use crate::protocol::DataType;
 use proptest::prelude::*;
 
 /// `input_ids` and `attention_mask` `[batch, sequence]`, both padded with 0 along `sequence`;
 /// outputs `last_hidden_state` `[batch, sequence, 2]` (cut back) and `embedding` `[batch, 4]`.
 fn text_plan() -> PadPlan {
-    let seq = vec![PaddedAxis { axis: 1, dim: 0 }];
+    let seq = [Some("batch"), Some("sequence")];
     let zero = PadValue::new(DataType::I64, &PadLiteral::Int(0)).unwrap();
-    PadPlan {
-        dims: vec!["sequence".into()],
-        inputs: ["input_ids", "attention_mask"]
-            .into_iter()
-            .map(|name| InputPad {
-                name: name.into(),
-                axes: seq.clone(),
-                value: Some(zero.clone()),
-            })
-            .collect(),
-        outputs: vec![seq, vec![]],
-    }
+    let input = |name| (SymbolicTensor { name, dims: &seq }, Some(zero.clone()));
+    let outputs = [
+        SymbolicTensor {
+            name: "last_hidden_state",
+            dims: &[Some("batch"), Some("sequence"), None],
+        },
+        SymbolicTensor {
+            name: "embedding",
+            dims: &[Some("batch"), None],
+        },
+    ];
+    PadPlan::new(&[input("input_ids"), input("attention_mask")], &outputs).unwrap()
 }
 
 fn ids(rows: usize, len: usize, first: i64) -> Tensor {
@@ -27,6 +28,36 @@ fn ids(rows: usize, len: usize, first: i64) -> Tensor {
 
 fn mask(rows: usize, len: usize) -> Tensor {
     Tensor::from_i64("attention_mask", vec![rows, len], &vec![1; rows * len])
+}
+
+#[test]
+fn the_plan_is_read_from_dimension_names_and_pad_values() {
+    let plan = text_plan();
+    assert_eq!(plan.dims, vec!["sequence".to_string()]);
+    let seq = vec![PaddedAxis { axis: 1, dim: 0 }];
+    assert!(plan.inputs.iter().all(|i| i.axes == seq));
+    assert_eq!(plan.outputs, vec![seq, vec![]]);
+    // A third input of the same dimension without a pad value is refused.
+    let dims = [Some("batch"), Some("sequence")];
+    let types = SymbolicTensor {
+        name: "token_type_ids",
+        dims: &dims,
+    };
+    let zero = PadValue::new(DataType::I64, &PadLiteral::Int(0)).unwrap();
+    let ids = SymbolicTensor {
+        name: "input_ids",
+        dims: &dims,
+    };
+    let err = PadPlan::new(&[(ids, Some(zero.clone())), (types, None)], &[]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "input \"token_type_ids\" has the padded dimension \"sequence\" but no pad_value"
+    );
+    // Without pad values nothing is padded, whatever the names.
+    let plan = PadPlan::new(&[(ids, None), (types, None)], &[ids]).unwrap();
+    assert!(!plan.pads() && plan.dims.is_empty() && plan.outputs == vec![vec![]]);
+    let plan = PadPlan::new(&[(ids, Some(zero))], &[]).unwrap();
+    assert!(plan.pads());
 }
 
 #[test]
