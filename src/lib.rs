@@ -2,7 +2,8 @@
 //!
 //! The flow of a prediction job: [`protocol`] (decode) → [`broker`] (consume, publish with
 //! confirms) → [`batching`] (dynamic batches per model version) → [`runtime`] (ONNX Runtime
-//! sessions), with models found by [`repository`] and new versions made by [`training`].
+//! sessions), with models found by [`repository`] and new versions made by [`training`];
+//! [`tokenizer`] turns the text of jobs for text models into token ids.
 //! [`jobs`] owns each job's lifecycle from delivery to settlement; [`telemetry`] exposes
 //! Prometheus metrics and health; [`worker`] wires it all together. Beside the flow:
 //! [`gateway`] (KServe v2 over HTTP onto the queues), [`client`] (a producer of the contract),
@@ -30,5 +31,6 @@ pub mod protocol;
 pub mod repository;
 pub mod runtime;
 pub mod telemetry;
+pub mod tokenizer;
 pub mod training;
 pub mod worker;

@@ -1,5 +1,6 @@
-//! The bundled models: `make-models` regenerates them byte for byte, and each one computes in
-//! ONNX Runtime what a plain Rust reference computes.
+//! The bundled models: `make-models` regenerates them (and the `encoder`'s `tokenizer.json`)
+//! byte for byte, and each one computes in ONNX Runtime what a plain Rust reference computes
+//! (the `encoder`'s reference is in `tests/text_encoder.rs`).
 //!
 //! Tolerance for floating-point outputs: |ort - reference| <= 1e-5 + 1e-4 * |reference|, the
 //! reference being computed in f64 from the weights read back out of the model file (ORT computes
@@ -12,7 +13,7 @@ use infermq::training::rng::SeededRng;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 
-const NAMES: [&str; 5] = ["iris", "mlp", "mixed", "scaler", "fixed"];
+const NAMES: [&str; 6] = ["iris", "mlp", "mixed", "scaler", "fixed", "encoder"];
 
 fn committed(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,6 +51,13 @@ fn regenerated_models_are_byte_identical() {
         .status()
         .expect("make-models runs");
     assert!(status.success(), "make-models failed: {status}");
+    let tokenizer = |dir: &Path| {
+        std::fs::read(dir.join("encoder/1/tokenizer.json")).expect("tokenizer.json written")
+    };
+    assert!(
+        tokenizer(dir.path()) == tokenizer(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models")),
+        "models/encoder/1/tokenizer.json differs from a fresh build"
+    );
     for name in NAMES {
         let fresh = std::fs::read(dir.path().join(name).join("1/model.onnx")).expect("written");
         if fresh == committed(name) {
@@ -284,7 +292,7 @@ fn fixed_doubles_the_transpose() {
 #[test]
 fn bundled_models_declare_their_signatures() {
     type Io = &'static [(&'static str, &'static [i64])];
-    let expect: [(&str, Io, Io); 5] = [
+    let expect: [(&str, Io, Io); 6] = [
         (
             "iris",
             &[("input", &[-1, 4])],
@@ -302,6 +310,11 @@ fn bundled_models_declare_their_signatures() {
             &[("y", &[-1, 8])],
         ),
         ("fixed", &[("x", &[3, 4])], &[("y", &[4, 3])]),
+        (
+            "encoder",
+            &[("input_ids", &[-1, -1]), ("attention_mask", &[-1, -1])],
+            &[("embedding", &[-1, 64])],
+        ),
     ];
     for (name, inputs, outputs) in expect {
         let s = session(&committed(name));

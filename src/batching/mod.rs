@@ -4,5 +4,7 @@
 pub(crate) mod policy;
 pub(crate) mod task;
 
-pub use policy::{split_rows, BatchLimits, Batcher, Decision, Item};
-pub(crate) use task::{batch_task, FailBatch, MakeTask};
+pub use policy::{
+    split_rows, BatchKey, BatchLimits, Batcher, Decision, Item, PadLimits, PaddedKey,
+};
+pub(crate) use task::{batch_task, FailBatch, FailItem, MakeTask};

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::policy::{BatchLimits, Batcher, Decision, Item};
+use super::policy::{BatchKey, BatchLimits, Batcher, Decision, Item};
 use crate::runtime::instances::{panic_message, InstancePool, InstanceTask};
 
 /// Turns a batch into work for an instance thread.
@@ -65,7 +65,7 @@ pub async fn batch_task<K, T>(
     make_task: MakeTask<K, T>,
     fail: FailBatch<K, T>,
 ) where
-    K: PartialEq + Clone + Send + 'static,
+    K: BatchKey + Send + 'static,
     T: Send + 'static,
 {
     let instances = pool.len();

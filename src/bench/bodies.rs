@@ -67,6 +67,8 @@ pub enum BodyError {
     UnsupportedDatatype(DataType),
     #[error("rows and features must be at least 1 (got rows={rows}, features={features})")]
     EmptyTensor { rows: usize, features: usize },
+    #[error("{0}")]
+    Empty(&'static str),
     #[error("encoding the job body failed: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -115,6 +117,16 @@ impl BodyTemplate {
             tails,
             raw,
         })
+    }
+
+    /// JSON bodies from pre-encoded tails (`","inputs":[...]}`, everything after the id's
+    /// digits), taken in turn by the jobs.
+    pub fn json(tails: Vec<Vec<u8>>) -> Self {
+        BodyTemplate {
+            encoding: Encoding::Json,
+            tails,
+            raw: Vec::new(),
+        }
     }
 
     /// Writes job `index`'s body into `buf` (cleared first). Returns the JSON header length for

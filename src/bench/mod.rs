@@ -7,7 +7,8 @@
 //! broker allows on this machine by running the same load against an in-process echo consumer
 //! ([`echo`]), then against the real model queue, and prints both and their ratio.
 //!
-//! Layout: [`bodies`] builds the jobs, [`wire`] holds names, properties and result decoding,
+//! Layout: [`bodies`] builds the jobs ([`sequences`] those of different lengths: token ids or
+//! text), [`wire`] holds names, properties and result decoding,
 //! [`load`] drives one run, [`stats`] keeps the pure accounting, [`echo`] is the echo consumer.
 
 mod bodies;
@@ -15,6 +16,7 @@ mod echo;
 mod load;
 mod stats;
 mod wire;
+mod sequences;
 
 #[cfg(test)]
 mod integration_tests;
@@ -90,6 +92,17 @@ pub struct BenchArgs {
     /// Seed of the random input values.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Token sequences instead of FP32 rows: `input_ids` (ids drawn in 0..--vocab) and
+    /// `attention_mask` (1) INT64 [rows, L], L drawn in MIN..MAX (both included) or fixed (N).
+    #[arg(long, value_name = "MIN..MAX", conflicts_with = "text")]
+    pub length_range: Option<sequences::LengthRange>,
+    /// Vocabulary size the token ids of --length-range are drawn below.
+    #[arg(long, default_value_t = 2048)]
+    pub vocab: usize,
+    /// Text instead of FP32 rows: each job holds --rows lines of FILE, drawn at random, in the
+    /// BYTES input `text` [rows] (FILE defaults to the bundled encoder's corpus).
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "models/encoder/genesis.txt")]
+    pub text: Option<std::path::PathBuf>,
 }
 
 /// What `--json` prints.
@@ -118,18 +131,7 @@ pub async fn run(args: &BenchArgs, tls: &TlsSettings) -> anyhow::Result<Vec<Benc
         "--timeout-s must be positive, got {}",
         args.timeout_s
     );
-    let shape = JobShape {
-        input_name: args.input_name.clone(),
-        rows: args.rows,
-        features: args.features,
-        datatype,
-    };
-    let encoding = if args.binary {
-        Encoding::Binary
-    } else {
-        Encoding::Json
-    };
-    let bodies = BodyTemplate::build(&shape, encoding, args.jobs, args.seed)?;
+    let bodies = sequences::bodies(args, datatype)?;
     let urls = crate::broker::BrokerAddresses::parse_list(&args.url);
     let (connection, node) = connect_any(&urls, tls, "infermq-bench")
         .await
@@ -309,6 +311,20 @@ mod tests {
         assert_eq!(a.input_name, "input");
         assert_eq!(a.datatype, "FP32");
         assert!(parse(&[]).is_err(), "--model is required");
+    }
+
+    #[test]
+    fn lengths_and_text_are_flags_of_their_own() {
+        let a = parse(&["--model", "encoder", "--length-range", "8..128"]).unwrap();
+        let want = sequences::LengthRange { min: 8, max: 128 };
+        assert_eq!((a.length_range, a.vocab, a.text), (Some(want), 2048, None));
+        let a = parse(&["--model", "encoder", "--text"]).unwrap();
+        assert_eq!(
+            a.text.unwrap(),
+            std::path::Path::new("models/encoder/genesis.txt")
+        );
+        assert!(parse(&["--model", "m", "--text", "--length-range", "4"]).is_err());
+        assert!(parse(&["--model", "m", "--length-range", "9..8"]).is_err());
     }
 
     #[test]

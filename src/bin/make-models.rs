@@ -2,21 +2,36 @@
 //!
 //! Deterministic: running it twice gives byte-identical files. `iris` is trained on
 //! `models/iris/iris.csv` (embedded at build time) by the training engine on ONNX Runtime's CPU
-//! execution provider with one thread; the others are built directly.
+//! execution provider with one thread; `encoder`'s tokenizer (`<dir>/encoder/1/tokenizer.json`)
+//! is trained on `models/encoder/genesis.txt` (embedded too) by the `tokenizers` crate; the
+//! others are built directly.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use infermq::onnx::{decode_model, initializer_f32};
+use infermq::tokenizer::train::{wordpiece, WordPieceSpec};
 use infermq::training::bundled;
 use infermq::training::data::{from_csv, DataSource};
 use infermq::training::graph::Network;
 use infermq::training::{parse_job, train, CpuSessions};
 
 const IRIS_CSV: &str = include_str!("../../models/iris/iris.csv");
+const GENESIS: &str = include_str!("../../models/encoder/genesis.txt");
+
+/// The `encoder`'s tokenizer: 2 048 tokens at most, pairs seen twice or more, 128 tokens a text.
+const ENCODER_TOKENIZER: WordPieceSpec = WordPieceSpec {
+    vocab_size: 2048,
+    min_frequency: 2,
+    max_length: infermq::training::encoder::MAX_POSITIONS,
+};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    let path = dir.join(name).join("1").join("model.onnx");
+    write_file(dir, name, "model.onnx", bytes)
+}
+
+fn write_file(dir: &Path, name: &str, file: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let path = dir.join(name).join("1").join(file);
     let parent = path.parent().context("model path has a parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
@@ -69,5 +84,11 @@ fn main() -> anyhow::Result<()> {
     write(&dir, "mixed", &bundled::mixed())?;
     write(&dir, "scaler", &bundled::scaler())?;
     write(&dir, "fixed", &bundled::fixed())?;
+    let lines: Vec<&str> = GENESIS.lines().collect();
+    let tokenizer = wordpiece(&lines, ENCODER_TOKENIZER)?;
+    write_file(&dir, "encoder", "tokenizer.json", tokenizer.json.as_bytes())?;
+    let encoder =
+        infermq::training::encoder::encoder(tokenizer.vocab_size, i64::from(tokenizer.unk_id));
+    write(&dir, "encoder", &encoder)?;
     Ok(())
 }

@@ -42,6 +42,7 @@ impl Settings {
         ] {
             crate::runtime::affinity::check_usable(cpus).map_err(|message| (key, message))?;
         }
+        runtime.cuda.check()?;
         refuse_if(
             self.batching.max_batch_size > 65536,
             "batching.max_batch_size",

@@ -1,10 +1,12 @@
 //! Why a job failed, and what the broker should do with it: every error carries its fate as a
 //! type, decided where the error is made, never re-derived from its code later.
 
+use super::padding::PadError;
 use crate::broker::headers::HeaderError;
 use crate::protocol::text::bounded;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::RuntimeError;
+use crate::tokenizer::TextError;
 use crate::training::TrainingError;
 
 /// What becomes of a job that failed.
@@ -83,6 +85,21 @@ impl From<ProtocolError> for JobError {
 impl From<HeaderError> for JobError {
     fn from(e: HeaderError) -> JobError {
         JobError::invalid(e.to_string())
+    }
+}
+
+impl From<PadError> for JobError {
+    fn from(e: PadError) -> JobError {
+        match e.code() {
+            ErrorCode::Internal => JobError::internal(e.to_string()),
+            code => JobError::answer(code, e.to_string()),
+        }
+    }
+}
+
+impl From<TextError> for JobError {
+    fn from(e: TextError) -> JobError {
+        JobError::answer(e.code(), e.to_string())
     }
 }
 

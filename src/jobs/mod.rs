@@ -16,7 +16,8 @@
 //!
 //! Prediction jobs go through the [`registry`] (served versions and their batchers, kept in
 //! step with the repository by [`registry::ModelSync`]) and [`batch`] (running a batch on an
-//! instance thread); [`assembly`] puts a split job's outputs back together.
+//! instance thread); [`assembly`] puts a split job's outputs back together, and [`padding`]
+//! pads a batch of jobs of different lengths and cuts each job's outputs back.
 
 pub mod answerer;
 pub mod assembly;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod inflight;
 pub mod kind;
 pub mod metadata;
+pub mod padding;
 pub mod predict;
 pub mod registry;
 pub mod train;

@@ -15,8 +15,8 @@
 //! Modules depend one way, leaves first (`scripts/module-cycles.py src training onnx` checks):
 //! `error`, `raw`, `rng`, `npy` → `spec`, `files` → `csv`, `inline` → `data` → `job` →
 //! `autodiff` → `optimizer`, `metrics` → `graph` → `state` → `budget` → `admission` → `engine`;
-//! `bundled` (the models of `make-models`) uses `rng` and [`crate::onnx`], which uses nothing
-//! of this crate.
+//! `bundled` and `encoder` (the models of `make-models`) use `rng` and [`crate::onnx`], which
+//! uses nothing of this crate.
 
 mod admission;
 pub mod autodiff;
@@ -24,6 +24,7 @@ mod budget;
 pub mod bundled;
 mod csv;
 pub mod data;
+pub mod encoder;
 mod engine;
 mod error;
 mod files;
