@@ -25,7 +25,7 @@ use crate::protocol::{ModelSignature, Tensor};
 
 pub(crate) use instances::InstancePool;
 pub use session::SessionOptions;
-pub(crate) use session::{run_session, signature_of};
+
 pub use shared::SharedSession;
 pub use version::load_version;
 
