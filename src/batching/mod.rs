@@ -7,4 +7,4 @@ pub(crate) mod task;
 pub use policy::{
     split_rows, BatchKey, BatchLimits, Batcher, Decision, Item, PadLimits, PaddedKey,
 };
-pub(crate) use task::{batch_task, FailBatch, FailItem, MakeTask};
+pub(crate) use task::{batch_task, FailBatch, MakeTask};

@@ -14,9 +14,9 @@
 mod bodies;
 mod echo;
 mod load;
+mod sequences;
 mod stats;
 mod wire;
-mod sequences;
 
 #[cfg(test)]
 mod integration_tests;
@@ -32,7 +32,7 @@ use crate::broker::tls::TlsSettings;
 use serde::Serialize;
 
 use crate::protocol::types::DataType;
-use bodies::{BodyTemplate, Encoding, JobShape};
+use bodies::BodyTemplate;
 use echo::EchoConsumer;
 use load::{run_load, LoadPlan, Pace};
 pub use stats::{BenchReport, LatencyMs};

@@ -28,8 +28,8 @@ use crate::broker::authz::authorize;
 use crate::broker::envelope::Envelope;
 use crate::broker::headers::JobHeaders;
 use crate::broker::Topology;
-use crate::telemetry::Metrics;
 use crate::protocol::{decode_request, validate_request, ErrorCode, InferenceRequest, Tensor};
+use crate::telemetry::Metrics;
 
 /// The prediction kind of job: what the consumers of prediction queues share, one consumer per
 /// served model.

@@ -3,10 +3,20 @@ use std::io::Cursor;
 use prost::Message;
 
 use super::*;
-use crate::onnx::builder::{attr_tensor, tensor_raw};
+use crate::onnx::builder::tensor_raw;
 use crate::onnx::external::{externalize, ExternalLayout};
-use crate::onnx::proto::{elem, AttributeProto, GraphProto, NodeProto, EXTERNAL};
+use crate::onnx::proto::{elem, AttributeProto, GraphProto, NodeProto, TensorProto, EXTERNAL};
 use crate::onnx::{Dim, GraphBuilder};
+
+/// An attribute holding a tensor (a `Constant`'s `value`).
+fn attr_tensor(name: &str, value: TensorProto) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        t: Some(value),
+        r#type: crate::onnx::proto::attr_type::TENSOR,
+        ..Default::default()
+    }
+}
 
 fn scan(bytes: &[u8]) -> Result<Vec<TensorEntry>, ScanError> {
     scan_tensors(Cursor::new(bytes))
