@@ -7,9 +7,11 @@
 #   BENCH_MODELS ("chain mlp"): chain = make-large-model's MatMul chain, BENCH_LAYERS (6) x
 #   BENCH_WIDTH (4096) = 384 MiB, external data, written to target/large-models/ unless there;
 #   mlp = models/mlp. BENCH_INSTANCES ("1 2 4"), BENCH_WARMUP ("true false"),
-#   BENCH_BATCH (32: max_batch_size; a job is 1 row).
+#   BENCH_BATCH (32: max_batch_size; a job is 1 row), BENCH_ROUNDS (1): each figure this many
+#   times, in turn.
 # Prints one JSON line per figure and keeps them in target/bench/large-worker.jsonl. Queues are
-# declared under a random prefix and deleted (that prefix only) on exit.
+# declared under a random prefix and deleted (that prefix only) on exit. The model files are read
+# from the page cache after the first figure (nothing drops it).
 # Usage: scripts/bench-large-worker.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +45,7 @@ for model in ${BENCH_MODELS:-chain mlp}; do
   esac
   body=$out/large-$model-job.json
   python3 -c "import json,sys; print(json.dumps({'inputs':[{'name':'$input','shape':[1,$cols],'datatype':'FP32','data':[((i%7)-3)/7 for i in range($cols)]}]}))" >"$body"
+  for round in $(seq 1 "${BENCH_ROUNDS:-1}"); do
   for n in ${BENCH_INSTANCES:-1 2 4}; do
     for warm in ${BENCH_WARMUP:-true false}; do
       rm -rf "$repo" && mkdir -p "$repo/$model/1"
@@ -51,7 +54,6 @@ for model in ${BENCH_MODELS:-chain mlp}; do
       cp -l "$files"/* "$repo/$model/1/" 2>/dev/null || cp "$files"/* "$repo/$model/1/"
       printf 'max_batch_size = %s\ninstances = %s\nwarmup = %s\n' "${BENCH_BATCH:-32}" "$n" "$warm" >"$repo/$model/config.toml"
       log=$out/large-worker-$model-$n-$warm.log
-      sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
       started=$(date +%s.%N)
       INFERMQ__REPOSITORY__PATH=$repo INFERMQ__BROKER__PREFIX=$prefix INFERMQ__HTTP__LISTEN=127.0.0.1:$port \
         INFERMQ__RUNTIME__EXECUTION_PROVIDERS=cpu INFERMQ__LOG__FORMAT=json "$bin/infermq" worker >"$log" 2>&1 &
@@ -69,7 +71,9 @@ for model in ${BENCH_MODELS:-chain mlp}; do
         t0=$(date +%s%N)
         answer=$(INFERMQ__BROKER__PREFIX=$prefix "$bin/infermq" predict --model "$model" --input "$body")
         t1=$(date +%s%N)
-        jobs+=("$(python3 -c "import json,sys; a=json.loads(sys.argv[1]); print(json.dumps({'compute_ms':a['parameters']['compute_ms'],'round_trip_ms':round(($2-$1)/1e6,1)}))" "$answer" "$t0" "$t1")")
+        jobs+=("$(python3 -c 'import json, sys
+a = json.loads(sys.argv[1])
+print(json.dumps({"compute_ms": a["parameters"]["compute_ms"], "round_trip_ms": round((int(sys.argv[3]) - int(sys.argv[2])) / 1e6, 1)}))' "$answer" "$t0" "$t1")")
       done
       kill -TERM "$worker"; wait "$worker" || true; worker=""
       python3 - "$log" "$model" "$n" "$warm" "$pss" "$hwm" "$started" "$ready" "${jobs[0]}" "${jobs[1]}" "$(du -sb "$repo/$model/1" | cut -f1)" <<'PY' | tee -a "$jsonl"
@@ -82,5 +86,6 @@ print(json.dumps({"model": model, "files_mib": round(int(size) / 2**20, 1), "ins
     "first_job": json.loads(first), "second_job": json.loads(second)}))
 PY
     done
+  done
   done
 done
