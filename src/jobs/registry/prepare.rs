@@ -12,12 +12,12 @@ use std::collections::BTreeSet;
 
 use crate::batching::BatchLimits;
 use crate::protocol::ModelSignature;
-use crate::repository::config::Warmup;
+use crate::repository::config::{ModelConfig, Warmup};
 use crate::repository::external::{ExternalRefused, VersionFiles};
 use crate::runtime::admission::{admit, batch_io_bytes, VersionNeed};
 use crate::runtime::memory::MemoryLimit;
 use crate::runtime::warmup::{warmup_batches, warmup_sizes};
-use crate::runtime::Backend;
+use crate::runtime::{Backend, ExecutionProvider, SessionOptions};
 
 /// Why a version was not loaded; `in_use`: the bytes loaded versions held when it was refused
 /// for memory (it is tried again once they hold less); `kind`: a bounded label for the log.
@@ -83,6 +83,20 @@ pub(super) fn check_fits(
     })
 }
 
+/// The session options of a model: the worker's `base`, with the model's own execution
+/// providers and CUDA devices when its `config.toml` sets them.
+pub(super) fn model_options(base: &SessionOptions, config: &ModelConfig) -> SessionOptions {
+    let mut options = base.clone();
+    if let Some(providers) = &config.execution_providers {
+        options.execution_providers = providers.clone();
+        options.require_gpu &= providers.contains(&ExecutionProvider::Cuda);
+    }
+    if let Some(ids) = &config.device_ids {
+        options.cuda.device_ids = ids.clone();
+    }
+    options
+}
+
 /// The batch sizes `warmup` asks for under `limits`; empty when it is off.
 pub(super) fn warmup_plan(warmup: &Warmup, limits: &BatchLimits) -> Vec<usize> {
     match warmup {
@@ -128,6 +142,7 @@ pub(super) fn warm_up(
 mod tests {
     use super::*;
     use crate::protocol::{DataType, Tensor, TensorSpec};
+    use crate::runtime::version::instance_devices;
     use crate::runtime::RuntimeError;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -174,10 +189,7 @@ mod tests {
         }
     }
 
-    fn backends(
-        shared: &[Option<usize>],
-        fail_at: usize,
-    ) -> (Vec<Box<dyn Backend>>, Runs) {
+    fn backends(shared: &[Option<usize>], fail_at: usize) -> (Vec<Box<dyn Backend>>, Runs) {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let made = shared
             .iter()
@@ -212,6 +224,36 @@ mod tests {
             error.contains("batch size 32") && error.contains("out of zeros"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_model_config_overrides_providers_and_devices() {
+        // Placing instances asks the loaded ONNX Runtime whether it has CUDA.
+        crate::runtime::env::init(None).expect("ONNX Runtime loads (make setup installs it)");
+        let mut base = SessionOptions {
+            execution_providers: vec![ExecutionProvider::Cuda, ExecutionProvider::Cpu],
+            require_gpu: true,
+            ..SessionOptions::cpu()
+        };
+        base.cuda.device_ids = vec![0, 1];
+        assert_eq!(model_options(&base, &ModelConfig::default()), base);
+        let config = ModelConfig {
+            execution_providers: Some(vec![ExecutionProvider::Cpu]),
+            device_ids: Some(vec![3]),
+            ..ModelConfig::default()
+        };
+        let options = model_options(&base, &config);
+        assert_eq!(options.execution_providers, [ExecutionProvider::Cpu]);
+        assert!(!options.require_gpu);
+        assert_eq!(options.cuda.device_ids, [3]);
+        // require_gpu keeps CUDA first, so instances are placed on the model's devices.
+        let spread = ModelConfig {
+            device_ids: Some(vec![2, 5]),
+            ..ModelConfig::default()
+        };
+        let options = model_options(&base, &spread);
+        let devices = instance_devices(&options, &options.cuda, 3);
+        assert_eq!(devices, [Some(2), Some(5), Some(2)]);
     }
 
     #[test]

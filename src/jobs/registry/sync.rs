@@ -20,9 +20,7 @@ use crate::repository::external::check_version;
 use crate::repository::{ModelEntry, ModelStore};
 use crate::runtime::memory::MemoryLimit;
 use crate::runtime::version::instance_devices;
-use crate::runtime::{
-    affinity, load_version, Backend, ExecutionProvider, InstancePool, RuntimeError, SessionOptions,
-};
+use crate::runtime::{affinity, load_version, Backend, InstancePool, RuntimeError, SessionOptions};
 
 use super::prepare::{self, Refusal};
 use crate::telemetry::Metrics;
@@ -163,26 +161,12 @@ impl ModelSync {
         self.registry.insert(served);
     }
 
-    /// The session options of `entry`'s model: the worker's, with its own execution providers
-    /// and CUDA devices when its `config.toml` sets them.
-    fn model_options(&self, entry: &ModelEntry) -> SessionOptions {
-        let mut options = self.options.clone();
-        if let Some(providers) = &entry.config.execution_providers {
-            options.execution_providers = providers.clone();
-            options.require_gpu &= providers.contains(&ExecutionProvider::Cuda);
-        }
-        if let Some(ids) = &entry.config.device_ids {
-            options.cuda.device_ids = ids.clone();
-        }
-        options
-    }
-
     /// Checks a version's files and that it fits, makes its instances' backends (off the
     /// runtime), checks again with its batch size known, and warms it up.
     async fn prepare(&self, entry: &ModelEntry, version: u64) -> Result<Loaded, Refusal> {
         let model = self.store.model_path(&entry.name, version);
         let instances = entry.config.instances.unwrap_or(1);
-        let options = self.model_options(entry);
+        let options = prepare::model_options(&self.options, &entry.config);
         let devices = instance_devices(&options, &options.cuda, instances);
         let sessions = devices.iter().collect::<BTreeSet<_>>().len();
         let (name, limit) = (entry.name.to_string(), self.memory.clone());
