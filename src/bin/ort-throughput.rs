@@ -66,7 +66,7 @@ impl Run {
                 execution_providers: vec![infermq::runtime::ExecutionProvider::Cuda],
                 require_gpu: true,
                 intra_threads: self.intra_threads,
-                cpus: Vec::new(),
+                ..SessionOptions::cpu()
             },
             other => anyhow::bail!("unknown execution provider {other:?} (cpu or cuda)"),
         })

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -19,7 +18,10 @@ use crate::protocol::text::quoted;
 use crate::protocol::{ErrorCode, ModelSignature};
 use crate::telemetry::ModelMetrics;
 
+mod prepare;
+mod stamp;
 mod sync;
+use stamp::{version_stamp, FileStamp};
 pub use sync::{BackendLoader, ModelSync, OrtLoader};
 
 /// One loaded model version.
@@ -33,6 +35,10 @@ pub struct ServedVersion {
     pub execution_providers: Vec<&'static str>,
     /// `allowed_users` of the model's `config.toml`: who may send prediction jobs; empty: anyone.
     pub allowed_users: Vec<String>,
+    /// Bytes the version is estimated to hold (memory admission), weights included.
+    pub memory: u64,
+    /// Batch sizes it was warmed at before serving (empty: warm-up off).
+    pub warmup: Vec<usize>,
     pub metrics: ModelMetrics,
     inbox: mpsc::UnboundedSender<Item<ShapeKey, Chunk>>,
 }
@@ -47,18 +53,17 @@ impl ServedVersion {
 #[derive(Default)]
 struct ModelState {
     versions: BTreeMap<u64, Arc<ServedVersion>>,
-    /// Versions that failed to load, with the reason and the file as it was read; retried
-    /// once the file's size or modification time changes (it may have been half written).
-    failed: BTreeMap<u64, (String, Option<FileStamp>)>,
+    /// Versions that failed to load; retried once their files change (they may have been
+    /// half written) or, refused for memory, once loaded versions hold less.
+    failed: BTreeMap<u64, Failed>,
 }
 
-/// A model file's size and modification time.
-type FileStamp = (u64, Option<SystemTime>);
-
-fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.len(), m.modified().ok()))
+/// Why a version failed to load, its files as they were read, and (refused for memory) the
+/// bytes loaded versions held then.
+struct Failed {
+    reason: String,
+    stamp: Option<FileStamp>,
+    in_use: Option<u64>,
 }
 
 /// The served models, shared by consumers, the sync task and the HTTP status.
@@ -209,26 +214,49 @@ impl ModelRegistry {
             .unwrap_or_default()
     }
 
-    fn mark_failed(&self, model: &str, version: u64, reason: String, stamp: Option<FileStamp>) {
+    fn mark_failed(
+        &self,
+        model: &str,
+        version: u64,
+        reason: String,
+        stamp: Option<FileStamp>,
+        in_use: Option<u64>,
+    ) {
         if let Ok(mut models) = self.models.write() {
-            models
-                .entry(model.to_string())
-                .or_default()
-                .failed
-                .insert(version, (reason, stamp));
+            let failed = Failed {
+                reason,
+                stamp,
+                in_use,
+            };
+            let state = models.entry(model.to_string()).or_default();
+            state.failed.insert(version, failed);
         }
     }
 
-    /// True when `version` failed to load and its file has not changed since.
-    fn has_failed(&self, model: &str, version: u64, stamp: Option<FileStamp>) -> bool {
+    /// True when `version` failed to load and neither its files nor (refused for memory) the
+    /// memory free for it changed since.
+    fn has_failed(&self, model: &str, version: u64, stamp: &Option<FileStamp>) -> bool {
+        let in_use = self.memory_in_use();
         self.models
             .read()
             .map(|m| {
                 m.get(model)
                     .and_then(|s| s.failed.get(&version))
-                    .is_some_and(|(_, failed)| *failed == stamp)
+                    .is_some_and(|f| f.stamp == *stamp && f.in_use.is_none_or(|u| in_use >= u))
             })
             .unwrap_or(false)
+    }
+
+    /// The bytes every loaded version is estimated to hold.
+    pub fn memory_in_use(&self) -> u64 {
+        self.models
+            .read()
+            .map(|m| {
+                m.values()
+                    .flat_map(|s| s.versions.values())
+                    .fold(0u64, |sum, v| sum.saturating_add(v.memory))
+            })
+            .unwrap_or(0)
     }
 
     /// Counts a consumer of `model`'s queue as running until the guard drops.
@@ -275,6 +303,7 @@ impl ModelRegistry {
         let missing: Vec<String> = expected
             .into_iter()
             .filter(|m| self.versions_of(m).is_empty())
+            .map(|m| self.with_failures(m))
             .collect();
         if !missing.is_empty() {
             return Some(format!("models not loaded: {}", missing.join(", ")));
@@ -288,6 +317,20 @@ impl ModelRegistry {
             .cloned()
             .collect();
         (!idle.is_empty()).then(|| format!("models not consumed yet: {}", idle.join(", ")))
+    }
+
+    /// `model`, followed by why its versions were refused, if they were.
+    fn with_failures(&self, model: String) -> String {
+        let Ok(models) = self.models.read() else {
+            return model;
+        };
+        let Some(state) = models.get(&model).filter(|s| !s.failed.is_empty()) else {
+            return model;
+        };
+        let reasons: Vec<String> = (state.failed.iter())
+            .map(|(v, f)| format!("version {v}: {}", f.reason))
+            .collect();
+        format!("{model} ({})", reasons.join("; "))
     }
 
     /// The `/v2/models` document.
@@ -312,9 +355,11 @@ impl ModelRegistry {
                             "preferred_batch_sizes": v.limits.preferred_batch_sizes,
                             "instances": v.instances,
                             "execution_providers": v.execution_providers,
+                            "memory_bytes": v.memory,
+                            "warmup_batch_sizes": v.warmup,
                         })
                     })
-                    .chain(state.failed.iter().map(|(version, (reason, _))| json!({"version": version.to_string(), "state": "FAILED", "reason": reason})))
+                    .chain(state.failed.iter().map(|(version, f)| json!({"version": version.to_string(), "state": "FAILED", "reason": f.reason})))
                     .collect();
                 json!({"name": name, "versions": versions})
             })

@@ -102,6 +102,44 @@ pub struct ModelConfig {
     /// anyone.
     #[serde(default)]
     pub allowed_users: Vec<String>,
+    /// Warm-up batches run before a version is announced ready.
+    #[serde(default)]
+    pub warmup: Warmup,
+    /// CUDA devices of this model's instances (round robin), instead of
+    /// `runtime.cuda.device_ids`.
+    pub device_ids: Option<Vec<usize>>,
+}
+
+/// `warmup`: `true` (the default: zeros at batch 1 and `max_batch_size`, or at each preferred
+/// size), `false`, or the batch sizes to warm (`[1, 8, 32]`, each capped at `max_batch_size`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Warmup {
+    #[default]
+    Default,
+    Off,
+    Sizes(Vec<usize>),
+}
+
+impl<'de> Deserialize<'de> for Warmup {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            On(bool),
+            Sizes(Vec<usize>),
+        }
+        let err = || {
+            serde::de::Error::custom(
+                "expected true, false or a list of batch sizes, each at least 1 (e.g. [1, 32])",
+            )
+        };
+        match Raw::deserialize(d).map_err(|_| err())? {
+            Raw::On(true) => Ok(Warmup::Default),
+            Raw::On(false) => Ok(Warmup::Off),
+            Raw::Sizes(sizes) if sizes.is_empty() || sizes.contains(&0) => Err(err()),
+            Raw::Sizes(sizes) => Ok(Warmup::Sizes(sizes)),
+        }
+    }
 }
 
 impl ModelConfig {
@@ -126,6 +164,18 @@ impl ModelConfig {
                 path: path.to_path_buf(),
                 message: "instances must be at least 1".into(),
             });
+        }
+        if let Some(ids) = &config.device_ids {
+            let cuda = crate::runtime::cuda::CudaSettings {
+                device_ids: ids.clone(),
+                ..Default::default()
+            };
+            if let Err((_, message)) = cuda.check() {
+                return Err(ModelConfigError {
+                    path: path.to_path_buf(),
+                    message: format!("device_ids: {message}"),
+                });
+            }
         }
         if config.preferred_batch_sizes.contains(&0) {
             return Err(ModelConfigError {
@@ -165,6 +215,26 @@ mod tests {
     }
 
     #[test]
+    fn warmup_is_on_off_or_sizes() {
+        for (text, want) in [
+            ("", Warmup::Default),
+            ("warmup = true", Warmup::Default),
+            ("warmup = false", Warmup::Off),
+            ("warmup = [1, 32]", Warmup::Sizes(vec![1, 32])),
+        ] {
+            let file = config_file(text);
+            assert_eq!(
+                ModelConfig::read(file.path()).unwrap().warmup,
+                want,
+                "{text}"
+            );
+        }
+        let file = config_file("device_ids = [1, 0]");
+        let config = ModelConfig::read(file.path()).unwrap();
+        assert_eq!(config.device_ids, Some(vec![1, 0]));
+    }
+
+    #[test]
     fn model_config_errors_name_the_key() {
         for (text, needle) in [
             ("max_batch_size = \"big\"", "max_batch_size"),
@@ -172,6 +242,10 @@ mod tests {
             ("version_policy = { latest = 0 }", "latest"),
             ("batch = 3", "batch"),
             ("preferred_batch_sizes = [0]", "preferred_batch_sizes"),
+            ("warmup = [0]", "warmup"),
+            ("warmup = []", "warmup"),
+            ("warmup = \"yes\"", "warmup"),
+            ("device_ids = [1, 1]", "device_ids"),
         ] {
             let file = config_file(text);
             let err = ModelConfig::read(file.path()).unwrap_err().to_string();

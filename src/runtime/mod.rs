@@ -64,6 +64,11 @@ pub trait Backend: Send + 'static {
     /// Runs one batch: one tensor per model input (any order). Returns every model output in
     /// signature order.
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
+    /// The same value for backends that share one session (warming one warms them all);
+    /// `None`: a backend of its own.
+    fn shared_id(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A [`Backend`] on an ONNX Runtime session, its own or shared with the other instances of its
@@ -93,5 +98,9 @@ impl Backend for OrtBackend {
 
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
         self.session.run(inputs)
+    }
+
+    fn shared_id(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.session) as usize)
     }
 }

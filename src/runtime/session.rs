@@ -28,6 +28,8 @@ pub struct SessionOptions {
     /// CPUs for instance threads (one each, round robin) and for the threads sessions
     /// create; empty leaves them unpinned ([`super::affinity`]).
     pub cpus: Vec<usize>,
+    /// CUDA devices of instances and arena options (`[runtime.cuda]`), used when CUDA runs.
+    pub cuda: CudaSettings,
 }
 
 impl SessionOptions {
@@ -37,6 +39,7 @@ impl SessionOptions {
             require_gpu: false,
             intra_threads: 1,
             cpus: Vec::new(),
+            cuda: CudaSettings::default(),
         }
     }
 
@@ -89,7 +92,7 @@ impl SessionOptions {
     /// look for it in the working directory), on CUDA device 0 when CUDA is used.
     pub fn session(&self, model: &[u8]) -> Result<Session, RuntimeError> {
         let load = |e: ort::Error| RuntimeError::Load(e.to_string());
-        let cuda = CudaSettings::default().instance(0);
+        let cuda = self.cuda.instance(0);
         self.builder(&cuda)?.commit_from_memory(model).map_err(load)
     }
 

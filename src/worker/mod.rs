@@ -203,6 +203,7 @@ async fn start(
         metrics: metrics.clone(),
         tracker: batch_tasks.clone(),
         loader,
+        memory: memory_limit(settings),
     });
     sync.sync().await;
     let status = Arc::new(WorkerStatus {
@@ -233,10 +234,24 @@ fn session_options(settings: &Settings) -> Result<SessionOptions, WorkerError> {
         require_gpu: runtime.require_gpu,
         intra_threads: runtime.intra_threads,
         cpus: runtime.instance_cpus.clone(),
+        cuda: runtime.cuda.clone(),
     };
     options.check()?;
     tracing::info!(providers = ?options.effective(), library = %env::resolve_library(runtime.library()).display(), "ONNX Runtime ready");
     Ok(options)
+}
+
+/// What model versions may use together (`runtime.memory_limit`, else the cgroup's, else the
+/// machine's memory), logged once.
+fn memory_limit(settings: &Settings) -> Option<crate::runtime::memory::MemoryLimit> {
+    let limit = crate::runtime::memory::memory_limit(settings.runtime.memory_limit);
+    match &limit {
+        Some(limit) => tracing::info!(%limit, "Memory for model versions"),
+        None => tracing::warn!(
+            "No memory limit could be read (runtime.memory_limit, cgroup, /proc/meminfo): versions are loaded without memory admission"
+        ),
+    }
+    limit
 }
 
 fn hostname() -> String {

@@ -88,6 +88,17 @@ impl TestWorker {
         settings: Settings,
         loader: std::sync::Arc<dyn BackendLoader>,
     ) -> TestWorker {
+        let worker = TestWorker::start_unready(settings, loader).await;
+        worker.wait_ready().await;
+        worker
+    }
+
+    /// [`TestWorker::start_with`] without waiting for `/readyz`: for tests in which a version
+    /// is refused (the worker is then never ready).
+    pub async fn start_unready(
+        settings: Settings,
+        loader: std::sync::Arc<dyn BackendLoader>,
+    ) -> TestWorker {
         // Logs when asked for (RUST_LOG=infermq=debug), captured per test otherwise.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -103,14 +114,57 @@ impl TestWorker {
             Some(tx),
         ));
         let handles = rx.await.expect("worker failed to start");
-        let worker = TestWorker {
+        TestWorker {
             prefix,
             handles,
             shutdown,
             task,
-        };
-        worker.wait_ready().await;
-        worker
+        }
+    }
+
+    /// `/readyz`'s status and body once the body contains `needle` (bounded: the broker side
+    /// connects after the models load, and says so first).
+    pub async fn wait_for_readyz(&self, needle: &str) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = http_get(self.handles.http_addr, "/readyz").await;
+            if let Some(answer) = answer.filter(|(_, body)| body.contains(needle)) {
+                return answer;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never named {needle}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The `/v2/models` entry of `model` version `version` once `wanted(entry)` holds
+    /// (bounded: the repository is polled, so a change shows at the next scan).
+    pub async fn wait_for_version(
+        &self,
+        model: &str,
+        version: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let models = self.handles.status.registry.status_json();
+            let entry = models.as_array().and_then(|list| {
+                list.iter()
+                    .filter(|m| m["name"] == model)
+                    .flat_map(|m| m["versions"].as_array().cloned().unwrap_or_default())
+                    .find(|v| v["version"] == version)
+            });
+            if let Some(entry) = entry.filter(|e| wanted(e)) {
+                return entry;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{model} version {version} never reached the state wanted: {models:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Polls /readyz (bounded) until it answers 200.

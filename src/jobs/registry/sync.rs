@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use super::{file_stamp, FileStamp, ModelRegistry, ServedVersion};
+use super::{version_stamp, FileStamp, ModelRegistry, ServedVersion};
 use crate::batching::{batch_task, BatchLimits, FailBatch, MakeTask};
 use crate::config::BatchingSettings;
 use crate::jobs::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
@@ -18,10 +18,11 @@ use crate::jobs::error::JobError;
 use crate::protocol::ModelSignature;
 use crate::repository::external::check_version;
 use crate::repository::{ModelEntry, ModelStore};
-use crate::runtime::cuda::CudaSettings;
-use crate::runtime::{
-    affinity, load_version, Backend, ExecutionProvider, InstancePool, RuntimeError, SessionOptions,
-};
+use crate::runtime::memory::MemoryLimit;
+use crate::runtime::version::instance_devices;
+use crate::runtime::{affinity, load_version, Backend, InstancePool, RuntimeError, SessionOptions};
+
+use super::prepare::{self, Refusal};
 use crate::telemetry::Metrics;
 
 /// Makes the backends that run a model version: ONNX Runtime sessions in the worker
@@ -50,7 +51,7 @@ impl BackendLoader for OrtLoader {
         check_version(model).map_err(|e| RuntimeError::Load(e.to_string()))?;
         // Threads ONNX Runtime starts with a session inherit the loader's CPUs.
         let backends = affinity::with_pinned(&options.cpus, || {
-            load_version(model, options, &CudaSettings::default(), instances)
+            load_version(model, options, &options.cuda, instances)
         })?;
         Ok(backends
             .into_iter()
@@ -68,6 +69,20 @@ pub struct ModelSync {
     pub metrics: Arc<Metrics>,
     pub tracker: TaskTracker,
     pub loader: Arc<dyn BackendLoader>,
+    /// What versions may use together ([`crate::runtime::memory`]); `None`: no admission.
+    pub memory: Option<MemoryLimit>,
+}
+
+/// A version made and warmed, not serving yet.
+struct Loaded {
+    backends: Vec<Box<dyn Backend>>,
+    options: SessionOptions,
+    signature: ModelSignature,
+    limits: BatchLimits,
+    /// Resident estimate ([`crate::runtime::admission::VersionNeed::resident`]).
+    memory: u64,
+    /// Batch sizes warmed (empty: warm-up off).
+    warmup: Vec<usize>,
 }
 
 impl ModelSync {
@@ -106,9 +121,10 @@ impl ModelSync {
             if self.registry.versions_of(&entry.name).contains(&version) {
                 continue;
             }
-            // Taken before reading, so a file still being written is retried once it changes.
-            let stamp = file_stamp(&self.store.model_path(&entry.name, version));
-            if self.registry.has_failed(&entry.name, version, stamp) {
+            // Taken before reading, so a version whose files (model and external data) were
+            // still being written is retried once one of them changes.
+            let stamp = version_stamp(&self.store.model_path(&entry.name, version));
+            if self.registry.has_failed(&entry.name, version, &stamp) {
                 continue;
             }
             self.load(entry, version, stamp).await;
@@ -123,54 +139,79 @@ impl ModelSync {
         }
     }
 
-    /// Loads one version (its instances, batch limits and batch task) and serves it; a version
-    /// that cannot be loaded is refused with the reason.
+    /// Loads one version (admission, its instances, warm-up, batch task) and serves it; a
+    /// version that cannot be loaded is refused with the reason.
     async fn load(&self, entry: &ModelEntry, version: u64, stamp: Option<FileStamp>) {
         let started = Instant::now();
         let name = entry.name.as_str();
-        let served = match self.instances(entry, version).await {
-            Ok((backends, options)) => self.serve(entry, version, backends, &options),
-            Err(reason) => Err(reason),
+        let served = match self.prepare(entry, version).await {
+            Ok(loaded) => self.serve(entry, version, loaded).map_err(Refusal::from),
+            Err(refusal) => Err(refusal),
         };
         let served = match served {
             Ok(served) => served,
-            Err(reason) => return self.refuse(name, version, started, stamp, reason),
+            Err(refusal) => return self.refuse(name, version, started, stamp, refusal),
         };
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.model_load(name, &served.label, seconds, true);
         self.metrics.set_model_loaded(name, &served.label, true);
         let (instances, inline) = (served.instances, entry.config.inline);
-        let max_batch_size = served.limits.max_batch_size;
-        tracing::info!(model = %name, version, instances, inline, max_batch_size, load_ms = (seconds * 1e3) as u64, providers = ?served.execution_providers, "Model version loaded");
+        let (max_batch_size, memory) = (served.limits.max_batch_size, served.memory);
+        tracing::info!(model = %name, version, instances, inline, max_batch_size, memory, warmup = ?served.warmup, load_ms = (seconds * 1e3) as u64, providers = ?served.execution_providers, "Model version loaded");
         self.registry.insert(served);
     }
 
-    /// Reads one version and makes its instances' backends (off the runtime), with the session
-    /// options of its model.
-    async fn instances(
-        &self,
-        entry: &ModelEntry,
-        version: u64,
-    ) -> Result<(Vec<Box<dyn Backend>>, SessionOptions), String> {
+    /// Checks a version's files and that it fits, makes its instances' backends (off the
+    /// runtime), checks again with its batch size known, and warms it up.
+    async fn prepare(&self, entry: &ModelEntry, version: u64) -> Result<Loaded, Refusal> {
         let model = self.store.model_path(&entry.name, version);
         let instances = entry.config.instances.unwrap_or(1);
-        let mut options = self.options.clone();
-        if let Some(providers) = &entry.config.execution_providers {
-            options.execution_providers = providers.clone();
-            options.require_gpu &= providers.contains(&ExecutionProvider::Cuda);
-        }
+        let options = prepare::model_options(&self.options, &entry.config);
+        let devices = instance_devices(&options, &options.cuda, instances);
+        let sessions = devices.iter().collect::<BTreeSet<_>>().len();
+        let (name, limit) = (entry.name.to_string(), self.memory.clone());
+        let in_use = self.registry.memory_in_use();
         let loader = self.loader.clone();
         let loaded = tokio::task::spawn_blocking({
             let options = options.clone();
-            move || loader.load(&model, &options, instances)
+            move || {
+                let files = check_version(&model)?;
+                let need = prepare::need(&files, sessions, instances, None);
+                prepare::check_fits(&name, &need, limit.as_ref(), in_use)?;
+                let backends = loader.load(&model, &options, instances);
+                Ok::<_, Refusal>((files, backends.map_err(|e| e.to_string())?))
+            }
         })
         .await;
-        match loaded {
-            Ok(Ok(backends)) if !backends.is_empty() => Ok((backends, options)),
-            Ok(Ok(_)) => Err("no instance could be made".to_string()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(error) => Err(error.to_string()),
+        let (files, backends) = loaded.map_err(|e| e.to_string())??;
+        if backends.is_empty() {
+            return Err("no instance could be made".to_string().into());
         }
+        let signature = backends[0].signature().clone();
+        let limits = self.limits(entry, version, &signature);
+        let need = prepare::need(&files, sessions, instances, Some((&signature, &limits)));
+        prepare::check_fits(&entry.name, &need, self.memory.as_ref(), in_use)?;
+        let warmup = prepare::warmup_plan(&entry.config.warmup, &limits);
+        let (sizes, sig) = (warmup.clone(), signature.clone());
+        let warmed = tokio::task::spawn_blocking(move || {
+            let mut backends = backends;
+            prepare::warm_up(&mut backends, &sig, &sizes).map(|()| backends)
+        })
+        .await;
+        let backends = warmed.map_err(|e| e.to_string())?;
+        let backends = backends.map_err(|reason| Refusal {
+            reason,
+            in_use: None,
+            kind: "warmup",
+        })?;
+        Ok(Loaded {
+            backends,
+            options,
+            signature,
+            limits,
+            memory: need.resident(),
+            warmup,
+        })
     }
 
     /// The batch limits of a version with `signature`: the model's, or the defaults; a model
@@ -199,12 +240,17 @@ impl ModelSync {
         &self,
         entry: &ModelEntry,
         version: u64,
-        backends: Vec<Box<dyn Backend>>,
-        options: &SessionOptions,
+        loaded: Loaded,
     ) -> Result<Arc<ServedVersion>, String> {
         let name = entry.name.as_str();
-        let signature = backends[0].signature().clone();
-        let limits = self.limits(entry, version, &signature);
+        let Loaded {
+            backends,
+            options,
+            signature,
+            limits,
+            memory,
+            warmup,
+        } = loaded;
         let label: Arc<str> = Arc::from(version.to_string());
         let metrics = self.metrics.model(name, &label);
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
@@ -227,6 +273,8 @@ impl ModelSync {
             instances: entry.config.instances.unwrap_or(1),
             execution_providers: options.effective(),
             allowed_users: entry.config.allowed_users.clone(),
+            memory,
+            warmup,
             metrics,
             inbox,
         });
@@ -257,16 +305,18 @@ impl ModelSync {
         version: u64,
         started: Instant,
         stamp: Option<FileStamp>,
-        reason: String,
+        refusal: Refusal,
     ) {
-        tracing::error!(model = %name, version, error = %reason, "Model version refused; older versions keep serving");
+        let (reason, kind) = (refusal.reason, refusal.kind);
+        tracing::error!(model = %name, version, kind, error = %reason, "Model version refused; older versions keep serving");
         self.metrics.model_load(
             name,
             &version.to_string(),
             started.elapsed().as_secs_f64(),
             false,
         );
-        self.registry.mark_failed(name, version, reason, stamp);
+        self.registry
+            .mark_failed(name, version, reason, stamp, refusal.in_use);
     }
 
     fn unload(&self, name: &str, version: u64) {
