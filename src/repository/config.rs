@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer};
 
+use super::inputs::{check_buckets, check_inputs, InputConfig, TextInput};
 use crate::runtime::ExecutionProvider;
 
 /// A model's `config.toml` that could not be read or was refused; the message names the key.
@@ -102,6 +105,18 @@ pub struct ModelConfig {
     /// anyone.
     #[serde(default)]
     pub allowed_users: Vec<String>,
+    /// Upper bounds of the length buckets of padded batches: a batch holds jobs of one bucket.
+    #[serde(default)]
+    pub length_buckets: Vec<usize>,
+    /// Most padded elements (rows × padded lengths) per batch; 0: no limit.
+    #[serde(default)]
+    pub max_batch_elements: usize,
+    /// `[inputs.<name>]`: pad values, and the text input.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, InputConfig>,
+    /// The text input of `inputs`, once checked.
+    #[serde(skip)]
+    pub text: Option<TextInput>,
 }
 
 impl ModelConfig {
@@ -117,7 +132,7 @@ impl ModelConfig {
                 })
             }
         };
-        let config: ModelConfig = toml::from_str(&text).map_err(|e| ModelConfigError {
+        let mut config: ModelConfig = toml::from_str(&text).map_err(|e| ModelConfigError {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -133,6 +148,12 @@ impl ModelConfig {
                 message: "preferred_batch_sizes must be at least 1".into(),
             });
         }
+        let refused = |message: String| ModelConfigError {
+            path: path.to_path_buf(),
+            message,
+        };
+        check_buckets(&config.length_buckets).map_err(refused)?;
+        config.text = check_inputs(&config.inputs).map_err(refused)?;
         Ok(config)
     }
 }
@@ -140,6 +161,7 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repository::inputs::PadLiteral;
 
     fn config_file(text: &str) -> tempfile::NamedTempFile {
         let file = tempfile::NamedTempFile::new().expect("a temporary file");
@@ -172,6 +194,35 @@ mod tests {
             ("version_policy = { latest = 0 }", "latest"),
             ("batch = 3", "batch"),
             ("preferred_batch_sizes = [0]", "preferred_batch_sizes"),
+            ("length_buckets = [16, 0]", "length_buckets"),
+            ("max_batch_elements = -1", "max_batch_elements"),
+            ("[inputs.ids]\npad_value = [0]", "pad_value"),
+            ("[inputs.ids]\npadding = 0", "padding"),
+            ("[inputs.ids]\nmax_length = 8", "inputs.ids.max_length"),
+            (
+                "[inputs.t]\ntokenizer = \"../t.json\"",
+                "inputs.t.tokenizer",
+            ),
+            (
+                "[inputs.t]\ntokenizer = \"t.json\"\npad_value = 0",
+                "inputs.t.pad_value",
+            ),
+            (
+                "[inputs.t]\ntokenizer = \"t.json\"\ndatatype = \"FP32\"",
+                "inputs.t.datatype",
+            ),
+            (
+                "[inputs.t]\ntokenizer = \"t.json\"\nshape = [-1, 8]",
+                "inputs.t.shape",
+            ),
+            (
+                "[inputs.t]\ntokenizer = \"t.json\"\nmax_length = 0",
+                "inputs.t.max_length",
+            ),
+            (
+                "[inputs.a]\ntokenizer = \"t.json\"\n[inputs.b]\ntokenizer = \"t.json\"",
+                "inputs.b.tokenizer",
+            ),
         ] {
             let file = config_file(text);
             let err = ModelConfig::read(file.path()).unwrap_err().to_string();
@@ -181,5 +232,36 @@ mod tests {
             ModelConfig::read(Path::new("/nonexistent/config.toml")).unwrap(),
             ModelConfig::default()
         );
+    }
+
+    #[test]
+    fn padding_and_text_keys_are_read() {
+        let file = config_file(
+            "length_buckets = [64, 16]\nmax_batch_elements = 4096\n\
+             [inputs.input_ids]\npad_value = 0\n\
+             [inputs.mask]\npad_value = -1.5\n\
+             [inputs.text]\ndatatype = \"BYTES\"\nshape = [-1]\ntokenizer = \"tokenizer.json\"\nmax_length = 128",
+        );
+        let config = ModelConfig::read(file.path()).unwrap();
+        assert_eq!(config.length_buckets, vec![64, 16]);
+        assert_eq!(config.max_batch_elements, 4096);
+        assert_eq!(
+            config.inputs["input_ids"].pad_value,
+            Some(PadLiteral::Int(0))
+        );
+        assert_eq!(
+            config.inputs["mask"].pad_value,
+            Some(PadLiteral::Float(-1.5))
+        );
+        assert_eq!(
+            config.text,
+            Some(TextInput {
+                name: "text".into(),
+                tokenizer: "tokenizer.json".into(),
+                max_length: Some(128),
+            })
+        );
+        let plain = config_file("[inputs.x]\npad_value = \"\"");
+        assert_eq!(ModelConfig::read(plain.path()).unwrap().text, None);
     }
 }
