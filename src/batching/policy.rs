@@ -27,9 +27,9 @@ mod key;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use key::{BatchKey, PadLimits, PaddedKey};
 #[cfg(test)]
 use key::padded_elements;
+pub use key::{BatchKey, PadLimits, PaddedKey};
 
 /// How many takes in a row a full group may go before the oldest group.
 pub const MAX_BYPASS: usize = 1;

@@ -14,9 +14,9 @@
 mod bodies;
 mod echo;
 mod load;
+mod sequences;
 mod stats;
 mod wire;
-mod sequences;
 
 #[cfg(test)]
 mod integration_tests;
