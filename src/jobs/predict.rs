@@ -98,13 +98,20 @@ impl JobKind for PredictContext {
 }
 
 impl PredictContext {
-    /// `broker.prefetch`, or enough to fill batches: 2 × max_batch_size × instances, at least 64.
+    /// `broker.prefetch`, or enough to fill batches: 2 × max_batch_size × instances, at least 64;
+    /// for a padded model, that many per length bucket (a batch holds one bucket only).
     fn prefetch_for(&self, model: &str) -> u16 {
         if self.prefetch > 0 {
             return self.prefetch;
         }
         let wanted = (self.registry.resolve(model, None))
-            .map(|v| 2 * v.limits.max_batch_size.max(1) * v.instances.max(1))
+            .map(|v| {
+                let buckets = match v.padding {
+                    Some(_) => v.limits.padding.length_buckets.len() + 1,
+                    None => 1,
+                };
+                2 * v.limits.max_batch_size.max(1) * v.instances.max(1) * buckets
+            })
             .unwrap_or(64);
         wanted.clamp(64, u16::MAX as usize) as u16
     }
