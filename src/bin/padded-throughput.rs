@@ -8,8 +8,8 @@
 //! uniformly in MIN..MAX (seeded), all waiting at once; batches them with the batching policy
 //! (`BUCKETS`: comma-separated bounds, `-` for none; MAX_BATCH rows, default 64; MAX_ELEMENTS,
 //! default 0: none), pads each batch with `jobs::padding` and runs it on one CPU session (one
-//! intra-op thread). Then the same number of jobs, all of the mean length, through the same
-//! policy. Prints one JSON line per run: batches, mean rows per batch, mean padded length,
+//! intra-op thread), after a first pass that warms the session up. Then the same number of
+//! jobs, all of the mean length, through the same policy. Prints one JSON line per run: batches, mean rows per batch, mean padded length,
 //! seconds of compute (padding included) and jobs/s, the largest difference of a padded answer
 //! from the same job run alone (relative to the embedding's norm, checked after the clock
 //! stops), and the ratios of the varied run to the fixed one.
@@ -69,6 +69,9 @@ fn main() -> anyhow::Result<()> {
     let mut rng = SeededRng::new(7);
     let lengths: Vec<usize> = (0..jobs).map(|_| min + rng.below(max - min + 1)).collect();
     let mean = lengths.iter().sum::<usize>() as f64 / jobs as f64;
+    // A first pass warms the session up for every shape the runs use, so that neither run
+    // pays for it.
+    run(&mut backend, &limits, &lengths, vocab, "warm-up")?;
     let varied = run(&mut backend, &limits, &lengths, vocab, "varied")?;
     let fixed = vec![mean.round() as usize; jobs];
     let fixed = run(&mut backend, &limits, &fixed, vocab, "fixed")?;
