@@ -97,6 +97,17 @@ fn models_command_lists_signatures() {
         scaler["versions"][0]["inputs"][1]["shape"],
         serde_json::json!([])
     );
+    let encoder = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "encoder")
+        .unwrap();
+    assert_eq!(encoder["config"]["text_input"], "text");
+    assert_eq!(
+        encoder["config"]["length_buckets"],
+        serde_json::json!([16, 32, 48, 64, 80, 96, 112, 128])
+    );
 }
 
 #[test]

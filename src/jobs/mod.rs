@@ -17,7 +17,8 @@
 //! Prediction jobs go through the [`registry`] (served versions and their batchers, kept in
 //! step with the repository by [`registry::ModelSync`]) and [`batch`] (running a batch on an
 //! instance thread); [`assembly`] puts a split job's outputs back together, and [`padding`]
-//! pads a batch of jobs of different lengths and cuts each job's outputs back.
+//! pads a batch of jobs of different lengths and cuts each job's outputs back; [`text`] turns a
+//! text model's strings into its token inputs.
 
 pub mod answerer;
 pub mod assembly;
@@ -30,4 +31,5 @@ pub mod metadata;
 pub mod padding;
 pub mod predict;
 pub mod registry;
+pub mod text;
 pub mod train;

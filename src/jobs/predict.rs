@@ -6,7 +6,9 @@
 //! and each failure ends the job at once through its [`InFlight`], with the contract's code and a
 //! message naming the field. A job that passes is split into chunks of at most
 //! `max_batch_size` rows; the batcher never mixes chunks whose non-batch dimensions differ
-//! (their shape keys differ).
+//! (their shape keys differ), except in the padded dimensions of a model with pad values. A
+//! text model's strings are tokenized into its token inputs before the key is taken
+//! ([`super::text`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,13 +19,13 @@ use lapin::{Channel, Connection};
 use tokio::sync::watch;
 
 use super::assembly::{JobState, OutputPlan};
-use super::batch::Chunk;
+use super::batch::{Chunk, ShapeKey};
 use super::early::early_names;
 use super::error::JobError;
 use super::inflight::{Answerer, Delivered, InFlight, Tally};
 use super::kind::{Acks, Consume, JobKind, JobTasks, OnLost, StartError};
 use super::registry::{ConsumingGuard, ModelRegistry, ServedVersion};
-use crate::batching::{split_rows, Item};
+use crate::batching::{split_rows, Item, PaddedKey};
 use crate::broker::authz::authorize;
 use crate::broker::envelope::Envelope;
 use crate::broker::headers::JobHeaders;
@@ -96,13 +98,20 @@ impl JobKind for PredictContext {
 }
 
 impl PredictContext {
-    /// `broker.prefetch`, or enough to fill batches: 2 × max_batch_size × instances, at least 64.
+    /// `broker.prefetch`, or enough to fill batches: 2 × max_batch_size × instances, at least 64;
+    /// for a padded model, that many per length bucket (a batch holds one bucket only).
     fn prefetch_for(&self, model: &str) -> u16 {
         if self.prefetch > 0 {
             return self.prefetch;
         }
         let wanted = (self.registry.resolve(model, None))
-            .map(|v| 2 * v.limits.max_batch_size.max(1) * v.instances.max(1))
+            .map(|v| {
+                let buckets = match v.padding {
+                    Some(_) => v.limits.padding.length_buckets.len() + 1,
+                    None => 1,
+                };
+                2 * v.limits.max_batch_size.max(1) * v.instances.max(1) * buckets
+            })
             .unwrap_or(64);
         wanted.clamp(64, u16::MAX as usize) as u16
     }
@@ -225,6 +234,41 @@ fn plan_outputs(served: &ServedVersion, request: &InferenceRequest) -> OutputPla
     OutputPlan { outputs }
 }
 
+/// A job's inputs in the model's signature order (validation guarantees each is present exactly
+/// once); a text model's text tokenized into its token inputs.
+fn model_inputs(served: &ServedVersion, mut sent: Vec<Tensor>) -> Result<Vec<Tensor>, JobError> {
+    if let Some(text) = &served.text {
+        return text.model_inputs(sent);
+    }
+    let mut inputs = Vec::with_capacity(served.signature.inputs.len());
+    for spec in &served.signature.inputs {
+        if let Some(i) = sent.iter().position(|t| t.name == spec.name) {
+            inputs.push(sent.swap_remove(i));
+        }
+    }
+    Ok(inputs)
+}
+
+/// The job's batching key: its inputs' non-batch dimensions, and with padding its lengths in
+/// the padded dimensions (refused when two inputs disagree on one).
+fn shape_key(served: &ServedVersion, inputs: &[Tensor]) -> Result<ShapeKey, JobError> {
+    if let Some(plan) = &served.padding {
+        return Ok(PaddedKey {
+            exact: plan.exact_key(inputs),
+            lengths: plan.lengths(inputs)?,
+        });
+    }
+    let mut exact = Vec::new();
+    for t in inputs.iter().filter(|_| served.limits.max_batch_size > 0) {
+        exact.extend_from_slice(&t.shape[1..]);
+        exact.push(usize::MAX);
+    }
+    Ok(PaddedKey {
+        exact,
+        lengths: Vec::new(),
+    })
+}
+
 fn submit(
     served: &Arc<ServedVersion>,
     job: InFlight,
@@ -233,24 +277,15 @@ fn submit(
 ) {
     let received = job.received();
     let plan = plan_outputs(served, &request);
-    // Inputs in signature order (validation guarantees each is present exactly once).
-    let mut inputs = Vec::with_capacity(served.signature.inputs.len());
-    for spec in &served.signature.inputs {
-        if let Some(i) = request.inputs.iter().position(|t| t.name == spec.name) {
-            inputs.push(request.inputs.swap_remove(i));
-        }
-    }
+    let mut inputs = match model_inputs(served, std::mem::take(&mut request.inputs)) {
+        Ok(inputs) => inputs,
+        Err(e) => return job.fail(e, request.id.as_deref()),
+    };
     let max = served.limits.max_batch_size;
-    let (rows, key) = if max == 0 {
-        (1, Vec::new())
-    } else {
-        let rows = inputs.first().map(Tensor::rows).unwrap_or(1);
-        let mut key = Vec::new();
-        for t in &inputs {
-            key.extend_from_slice(&t.shape[1..]);
-            key.push(usize::MAX);
-        }
-        (rows, key)
+    let (rows, key) = match shape_key(served, &inputs) {
+        Ok(key) if max == 0 => (1, key),
+        Ok(key) => (inputs.first().map(Tensor::rows).unwrap_or(1), key),
+        Err(e) => return job.fail(e, request.id.as_deref()),
     };
     // An unbatched model counts each job as one row: one chunk, whatever its shape.
     let ranges = split_rows(rows, max);

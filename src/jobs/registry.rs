@@ -13,14 +13,18 @@ use tokio::sync::{mpsc, watch};
 
 use super::batch::{Chunk, ShapeKey};
 use super::error::JobError;
+use super::padding::PadPlan;
+use super::text::TextIn;
 use crate::batching::{BatchLimits, Item};
 use crate::protocol::text::quoted;
 use crate::protocol::{ErrorCode, ModelSignature};
 use crate::telemetry::ModelMetrics;
 
+mod inputs;
 mod prepare;
 mod stamp;
 mod sync;
+pub use inputs::{version_inputs, VersionInputs};
 use stamp::{version_stamp, FileStamp};
 pub use sync::{BackendLoader, ModelSync, OrtLoader};
 
@@ -29,8 +33,13 @@ pub struct ServedVersion {
     pub model: Arc<str>,
     pub version: u64,
     pub label: Arc<str>,
+    /// What producers send and get (with a text input: the text, not the token inputs).
     pub signature: ModelSignature,
     pub limits: BatchLimits,
+    /// How jobs of different lengths are padded into one batch; `None`: they are not.
+    pub padding: Option<Arc<PadPlan>>,
+    /// The text input tokenized into the model's token inputs; `None`: no tokenizer.
+    pub text: Option<Arc<TextIn>>,
     pub instances: usize,
     pub execution_providers: Vec<&'static str>,
     /// `allowed_users` of the model's `config.toml`: who may send prediction jobs; empty: anyone.

@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer};
 
+use super::inputs::{check_buckets, check_inputs, InputConfig, TextInput};
 use crate::runtime::ExecutionProvider;
 
 /// A model's `config.toml` that could not be read or was refused; the message names the key.
@@ -108,6 +111,18 @@ pub struct ModelConfig {
     /// CUDA devices of this model's instances (round robin), instead of
     /// `runtime.cuda.device_ids`.
     pub device_ids: Option<Vec<usize>>,
+    /// Upper bounds of the length buckets of padded batches: a batch holds jobs of one bucket.
+    #[serde(default)]
+    pub length_buckets: Vec<usize>,
+    /// Most padded elements (rows × padded lengths) per batch; 0: no limit.
+    #[serde(default)]
+    pub max_batch_elements: usize,
+    /// `[inputs.<name>]`: pad values, and the text input.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, InputConfig>,
+    /// The text input of `inputs`, once checked.
+    #[serde(skip)]
+    pub text: Option<TextInput>,
 }
 
 /// `warmup`: `true` (the default: zeros at batch 1 and `max_batch_size`, or at each preferred
@@ -155,7 +170,7 @@ impl ModelConfig {
                 })
             }
         };
-        let config: ModelConfig = toml::from_str(&text).map_err(|e| ModelConfigError {
+        let mut config: ModelConfig = toml::from_str(&text).map_err(|e| ModelConfigError {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -183,6 +198,12 @@ impl ModelConfig {
                 message: "preferred_batch_sizes must be at least 1".into(),
             });
         }
+        let refused = |message: String| ModelConfigError {
+            path: path.to_path_buf(),
+            message,
+        };
+        check_buckets(&config.length_buckets).map_err(refused)?;
+        config.text = check_inputs(&config.inputs).map_err(refused)?;
         Ok(config)
     }
 }
@@ -190,6 +211,7 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repository::inputs::PadLiteral;
 
     fn config_file(text: &str) -> tempfile::NamedTempFile {
         let file = tempfile::NamedTempFile::new().expect("a temporary file");
@@ -246,6 +268,35 @@ mod tests {
             ("warmup = []", "warmup"),
             ("warmup = \"yes\"", "warmup"),
             ("device_ids = [1, 1]", "device_ids"),
+            ("length_buckets = [16, 0]", "length_buckets"),
+            ("max_batch_elements = -1", "max_batch_elements"),
+            ("[inputs.ids]\npad_value = [0]", "pad_value"),
+            ("[inputs.ids]\npadding = 0", "padding"),
+            ("[inputs.ids]\nmax_length = 8", "inputs.ids.max_length"),
+            (
+                "[inputs.t]\ntokenizer = \"../t.json\"",
+                "inputs.t.tokenizer",
+            ),
+            (
+                "[inputs.t]\ntokenizer = \"t.json\"\npad_value = 0",
+                "inputs.t.pad_value",
+            ),
+            (
+                "[inputs.t]\ntokenizer = \"t.json\"\ndatatype = \"FP32\"",
+                "inputs.t.datatype",
+            ),
+            (
+                "[inputs.t]\ntokenizer = \"t.json\"\nshape = [-1, 8]",
+                "inputs.t.shape",
+            ),
+            (
+                "[inputs.t]\ntokenizer = \"t.json\"\nmax_length = 0",
+                "inputs.t.max_length",
+            ),
+            (
+                "[inputs.a]\ntokenizer = \"t.json\"\n[inputs.b]\ntokenizer = \"t.json\"",
+                "inputs.b.tokenizer",
+            ),
         ] {
             let file = config_file(text);
             let err = ModelConfig::read(file.path()).unwrap_err().to_string();
@@ -255,5 +306,36 @@ mod tests {
             ModelConfig::read(Path::new("/nonexistent/config.toml")).unwrap(),
             ModelConfig::default()
         );
+    }
+
+    #[test]
+    fn padding_and_text_keys_are_read() {
+        let file = config_file(
+            "length_buckets = [64, 16]\nmax_batch_elements = 4096\n\
+             [inputs.input_ids]\npad_value = 0\n\
+             [inputs.mask]\npad_value = -1.5\n\
+             [inputs.text]\ndatatype = \"BYTES\"\nshape = [-1]\ntokenizer = \"tokenizer.json\"\nmax_length = 128",
+        );
+        let config = ModelConfig::read(file.path()).unwrap();
+        assert_eq!(config.length_buckets, vec![64, 16]);
+        assert_eq!(config.max_batch_elements, 4096);
+        assert_eq!(
+            config.inputs["input_ids"].pad_value,
+            Some(PadLiteral::Int(0))
+        );
+        assert_eq!(
+            config.inputs["mask"].pad_value,
+            Some(PadLiteral::Float(-1.5))
+        );
+        assert_eq!(
+            config.text,
+            Some(TextInput {
+                name: "text".into(),
+                tokenizer: "tokenizer.json".into(),
+                max_length: Some(128),
+            })
+        );
+        let plain = config_file("[inputs.x]\npad_value = \"\"");
+        assert_eq!(ModelConfig::read(plain.path()).unwrap().text, None);
     }
 }

@@ -38,6 +38,9 @@ pub fn describe(
                 "preferred_batch_sizes": entry.config.preferred_batch_sizes,
                 "instances": entry.config.instances,
                 "version_policy": format!("{:?}", entry.config.version_policy),
+                "length_buckets": entry.config.length_buckets,
+                "max_batch_elements": entry.config.max_batch_elements,
+                "text_input": entry.config.text.as_ref().map(|t| t.name.as_str()),
             },
             "versions": versions,
         }));

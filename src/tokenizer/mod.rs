@@ -134,6 +134,11 @@ impl Tokenizer {
         })
     }
 
+    /// The id rows are padded with.
+    pub fn pad_id(&self) -> i64 {
+        self.pad_id
+    }
+
     /// Tokens per row at most.
     pub fn max_length(&self) -> usize {
         self.max_length

@@ -1,22 +1,12 @@
 //! The value padding fills in: one element of the input's datatype, made from the literal a
 //! model's configuration gives (`pad_value = 0`, `-inf`, `false`, `""`).
 
-use serde::Deserialize;
-
 use super::{inconsistent, PadError};
 use crate::protocol::tensor::TensorData;
 use crate::protocol::DataType;
 use half::f16;
 
-/// A pad value as written in a configuration file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
-pub enum PadLiteral {
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Text(String),
-}
+pub use crate::repository::inputs::PadLiteral;
 
 /// One element of a datatype: little-endian bytes, or a BYTES element.
 #[derive(Debug, Clone, PartialEq)]
@@ -198,7 +188,7 @@ mod tests {
 
     #[test]
     fn literals_read_from_toml() {
-        #[derive(Deserialize)]
+        #[derive(serde::Deserialize)]
         struct Input {
             pad_value: PadLiteral,
         }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use super::{version_stamp, FileStamp, ModelRegistry, ServedVersion};
-use crate::batching::{batch_task, BatchLimits, FailBatch, MakeTask};
+use super::{version_inputs, version_stamp, FileStamp, ModelRegistry, ServedVersion};
+use crate::batching::{batch_task, BatchLimits, FailBatch, MakeTask, PadLimits};
 use crate::config::BatchingSettings;
 use crate::jobs::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
 use crate::jobs::error::JobError;
@@ -232,7 +232,8 @@ impl ModelSync {
             .max_queue_delay_ms
             .unwrap_or(self.defaults.max_queue_delay_ms);
         let delay = Duration::from_millis(delay);
-        BatchLimits::new(max_batch_size, delay, &config.preferred_batch_sizes)
+        let padding = PadLimits::new(&config.length_buckets, config.max_batch_elements);
+        BatchLimits::new(max_batch_size, delay, &config.preferred_batch_sizes).with_padding(padding)
     }
 
     /// Starts the instance pool and the batch task of a loaded version.
@@ -251,6 +252,8 @@ impl ModelSync {
             memory,
             warmup,
         } = loaded;
+        let model_path = self.store.model_path(name, version);
+        let inputs = version_inputs(&entry.config, &model_path, &signature)?;
         let label: Arc<str> = Arc::from(version.to_string());
         let metrics = self.metrics.model(name, &label);
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
@@ -268,8 +271,10 @@ impl ModelSync {
             model: Arc::from(name),
             version,
             label,
-            signature,
+            signature: inputs.signature,
             limits: limits.clone(),
+            padding: inputs.padding.clone(),
+            text: inputs.text,
             instances: entry.config.instances.unwrap_or(1),
             execution_providers: options.effective(),
             allowed_users: entry.config.allowed_users.clone(),
@@ -284,6 +289,7 @@ impl ModelSync {
             model: served.model.clone(),
             label: served.label.clone(),
             metrics: served.metrics.clone(),
+            padding: inputs.padding,
         });
         let make_task: MakeTask<ShapeKey, Chunk> = Arc::new(move |batch| {
             let info = info.clone();

@@ -1,0 +1,134 @@
+//! What a loaded version takes in, read once when it loads: the signature producers see, the
+//! padding of its batches ([`PadPlan`], from the `[inputs.<name>] pad_value` keys and the
+//! model's symbolic dimension names) and its text input ([`TextIn`], from a tokenizer).
+//!
+//! Without pad values and without a text input nothing changes: the producers' signature is the
+//! model's and jobs batch only with jobs of equal shapes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::jobs::padding::{PadLiteral, PadPlan, PadValue, SymbolicTensor};
+use crate::jobs::text::TextIn;
+use crate::onnx::{decode_model, symbolic_dims, SymbolicDims};
+use crate::protocol::ModelSignature;
+use crate::repository::ModelConfig;
+
+/// A version's inputs as served.
+pub struct VersionInputs {
+    /// What producers send and get (validation, metadata, `/v2/models`).
+    pub signature: ModelSignature,
+    pub padding: Option<Arc<PadPlan>>,
+    pub text: Option<Arc<TextIn>>,
+}
+
+/// Reads the inputs of the version at `model_path` (its `model.onnx`), whose runtime signature
+/// is `model`, as `config` asks; the message names the key of what cannot be served.
+pub fn version_inputs(
+    config: &ModelConfig,
+    model_path: &Path,
+    model: &ModelSignature,
+) -> Result<VersionInputs, String> {
+    let dir = model_path.parent().unwrap_or(Path::new("."));
+    let text = (config.text.as_ref())
+        .map(|t| TextIn::load(t, dir, model))
+        .transpose()?;
+    let text_name = config.text.as_ref().map(|t| t.name.as_str());
+    for name in config.inputs.keys() {
+        if Some(name.as_str()) != text_name && !model.inputs.iter().any(|i| &i.name == name) {
+            let known: Vec<&str> = model.inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(format!(
+                "inputs.{name}: the model has no input {name:?} (its inputs: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    let mut values = Vec::with_capacity(model.inputs.len());
+    for input in &model.inputs {
+        let configured = config
+            .inputs
+            .get(&input.name)
+            .and_then(|i| i.pad_value.clone());
+        let literal = configured.or_else(|| {
+            let id = text.as_ref()?.default_pad(&input.name)?;
+            Some(PadLiteral::Int(id))
+        });
+        let value = literal
+            .map(|l| PadValue::new(input.datatype, &l))
+            .transpose()
+            .map_err(|e| format!("inputs.{}.{e}", input.name))?;
+        values.push(value);
+    }
+    let padding = if values.iter().any(Option::is_some) {
+        Some(Arc::new(plan(model_path, model, values)?))
+    } else {
+        None
+    };
+    let signature = match &text {
+        Some(text) => text.public(model),
+        None => model.clone(),
+    };
+    Ok(VersionInputs {
+        signature,
+        padding,
+        text: text.map(Arc::new),
+    })
+}
+
+/// The padding of a model whose inputs have pad `values` (signature order), from the symbolic
+/// dimension names in its file.
+fn as_str(dims: &[Option<String>]) -> Vec<Option<&str>> {
+    dims.iter().map(|d| d.as_deref()).collect()
+}
+
+fn plan(
+    model_path: &Path,
+    model: &ModelSignature,
+    values: Vec<Option<PadValue>>,
+) -> Result<PadPlan, String> {
+    let bytes = std::fs::read(model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
+    let proto = decode_model(&bytes).map_err(|e| e.to_string())?;
+    let (inputs, outputs) = symbolic_dims(&proto).map_err(|e| e.to_string())?;
+    let dims_of = |list: &[SymbolicDims], name: &str| -> Vec<Option<String>> {
+        (list.iter())
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default()
+    };
+    let input_dims: Vec<Vec<Option<String>>> = model
+        .inputs
+        .iter()
+        .map(|i| dims_of(&inputs, &i.name))
+        .collect();
+    let output_dims: Vec<Vec<Option<String>>> = model
+        .outputs
+        .iter()
+        .map(|o| dims_of(&outputs, &o.name))
+        .collect();
+    let input_names: Vec<Vec<Option<&str>>> = input_dims.iter().map(|d| as_str(d)).collect();
+    let output_names: Vec<Vec<Option<&str>>> = output_dims.iter().map(|d| as_str(d)).collect();
+    let symbolic_inputs: Vec<(SymbolicTensor, Option<PadValue>)> = (model.inputs.iter())
+        .zip(&input_names)
+        .zip(values)
+        .map(|((spec, dims), value)| {
+            let tensor = SymbolicTensor {
+                name: &spec.name,
+                dims,
+            };
+            (tensor, value)
+        })
+        .collect();
+    let symbolic_outputs: Vec<SymbolicTensor> = (model.outputs.iter())
+        .zip(&output_names)
+        .map(|(spec, dims)| SymbolicTensor {
+            name: &spec.name,
+            dims,
+        })
+        .collect();
+    let plan =
+        PadPlan::new(&symbolic_inputs, &symbolic_outputs).map_err(|e| format!("inputs: {e}"))?;
+    if !plan.pads() {
+        return Err("inputs: pad values are given, but no input with one has a named (dim_param) dimension after the first: nothing can be padded".into());
+    }
+    Ok(plan)
+}
