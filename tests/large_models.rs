@@ -36,14 +36,17 @@ async fn answer(
     };
     let body = encode_request(&request, false);
     // A worker that is not ready (a version refused) may not consume a served model's queue
-    // yet: the job is returned unroutable until it does.
+    // yet: the job is returned unroutable until it does, or nacked while the new quorum queue
+    // starts.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let delivery = loop {
         match client
             .call(queue, &body, headers(&[]), Duration::from_secs(30))
             .await
         {
-            Err(ClientError::Unroutable(_)) if tokio::time::Instant::now() < deadline => {
+            Err(ClientError::Unroutable(_) | ClientError::Refused)
+                if tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
             other => break other.expect("answer"),
