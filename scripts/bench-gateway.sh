@@ -37,6 +37,8 @@ ticks() {
   curl -sf "http://127.0.0.1:$wport/metrics" | awk '/^infermq_batch_rows_(sum|count)\{.*model="iris"/ {printf "%d ", $2}'
   echo
 }
+# The gateway's jobs: requests in them (sum) and jobs (count), from its metrics.
+jobs() { curl -sf "http://127.0.0.1:$gport/metrics" | awk '/^infermq_gateway_requests_per_message_(sum|count)\{model="iris"/ {printf "%d ", $2}'; echo; }
 # A load generator's own CPU, in seconds (user + system), to FILE.
 timed() { local file=$1; shift; /usr/bin/time -f '%U %S' -o "$file" "$@"; }
 oha() { "$OHA" --no-tui --output-format json -m POST -H 'Content-Type: application/json' -d "$body" "$@" "$url"; }
@@ -50,8 +52,10 @@ for round in $(seq 1 "$ROUNDS"); do
   timed "$out/gw-direct-$round.time" "$bin" bench --prefix "$prefix" --model iris --rows 1 --json --jobs "$JOBS" --window "$CONC" >"$out/gw-direct-$round.json"
   ticks >>"$out/gw-direct-$round.ticks"
   ticks >"$out/gw-http-$round.ticks"
+  jobs >"$out/gw-http-$round.jobs"
   timed "$out/gw-http-$round.time" "$OHA" --no-tui --output-format json -m POST -H 'Content-Type: application/json' -d "$body" -n "$JOBS" -c "$CONC" "$url" >"$out/gw-http-$round.json"
   ticks >>"$out/gw-http-$round.ticks"
+  jobs >>"$out/gw-http-$round.jobs"
 done
 echo "== 2. light load, $LIGHT_RATE requests/s, $LIGHT_JOBS requests"
 direct --jobs "$LIGHT_JOBS" --rate "$LIGHT_RATE" >"$out/gw-direct-light.json"
@@ -95,6 +99,10 @@ for i in range(1, rounds + 1):
     n = json.load(open(f"{out}/gw-direct-{i}.json"))["reports"][0]["jobs"]
     print(f"    CPU us per job, direct:  {cpu(f'gw-direct-{i}', n)}")
     print(f"    CPU us per request, gateway: {cpu(f'gw-http-{i}', n)}")
+    js = [list(map(int, l.split())) for l in open(f"{out}/gw-http-{i}.jobs")]
+    if all(len(j) == 2 for j in js):
+        reqs, msgs = (b - a for a, b in zip(*js))
+        print(f"    gateway jobs: {msgs}, requests per job {reqs / max(msgs, 1):.1f}")
 print(f"  median ratio gateway/direct {statistics.median(ratios):.3f}")
 d, h = direct("gw-direct-light"), http("gw-http-light")
 print(f"  light load: direct p50 {d[1]:.3f} ms p99 {d[2]:.3f} ms   gateway p50 {h[1]:.3f} ms p99 {h[2]:.3f} ms   added p50 {h[1] - d[1]:.3f} ms")

@@ -214,6 +214,11 @@ pub struct GatewaySettings {
     pub shutdown_timeout_ms: u64,
     /// Threads of the gateway's async runtime (HTTP and broker); 0: one per core.
     pub async_threads: usize,
+    /// Jobs of gathered requests in flight per model (and shape) before new requests wait to
+    /// go together; 0: no gathering (every request is its own job).
+    pub gather_window: usize,
+    /// How long a request that could go at once is held for others to join it; 0: never.
+    pub gather_delay_us: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

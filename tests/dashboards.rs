@@ -5,13 +5,16 @@
 //! worker's address and a 1 s interval substituted) and its recording and alert rules, enables
 //! RabbitMQ's `rabbitmq_prometheus` plugin when port 15692 does not answer (idempotent; it adds
 //! a listener and changes nothing for AMQP clients), runs one training job and a prediction load
-//! through a worker, then evaluates every target of every panel of
+//! through a worker and a burst of concurrent requests through a gateway (`dashboards/gateway.rs`),
+//! then evaluates every target of every panel of
 //! `deploy/grafana/dashboards/*.json` through `/api/v1/query`, with `$model`, `$instance`,
 //! `$__rate_interval` and `$__range` substituted, and fails naming each panel without data.
 //! Skips, saying so, only when the `prometheus` binary is not installed
 //! (`scripts/ensure-test-tools.sh` installs it).
 
 mod common;
+#[path = "dashboards/gateway.rs"]
+mod gateway;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -28,9 +31,9 @@ const RATE_INTERVAL: &str = "1m";
 const RANGE: &str = "10m";
 const JOBS: usize = 600;
 
-/// The repository's scrape config with this worker as the only infermq target, a 1 s scrape
-/// and evaluation interval, and the rule files by absolute path.
-fn config_for(worker: SocketAddr) -> String {
+/// The repository's scrape config with this worker and this gateway as the only infermq
+/// targets, a 1 s scrape and evaluation interval, and the rule files by absolute path.
+fn config_for(worker: SocketAddr, gateway: SocketAddr) -> String {
     let source = std::fs::read_to_string(manifest_path("deploy/prometheus/prometheus.yml"))
         .expect("deploy/prometheus/prometheus.yml");
     let rules = manifest_path("deploy/prometheus");
@@ -44,6 +47,10 @@ fn config_for(worker: SocketAddr) -> String {
         (
             r#"targets: ["localhost:8080", "localhost:8081"]"#,
             format!(r#"targets: ["{worker}"]"#),
+        ),
+        (
+            r#"targets: ["localhost:8000"]"#,
+            format!(r#"targets: ["{gateway}"]"#),
         ),
         (
             "- alerts.yml",
@@ -154,7 +161,8 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let mut worker = ChildWorker::spawn(&prefix, repo.path(), &env);
     worker.wait_ready(Duration::from_secs(60)).await;
     let instance = worker.addr.to_string();
-    let prometheus = Prometheus::start(&binary, &config_for(worker.addr));
+    let gateway = gateway::TestGateway::start(&prefix).await;
+    let prometheus = Prometheus::start(&binary, &config_for(worker.addr, gateway.addr));
 
     // Scraped at least once before any job, so that increase() sees every counter move.
     let scraped = format!(r#"up{{job="infermq", instance="{instance}"}} == 1"#);
@@ -194,6 +202,18 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     )
     .await;
 
+    // The gateway's series scraped before its burst, so that rate() sees them move.
+    gateway.warm_up().await;
+    let jobs = r#"infermq_gateway_requests_per_message_count{model="iris"} > 0"#;
+    prometheus.wait_for(jobs, within, |r| !r.is_empty()).await;
+    gateway.burst(64).await;
+    for moved in [
+        r#"rate(infermq_gateway_gathered_requests_total{model="iris"}[1m])"#,
+        r#"histogram_quantile(0.99, sum by (le) (rate(infermq_gateway_requests_per_message_bucket[1m])))"#,
+    ] {
+        prometheus.wait_for(moved, within, has_number).await;
+    }
+
     // Prometheus has scraped the final counts and evaluated the recording rules on them.
     let jobs = format!(r#"sum(infermq_jobs_total{{instance="{instance}", outcome="success"}})"#);
     let all_answered = |r: &[Value]| {
@@ -216,7 +236,11 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
 
     let mut failures = Vec::new();
     let mut evaluated = 0;
-    for name in ["infermq-fleet.json", "infermq-model.json"] {
+    for name in [
+        "infermq-fleet.json",
+        "infermq-model.json",
+        "infermq-gateway.json",
+    ] {
         let path = manifest_path("deploy/grafana/dashboards").join(name);
         let text = std::fs::read_to_string(&path).expect("dashboard file");
         let dashboard: Value = serde_json::from_str(&text).expect("dashboard JSON");
@@ -254,6 +278,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         .and_then(|s| s["metric"]["ort_version"].as_str());
     assert!(ort.is_some_and(|v| v.starts_with("1.")), "{build:?}");
 
+    gateway.stop().await;
     worker.sigterm();
     worker.wait_exit(Duration::from_secs(30)).await;
     drop(prometheus);

@@ -257,3 +257,6 @@ mod curl_checks;
 
 #[path = "gateway/model_names.rs"]
 mod model_names;
+
+#[path = "gateway/gathering.rs"]
+mod gathering;

@@ -129,6 +129,11 @@ impl GatewaySettings {
             self.connections == 0 || self.channels == 0,
             "gateway.channels",
             "connections and channels must be at least 1",
+        )?;
+        refuse_if(
+            self.gather_delay_us > 1_000_000,
+            "gateway.gather_delay_us",
+            "must be at most 1000000 (one second)",
         )
     }
 }

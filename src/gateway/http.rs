@@ -295,9 +295,8 @@ async fn infer(
         if let Err(refusal) = admit(&gw, &model, gw.settings.max_queue_depth).await {
             return refusal.answer();
         }
-        let response = gw
-            .infer(&model, path.version.as_deref(), request, &body)
-            .await;
+        let version = path.version.as_deref();
+        let response = Gateway::infer(&gw, &model, version, request, body).await;
         (true, response)
     })
     .await

@@ -2,12 +2,14 @@
 //!
 //! Labels: `model` (a name whose queue exists, else `""`: names typed into a URL never become
 //! labels), `endpoint` (`infer`, `metadata`, `ready`) and `status` (the HTTP status code, a
-//! bounded set). Pool gauges are read from the pools at each scrape.
+//! bounded set), `reason` (why a request travelled alone: [`super::gather::Solo`]). Pool gauges
+//! are read from the pools at each scrape.
 
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use super::gather::Solo;
 use crate::telemetry::metrics::LATENCY_BUCKETS;
 
 /// Which route a request took, as the `endpoint` label says it.
@@ -36,7 +38,15 @@ pub struct GatewayMetrics {
     in_flight: IntGauge,
     pool_size: IntGaugeVec,
     pool_available: IntGaugeVec,
+    per_message: HistogramVec,
+    gathered: IntCounterVec,
+    solo: IntCounterVec,
 }
+
+/// Buckets of requests per message: 1 (alone) to 1024.
+pub const PER_MESSAGE_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 impl GatewayMetrics {
     pub fn new() -> GatewayMetrics {
@@ -79,12 +89,40 @@ impl GatewayMetrics {
             &["pool"],
         )
         .expect("valid metric");
+        let per_message = HistogramVec::new(
+            HistogramOpts::new(
+                "infermq_gateway_requests_per_message",
+                "Inference requests carried by each job the gateway published, by model",
+            )
+            .buckets(PER_MESSAGE_BUCKETS.to_vec()),
+            &["model"],
+        )
+        .expect("valid metric");
+        let gathered = IntCounterVec::new(
+            Opts::new(
+                "infermq_gateway_gathered_requests_total",
+                "Inference requests that travelled in one job with others, by model",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
+        let solo = IntCounterVec::new(
+            Opts::new(
+                "infermq_gateway_solo_requests_total",
+                "Inference requests that travelled as their own job, by model and reason",
+            ),
+            &["model", "reason"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
             Box::new(pool_size.clone()),
             Box::new(pool_available.clone()),
+            Box::new(per_message.clone()),
+            Box::new(gathered.clone()),
+            Box::new(solo.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -95,7 +133,27 @@ impl GatewayMetrics {
             in_flight,
             pool_size,
             pool_available,
+            per_message,
+            gathered,
+            solo,
         }
+    }
+
+    /// Counts a job published with `requests` inference requests in it.
+    pub fn published(&self, model: &str, requests: usize) {
+        self.per_message
+            .with_label_values(&[model])
+            .observe(requests as f64);
+        if requests > 1 {
+            self.gathered
+                .with_label_values(&[model])
+                .inc_by(requests as u64);
+        }
+    }
+
+    /// Counts a request that travels as its own job, and why.
+    pub fn solo(&self, model: &str, reason: Solo) {
+        self.solo.with_label_values(&[model, reason.as_str()]).inc();
     }
 
     /// Counts one answered request.
@@ -158,5 +216,23 @@ mod tests {
         assert!(text.contains(
             r#"infermq_gateway_request_duration_seconds_count{endpoint="infer",model="iris"} 2"#
         ));
+    }
+
+    #[test]
+    fn jobs_count_their_requests_and_solo_requests_their_reason() {
+        let m = GatewayMetrics::new();
+        m.published("iris", 5);
+        m.published("iris", 1);
+        m.solo("iris", Solo::Alone);
+        let text = m.render();
+        for line in [
+            r#"infermq_gateway_requests_per_message_count{model="iris"} 2"#,
+            r#"infermq_gateway_requests_per_message_sum{model="iris"} 6"#,
+            r#"infermq_gateway_requests_per_message_bucket{model="iris",le="4"} 1"#,
+            r#"infermq_gateway_gathered_requests_total{model="iris"} 5"#,
+            r#"infermq_gateway_solo_requests_total{model="iris",reason="alone"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

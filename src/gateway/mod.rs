@@ -9,6 +9,9 @@
 //! model's queue (does it exist, does a worker consume it, how deep is it), reused for
 //! `gateway.queue_check_ms` ([`cache`]); metadata from a metadata request any worker of the
 //! model answers. Decisions are pure ([`policy`]); routes in [`http`]; metrics in [`metrics`].
+//! Compatible requests for one model are gathered into one job ([`gather`] decides which,
+//! [`groups`] when, [`merge`] joins bodies and splits results, [`dispatch`] publishes and
+//! answers each request).
 //!
 //! Shutdown: on SIGTERM the listener stops accepting, requests in flight are answered (their
 //! results still arrive over the open channels), then the connections close — all within
@@ -16,15 +19,19 @@
 //! job runs and its result is dropped by the broker (direct reply-to has no queue to keep it).
 
 mod cache;
+mod dispatch;
+mod gather;
+mod groups;
 mod http;
 mod lanes;
+mod merge;
 mod metrics;
 mod policy;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -41,6 +48,9 @@ use crate::config::{GatewaySettings, Settings};
 use crate::protocol::metadata::{METADATA_REQUEST, REQUEST_HEADER};
 use crate::protocol::ModelName;
 use cache::{Lookup, TtlCache};
+use dispatch::Waiter;
+use gather::{GatherKey, ModelInfo};
+use groups::Gathering;
 use http::{error, relay, InferRequest};
 use lanes::{Broker, CallError};
 use metrics::GatewayMetrics;
@@ -73,6 +83,11 @@ pub struct Gateway {
     pub metrics: Arc<GatewayMetrics>,
     in_flight: Arc<Semaphore>,
     stopping: AtomicBool,
+    /// What the fleet's metadata says of each model version, for gathering (`None`: not known).
+    models: TtlCache<Option<Arc<ModelInfo>>>,
+    gathering: Mutex<Gathering<GatherKey, Waiter>>,
+    /// Bytes of inputs a gathered job may carry: under `broker.max_message_bytes`.
+    gather_bytes: usize,
 }
 
 impl Gateway {
@@ -94,6 +109,13 @@ impl Gateway {
             metrics: Arc::new(GatewayMetrics::new()),
             in_flight: Arc::new(Semaphore::new(gw.max_in_flight)),
             stopping: AtomicBool::new(false),
+            models: TtlCache::new(Duration::from_millis(gw.metadata_cache_ms)),
+            gathering: Mutex::new(Gathering::new(
+                gw.gather_window,
+                Duration::from_micros(gw.gather_delay_us),
+            )),
+            // Room for the JSON header (names and shapes) and the AMQP headers.
+            gather_bytes: settings.broker.max_message_bytes.saturating_sub(64 << 10),
         })
     }
 
@@ -145,8 +167,20 @@ impl Gateway {
         self.metrics.render()
     }
 
-    /// Publishes an inference request and answers with its result.
+    /// Answers an inference request: gathered with others into one job when it can be
+    /// ([`dispatch`]), else as its own job.
     async fn infer(
+        self: &Arc<Self>,
+        model: &ModelName,
+        version: Option<&str>,
+        request: InferRequest<'_>,
+        body: Bytes,
+    ) -> Response {
+        dispatch::infer(self, model, version, request, body).await
+    }
+
+    /// Publishes an inference request as its own job and answers with its result.
+    async fn publish(
         &self,
         model: &ModelName,
         version: Option<&str>,
@@ -179,6 +213,7 @@ impl Gateway {
         let properties = BasicProperties::default()
             .with_content_type(ShortString::from(content_type))
             .with_headers(headers);
+        self.metrics.published(model.as_str(), 1);
         self.call(model, body, properties, request.timeout).await
     }
 
@@ -227,15 +262,22 @@ impl Gateway {
         let queue = self.queue(model);
         match self.broker.call(&queue, body, properties, timeout).await {
             Ok(delivery) => relay(delivery),
-            Err(CallError::Unroutable(_)) => {
-                self.queues.remove(&queue);
+            Err(e) => self.call_failed(model, &e),
+        }
+    }
+
+    /// The answer to a request whose job got no answer.
+    fn call_failed(&self, model: &ModelName, e: &CallError) -> Response {
+        match e {
+            CallError::Unroutable(_) => {
+                self.queues.remove(&self.queue(model));
                 error(
                     StatusCode::NOT_FOUND,
                     &format!("unknown model {model:?}: no worker serves it (no queue)"),
                 )
             }
-            Err(e @ CallError::Timeout(_)) => error(StatusCode::GATEWAY_TIMEOUT, &e.to_string()),
-            Err(e) => {
+            CallError::Timeout(_) => error(StatusCode::GATEWAY_TIMEOUT, &e.to_string()),
+            _ => {
                 let mut response = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
                 response
                     .headers_mut()

@@ -57,7 +57,12 @@ pub fn answer_metadata(
                 .iter()
                 .map(u64::to_string)
                 .collect();
-            let body = model_metadata(model, &versions, &served.signature);
+            let body = model_metadata(
+                model,
+                &versions,
+                &served.signature,
+                served.limits.max_batch_size,
+            );
             request.answer(body, "application/json", FieldTable::default());
         }
         Err(e) => request.fail(e, None),

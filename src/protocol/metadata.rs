@@ -21,18 +21,26 @@ struct ModelMetadata<'a> {
     platform: &'static str,
     inputs: &'a [TensorSpec],
     outputs: &'a [TensorSpec],
+    max_batch_size: usize,
 }
 
 /// The KServe v2 model-metadata body: `name`, the served `versions` (ascending), `platform`,
 /// and the `inputs` and `outputs` (name, datatype, shape with `-1` for dynamic dimensions) of
-/// the version the request named (or the newest).
-pub fn model_metadata(name: &str, versions: &[String], signature: &ModelSignature) -> Vec<u8> {
+/// the version the request named (or the newest), and its `max_batch_size` (rows a worker runs
+/// in one batch; 0: one job at a time), which the gateway's gathering reads.
+pub fn model_metadata(
+    name: &str,
+    versions: &[String],
+    signature: &ModelSignature,
+    max_batch_size: usize,
+) -> Vec<u8> {
     let metadata = ModelMetadata {
         name,
         versions,
         platform: PLATFORM,
         inputs: &signature.inputs,
         outputs: &signature.outputs,
+        max_batch_size,
     };
     // Serializing strings, integers and enums into a Vec cannot fail.
     serde_json::to_vec(&metadata).unwrap_or_default()
@@ -57,7 +65,7 @@ mod tests {
                 shape: vec![-1, 3],
             }],
         };
-        let body = model_metadata("iris", &["1".into(), "2".into()], &signature);
+        let body = model_metadata("iris", &["1".into(), "2".into()], &signature, 32);
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             value,
@@ -65,6 +73,7 @@ mod tests {
                 "name": "iris", "versions": ["1", "2"], "platform": "onnxruntime_onnx",
                 "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
                 "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+                "max_batch_size": 32,
             })
         );
     }

@@ -1,0 +1,95 @@
+//! The gateway the dashboards test scrapes: `infermq gateway` in the test process, and a burst of
+//! concurrent iris requests through it (sent by one curl, `--parallel`) that it gathers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use infermq::config::Settings;
+use infermq::gateway::{self, Gateway};
+use tokio_util::sync::CancellationToken;
+
+use super::amqp_url;
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), gateway::GatewayError>>,
+}
+
+impl TestGateway {
+    /// A gateway for `prefix` on a free port; a short hold makes a burst gather for certain.
+    pub async fn start(prefix: &str) -> TestGateway {
+        let env = [
+            ("INFERMQ__BROKER__URL", amqp_url()),
+            ("INFERMQ__BROKER__PREFIX", prefix.to_string()),
+            ("INFERMQ__GATEWAY__LISTEN", "127.0.0.1:0".to_string()),
+            ("INFERMQ__GATEWAY__GATHER_DELAY_US", "20000".to_string()),
+        ];
+        let env = env.into_iter().map(|(k, v)| (k.to_string(), v));
+        let settings = Settings::load_from(None, env).expect("gateway settings");
+        let listener = tokio::net::TcpListener::bind(settings.gateway.listen)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let gateway = Arc::new(Gateway::new(&settings).expect("gateway"));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(gateway::serve(gateway.clone(), listener, shutdown.clone()));
+        TestGateway {
+            addr,
+            gateway,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Iris requests until the gateway knows the model's metadata (they go alone until then).
+    pub async fn warm_up(&self) {
+        let alone = r#"infermq_gateway_solo_requests_total{model="iris",reason="alone"}"#;
+        for _ in 0..200 {
+            self.curl(1).await;
+            if self.gateway.render_metrics().contains(alone) {
+                return;
+            }
+        }
+        panic!("the gateway never learnt iris's metadata");
+    }
+
+    /// `n` iris requests at once, which the gateway gathers.
+    pub async fn burst(&self, n: usize) {
+        self.curl(n).await;
+        let gathered = r#"infermq_gateway_gathered_requests_total{model="iris"}"#;
+        let text = self.gateway.render_metrics();
+        assert!(text.contains(gathered), "nothing gathered:\n{text}");
+    }
+
+    /// `n` iris requests from one curl, all at once; each must be answered 200.
+    async fn curl(&self, n: usize) {
+        let url = format!("http://{}/v2/models/iris/infer", self.addr);
+        let body = r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
+        let mut command = tokio::process::Command::new("curl");
+        command.args(["-s", "-Z", "--parallel-immediate", "--parallel-max", "64"]);
+        for i in 0..n {
+            if i > 0 {
+                command.arg("--next");
+            }
+            command.args(["-o", "/dev/null", "-w", "%{http_code}\n", "-d", body, &url]);
+        }
+        let out = command.output().await.expect("curl runs");
+        let codes = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            codes.lines().count() == n && codes.lines().all(|c| c == "200"),
+            "statuses: {codes}"
+        );
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+        assert!(
+            matches!(stopped, Ok(Ok(Ok(())))),
+            "gateway stop: {stopped:?}"
+        );
+    }
+}
