@@ -51,81 +51,54 @@ pub const PER_MESSAGE_BUCKETS: [f64; 11] = [
 impl GatewayMetrics {
     pub fn new() -> GatewayMetrics {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "infermq_gateway_requests_total",
-                "HTTP requests answered, by model, endpoint and HTTP status",
-            ),
+        let requests = counter_vec(
+            &registry,
+            "infermq_gateway_requests_total",
+            "HTTP requests answered, by model, endpoint and HTTP status",
             &["model", "endpoint", "status"],
-        )
-        .expect("valid metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "infermq_gateway_request_duration_seconds",
-                "Time from the request's arrival to its answer, by model and endpoint",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        );
+        let duration = histogram_vec(
+            &registry,
+            "infermq_gateway_request_duration_seconds",
+            "Time from the request's arrival to its answer, by model and endpoint",
+            &LATENCY_BUCKETS,
             &["model", "endpoint"],
-        )
-        .expect("valid metric");
+        );
         let in_flight = IntGauge::new(
             "infermq_gateway_requests_in_flight",
             "Requests received and not yet answered",
         )
         .expect("valid metric");
-        let pool_size = IntGaugeVec::new(
-            Opts::new(
-                "infermq_gateway_pool_size",
-                "Open objects in a pool (pool: connections or channels)",
-            ),
-            &["pool"],
-        )
-        .expect("valid metric");
-        let pool_available = IntGaugeVec::new(
-            Opts::new(
-                "infermq_gateway_pool_available",
-                "Idle objects in a pool; negative: requests waiting for one",
-            ),
-            &["pool"],
-        )
-        .expect("valid metric");
-        let per_message = HistogramVec::new(
-            HistogramOpts::new(
-                "infermq_gateway_requests_per_message",
-                "Inference requests carried by each job the gateway published, by model",
-            )
-            .buckets(PER_MESSAGE_BUCKETS.to_vec()),
+        register(&registry, in_flight.clone());
+        let pool_size = gauge_vec(
+            &registry,
+            "infermq_gateway_pool_size",
+            "Open objects in a pool (pool: connections or channels)",
+        );
+        let pool_available = gauge_vec(
+            &registry,
+            "infermq_gateway_pool_available",
+            "Idle objects in a pool; negative: requests waiting for one",
+        );
+        let per_message = histogram_vec(
+            &registry,
+            "infermq_gateway_requests_per_message",
+            "Inference requests carried by each job the gateway published, by model",
+            &PER_MESSAGE_BUCKETS,
             &["model"],
-        )
-        .expect("valid metric");
-        let gathered = IntCounterVec::new(
-            Opts::new(
-                "infermq_gateway_gathered_requests_total",
-                "Inference requests that travelled in one job with others, by model",
-            ),
+        );
+        let gathered = counter_vec(
+            &registry,
+            "infermq_gateway_gathered_requests_total",
+            "Inference requests that travelled in one job with others, by model",
             &["model"],
-        )
-        .expect("valid metric");
-        let solo = IntCounterVec::new(
-            Opts::new(
-                "infermq_gateway_solo_requests_total",
-                "Inference requests that travelled as their own job, by model and reason",
-            ),
+        );
+        let solo = counter_vec(
+            &registry,
+            "infermq_gateway_solo_requests_total",
+            "Inference requests that travelled as their own job, by model and reason",
             &["model", "reason"],
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(duration.clone()),
-            Box::new(in_flight.clone()),
-            Box::new(pool_size.clone()),
-            Box::new(pool_available.clone()),
-            Box::new(per_message.clone()),
-            Box::new(gathered.clone()),
-            Box::new(solo.clone()),
-        ] {
-            registry.register(collector).expect("unique metric");
-        }
+        );
         GatewayMetrics {
             registry,
             requests,
@@ -193,6 +166,38 @@ impl Default for GatewayMetrics {
     fn default() -> Self {
         GatewayMetrics::new()
     }
+}
+
+fn register<C: prometheus::core::Collector + 'static>(registry: &Registry, collector: C) {
+    registry
+        .register(Box::new(collector))
+        .expect("unique metric");
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let counter = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    register(registry, counter.clone());
+    counter
+}
+
+/// A gauge labelled by `pool`.
+fn gauge_vec(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
+    let gauge = IntGaugeVec::new(Opts::new(name, help), &["pool"]).expect("valid metric");
+    register(registry, gauge.clone());
+    gauge
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let options = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let histogram = HistogramVec::new(options, labels).expect("valid metric");
+    register(registry, histogram.clone());
+    histogram
 }
 
 #[cfg(test)]
