@@ -47,6 +47,8 @@ async fn internal_failures_are_retried_then_dead_lettered_with_the_reason() {
     let repo = model_repository(&["iris"]);
     std::fs::create_dir_all(repo.path().join("fails/1")).unwrap();
     std::fs::write(repo.path().join("fails/1/model.onnx"), failing_model()).unwrap();
+    // Its warm-up would fail like its jobs and refuse it: this test needs it served.
+    std::fs::write(repo.path().join("fails/config.toml"), "warmup = false\n").unwrap();
     let worker = TestWorker::start(settings(&random_prefix(), repo.path(), &[])).await;
     let client = client().await;
     let mut dead = consume(client.channel(), &format!("{}.dead", worker.prefix)).await;

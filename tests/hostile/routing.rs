@@ -91,6 +91,8 @@ async fn results_are_never_published_to_job_queues() {
 async fn a_forged_delivery_count_is_ignored() {
     let repo = model_repository(&["iris"]);
     add_model(repo.path(), "fails", &failing_model());
+    // Its warm-up would fail like its jobs and refuse it: this test needs it served.
+    std::fs::write(repo.path().join("fails/config.toml"), "warmup = false\n").expect("config");
     let mut t = Target::start(repo, &[]).await;
     let mut dead = consume(t.client.channel(), &format!("{}.dead", t.prefix)).await;
     let mut headers = FieldTable::default();
