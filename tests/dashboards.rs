@@ -161,7 +161,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let mut worker = ChildWorker::spawn(&prefix, repo.path(), &env);
     worker.wait_ready(Duration::from_secs(60)).await;
     let instance = worker.addr.to_string();
-    let gateway = gateway::TestGateway::start(&prefix).await;
+    let gateway = common::gateway::TestGateway::start(&prefix).await;
     let prometheus = Prometheus::start(&binary, &config_for(worker.addr, gateway.addr));
 
     // Scraped at least once before any job, so that increase() sees every counter move.

@@ -6,14 +6,12 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::gateway::{start_gateway, TestGateway};
 use common::*;
 use futures_util::StreamExt;
 use infermq::broker::headers::{as_i128, as_string, find};
-use infermq::config::Settings;
-use infermq::gateway::{self, Gateway};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -21,37 +19,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-struct TestGateway {
-    addr: std::net::SocketAddr,
-    gateway: Arc<Gateway>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), gateway::GatewayError>>,
-}
-
-async fn start_gateway(prefix: &str, extra: &[(&str, &str)]) -> TestGateway {
-    let mut env: Vec<(String, String)> = vec![
-        ("INFERMQ__BROKER__URL".into(), amqp_url()),
-        ("INFERMQ__BROKER__PREFIX".into(), prefix.into()),
-        ("INFERMQ__GATEWAY__LISTEN".into(), "127.0.0.1:0".into()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let settings = Settings::load_from(None, env).expect("gateway settings");
-    let listener = tokio::net::TcpListener::bind(settings.gateway.listen)
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let gateway = Arc::new(Gateway::new(&settings).expect("gateway"));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(gateway::serve(gateway.clone(), listener, shutdown.clone()));
-    TestGateway {
-        addr,
-        gateway,
-        shutdown,
-        task,
-    }
-}
 
 /// True when python3 can import what clients.py needs, installing it with pip if not.
 fn python_clients_available() -> Result<(), String> {

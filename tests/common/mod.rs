@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod gateway;
 pub mod otlp;
 pub mod prometheus;
 

@@ -1,47 +1,14 @@
 //! The gateway the dashboards test scrapes: `infermq gateway` in the test process, and a burst of
 //! concurrent iris requests through it (sent by one curl, `--parallel`) that it gathers.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use infermq::config::Settings;
-use infermq::gateway::{self, Gateway};
-use tokio_util::sync::CancellationToken;
-
-use super::amqp_url;
-
-pub struct TestGateway {
-    pub addr: SocketAddr,
-    gateway: Arc<Gateway>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), gateway::GatewayError>>,
-}
+use super::common::gateway::{start_gateway, TestGateway};
 
 impl TestGateway {
     /// A gateway for `prefix` on a free port; a short hold makes a burst gather for certain.
     pub async fn start(prefix: &str) -> TestGateway {
-        let env = [
-            ("INFERMQ__BROKER__URL", amqp_url()),
-            ("INFERMQ__BROKER__PREFIX", prefix.to_string()),
-            ("INFERMQ__GATEWAY__LISTEN", "127.0.0.1:0".to_string()),
-            ("INFERMQ__GATEWAY__GATHER_DELAY_US", "20000".to_string()),
-        ];
-        let env = env.into_iter().map(|(k, v)| (k.to_string(), v));
-        let settings = Settings::load_from(None, env).expect("gateway settings");
-        let listener = tokio::net::TcpListener::bind(settings.gateway.listen)
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let gateway = Arc::new(Gateway::new(&settings).expect("gateway"));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(gateway::serve(gateway.clone(), listener, shutdown.clone()));
-        TestGateway {
-            addr,
-            gateway,
-            shutdown,
-            task,
-        }
+        start_gateway(prefix, &[("INFERMQ__GATEWAY__GATHER_DELAY_US", "20000")]).await
     }
 
     /// Iris requests until the gateway knows the model's metadata (they go alone until then).
