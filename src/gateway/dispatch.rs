@@ -29,6 +29,7 @@ use super::{long_string, Gateway};
 use crate::broker::headers::{BINARY_HEADER, DEADLINE_MS, ERROR_CODE, MODEL_VERSION};
 use crate::protocol::text::bounded;
 use crate::protocol::{encode_error, EncodedBody, ErrorCode, ModelName};
+use crate::telemetry::trace::{inject_links, TraceContext, MAX_LINKS};
 
 /// A request waiting in its group for a job to carry it.
 pub struct Waiter {
@@ -38,21 +39,28 @@ pub struct Waiter {
     info: Arc<ModelInfo>,
     body: Bytes,
     header_len: Option<usize>,
+    /// The request's `traceparent` and `tracestate`, as it sent them.
+    trace: (Option<String>, Option<String>),
     deadline: tokio::time::Instant,
     reply: oneshot::Sender<Response>,
 }
 
 impl Waiter {
     /// The request as it came, with what is left of its timeout.
-    fn alone(&self) -> InferRequest<'static> {
+    fn alone(&self) -> InferRequest<'_> {
         InferRequest {
             timeout: self
                 .deadline
                 .saturating_duration_since(tokio::time::Instant::now()),
             header_len: self.header_len,
-            traceparent: None,
-            tracestate: None,
+            traceparent: self.trace.0.as_deref(),
+            tracestate: self.trace.1.as_deref(),
         }
+    }
+
+    /// The request's trace context, when it sent a valid one: a span link of the group's job.
+    fn link(&self) -> Option<TraceContext> {
+        TraceContext::from_values(self.trace.0.as_deref()?, self.trace.1.as_deref())
     }
 }
 
@@ -77,6 +85,7 @@ pub async fn infer(
     let limits = Limits {
         max_rows: info.max_batch_size,
         max_bytes: gw.gather_bytes,
+        max_requests: MAX_LINKS,
     };
     let key = candidate.key.clone();
     let (rows, bytes) = (candidate.rows, candidate.bytes);
@@ -87,6 +96,10 @@ pub async fn infer(
         info,
         body,
         header_len: request.header_len,
+        trace: (
+            request.traceparent.map(str::to_string),
+            request.tracestate.map(str::to_string),
+        ),
         deadline: tokio::time::Instant::now() + timeout,
         reply,
     };
@@ -144,7 +157,6 @@ fn route(
     let traits = gather::Traits {
         model: model.as_str(),
         path_version: version,
-        traced: request.traceparent.is_some() || request.tracestate.is_some(),
         own_deadline: request.timeout < gw.default_timeout(),
         binary_header_len: request.header_len,
     };
@@ -249,7 +261,8 @@ async fn send(gw: &Arc<Gateway>, key: &GatherKey, mut group: Vec<Waiter>) {
         .max()
         .unwrap_or_else(tokio::time::Instant::now);
     let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let properties = properties(SystemTime::now() + timeout, key, &merged);
+    let links: Vec<TraceContext> = group.iter().filter_map(Waiter::link).collect();
+    let properties = properties(SystemTime::now() + timeout, key, &merged, &links);
     gw.metrics.published(model.as_str(), group.len());
     let queue = gw.queue(&model);
     let delivery = match gw
@@ -296,8 +309,13 @@ async fn retry(gw: &Arc<Gateway>, group: Vec<Waiter>) {
 }
 
 /// The merged job's properties: the group's latest deadline (each request still waits only
-/// its own timeout), the version, binary framing.
-fn properties(deadline: SystemTime, key: &GatherKey, merged: &EncodedBody) -> BasicProperties {
+/// its own timeout), the version, binary framing, and a span link to each traced request.
+fn properties(
+    deadline: SystemTime,
+    key: &GatherKey,
+    merged: &EncodedBody,
+    links: &[TraceContext],
+) -> BasicProperties {
     let deadline_ms = deadline
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -310,6 +328,7 @@ fn properties(deadline: SystemTime, key: &GatherKey, merged: &EncodedBody) -> Ba
     if let Some(len) = merged.header_len {
         headers.insert(BINARY_HEADER.into(), AMQPValue::LongLongInt(len as i64));
     }
+    inject_links(links, &mut headers);
     BasicProperties::default()
         .with_content_type(merged.content_type.into())
         .with_headers(headers)

@@ -101,8 +101,6 @@ pub enum Solo {
     NoMetadata,
     /// The model runs one job at a time (no dynamic batch dimension, or `max_batch_size` ≤ 1).
     NotBatchable,
-    /// The request carries a trace context: its job continues the caller's trace alone.
-    Traced,
     /// The request asked for a timeout shorter than the gateway's default.
     OwnDeadline,
     /// The body does not decode: the worker answers it, word for word.
@@ -128,7 +126,6 @@ impl Solo {
             Solo::Off => "off",
             Solo::NoMetadata => "no_metadata",
             Solo::NotBatchable => "not_batchable",
-            Solo::Traced => "traced",
             Solo::OwnDeadline => "own_deadline",
             Solo::Undecodable => "undecodable",
             Solo::Bytes => "bytes",
@@ -168,7 +165,6 @@ pub enum Prepared {
 pub struct Traits<'a> {
     pub model: &'a str,
     pub path_version: Option<&'a str>,
-    pub traced: bool,
     /// The request's timeout is shorter than `gateway.timeout_ms`.
     pub own_deadline: bool,
     pub binary_header_len: Option<usize>,
@@ -177,13 +173,7 @@ pub struct Traits<'a> {
 impl Traits<'_> {
     /// Why the request goes alone whatever its body and model, if it does.
     pub fn solo(&self) -> Option<Solo> {
-        if self.traced {
-            Some(Solo::Traced)
-        } else if self.own_deadline {
-            Some(Solo::OwnDeadline)
-        } else {
-            None
-        }
+        self.own_deadline.then_some(Solo::OwnDeadline)
     }
 }
 

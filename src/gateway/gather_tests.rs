@@ -14,7 +14,6 @@ fn traits(header_len: Option<usize>) -> Traits<'static> {
     Traits {
         model: "iris",
         path_version: None,
-        traced: false,
         own_deadline: false,
         binary_header_len: header_len,
     }
@@ -52,11 +51,6 @@ fn who_gathers_and_who_goes_alone() {
     };
     let ok = json_rows(1);
     assert_eq!(solo(traits(None), &ok), None);
-    let traced = Traits {
-        traced: true,
-        ..traits(None)
-    };
-    assert_eq!(solo(traced, &ok), Some(Solo::Traced));
     let tight = Traits {
         own_deadline: true,
         ..traits(None)

@@ -2,17 +2,19 @@
 //! `window` jobs are in flight; a request that finds fewer goes at once (a lone request is never
 //! delayed, unless `gather_delay_us` asks for a hold); the others wait, and when a job of their
 //! key is answered, everything waiting leaves as one job, bounded by the model's
-//! `max_batch_size` rows and a byte budget. The caller passes `now` and owns the I/O.
+//! `max_batch_size` rows, a byte budget and a number of requests. The caller passes `now` and owns the I/O.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-/// What a group may hold: rows (the model's `max_batch_size`) and bytes of inputs.
+/// What a group may hold: rows (the model's `max_batch_size`), bytes of inputs, and requests
+/// (each traced request is one span link of the job).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_rows: usize,
     pub max_bytes: usize,
+    pub max_requests: usize,
 }
 
 /// What to do with a request that arrived.
@@ -43,7 +45,9 @@ struct Group<T> {
 
 impl<T> Group<T> {
     fn full(&self) -> bool {
-        self.rows >= self.limits.max_rows || self.bytes >= self.limits.max_bytes
+        self.rows >= self.limits.max_rows
+            || self.bytes >= self.limits.max_bytes
+            || self.waiting.len() >= self.limits.max_requests
     }
 
     /// The waiting items that fit one job, oldest first (always at least one).
@@ -51,7 +55,8 @@ impl<T> Group<T> {
         let (mut rows, mut bytes, mut out) = (0, 0, Vec::new());
         while let Some(next) = self.waiting.front() {
             let fits = rows + next.rows <= self.limits.max_rows
-                && bytes + next.bytes <= self.limits.max_bytes;
+                && bytes + next.bytes <= self.limits.max_bytes
+                && out.len() < self.limits.max_requests;
             if !out.is_empty() && !fits {
                 break;
             }

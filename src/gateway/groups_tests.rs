@@ -4,6 +4,7 @@ use proptest::prelude::*;
 const LIMITS: Limits = Limits {
     max_rows: 4,
     max_bytes: 1000,
+    max_requests: 1024,
 };
 
 #[test]
@@ -44,6 +45,34 @@ fn bytes_bound_a_group_and_an_oversized_request_still_goes() {
     assert_eq!(g.finished(&"m"), vec![vec![2]]);
     assert_eq!(g.finished(&"m"), vec![vec![3]]);
     assert_eq!(g.finished(&"m"), vec![vec![4]]);
+}
+
+#[test]
+fn requests_bound_a_group_whatever_its_rows() {
+    let now = Instant::now();
+    let limits = Limits {
+        max_rows: 100,
+        max_bytes: 1000,
+        max_requests: 2,
+    };
+    let mut g = Gathering::new(1, Duration::ZERO);
+    assert_eq!(g.arrive(&"m", 1, 1, 1, limits, now), Arrival::Send(vec![1]));
+    for i in 2..=6 {
+        assert_eq!(g.arrive(&"m", i, 1, 1, limits, now), Arrival::Wait);
+    }
+    assert_eq!(g.finished(&"m"), vec![vec![2, 3]]);
+    assert_eq!(g.finished(&"m"), vec![vec![4, 5]]);
+    assert_eq!(g.finished(&"m"), vec![vec![6]]);
+    // A hold ends as soon as the group holds its most requests.
+    let mut held = Gathering::new(1, Duration::from_secs(1));
+    assert_eq!(
+        held.arrive(&"m", 1, 1, 1, limits, now),
+        Arrival::Hold(now + Duration::from_secs(1))
+    );
+    assert_eq!(
+        held.arrive(&"m", 2, 1, 1, limits, now),
+        Arrival::Send(vec![1, 2])
+    );
 }
 
 #[test]

@@ -140,7 +140,6 @@ fn candidate(sent: &Sent) -> Candidate {
     let traits = Traits {
         model: "m",
         path_version: None,
-        traced: false,
         own_deadline: false,
         binary_header_len: sent.header_len,
     };

@@ -1,6 +1,7 @@
 //! Gathering end to end: concurrent requests sent by one curl (`--parallel`) travel in fewer
 //! jobs than requests, each is answered with its own id and rows (equal, within 1e-6, to what a
 //! gateway that does not gather answers), and a bad request among them costs only itself.
+//! Traced requests gather too, and the worker's span of their job links to each request.
 
 use super::*;
 use infermq::protocol::{decode_response, DecodedResponse};
@@ -10,6 +11,8 @@ struct Sent {
     id: String,
     body: Vec<u8>,
     header_len: Option<usize>,
+    /// The request's `traceparent`, if it traces.
+    traceparent: Option<String>,
 }
 
 fn iris_request(i: usize) -> Sent {
@@ -32,6 +35,7 @@ fn iris_request(i: usize) -> Sent {
             id,
             body,
             header_len: Some(header.len()),
+            traceparent: None,
         };
     }
     let body = format!(
@@ -42,6 +46,7 @@ fn iris_request(i: usize) -> Sent {
         id,
         body: body.into_bytes(),
         header_len: None,
+        traceparent: None,
     }
 }
 
@@ -59,6 +64,9 @@ async fn burst(url: &str, requests: &[Sent]) -> Vec<Answer> {
         command.args(["-X", "POST", "-H", "Expect:", "--max-time", "30"]);
         if let Some(len) = r.header_len {
             command.args(["-H", &format!("Inference-Header-Content-Length: {len}")]);
+        }
+        if let Some(tp) = &r.traceparent {
+            command.args(["-H", &format!("traceparent: {tp}")]);
         }
         command
             .arg("--data-binary")
@@ -111,6 +119,24 @@ fn metric(gw: &TestGateway, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+fn url(gw: &TestGateway) -> String {
+    format!("http://{}/v2/models/iris/infer", gw.addr)
+}
+
+/// Requests go alone until the gateway has the model's metadata (asked on the first): sends
+/// lone requests until one went alone for want of company rather than of metadata.
+async fn learn_metadata(gw: &TestGateway) {
+    let alone = r#"infermq_gateway_solo_requests_total{model="iris",reason="alone"}"#;
+    for _ in 0..200 {
+        let answer = burst(&url(gw), &[iris_request(0)]).await;
+        assert_eq!(answer[0].status, 200, "{}", answer[0].text());
+        if metric(gw, alone) > 0.0 {
+            return;
+        }
+    }
+    panic!("the gateway never learnt iris's metadata");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_travel_together_and_a_bad_one_costs_only_itself() {
     let models = model_repository(&["iris"]);
@@ -119,20 +145,7 @@ async fn concurrent_requests_travel_together_and_a_bad_one_costs_only_itself() {
     // A hold long enough for every transfer of one curl to arrive: the burst gathers.
     let gw = start_gateway(&prefix, &[("INFERMQ__GATEWAY__GATHER_DELAY_US", "300000")]).await;
     let plain = start_gateway(&prefix, &[("INFERMQ__GATEWAY__GATHER_WINDOW", "0")]).await;
-    let url = |gw: &TestGateway| format!("http://{}/v2/models/iris/infer", gw.addr);
-    // Requests go alone until the gateway has the model's metadata (asked on the first).
-    let alone = r#"infermq_gateway_solo_requests_total{model="iris",reason="alone"}"#;
-    for _ in 0..200 {
-        let answer = burst(&url(&gw), &[iris_request(0)]).await;
-        assert_eq!(answer[0].status, 200, "{}", answer[0].text());
-        if metric(&gw, alone) > 0.0 {
-            break;
-        }
-    }
-    assert!(
-        metric(&gw, alone) > 0.0,
-        "the gateway never learnt iris's metadata"
-    );
+    learn_metadata(&gw).await;
 
     let mut requests: Vec<Sent> = (1..=24).map(iris_request).collect();
     let bad = br#"{"id":"bad","inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#;
@@ -142,6 +155,7 @@ async fn concurrent_requests_travel_together_and_a_bad_one_costs_only_itself() {
             id: "bad".into(),
             body: bad.to_vec(),
             header_len: None,
+            traceparent: None,
         },
     );
     let jobs = r#"infermq_gateway_requests_per_message_count{model="iris"}"#;
@@ -200,4 +214,75 @@ async fn concurrent_requests_travel_together_and_a_bad_one_costs_only_itself() {
             .expect("gateway result");
     }
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traced_requests_gather_and_their_job_links_to_each() {
+    let receiver = common::otlp::Receiver::start().await;
+    let endpoint = receiver.endpoint();
+    let models = model_repository(&["iris"]);
+    let prefix = random_prefix();
+    let extra = [("INFERMQ__TELEMETRY__OTLP_ENDPOINT", endpoint.as_str())];
+    let worker = TestWorker::start(settings(&prefix, models.path(), &extra)).await;
+    let gw = start_gateway(&prefix, &[("INFERMQ__GATEWAY__GATHER_DELAY_US", "300000")]).await;
+    learn_metadata(&gw).await;
+
+    // Twelve requests, each in a trace of its own (trace id ..0i, parent span ..0i).
+    let requests: Vec<Sent> = (1..=12)
+        .map(|i| Sent {
+            traceparent: Some(format!("00-{:032x}-{:016x}-01", 0xabc000 + i, 0xdef000 + i)),
+            ..iris_request(i)
+        })
+        .collect();
+    let gathered = r#"infermq_gateway_gathered_requests_total{model="iris"}"#;
+    let answers = burst(&url(&gw), &requests).await;
+    for (sent, answer) in requests.iter().zip(&answers) {
+        assert_eq!(answer.status, 200, "{}: {}", sent.id, answer.text());
+        assert_eq!(decoded(answer).id.as_deref(), Some(sent.id.as_str()));
+    }
+    assert!(
+        metric(&gw, gathered) >= 2.0,
+        "traced requests did not gather"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            r#"infermq_gateway_solo_requests_total{model="iris",reason="traced"}"#
+        ),
+        0.0
+    );
+
+    gw.shutdown.cancel();
+    gw.task
+        .await
+        .expect("gateway task")
+        .expect("gateway result");
+    // The worker exports what it buffered when it stops.
+    worker.stop().await;
+    let spans = receiver.take();
+    let receives: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("receive "))
+        .collect();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // Each request is either the parent of a job's span (it went alone) or linked from one.
+    for sent in &requests {
+        let tp = sent.traceparent.as_deref().unwrap();
+        let (trace, span) = (&tp[3..35], &tp[36..52]);
+        let parent = receives
+            .iter()
+            .any(|r| hex(&r.trace_id) == trace && hex(&r.parent_span_id) == span);
+        let linked = receives.iter().any(|r| {
+            r.links
+                .iter()
+                .any(|l| hex(&l.trace_id) == trace && hex(&l.span_id) == span)
+        });
+        assert!(
+            parent || linked,
+            "{}: neither parent nor link of a job's span",
+            sent.id
+        );
+    }
+    let most = receives.iter().map(|r| r.links.len()).max().unwrap_or(0);
+    assert!(most >= 2, "no job span links two requests: {most}");
 }

@@ -136,15 +136,7 @@ impl TraceContext {
 /// The value of the one header named `name` (any case), as text; `None` when absent,
 /// duplicated, not a string, not UTF-8, or longer than any valid value.
 fn header_str<'a>(headers: &'a FieldTable, name: &str) -> Option<&'a str> {
-    let mut found = headers
-        .inner()
-        .iter()
-        .filter(|(k, _)| k.as_str().eq_ignore_ascii_case(name));
-    let (_, value) = found.next()?;
-    if found.next().is_some() {
-        return None;
-    }
-    let bytes = match value {
+    let bytes = match header_value(headers, name)? {
         AMQPValue::LongString(s) => s.as_bytes(),
         AMQPValue::ShortString(s) => s.as_str().as_bytes(),
         _ => return None,
@@ -153,6 +145,16 @@ fn header_str<'a>(headers: &'a FieldTable, name: &str) -> Option<&'a str> {
         return None;
     }
     std::str::from_utf8(bytes).ok()
+}
+
+/// The value of the one header named `name` (any case); `None` when absent or duplicated.
+pub(super) fn header_value<'a>(headers: &'a FieldTable, name: &str) -> Option<&'a AMQPValue> {
+    let mut found = headers
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str().eq_ignore_ascii_case(name));
+    let (_, value) = found.next()?;
+    found.next().is_none().then_some(value)
 }
 
 /// A `tracestate` list: at most 32 `key=value` members, keys unique and well formed, values of

@@ -72,6 +72,7 @@ pub(super) fn provider(
         .build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
+        .with_max_links_per_span(super::links::MAX_LINKS as u32)
         .with_resource(resource)
         .build())
 }

@@ -15,19 +15,23 @@
 //!     └── publish         result published → confirmed by the broker
 //! ```
 //!
+//! A job that carries several traced requests (a gathered job of the gateway) names their
+//! contexts in `x-trace-links` ([`links`]); its `receive` span links to each of them.
+//!
 //! Spans are exported over OTLP/HTTP (protobuf) only when `telemetry.otlp_endpoint` is set;
 //! otherwise nothing is recorded and results carry the producer's context unchanged. Sampling
 //! follows the producer's sampled flag; a job without a context starts a new trace.
 
 pub mod context;
 mod export;
+pub mod links;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use lapin::types::FieldTable;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
     TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
@@ -35,6 +39,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span as SdkSpan};
 
 pub use context::{TraceContext, TraceParent, TRACEPARENT, TRACESTATE};
 pub use export::{check_endpoint, TraceError};
+pub use links::{inject_links, links_from_headers, MAX_LINKS, TRACE_LINKS};
 
 use crate::telemetry::Outcome;
 
@@ -123,7 +128,11 @@ impl JobTracer {
         queue: &str,
         received: Instant,
     ) -> JobTrace {
-        self.start(TraceContext::from_headers(headers), queue, received)
+        let links = match self.exporter {
+            Some(_) => links_from_headers(headers),
+            None => Vec::new(),
+        };
+        self.open(TraceContext::from_headers(headers), links, queue, received)
     }
 
     /// [`JobTracer::start_job`] with a context read elsewhere (an HTTP request's headers through
@@ -131,6 +140,18 @@ impl JobTracer {
     pub fn start(
         &self,
         incoming: Option<TraceContext>,
+        queue: &str,
+        received: Instant,
+    ) -> JobTrace {
+        self.open(incoming, Vec::new(), queue, received)
+    }
+
+    /// Opens the `receive` span, a child of `incoming` with a link to each of `links` (the
+    /// requests a gathered job carries, from `x-trace-links`).
+    fn open(
+        &self,
+        incoming: Option<TraceContext>,
+        links: Vec<TraceContext>,
         queue: &str,
         received: Instant,
     ) -> JobTrace {
@@ -145,15 +166,13 @@ impl JobTracer {
             };
         };
         let parent = match &incoming {
-            Some(ctx) => Context::new().with_remote_span_context(SpanContext::new(
-                TraceId::from_bytes(ctx.parent.trace_id),
-                SpanId::from_bytes(ctx.parent.span_id),
-                TraceFlags::new(ctx.parent.flags & context::FLAG_SAMPLED),
-                true,
-                ctx.state.parse().unwrap_or_else(|_| TraceState::default()),
-            )),
+            Some(ctx) => Context::new().with_remote_span_context(remote(ctx)),
             None => Context::new(),
         };
+        let links = links
+            .iter()
+            .map(|l| Link::with_context(remote(l)))
+            .collect();
         let root = exporter
             .tracer
             .span_builder(format!("receive {}", bounded(queue)))
@@ -164,6 +183,7 @@ impl JobTracer {
                 KeyValue::new("messaging.operation.type", "process"),
                 KeyValue::new("messaging.destination.name", bounded(queue).to_string()),
             ])
+            .with_links(links)
             .start_with_context(&exporter.tracer, &parent);
         let sc = root.span_context();
         let outgoing = TraceContext {
@@ -271,6 +291,17 @@ impl JobTrace {
             ctx.inject(headers);
         }
     }
+}
+
+/// A context received from elsewhere, as OpenTelemetry's remote span context.
+fn remote(ctx: &TraceContext) -> SpanContext {
+    SpanContext::new(
+        TraceId::from_bytes(ctx.parent.trace_id),
+        SpanId::from_bytes(ctx.parent.span_id),
+        TraceFlags::new(ctx.parent.flags & context::FLAG_SAMPLED),
+        true,
+        ctx.state.parse().unwrap_or_else(|_| TraceState::default()),
+    )
 }
 
 /// `at` in wall-clock time, through one reading of both clocks.
