@@ -200,6 +200,16 @@ async fn external_data_is_served_escapes_are_refused_and_late_weights_are_loaded
         chain["memory_bytes"].as_u64().unwrap() >= 2 * MIB,
         "{chain}"
     );
+    // What its session's arena holds on its device: a CUDA session's arena reports it; the CPU
+    // sessions run without an arena, so the CPU build shows none, in the list and the metrics.
+    assert_eq!(chain["device_memory"], serde_json::json!([]), "{chain}");
+    let (_, metrics) = http_get(worker.handles.http_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains(r#"infermq_model_device_memory_bytes{device="cpu""#),
+        "{metrics}"
+    );
     let escape = worker
         .wait_for_version("escape", "1", |v| v["state"] == "FAILED")
         .await;

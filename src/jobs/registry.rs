@@ -18,12 +18,15 @@ use super::text::TextIn;
 use crate::batching::{BatchLimits, Item};
 use crate::protocol::text::quoted;
 use crate::protocol::{ErrorCode, ModelSignature};
+use crate::runtime::arena::ArenaProbe;
 use crate::telemetry::ModelMetrics;
 
+mod device_memory;
 mod inputs;
 mod prepare;
 mod stamp;
 mod sync;
+pub use device_memory::DeviceMemoryCollector;
 pub use inputs::{version_inputs, VersionInputs};
 use stamp::{version_stamp, FileStamp};
 pub use sync::{BackendLoader, ModelSync, OrtLoader};
@@ -48,6 +51,8 @@ pub struct ServedVersion {
     pub memory: u64,
     /// Batch sizes it was warmed at before serving (empty: warm-up off).
     pub warmup: Vec<usize>,
+    /// Reads the memory arena of each of its sessions (one per device).
+    pub arenas: Vec<ArenaProbe>,
     pub metrics: ModelMetrics,
     inbox: mpsc::UnboundedSender<Item<ShapeKey, Chunk>>,
 }
@@ -256,6 +261,18 @@ impl ModelRegistry {
             .unwrap_or(false)
     }
 
+    /// Every loaded version.
+    pub fn served(&self) -> Vec<Arc<ServedVersion>> {
+        self.models
+            .read()
+            .map(|m| {
+                m.values()
+                    .flat_map(|s| s.versions.values().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The bytes every loaded version is estimated to hold.
     pub fn memory_in_use(&self) -> u64 {
         self.models
@@ -366,6 +383,7 @@ impl ModelRegistry {
                             "execution_providers": v.execution_providers,
                             "memory_bytes": v.memory,
                             "warmup_batch_sizes": v.warmup,
+                            "device_memory": device_memory::device_memory_json(v),
                         })
                     })
                     .chain(state.failed.iter().map(|(version, f)| json!({"version": version.to_string(), "state": "FAILED", "reason": f.reason})))

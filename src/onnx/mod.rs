@@ -15,7 +15,7 @@ use prost::Message;
 
 pub use builder::{Dim, GraphBuilder};
 pub use proto::ModelProto;
-pub use signature::{signature, symbolic_dims, Signature, SymbolicDims, TensorSignature};
+pub use signature::{signature, Signature, TensorSignature};
 
 /// Why ONNX bytes could not be read.
 #[derive(Debug, thiserror::Error)]

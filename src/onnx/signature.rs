@@ -85,43 +85,6 @@ pub fn signature(model: &ModelProto) -> Result<Signature, OnnxError> {
     })
 }
 
-/// A tensor's symbolic dimension names (`dim_param`): `None` for a fixed or unnamed dimension.
-pub type SymbolicDims = (String, Vec<Option<String>>);
-
-fn symbolic(value: &super::proto::ValueInfoProto) -> SymbolicDims {
-    let dims = match value.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(type_proto::Value::TensorType(t)) => t
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match &d.value {
-                        Some(Dim::DimParam(name)) if !name.is_empty() => Some(name.clone()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
-    (value.name.clone(), dims)
-}
-
-/// The symbolic dimension names of a model's inputs (initializers left out) and outputs, in
-/// graph order: what padded batching reads to know which dimensions go together.
-pub fn symbolic_dims(
-    model: &ModelProto,
-) -> Result<(Vec<SymbolicDims>, Vec<SymbolicDims>), OnnxError> {
-    let graph = model.graph.as_ref().ok_or(OnnxError::MissingGraph)?;
-    let is_initializer = |name: &str| graph.initializer.iter().any(|t| t.name == name);
-    let inputs = (graph.input.iter())
-        .filter(|v| !is_initializer(&v.name))
-        .map(symbolic)
-        .collect();
-    Ok((inputs, graph.output.iter().map(symbolic).collect()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{decode_model, proto::elem, Dim as D, GraphBuilder};
@@ -156,10 +119,5 @@ mod tests {
         );
         assert_eq!(datatype_name(99), "ONNX type 99");
         assert!(signature(&ModelProto::default()).is_err());
-        let (inputs, outputs) = symbolic_dims(&model).expect("has a graph");
-        assert_eq!(inputs[0].0, "x");
-        assert_eq!(inputs[0].1, vec![Some("batch".to_string()), None]);
-        assert_eq!(inputs[1].1, vec![None]);
-        assert_eq!(outputs[0].1, vec![Some("batch".to_string()), None]);
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod affinity;
+pub mod arena;
 pub mod cuda;
 pub mod env;
 pub(crate) mod instances;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use crate::protocol::{ModelSignature, Tensor};
 
 pub(crate) use instances::InstancePool;
-pub use session::SessionOptions;
+pub use session::{DimNames, SessionOptions};
 
 pub use shared::SharedSession;
 pub use version::load_version;
@@ -69,6 +70,15 @@ pub trait Backend: Send + 'static {
     fn shared_id(&self) -> Option<usize> {
         None
     }
+    /// The symbolic dimension names of the inputs and outputs (what padding pairs up);
+    /// `None`: the backend does not know them.
+    fn dim_names(&self) -> Option<&DimNames> {
+        None
+    }
+    /// Reads the memory arena of the backend's session (`None`: not an ONNX Runtime session).
+    fn arena(&self) -> Option<arena::ArenaProbe> {
+        None
+    }
 }
 
 /// A [`Backend`] on an ONNX Runtime session, its own or shared with the other instances of its
@@ -102,5 +112,13 @@ impl Backend for OrtBackend {
 
     fn shared_id(&self) -> Option<usize> {
         Some(Arc::as_ptr(&self.session) as usize)
+    }
+
+    fn dim_names(&self) -> Option<&DimNames> {
+        Some(self.session.dim_names())
+    }
+
+    fn arena(&self) -> Option<arena::ArenaProbe> {
+        Some(arena::ArenaProbe::new(&self.session))
     }
 }

@@ -197,6 +197,42 @@ pub fn signature_of(session: &Session) -> Result<ModelSignature, RuntimeError> {
     Ok(ModelSignature { inputs, outputs })
 }
 
+/// Each input's and output's symbolic dimension names (`dim_param`) as the session reports
+/// them, signature order; `None` where a dimension has none (fixed, or dynamic without a name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DimNames {
+    pub inputs: Vec<Vec<Option<String>>>,
+    pub outputs: Vec<Vec<Option<String>>>,
+}
+
+fn names_of(dtype: &ValueType) -> Vec<Option<String>> {
+    match dtype {
+        ValueType::Tensor {
+            dimension_symbols, ..
+        } => dimension_symbols
+            .iter()
+            .map(|s| (!s.is_empty()).then(|| s.clone()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The symbolic dimension names of a session's inputs and outputs.
+pub fn dim_names_of(session: &Session) -> DimNames {
+    DimNames {
+        inputs: session
+            .inputs()
+            .iter()
+            .map(|o| names_of(o.dtype()))
+            .collect(),
+        outputs: session
+            .outputs()
+            .iter()
+            .map(|o| names_of(o.dtype()))
+            .collect(),
+    }
+}
+
 pub(super) fn to_ort(tensor: &Tensor) -> ort::Result<DynValue> {
     let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
     match &tensor.data {

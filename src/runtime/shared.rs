@@ -13,7 +13,7 @@ use ort::session::Session;
 use ort::value::DynValue;
 use ort::AsPointer;
 
-use super::session::{from_ort, signature_of, to_ort};
+use super::session::{dim_names_of, from_ort, signature_of, to_ort, DimNames};
 use super::RuntimeError;
 use crate::protocol::{ModelSignature, Tensor};
 
@@ -21,6 +21,9 @@ use crate::protocol::{ModelSignature, Tensor};
 pub struct SharedSession {
     session: Session,
     signature: ModelSignature,
+    dim_names: DimNames,
+    /// The CUDA device the session runs on; `None`: the CPU.
+    device: Option<i32>,
     inputs: Vec<CString>,
     outputs: Vec<CString>,
 }
@@ -45,6 +48,8 @@ impl SharedSession {
         let inputs = c_names(signature.inputs.iter().map(|s| s.name.clone()))?;
         let outputs = c_names(signature.outputs.iter().map(|s| s.name.clone()))?;
         Ok(SharedSession {
+            dim_names: dim_names_of(&session),
+            device: None,
             session,
             signature,
             inputs,
@@ -54,6 +59,26 @@ impl SharedSession {
 
     pub fn signature(&self) -> &ModelSignature {
         &self.signature
+    }
+
+    /// The session, noting that it runs on CUDA device `device`.
+    pub fn on_device(mut self, device: Option<i32>) -> SharedSession {
+        self.device = device;
+        self
+    }
+
+    /// The CUDA device the session runs on; `None`: the CPU.
+    pub fn device(&self) -> Option<i32> {
+        self.device
+    }
+
+    pub(super) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The symbolic dimension names of the inputs and outputs, signature order.
+    pub fn dim_names(&self) -> &DimNames {
+        &self.dim_names
     }
 
     /// Runs one batch: `inputs` in any order (each a model input), every output in signature

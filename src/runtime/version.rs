@@ -37,7 +37,7 @@ pub fn load_version(
             Some((_, session)) => session.clone(),
             None => {
                 let made = options.session_from_path(model, &cuda.instance(index))?;
-                let session = Arc::new(SharedSession::new(made)?);
+                let session = Arc::new(SharedSession::new(made)?.on_device(device));
                 sessions.push((device, session.clone()));
                 session
             }

@@ -124,3 +124,86 @@ fn instances_are_placed_on_devices_only_when_cuda_runs_first() {
     };
     assert_eq!(instance_devices(&cpu_first, &cuda, 1), [None]);
 }
+
+#[test]
+fn the_session_reports_each_dimension_name() {
+    let options = cpu();
+    let mut g = GraphBuilder::new("t");
+    let seq = [Dim::batch(), Dim::Dynamic("sequence".into()), Dim::Fixed(2)];
+    let x = g.input("x", elem::FLOAT, &seq);
+    let mask = g.input(
+        "mask",
+        elem::INT64,
+        &[Dim::batch(), Dim::Dynamic("sequence".into())],
+    );
+    g.node_to("Identity", &[&x], &["y"], vec![]);
+    g.node_to("Identity", &[&mask], &["m"], vec![]);
+    g.output("y", elem::FLOAT, &seq);
+    g.output(
+        "m",
+        elem::INT64,
+        &[Dim::Dynamic("rows".into()), Dim::Fixed(5)],
+    );
+    let backend = OrtBackend::load(&g.to_bytes(), &options).unwrap();
+    let name = |s: &str| Some(s.to_string());
+    let names = backend
+        .dim_names()
+        .expect("an ONNX Runtime session knows them");
+    assert_eq!(
+        names.inputs,
+        vec![
+            vec![name("batch"), name("sequence"), None],
+            vec![name("batch"), name("sequence")]
+        ]
+    );
+    assert_eq!(
+        names.outputs,
+        vec![
+            vec![name("batch"), name("sequence"), None],
+            vec![name("rows"), None]
+        ]
+    );
+}
+
+#[test]
+fn a_cpu_version_has_no_arena_and_an_arena_reports_what_it_holds() {
+    let options = cpu();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = write_model(&tmp.path().join("m").join("1"), None);
+    let backends = load_version(&model, &options, &CudaSettings::default(), 2).unwrap();
+    let (a, b) = (backends[0].arena().unwrap(), backends[1].arena().unwrap());
+    assert!(a.same(&b), "instances share the session, so its arena");
+    assert_eq!(a.device(), "cpu");
+    assert_eq!(
+        a.read(),
+        None,
+        "infermq's CPU sessions run without an arena"
+    );
+
+    // The same model in a session with ONNX Runtime's CPU arena on: its figures are read.
+    let session = ort::session::Session::builder(crate::runtime::env::environment().unwrap())
+        .unwrap()
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(true).build()])
+        .unwrap()
+        .commit_from_file(&model)
+        .unwrap();
+    let shared = Arc::new(SharedSession::new(session).unwrap());
+    let probe = crate::runtime::arena::ArenaProbe::new(&shared);
+    let x = Tensor::from_f32("x", vec![64, 2], &[0.5; 128]);
+    shared.run(&[x]).unwrap();
+    let stats = probe.read().expect("an arena keeps statistics");
+    assert!(
+        stats.reserved > 0 && stats.in_use <= stats.reserved,
+        "{stats:?}"
+    );
+    assert!(
+        stats.peak_in_use >= 64 * 3 * 4,
+        "the output alone: {stats:?}"
+    );
+    drop(shared);
+    assert_eq!(
+        probe.read(),
+        None,
+        "the probe does not keep the session alive"
+    );
+}

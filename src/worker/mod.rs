@@ -32,7 +32,9 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{Command, Topology};
 use crate::config::Settings;
 use crate::jobs::inflight::Answerer;
-use crate::jobs::registry::{BackendLoader, ModelRegistry, ModelSync, OrtLoader};
+use crate::jobs::registry::{
+    BackendLoader, DeviceMemoryCollector, ModelRegistry, ModelSync, OrtLoader,
+};
 use crate::repository::ModelStore;
 use crate::runtime::{env, RuntimeError, SessionOptions};
 use crate::telemetry::trace::JobTracer;
@@ -194,6 +196,12 @@ async fn start(
     }
     let data_limits = training_data_limits(settings)?;
     let registry = Arc::new(ModelRegistry::default());
+    metrics
+        .registry()
+        .register(Box::new(DeviceMemoryCollector::new(Arc::downgrade(
+            &registry,
+        ))))
+        .expect("infermq_model_device_memory_bytes is registered once");
     let batch_tasks = TaskTracker::new();
     let sync = Arc::new(ModelSync {
         store: ModelStore::new(&repository.path, repository.models.clone()),

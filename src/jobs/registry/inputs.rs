@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use crate::jobs::padding::{PadLiteral, PadPlan, PadValue, SymbolicTensor};
 use crate::jobs::text::TextIn;
-use crate::onnx::{decode_model, symbolic_dims, SymbolicDims};
 use crate::protocol::ModelSignature;
 use crate::repository::ModelConfig;
+use crate::runtime::DimNames;
 
 /// A version's inputs as served.
 pub struct VersionInputs {
@@ -23,11 +23,14 @@ pub struct VersionInputs {
 }
 
 /// Reads the inputs of the version at `model_path` (its `model.onnx`), whose runtime signature
-/// is `model`, as `config` asks; the message names the key of what cannot be served.
+/// is `model` and whose symbolic dimension names the runtime reports as `names` (`None`: not
+/// known, so nothing can be padded), as `config` asks; the message names the key of what
+/// cannot be served.
 pub fn version_inputs(
     config: &ModelConfig,
     model_path: &Path,
     model: &ModelSignature,
+    names: Option<&DimNames>,
 ) -> Result<VersionInputs, String> {
     let dir = model_path.parent().unwrap_or(Path::new("."));
     let text = (config.text.as_ref())
@@ -60,7 +63,8 @@ pub fn version_inputs(
         values.push(value);
     }
     let padding = if values.iter().any(Option::is_some) {
-        Some(Arc::new(plan(model_path, model, values)?))
+        let names = names.ok_or("inputs: pad values are given, but the runtime does not report the model's dimension names")?;
+        Some(Arc::new(plan(model, names, values)?))
     } else {
         None
     };
@@ -76,35 +80,13 @@ pub fn version_inputs(
 }
 
 /// The padding of a model whose inputs have pad `values` (signature order), from the symbolic
-/// dimension names in its file.
-fn as_str(dims: &[Option<String>]) -> Vec<Option<&str>> {
-    dims.iter().map(|d| d.as_deref()).collect()
-}
-
+/// dimension names `names` the runtime reports.
 fn plan(
-    model_path: &Path,
     model: &ModelSignature,
+    names: &DimNames,
     values: Vec<Option<PadValue>>,
 ) -> Result<PadPlan, String> {
-    let bytes = std::fs::read(model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
-    let proto = decode_model(&bytes).map_err(|e| e.to_string())?;
-    let (inputs, outputs) = symbolic_dims(&proto).map_err(|e| e.to_string())?;
-    let dims_of = |list: &[SymbolicDims], name: &str| -> Vec<Option<String>> {
-        (list.iter())
-            .find(|(n, _)| n == name)
-            .map(|(_, d)| d.clone())
-            .unwrap_or_default()
-    };
-    let input_dims: Vec<Vec<Option<String>>> = model
-        .inputs
-        .iter()
-        .map(|i| dims_of(&inputs, &i.name))
-        .collect();
-    let output_dims: Vec<Vec<Option<String>>> = model
-        .outputs
-        .iter()
-        .map(|o| dims_of(&outputs, &o.name))
-        .collect();
+    let (input_dims, output_dims) = (&names.inputs, &names.outputs);
     let input_names: Vec<Vec<Option<&str>>> = input_dims.iter().map(|d| as_str(d)).collect();
     let output_names: Vec<Vec<Option<&str>>> = output_dims.iter().map(|d| as_str(d)).collect();
     let symbolic_inputs: Vec<(SymbolicTensor, Option<PadValue>)> = (model.inputs.iter())
@@ -131,4 +113,9 @@ fn plan(
         return Err("inputs: pad values are given, but no input with one has a named (dim_param) dimension after the first: nothing can be padded".into());
     }
     Ok(plan)
+}
+
+/// Borrowed dimension names.
+fn as_str(dims: &[Option<String>]) -> Vec<Option<&str>> {
+    dims.iter().map(|d| d.as_deref()).collect()
 }

@@ -18,6 +18,7 @@ use crate::jobs::error::JobError;
 use crate::protocol::ModelSignature;
 use crate::repository::external::check_version;
 use crate::repository::{ModelEntry, ModelStore};
+use crate::runtime::arena::ArenaProbe;
 use crate::runtime::memory::MemoryLimit;
 use crate::runtime::version::instance_devices;
 use crate::runtime::{affinity, load_version, Backend, InstancePool, RuntimeError, SessionOptions};
@@ -253,7 +254,14 @@ impl ModelSync {
             warmup,
         } = loaded;
         let model_path = self.store.model_path(name, version);
-        let inputs = version_inputs(&entry.config, &model_path, &signature)?;
+        let names = backends.first().and_then(|b| b.dim_names().cloned());
+        let mut arenas: Vec<ArenaProbe> = Vec::new();
+        for probe in backends.iter().filter_map(|b| b.arena()) {
+            if !arenas.iter().any(|a| a.same(&probe)) {
+                arenas.push(probe);
+            }
+        }
+        let inputs = version_inputs(&entry.config, &model_path, &signature, names.as_ref())?;
         let label: Arc<str> = Arc::from(version.to_string());
         let metrics = self.metrics.model(name, &label);
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
@@ -280,6 +288,7 @@ impl ModelSync {
             allowed_users: entry.config.allowed_users.clone(),
             memory,
             warmup,
+            arenas,
             metrics,
             inbox,
         });
