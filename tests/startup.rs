@@ -108,6 +108,7 @@ fn models_command_lists_signatures() {
         encoder["config"]["length_buckets"],
         serde_json::json!([16, 32, 48, 64, 80, 96, 112, 128])
     );
+    assert_eq!(encoder["config"]["max_batch_elements"], 1024);
 }
 
 #[test]
