@@ -14,7 +14,7 @@ use ort::session::Session;
 use ort::AsPointer;
 
 /// One arena's figures, in bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ArenaStats {
     /// Reserved from the device by the arena (`TotalAllocated`): what the device has given up.
     pub reserved: u64,
@@ -70,11 +70,6 @@ impl ArenaProbe {
     pub fn read(&self) -> Option<ArenaStats> {
         let session = self.session.upgrade()?;
         arena_stats(session.session(), self.device)
-    }
-
-    /// Whether both probes read the same session.
-    pub fn same(&self, other: &ArenaProbe) -> bool {
-        self.session.ptr_eq(&other.session)
     }
 }
 

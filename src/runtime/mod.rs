@@ -20,6 +20,7 @@ pub(crate) mod shared;
 pub(crate) mod version;
 pub(crate) mod warmup;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::protocol::{ModelSignature, Tensor};
@@ -79,6 +80,12 @@ pub trait Backend: Send + 'static {
     fn arena(&self) -> Option<arena::ArenaProbe> {
         None
     }
+}
+
+/// True for the first backend of each session among those `seen` so far (a backend of its own
+/// is always first): what is done once per session, not per instance (warm-up, arena figures).
+pub fn first_of_its_session(backend: &dyn Backend, seen: &mut BTreeSet<usize>) -> bool {
+    backend.shared_id().is_none_or(|id| seen.insert(id))
 }
 
 /// A [`Backend`] on an ONNX Runtime session, its own or shared with the other instances of its

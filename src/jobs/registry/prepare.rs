@@ -17,7 +17,7 @@ use crate::repository::external::{ExternalRefused, VersionFiles};
 use crate::runtime::admission::{admit, batch_io_bytes, VersionNeed};
 use crate::runtime::memory::MemoryLimit;
 use crate::runtime::warmup::{warmup_batches, warmup_sizes};
-use crate::runtime::{Backend, ExecutionProvider, SessionOptions};
+use crate::runtime::{first_of_its_session, Backend, ExecutionProvider, SessionOptions};
 
 /// Why a version was not loaded; `in_use`: the bytes loaded versions held when it was refused
 /// for memory (it is tried again once they hold less); `kind`: a bounded label for the log.
@@ -124,10 +124,8 @@ pub(super) fn warm_up(
     };
     let mut warmed = BTreeSet::new();
     for backend in backends.iter_mut() {
-        if let Some(id) = backend.shared_id() {
-            if !warmed.insert(id) {
-                continue;
-            }
+        if !first_of_its_session(backend.as_ref(), &mut warmed) {
+            continue;
         }
         for (i, batch) in batches.iter().enumerate() {
             backend

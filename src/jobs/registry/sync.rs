@@ -21,7 +21,10 @@ use crate::repository::{ModelEntry, ModelStore};
 use crate::runtime::arena::ArenaProbe;
 use crate::runtime::memory::MemoryLimit;
 use crate::runtime::version::instance_devices;
-use crate::runtime::{affinity, load_version, Backend, InstancePool, RuntimeError, SessionOptions};
+use crate::runtime::{
+    affinity, first_of_its_session, load_version, Backend, InstancePool, RuntimeError,
+    SessionOptions,
+};
 
 use super::prepare::{self, Refusal};
 use crate::telemetry::Metrics;
@@ -255,12 +258,11 @@ impl ModelSync {
         } = loaded;
         let model_path = self.store.model_path(name, version);
         let names = backends.first().and_then(|b| b.dim_names().cloned());
-        let mut arenas: Vec<ArenaProbe> = Vec::new();
-        for probe in backends.iter().filter_map(|b| b.arena()) {
-            if !arenas.iter().any(|a| a.same(&probe)) {
-                arenas.push(probe);
-            }
-        }
+        let mut sessions = BTreeSet::new();
+        let arenas: Vec<ArenaProbe> = (backends.iter())
+            .filter(|b| first_of_its_session(b.as_ref(), &mut sessions))
+            .filter_map(|b| b.arena())
+            .collect();
         let inputs = version_inputs(&entry.config, &model_path, &signature, names.as_ref())?;
         let label: Arc<str> = Arc::from(version.to_string());
         let metrics = self.metrics.model(name, &label);
