@@ -67,11 +67,7 @@ async fn tritonclient_against_the_gateway_matches_onnx_runtime() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("all tritonclient checks passed"));
-    gw.shutdown.cancel();
-    gw.task
-        .await
-        .expect("gateway task")
-        .expect("gateway result");
+    gw.stop().await;
     worker.stop().await;
 }
 
@@ -83,6 +79,25 @@ struct Answer {
 }
 
 impl Answer {
+    /// An answer from curl's response head (the status line, then headers) and its body.
+    fn parse(head: &str, body: Vec<u8>) -> Answer {
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -119,22 +134,10 @@ async fn curl(url: &str, args: &[&str], body: Option<&[u8]>) -> Answer {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or_else(|| panic!("no HTTP answer from curl {args:?} {url}: {:?}", out.status));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
+    Answer::parse(
+        &String::from_utf8_lossy(&raw[..split]),
+        raw[split + 4..].to_vec(),
+    )
 }
 
 /// What the fake worker received: properties and body.

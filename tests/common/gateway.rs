@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use infermq::config::Settings;
 use infermq::gateway::{self, Gateway};
@@ -14,6 +15,18 @@ pub struct TestGateway {
     pub gateway: Arc<Gateway>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), gateway::GatewayError>>,
+}
+
+impl TestGateway {
+    /// Stops the gateway and checks it ended without error within 30 s.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+        assert!(
+            matches!(stopped, Ok(Ok(Ok(())))),
+            "gateway stop: {stopped:?}"
+        );
+    }
 }
 
 /// A gateway for `prefix` on a free port, with `extra` settings (`INFERMQ__…` variables).

@@ -1,8 +1,5 @@
 //! The gateway the dashboards test scrapes: `infermq gateway` in the test process, and a burst of
 //! concurrent iris requests through it (sent by one curl, `--parallel`) that it gathers.
-
-use std::time::Duration;
-
 use super::common::gateway::{start_gateway, TestGateway};
 
 impl TestGateway {
@@ -48,15 +45,6 @@ impl TestGateway {
         assert!(
             codes.lines().count() == n && codes.lines().all(|c| c == "200"),
             "statuses: {codes}"
-        );
-    }
-
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        let stopped = tokio::time::timeout(Duration::from_secs(30), self.task).await;
-        assert!(
-            matches!(stopped, Ok(Ok(Ok(())))),
-            "gateway stop: {stopped:?}"
         );
     }
 }

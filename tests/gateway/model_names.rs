@@ -175,11 +175,7 @@ async fn the_longest_legal_name_goes_everywhere_and_one_byte_more_nowhere() {
     assert_eq!(refused.model_name.as_deref(), Some(""));
 
     client.close().await;
-    gw.shutdown.cancel();
-    gw.task
-        .await
-        .expect("gateway task")
-        .expect("gateway result");
+    gw.stop().await;
     // The worker's cleanup knows the usual test models only: these two queues go here.
     let queues = [worker.queue(&longest), worker.queue(&trained)];
     worker.stop().await;
