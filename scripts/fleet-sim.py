@@ -34,7 +34,8 @@ p50/p99, arrivals, answers), every KEDA poll and HPA sync, and each cold start's
 Needs pika, PyYAML, and matplotlib for --png (`python3 -m pip install pika pyyaml matplotlib`).
 Example (docs/OPERATIONS.md, Autoscaling):
   python3 scripts/fleet-sim.py --profile rise --time-scale 3 --set triggers.1.metadata.value=50 \\
-      --json docs/autoscaling-rise-new.json --png docs/autoscaling-rise-new.png
+      --json benches/results/autoscaling/autoscaling-rise-new.json \\
+      --png benches/results/autoscaling/autoscaling-rise-new.png
 """
 import argparse, json, math, os, queue, random, shutil, signal, socket, subprocess, sys, tempfile
 import threading, time, urllib.parse, urllib.request
