@@ -182,6 +182,9 @@ impl TrainingSettings {
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub shutdown_timeout_ms: u64,
+    /// A refused model makes `/readyz` answer 503 (Triton's strict readiness); off, a refused
+    /// model is named under `ready` and the others serve.
+    pub strict_readiness: bool,
 }
 
 impl WorkerSettings {

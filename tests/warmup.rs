@@ -1,6 +1,6 @@
 //! Warm-up before ready, on a fake backend that records every batch it runs: on by default (1
-//! and `max_batch_size`), sizes from `config.toml`, off, and a failing warm-up refusing the
-//! version like a broken one.
+//! and `max_batch_size`), sizes from `config.toml`, off; a made-up warm-up that fails reported
+//! while the version serves; a described one that fails refusing the version like a broken one.
 
 mod common;
 
@@ -144,31 +144,154 @@ async fn versions_are_warmed_before_ready_as_configured() {
     worker.stop().await;
 }
 
+/// A warm-up infermq made up may fail on a model every real job runs on: the version serves,
+/// and the failure is shown, counted and logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_warm_up_refuses_the_version_and_the_others_serve() {
+async fn a_failing_made_up_warm_up_is_reported_and_the_version_serves() {
     let repo = repository(&[("cold", "max_batch_size = 4\n"), ("warm", "")]);
     let runs = Runs::default();
     let loader = Arc::new(RecordingLoader(runs.clone()));
-    let settings = settings(&random_prefix(), repo.path(), &[]);
-    let worker = TestWorker::start_unready(settings, loader).await;
-    let failed = worker
-        .wait_for_version("cold", "1", |v| v["state"] == "FAILED")
+    let worker = TestWorker::start_with(settings(&random_prefix(), repo.path(), &[]), loader).await;
+    let cold = worker
+        .wait_for_version("cold", "1", |v| v["state"] == "READY")
         .await;
-    let reason = failed["reason"].as_str().unwrap();
+    let error = cold["warmup_error"].as_str().unwrap();
     assert!(
-        reason.contains("warm-up at batch size 1 failed") && reason.contains("cannot run zeros"),
-        "{reason}"
+        error.contains("warm-up at batch size 1 failed") && error.contains("cannot run zeros"),
+        "{error}"
     );
-    // Refused at its first warm-up batch: nothing more was run on it.
+    // Stopped at its first failing batch.
     assert_eq!(runs_of(&runs, "cold"), [1]);
+    let warm = worker.wait_for_version("warm", "1", |_| true).await;
+    assert_eq!(warm["warmup_error"], serde_json::Value::Null);
     worker
-        .wait_for_version("warm", "1", |v| v["state"] == "READY")
+        .wait_for_metric(r#"infermq_model_warmup_failures_total{model="cold",version="1"} 1"#)
         .await;
     worker
-        .wait_for_metric(r#"infermq_model_load_failures_total{model="cold",version="1"} 1"#)
+        .wait_for_metric(r#"infermq_model_warmup_failures_total{model="warm",version="1"} 0"#)
         .await;
-    let (status, body) = worker.wait_for_readyz("models not loaded").await;
-    assert_eq!(status, 503);
-    assert!(body.contains("cold (version 1: warm-up"), "{body}");
+    let (status, body) = worker.wait_for_readyz("ready").await;
+    assert_eq!((status, body.contains("refused")), (200, false), "{body}");
+
+    let mut client = client().await;
+    let answer = one_row(&mut client, &worker.queue("cold"), "real").await;
+    assert_eq!(answer, Ok(vec![10.0]));
+    client.close().await;
     worker.stop().await;
+}
+
+/// The first output of one row [1, 2, 3, 4] sent to `queue`, or the error answered.
+async fn one_row(
+    client: &mut infermq::client::Client,
+    queue: &str,
+    id: &str,
+) -> Result<Vec<f32>, String> {
+    let request = InferenceRequest {
+        id: Some(id.into()),
+        inputs: vec![Tensor::from_f32("input", vec![1, 4], &[1.0, 2.0, 3.0, 4.0])],
+        outputs: None,
+        model_version: None,
+        binary_data_output: false,
+    };
+    let body = encode_request(&request, false);
+    let delivery = client
+        .call(queue, &body, headers(&[]), Duration::from_secs(30))
+        .await
+        .expect("answer");
+    let answer = decode_response(&delivery.data, None).unwrap();
+    match answer.error {
+        Some(error) => Err(format!("{error:?}")),
+        None => Ok(answer.outputs[0].to_f32_vec().unwrap()),
+    }
+}
+
+/// A warm-up the operator described must run: its failure refuses the version, and the other
+/// models serve. `/readyz` names the refused model under `ready`, or answers 503 with
+/// `worker.strict_readiness`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_described_warm_up_refuses_the_version_and_the_others_serve() {
+    let described = |data: &str| {
+        format!(
+            "max_batch_size = 8\n[[warmup]]\nname = \"four rows\"\nbatch_size = 4\ncount = 2\n\
+             [warmup.inputs.input]\ndims = [4]\n{data}\n"
+        )
+    };
+    let (zeros, random) = (
+        described("zero_data = true"),
+        described("random_data = true"),
+    );
+    let repo = repository(&[
+        ("cold", &zeros),
+        ("lively", &random),
+        ("warm", ""),
+        ("broken", "instances = 0\n"),
+    ]);
+    let runs = Runs::default();
+    for strict in [false, true] {
+        let loader = Arc::new(RecordingLoader(runs.clone()));
+        let strictness = [(
+            "INFERMQ__WORKER__STRICT_READINESS",
+            if strict { "true" } else { "false" },
+        )];
+        let settings = settings(&random_prefix(), repo.path(), &strictness);
+        let worker = TestWorker::start_unready(settings, loader).await;
+        let failed = worker
+            .wait_for_version("cold", "1", |v| v["state"] == "FAILED")
+            .await;
+        let reason = failed["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("warm-up at \"four rows\" failed")
+                && reason.contains("cannot run zeros"),
+            "{reason}"
+        );
+        let lively = worker
+            .wait_for_version("lively", "1", |v| v["state"] == "READY")
+            .await;
+        assert_eq!(lively["warmup_batch_sizes"], serde_json::json!([4]));
+        worker
+            .wait_for_version("warm", "1", |v| v["state"] == "READY")
+            .await;
+        worker
+            .wait_for_metric(r#"infermq_model_load_failures_total{model="cold",version="1"} 1"#)
+            .await;
+        let (status, body) = match strict {
+            false => worker.wait_for_readyz("refused: ").await,
+            true => worker.wait_for_readyz("models not loaded").await,
+        };
+        assert_eq!(status, if strict { 503 } else { 200 }, "{body}");
+        assert!(
+            body.contains("cold (version 1: warm-up at \"four rows\""),
+            "{body}"
+        );
+        // A model whose config.toml is refused is refused too, and shown without versions.
+        assert!(
+            body.contains("broken (") && body.contains("instances must be at least 1"),
+            "{body}"
+        );
+        let models = worker.handles.status.registry.status_json();
+        let broken = models
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "broken");
+        let broken = broken.expect("the refused model is listed");
+        assert_eq!(broken["versions"], serde_json::json!([]));
+        assert!(broken["config_error"]
+            .as_str()
+            .unwrap()
+            .contains("instances must be at least 1"));
+        if !strict {
+            assert!(body.starts_with("ready\n"), "{body}");
+            let mut client = client().await;
+            let answer = one_row(&mut client, &worker.queue("lively"), "after").await;
+            assert_eq!(answer, Ok(vec![10.0]));
+            client.close().await;
+        }
+        worker.stop().await;
+    }
+    // The failing sample ran once (refused at its first run); the random one twice per load
+    // (count = 2), before the job.
+    let cold = runs_of(&runs, "cold");
+    assert_eq!(cold, [4, 4], "one failing run per load");
+    assert_eq!(runs_of(&runs, "lively")[..2], [4, 4]);
 }

@@ -51,6 +51,8 @@ pub struct ServedVersion {
     pub memory: u64,
     /// Batch sizes it was warmed at before serving (empty: warm-up off).
     pub warmup: Vec<usize>,
+    /// Why its made-up warm-up failed; it serves all the same ([`crate::repository::warmup`]).
+    pub warmup_error: Option<String>,
     /// Reads the memory arena of each of its sessions (one per device).
     pub arenas: Vec<ArenaProbe>,
     pub metrics: ModelMetrics,
@@ -84,8 +86,9 @@ struct Failed {
 pub struct ModelRegistry {
     models: RwLock<BTreeMap<String, ModelState>>,
     names: watch::Sender<BTreeSet<String>>,
-    /// Models found in the repository at the last scan (for readiness).
-    expected: RwLock<BTreeSet<String>>,
+    /// Models found in the repository at the last scan (for readiness and `/v2/models`),
+    /// each with why its `config.toml` was refused, if it was.
+    expected: RwLock<BTreeMap<String, Option<String>>>,
     /// Running consumers per model: a served model is ready only once it is consumed.
     consumers: Mutex<BTreeMap<String, usize>>,
     /// Set by [`ModelRegistry::clear`] at shutdown: nothing is served again afterwards.
@@ -208,8 +211,9 @@ impl ModelRegistry {
         removed
     }
 
-    /// Records the models found in the repository at the last scan (for readiness).
-    fn set_expected(&self, names: BTreeSet<String>) {
+    /// Records the models found in the repository at the last scan, each with why its
+    /// `config.toml` was refused, if it was.
+    fn set_expected(&self, names: BTreeMap<String, Option<String>>) {
         if let Ok(mut expected) = self.expected.write() {
             *expected = names;
         }
@@ -317,24 +321,42 @@ impl ModelRegistry {
         }
     }
 
-    /// `None` when every model found in the repository has a served version, every served
-    /// model's queue is consumed (so a job published now is routed and read), and no queue is
-    /// refused by the broker.
-    pub fn not_ready_reason(&self) -> Option<String> {
+    /// Whether the worker is ready: every model found in the repository is served or was
+    /// refused, every served model's queue is consumed (so a job published now is routed and
+    /// read), and no queue is refused by the broker. Ready, it gives the refused models with
+    /// their reasons, if any; `strict` (Triton's strict readiness): a refused model makes the
+    /// worker unready too.
+    pub fn readiness(&self, strict: bool) -> Result<Option<String>, String> {
         if let Some(refused) = self.unavailable.lock().ok().filter(|u| !u.is_empty()) {
             let list: Vec<String> = refused.iter().map(|(m, r)| format!("{m} ({r})")).collect();
-            return Some(format!("queues the broker refused: {}", list.join("; ")));
+            return Err(format!("queues the broker refused: {}", list.join("; ")));
         }
-        let expected = self.expected.read().ok()?.clone();
-        let missing: Vec<String> = expected
-            .into_iter()
-            .filter(|m| self.versions_of(m).is_empty())
-            .map(|m| self.with_failures(m))
-            .collect();
-        if !missing.is_empty() {
-            return Some(format!("models not loaded: {}", missing.join(", ")));
+        let expected = self
+            .expected
+            .read()
+            .map_err(|_| "model registry poisoned".to_string())?
+            .clone();
+        // Models without a served version: still loading, or refused (their config.toml, or
+        // every version they have).
+        let mut loading = Vec::new();
+        let mut refused = Vec::new();
+        for (model, config_error) in expected {
+            if !self.versions_of(&model).is_empty() {
+                continue;
+            }
+            match config_error.or_else(|| self.with_failures(&model)) {
+                Some(reasons) => refused.push(format!("{model} ({reasons})")),
+                None => loading.push(model),
+            }
         }
-        let consumers = self.consumers.lock().ok()?;
+        if !loading.is_empty() || (strict && !refused.is_empty()) {
+            loading.extend(refused);
+            return Err(format!("models not loaded: {}", loading.join(", ")));
+        }
+        let consumers = self
+            .consumers
+            .lock()
+            .map_err(|_| "model registry poisoned".to_string())?;
         let idle: Vec<String> = self
             .names
             .borrow()
@@ -342,29 +364,39 @@ impl ModelRegistry {
             .filter(|m| consumers.get(*m).copied().unwrap_or(0) == 0)
             .cloned()
             .collect();
-        (!idle.is_empty()).then(|| format!("models not consumed yet: {}", idle.join(", ")))
+        if !idle.is_empty() {
+            return Err(format!("models not consumed yet: {}", idle.join(", ")));
+        }
+        Ok((!refused.is_empty()).then(|| format!("refused: {}", refused.join(", "))))
     }
 
-    /// `model`, followed by why its versions were refused, if they were.
-    fn with_failures(&self, model: String) -> String {
-        let Ok(models) = self.models.read() else {
-            return model;
-        };
-        let Some(state) = models.get(&model).filter(|s| !s.failed.is_empty()) else {
-            return model;
-        };
+    /// Why the versions of `model` were refused, if any were.
+    fn with_failures(&self, model: &str) -> Option<String> {
+        let models = self.models.read().ok()?;
+        let state = models.get(model).filter(|s| !s.failed.is_empty())?;
         let reasons: Vec<String> = (state.failed.iter())
             .map(|(v, f)| format!("version {v}: {}", f.reason))
             .collect();
-        format!("{model} ({})", reasons.join("; "))
+        Some(reasons.join("; "))
     }
 
-    /// The `/v2/models` document.
+    /// The `/v2/models` document: every model with its versions, and each model whose
+    /// `config.toml` was refused with `config_error` (with no version when it never loaded).
     pub fn status_json(&self) -> serde_json::Value {
         let Ok(models) = self.models.read() else {
             return json!([]);
         };
-        let list: Vec<serde_json::Value> = models
+        let config_errors: BTreeMap<String, String> = (self.expected.read())
+            .map(|e| {
+                e.iter()
+                    .filter_map(|(m, error)| Some((m.clone(), error.clone()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let unloaded = (config_errors.keys())
+            .filter(|m| !models.contains_key(*m))
+            .map(|m| json!({"name": m, "versions": [], "config_error": config_errors[m]}));
+        let mut list: Vec<serde_json::Value> = models
             .iter()
             .map(|(name, state)| {
                 let versions: Vec<serde_json::Value> = state
@@ -383,14 +415,20 @@ impl ModelRegistry {
                             "execution_providers": v.execution_providers,
                             "memory_bytes": v.memory,
                             "warmup_batch_sizes": v.warmup,
+                            "warmup_error": v.warmup_error,
                             "device_memory": device_memory::device_memory_json(v),
                         })
                     })
                     .chain(state.failed.iter().map(|(version, f)| json!({"version": version.to_string(), "state": "FAILED", "reason": f.reason})))
                     .collect();
-                json!({"name": name, "versions": versions})
+                match config_errors.get(name) {
+                    Some(error) => json!({"name": name, "versions": versions, "config_error": error}),
+                    None => json!({"name": name, "versions": versions}),
+                }
             })
             .collect();
+        list.extend(unloaded);
+        list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
         json!(list)
     }
 }

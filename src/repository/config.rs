@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 
 use super::inputs::{check_buckets, check_inputs, InputConfig, TextInput};
+pub use super::warmup::Warmup;
 use crate::runtime::ExecutionProvider;
 
 /// A model's `config.toml` that could not be read or was refused; the message names the key.
@@ -105,9 +106,12 @@ pub struct ModelConfig {
     /// anyone.
     #[serde(default)]
     pub allowed_users: Vec<String>,
-    /// Warm-up batches run before a version is announced ready.
-    #[serde(default)]
+    /// Warm-up run before a version is announced ready ([`Warmup`]).
+    #[serde(skip)]
     pub warmup: Warmup,
+    /// `warmup` as written; read into `warmup` once the model's directory is known.
+    #[serde(default, rename = "warmup")]
+    pub(crate) warmup_value: Option<toml::Value>,
     /// CUDA devices of this model's instances (round robin), instead of
     /// `runtime.cuda.device_ids`.
     pub device_ids: Option<Vec<usize>>,
@@ -123,38 +127,6 @@ pub struct ModelConfig {
     /// The text input of `inputs`, once checked.
     #[serde(skip)]
     pub text: Option<TextInput>,
-}
-
-/// `warmup`: `true` (the default: zeros at batch 1 and `max_batch_size`, or at each preferred
-/// size), `false`, or the batch sizes to warm (`[1, 8, 32]`, each capped at `max_batch_size`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Warmup {
-    #[default]
-    Default,
-    Off,
-    Sizes(Vec<usize>),
-}
-
-impl<'de> Deserialize<'de> for Warmup {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            On(bool),
-            Sizes(Vec<usize>),
-        }
-        let err = || {
-            serde::de::Error::custom(
-                "expected true, false or a list of batch sizes, each at least 1 (e.g. [1, 32])",
-            )
-        };
-        match Raw::deserialize(d).map_err(|_| err())? {
-            Raw::On(true) => Ok(Warmup::Default),
-            Raw::On(false) => Ok(Warmup::Off),
-            Raw::Sizes(sizes) if sizes.is_empty() || sizes.contains(&0) => Err(err()),
-            Raw::Sizes(sizes) => Ok(Warmup::Sizes(sizes)),
-        }
-    }
 }
 
 impl ModelConfig {
@@ -202,6 +174,10 @@ impl ModelConfig {
             path: path.to_path_buf(),
             message,
         };
+        if let Some(value) = config.warmup_value.take() {
+            let model_dir = path.parent().unwrap_or(Path::new("."));
+            config.warmup = Warmup::from_value(value, model_dir).map_err(refused)?;
+        }
         check_buckets(&config.length_buckets).map_err(refused)?;
         config.text = check_inputs(&config.inputs).map_err(refused)?;
         Ok(config)

@@ -8,6 +8,7 @@ pub mod describe;
 pub(crate) mod external;
 pub mod inputs;
 mod store;
+pub mod warmup;
 
 pub use config::{ModelConfig, ModelConfigError, VersionPolicy};
 pub use store::{ModelEntry, ModelStore, RepositoryError};

@@ -49,8 +49,14 @@ pub enum RuntimeError {
     GpuUnavailable(String),
     #[error("failed to load model: {0}")]
     Load(String),
-    #[error("model {name} has a type infermq does not serve: {ty}")]
-    UnsupportedType { name: String, ty: String },
+    /// An input or output that is not a tensor infermq can carry (a sequence, a map, an
+    /// optional, or an element type outside the contract).
+    #[error("{role} {name} is {ty}: infermq serves models whose inputs and outputs are tensors of the KServe datatypes (converters usually have an option for tensors, e.g. skl2onnx's zipmap=False)")]
+    UnsupportedType {
+        role: &'static str,
+        name: String,
+        ty: String,
+    },
     #[error("inference failed: {0}")]
     Run(String),
     #[error("inference instance stopped")]

@@ -167,10 +167,16 @@ fn element_type_of(dt: DataType) -> TensorElementType {
     }
 }
 
-fn spec_of(name: &str, dtype: &ValueType) -> Result<TensorSpec, RuntimeError> {
+fn spec_of(role: &'static str, name: &str, dtype: &ValueType) -> Result<TensorSpec, RuntimeError> {
     let unsupported = || RuntimeError::UnsupportedType {
+        role,
         name: name.to_string(),
-        ty: format!("{dtype:?}"),
+        ty: match dtype {
+            ValueType::Tensor { .. } => {
+                format!("a {dtype}, an element type outside the KServe datatypes")
+            }
+            _ => format!("not a tensor but a {dtype}"),
+        },
     };
     let ty = dtype.tensor_type().ok_or_else(unsupported)?;
     let datatype = datatype_of(ty).ok_or_else(unsupported)?;
@@ -187,12 +193,12 @@ pub fn signature_of(session: &Session) -> Result<ModelSignature, RuntimeError> {
     let inputs = session
         .inputs()
         .iter()
-        .map(|o| spec_of(o.name(), o.dtype()))
+        .map(|o| spec_of("input", o.name(), o.dtype()))
         .collect::<Result<_, _>>()?;
     let outputs = session
         .outputs()
         .iter()
-        .map(|o| spec_of(o.name(), o.dtype()))
+        .map(|o| spec_of("output", o.name(), o.dtype()))
         .collect::<Result<_, _>>()?;
     Ok(ModelSignature { inputs, outputs })
 }

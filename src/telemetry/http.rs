@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub trait StatusSource: Send + Sync + 'static {
     /// `Ok` when the worker can take jobs (broker connected, every configured model loaded);
     /// `Err(reason)` is answered 503 with the reason as the body.
-    fn readiness(&self) -> Result<(), String>;
+    /// `Ok` with a note shown under `ready` (refused models), or why it is not ready.
+    fn readiness(&self) -> Result<Option<String>, String>;
     /// The body of `GET /v2/models`: an array of model objects with a `"name"` field, an
     /// object with such an array under `"models"`, or an object keyed by model name.
     fn models(&self) -> Value;
@@ -71,10 +72,16 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<HttpState>) -> Response {
     match state.status.readiness() {
-        Ok(()) => match state.metrics.broker_node.get() {
-            Some(node) => format!("ready\nbroker node: {node}").into_response(),
-            None => "ready".into_response(),
-        },
+        Ok(note) => {
+            let mut body = String::from("ready");
+            if let Some(node) = state.metrics.broker_node.get() {
+                body.push_str(&format!("\nbroker node: {node}"));
+            }
+            if let Some(note) = note {
+                body.push_str(&format!("\n{note}"));
+            }
+            body.into_response()
+        }
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
 }

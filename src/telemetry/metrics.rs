@@ -43,6 +43,7 @@ pub struct Metrics {
     inflight: IntGaugeVec,
     model_load: HistogramVec,
     model_load_failures: IntCounterVec,
+    warmup_failures: IntCounterVec,
     model_loaded: IntGaugeVec,
     broker_connected: IntGauge,
     broker_reconnects: IntCounter,
@@ -137,6 +138,7 @@ impl Metrics {
             inflight: gauge_vec(&r, "infermq_inflight_batches", "Batches running on ONNX Runtime now.", MV),
             model_load: histogram_vec(&r, "infermq_model_load_seconds", "Time to load a model version into ONNX Runtime sessions.", LOAD_BUCKETS.to_vec(), MV),
             model_load_failures: counter_vec(&r, "infermq_model_load_failures_total", "Model version loads that failed.", MV),
+            warmup_failures: counter_vec(&r, "infermq_model_warmup_failures_total", "Made-up warm-ups that failed; the version serves all the same (a described warm-up that fails refuses it: infermq_model_load_failures_total).", MV),
             model_loaded: gauge_vec(&r, "infermq_model_loaded", "1 while the model version is loaded and served, else 0.", MV),
             broker_connected: reg(&r, IntGauge::new("infermq_broker_connected", "1 while connected to the broker, else 0.").expect("valid gauge")),
             broker_reconnects: reg(&r, IntCounter::new("infermq_broker_reconnects_total", "Reconnections to the broker after a lost connection.").expect("valid counter")),
@@ -182,6 +184,7 @@ impl Metrics {
         self.training_samples.with_label_values(&[model]);
         self.training_seconds.with_label_values(&[model]);
         self.model_load_failures.with_label_values(&mv);
+        self.warmup_failures.with_label_values(&mv);
         self.model_load.with_label_values(&mv);
         self.model_loaded.with_label_values(&mv);
         self.supervision.touch(model, version);
@@ -214,6 +217,7 @@ impl Metrics {
         }
         let _ = self.rows.remove_label_values(&mv);
         let _ = self.model_load_failures.remove_label_values(&mv);
+        let _ = self.warmup_failures.remove_label_values(&mv);
         self.supervision.remove_version(model, version);
         for h in [
             &self.batch_rows,
@@ -239,6 +243,13 @@ impl Metrics {
         if !ok {
             failures.inc();
         }
+    }
+
+    /// Counts a made-up warm-up of this version that failed.
+    pub fn warmup_failure(&self, model: &str, version: &str) {
+        self.warmup_failures
+            .with_label_values(&[model, version])
+            .inc();
     }
 
     /// Sets `infermq_model_loaded` to 1 or 0; `sum(infermq_model_loaded)` counts loaded versions.

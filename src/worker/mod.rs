@@ -69,20 +69,19 @@ pub struct WorkerStatus {
     pub connected: AtomicBool,
     pub stopping: AtomicBool,
     pub registry: Arc<ModelRegistry>,
+    /// `worker.strict_readiness`: a refused model makes the worker unready.
+    pub strict_readiness: bool,
 }
 
 impl StatusSource for WorkerStatus {
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<Option<String>, String> {
         if self.stopping.load(Ordering::Acquire) {
             return Err("shutting down".into());
         }
         if !self.connected.load(Ordering::Acquire) {
             return Err("broker not connected".into());
         }
-        match self.registry.not_ready_reason() {
-            Some(reason) => Err(reason),
-            None => Ok(()),
-        }
+        self.registry.readiness(self.strict_readiness)
     }
 
     fn models(&self) -> serde_json::Value {
@@ -218,6 +217,7 @@ async fn start(
         connected: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         registry: registry.clone(),
+        strict_readiness: settings.worker.strict_readiness,
     });
     Ok(Parts {
         metrics,

@@ -129,12 +129,12 @@ impl TestWorker {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let answer = http_get(self.handles.http_addr, "/readyz").await;
-            if let Some(answer) = answer.filter(|(_, body)| body.contains(needle)) {
-                return answer;
+            if let Some(answer) = answer.as_ref().filter(|(_, body)| body.contains(needle)) {
+                return answer.clone();
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "/readyz never named {needle}"
+                "/readyz never named {needle}; last: {answer:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

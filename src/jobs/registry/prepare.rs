@@ -11,13 +11,13 @@
 use std::collections::BTreeSet;
 
 use crate::batching::BatchLimits;
-use crate::protocol::ModelSignature;
+use crate::protocol::{ModelSignature, Tensor};
 use crate::repository::config::{ModelConfig, Warmup};
 use crate::repository::external::{ExternalRefused, VersionFiles};
 use crate::runtime::admission::{admit, batch_io_bytes, VersionNeed};
 use crate::runtime::memory::MemoryLimit;
-use crate::runtime::warmup::{warmup_batches, warmup_sizes};
-use crate::runtime::{first_of_its_session, Backend, ExecutionProvider, SessionOptions};
+use crate::runtime::warmup::{described_batch, made_up_batches, warmup_sizes};
+use crate::runtime::{first_of_its_session, Backend, DimNames, ExecutionProvider, SessionOptions};
 
 /// Why a version was not loaded; `in_use`: the bytes loaded versions held when it was refused
 /// for memory (it is tried again once they hold less); `kind`: a bounded label for the log.
@@ -97,40 +97,90 @@ pub(super) fn model_options(base: &SessionOptions, config: &ModelConfig) -> Sess
     options
 }
 
-/// The batch sizes `warmup` asks for under `limits`; empty when it is off.
-pub(super) fn warmup_plan(warmup: &Warmup, limits: &BatchLimits) -> Vec<usize> {
-    match warmup {
-        Warmup::Off => Vec::new(),
-        Warmup::Default => warmup_sizes(limits.max_batch_size, &limits.preferred_batch_sizes),
-        Warmup::Sizes(sizes) => warmup_sizes(limits.max_batch_size, sizes),
+/// The warm-up of a version: its batches in order. Whether a failure refuses the version is
+/// the config's ([`Warmup::is_described`]).
+pub(super) struct WarmupPlan {
+    pub batches: Vec<WarmupBatch>,
+}
+
+pub(super) struct WarmupBatch {
+    /// What the error names: `batch size 8`, or a described sample's name.
+    pub label: String,
+    pub rows: usize,
+    /// Runs on each session.
+    pub count: usize,
+    pub inputs: Vec<Tensor>,
+}
+
+impl WarmupPlan {
+    /// The rows of each batch (`warmup_batch_sizes` in `/v2/models`).
+    pub fn rows(&self) -> Vec<usize> {
+        self.batches.iter().map(|b| b.rows).collect()
     }
 }
 
-/// Runs one batch of zeros per size in `sizes` on one backend of each session (backends of a
-/// shared session are warmed once); the error names the batch size and what failed.
-pub(super) fn warm_up(
-    backends: &mut [Box<dyn Backend>],
+/// The warm-up `config` asks for a version with `signature` (dimension names `names`, where the
+/// runtime reports them) under `limits`; the error says why its inputs could not be made.
+pub(super) fn warmup_plan(
+    config: &ModelConfig,
+    limits: &BatchLimits,
     signature: &ModelSignature,
-    sizes: &[usize],
-) -> Result<(), String> {
-    if sizes.is_empty() {
-        return Ok(());
-    }
-    let batches = warmup_batches(signature, sizes).map_err(|e| format!("warm-up: {e}"))?;
-    // An unbatched model gets one batch at its own shape.
-    let size_of = |i: usize| match batches.len() == sizes.len() {
-        true => sizes[i],
-        false => 1,
+    names: Option<&DimNames>,
+) -> Result<WarmupPlan, String> {
+    let made_up = |sizes: Vec<usize>| {
+        let length = config.length_buckets.iter().copied().min();
+        let batches = made_up_batches(signature, names, length, &sizes)
+            .map_err(|e| format!("warm-up: {e}"))?;
+        let batches = (batches.into_iter())
+            .map(|(rows, inputs)| WarmupBatch {
+                label: format!("batch size {rows}"),
+                rows,
+                count: 1,
+                inputs,
+            })
+            .collect();
+        Ok(WarmupPlan { batches })
     };
+    match &config.warmup {
+        Warmup::Off => made_up(Vec::new()),
+        Warmup::Default => made_up(warmup_sizes(
+            limits.max_batch_size,
+            &limits.preferred_batch_sizes,
+        )),
+        Warmup::Sizes(sizes) => made_up(warmup_sizes(limits.max_batch_size, sizes)),
+        Warmup::Samples(samples) => {
+            let batched = limits.max_batch_size > 0;
+            let batches = (samples.iter().enumerate())
+                .map(|(i, sample)| {
+                    let inputs = described_batch(signature, sample, i, batched)
+                        .map_err(|e| format!("warm-up {:?}: {e}", sample.name))?;
+                    Ok(WarmupBatch {
+                        label: format!("{:?}", sample.name),
+                        rows: if batched { sample.batch_size } else { 1 },
+                        count: sample.count,
+                        inputs,
+                    })
+                })
+                .collect::<Result<_, String>>()?;
+            Ok(WarmupPlan { batches })
+        }
+    }
+}
+
+/// Runs each batch of `plan` on one backend of each session (backends of a shared session are
+/// warmed once); the error names the batch and what failed.
+pub(super) fn warm_up(backends: &mut [Box<dyn Backend>], plan: &WarmupPlan) -> Result<(), String> {
     let mut warmed = BTreeSet::new();
     for backend in backends.iter_mut() {
         if !first_of_its_session(backend.as_ref(), &mut warmed) {
             continue;
         }
-        for (i, batch) in batches.iter().enumerate() {
-            backend
-                .infer(batch)
-                .map_err(|e| format!("warm-up at batch size {} failed: {e}", size_of(i)))?;
+        for batch in &plan.batches {
+            for _ in 0..batch.count {
+                backend
+                    .infer(&batch.inputs)
+                    .map_err(|e| format!("warm-up at {} failed: {e}", batch.label))?;
+            }
         }
     }
     Ok(())
@@ -206,18 +256,18 @@ mod tests {
     #[test]
     fn one_backend_per_shared_session_runs_each_size() {
         let (mut made, runs) = backends(&[Some(1), Some(1), Some(2), None], 0);
-        warm_up(&mut made, &signature(), &[1, 8]).unwrap();
+        warm_up(&mut made, &plan(&Warmup::Sizes(vec![1, 8]))).unwrap();
         // Session 1 once, session 2 once, the unshared backend once: three times [1, 8].
         assert_eq!(*runs.lock().unwrap(), [1, 8, 1, 8, 1, 8]);
         let (mut made, runs) = backends(&[None], 0);
-        warm_up(&mut made, &signature(), &[]).unwrap();
+        warm_up(&mut made, &plan(&Warmup::Off)).unwrap();
         assert!(runs.lock().unwrap().is_empty());
     }
 
     #[test]
     fn a_failing_batch_names_its_size() {
         let (mut made, _) = backends(&[None], 32);
-        let error = warm_up(&mut made, &signature(), &[1, 32]).unwrap_err();
+        let error = warm_up(&mut made, &plan(&Warmup::Sizes(vec![1, 32]))).unwrap_err();
         assert!(
             error.contains("batch size 32") && error.contains("out of zeros"),
             "{error}"
@@ -254,14 +304,73 @@ mod tests {
         assert_eq!(devices, [Some(2), Some(5), Some(2)]);
     }
 
+    /// The made-up plan of `warmup` for `signature()` at `max_batch_size` 64.
+    fn plan(warmup: &Warmup) -> WarmupPlan {
+        let config = ModelConfig {
+            warmup: warmup.clone(),
+            ..ModelConfig::default()
+        };
+        let limits = BatchLimits::new(64, Duration::ZERO, &[]);
+        warmup_plan(&config, &limits, &signature(), None).unwrap()
+    }
+
     #[test]
     fn the_plan_follows_the_config_and_the_limits() {
+        let rows = |warmup: Warmup, limits: &BatchLimits| {
+            let config = ModelConfig {
+                warmup,
+                ..ModelConfig::default()
+            };
+            warmup_plan(&config, limits, &signature(), None)
+                .unwrap()
+                .rows()
+        };
         let limits = BatchLimits::new(16, Duration::ZERO, &[]);
-        assert_eq!(warmup_plan(&Warmup::Default, &limits), [1, 16]);
-        assert!(warmup_plan(&Warmup::Off, &limits).is_empty());
-        assert_eq!(warmup_plan(&Warmup::Sizes(vec![64, 4]), &limits), [4, 16]);
+        assert_eq!(rows(Warmup::Default, &limits), [1, 16]);
+        assert!(rows(Warmup::Off, &limits).is_empty());
+        assert_eq!(rows(Warmup::Sizes(vec![64, 4]), &limits), [4, 16]);
         let preferred = BatchLimits::new(16, Duration::ZERO, &[8]);
-        assert_eq!(warmup_plan(&Warmup::Default, &preferred), [8]);
+        assert_eq!(rows(Warmup::Default, &preferred), [8]);
+    }
+
+    /// A described sample runs `count` times per session and names itself when it fails.
+    #[test]
+    fn a_described_plan_runs_each_sample_count_times() {
+        let mut inputs = std::collections::BTreeMap::new();
+        let input = crate::repository::warmup::WarmupInput {
+            dims: vec![4],
+            data_type: None,
+            data: crate::repository::warmup::WarmupData::Random,
+        };
+        inputs.insert("x".to_string(), input);
+        let sample = crate::repository::warmup::WarmupSample {
+            name: "eight rows".into(),
+            batch_size: 8,
+            count: 3,
+            inputs,
+        };
+        let described = ModelConfig {
+            warmup: Warmup::Samples(vec![sample]),
+            ..ModelConfig::default()
+        };
+        let limits = BatchLimits::new(16, Duration::ZERO, &[]);
+        let plan = warmup_plan(&described, &limits, &signature(), None).unwrap();
+        assert_eq!(plan.rows(), [8]);
+        let (mut made, runs) = backends(&[Some(1), Some(1)], 0);
+        warm_up(&mut made, &plan).unwrap();
+        assert_eq!(*runs.lock().unwrap(), [8, 8, 8]);
+        let (mut made, _) = backends(&[None], 8);
+        let error = warm_up(&mut made, &plan).unwrap_err();
+        assert!(
+            error.contains("warm-up at \"eight rows\" failed"),
+            "{error}"
+        );
+        // Unbatched (max_batch_size 0), the sample must be one row.
+        let unbatched = BatchLimits::new(0, Duration::ZERO, &[]);
+        let error = warmup_plan(&described, &unbatched, &signature(), None)
+            .err()
+            .unwrap();
+        assert!(error.contains("warmup[0].batch_size"), "{error}");
     }
 
     #[test]

@@ -87,6 +87,8 @@ struct Loaded {
     memory: u64,
     /// Batch sizes warmed (empty: warm-up off).
     warmup: Vec<usize>,
+    /// Why a made-up warm-up failed (the version serves all the same).
+    warmup_error: Option<String>,
 }
 
 impl ModelSync {
@@ -108,7 +110,9 @@ impl ModelSync {
             .map(|e| e.name.as_str())
             .chain(broken.iter().map(|(n, _)| n.as_str()))
             .collect();
-        let expected = present.iter().map(|n| n.to_string()).collect();
+        let expected = (entries.iter().map(|e| (e.name.to_string(), None)))
+            .chain(broken.iter().map(|(n, e)| (n.clone(), Some(e.to_string()))))
+            .collect();
         self.registry.set_expected(expected);
         for entry in &entries {
             self.sync_model(entry).await;
@@ -195,19 +199,39 @@ impl ModelSync {
         let limits = self.limits(entry, version, &signature);
         let need = prepare::need(&files, sessions, instances, Some((&signature, &limits)));
         prepare::check_fits(&entry.name, &need, self.memory.as_ref(), in_use)?;
-        let warmup = prepare::warmup_plan(&entry.config.warmup, &limits);
-        let (sizes, sig) = (warmup.clone(), signature.clone());
+        let names = backends[0].dim_names().cloned();
+        let plan = prepare::warmup_plan(&entry.config, &limits, &signature, names.as_ref());
+        let warmup = plan
+            .as_ref()
+            .map(prepare::WarmupPlan::rows)
+            .unwrap_or_default();
+        let described = entry.config.warmup.is_described();
         let warmed = tokio::task::spawn_blocking(move || {
             let mut backends = backends;
-            prepare::warm_up(&mut backends, &sig, &sizes).map(|()| backends)
+            let outcome = plan.and_then(|plan| prepare::warm_up(&mut backends, &plan));
+            (backends, outcome)
         })
         .await;
-        let backends = warmed.map_err(|e| e.to_string())?;
-        let backends = backends.map_err(|reason| Refusal {
-            reason,
-            in_use: None,
-            kind: "warmup",
-        })?;
+        let (backends, outcome) = warmed.map_err(|e| e.to_string())?;
+        // A warm-up the operator described must run: its failure refuses the version. One that
+        // infermq made up may fail on a model every real job runs on (a minimum length, a value
+        // that matters), so the version serves and the failure is reported.
+        let warmup_error = match outcome {
+            Ok(()) => None,
+            Err(reason) if described => {
+                return Err(Refusal {
+                    reason,
+                    in_use: None,
+                    kind: "warmup",
+                })
+            }
+            Err(reason) => {
+                tracing::warn!(model = %entry.name, version, error = %reason, "Made-up warm-up failed; the version serves (a [[warmup]] table in config.toml describes inputs that work)");
+                self.metrics
+                    .warmup_failure(&entry.name, &version.to_string());
+                Some(reason)
+            }
+        };
         Ok(Loaded {
             backends,
             options,
@@ -215,6 +239,7 @@ impl ModelSync {
             limits,
             memory: need.resident(),
             warmup,
+            warmup_error,
         })
     }
 
@@ -255,6 +280,7 @@ impl ModelSync {
             limits,
             memory,
             warmup,
+            warmup_error,
         } = loaded;
         let model_path = self.store.model_path(name, version);
         let names = backends.first().and_then(|b| b.dim_names().cloned());
@@ -290,6 +316,7 @@ impl ModelSync {
             allowed_users: entry.config.allowed_users.clone(),
             memory,
             warmup,
+            warmup_error,
             arenas,
             metrics,
             inbox,

@@ -11,12 +11,12 @@ use tokio::net::{TcpListener, TcpStream};
 const DEADLINE: Duration = Duration::from_secs(10);
 
 struct FakeStatus {
-    ready: Mutex<Result<(), String>>,
+    ready: Mutex<Result<Option<String>, String>>,
     models: Value,
 }
 
 impl StatusSource for FakeStatus {
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<Option<String>, String> {
         self.ready.lock().expect("not poisoned").clone()
     }
     fn models(&self) -> Value {
@@ -125,9 +125,17 @@ async fn health_readiness_and_metrics() {
     assert_eq!(not_ready.body, "broker not connected");
     assert_eq!(get(server.addr, "/v2/health/ready").await.status, 503);
 
-    *server.status.ready.lock().expect("not poisoned") = Ok(());
+    *server.status.ready.lock().expect("not poisoned") = Ok(None);
     let ready = get(server.addr, "/readyz").await;
     assert_eq!((ready.status, ready.body.as_str()), (200, "ready"));
+    // A refused model is named under `ready`.
+    let refused = Some("refused: vad (version 1: bad)".to_string());
+    *server.status.ready.lock().expect("not poisoned") = Ok(refused);
+    let ready = get(server.addr, "/readyz").await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (200, "ready\nrefused: vad (version 1: bad)")
+    );
 
     server.metrics.model("iris", "3").job(Outcome::Success);
     let scrape = get(server.addr, "/metrics").await;

@@ -263,13 +263,14 @@ fn remove_model_version_removes_only_that_version() {
     m.training_job("iris", Outcome::Success, 10, 1.0);
     let before = m.render();
     // Every family with per-version series: jobs, rows, pending, inflight, load failures,
-    // loaded, instance restarts, and the seven histograms (bucket, sum and count lines).
+    // warm-up failures, loaded, instance restarts, and the seven histograms (bucket, sum and
+    // count lines).
     let families: std::collections::BTreeSet<String> = samples(&before)
         .into_iter()
         .filter(|(_, l, _)| l.get("version").map(String::as_str) == Some("3"))
         .map(|(n, _, _)| n)
         .collect();
-    assert_eq!(families.len(), 7 + 7 * 3, "{families:?}");
+    assert_eq!(families.len(), 8 + 7 * 3, "{families:?}");
     let four = version_samples(&before, "iris", "4");
 
     m.remove_model_version("iris", "3");
@@ -386,7 +387,7 @@ fn every_family_has_help_and_no_job_labels() {
     let (ours, process): (Vec<_>, Vec<_>) = families
         .iter()
         .partition(|f| f.name().starts_with("infermq_"));
-    assert_eq!(ours.len(), 28, "one family per documented metric");
+    assert_eq!(ours.len(), 29, "one family per documented metric");
     let process: Vec<&str> = process.iter().map(|f| f.name()).collect();
     for name in [
         "process_cpu_seconds_total",
