@@ -1,11 +1,13 @@
 //! infermq: ONNX models as a service over RabbitMQ.
 //!
-//! The flow of a prediction job: [`protocol`] (decode) → [`broker`] (consume, publish with
-//! confirms) → [`batching`] (dynamic batches per model version) → [`runtime`] (ONNX Runtime
-//! sessions), with models found by [`repository`] and new versions made by [`training`];
-//! [`tokenizer`] turns the text of jobs for text models into token ids.
-//! [`jobs`] owns each job's lifecycle from delivery to settlement; [`telemetry`] exposes
-//! Prometheus metrics and health; [`worker`] wires it all together. Beside the flow:
+//! The flow of a prediction job, in one direction: [`broker`] (consume) → [`jobs`] (each job's
+//! lifecycle from delivery to settlement; [`protocol`] decodes it) → [`serving`] (the model
+//! version that runs it) → [`batching`] (dynamic batches per version) → [`execution`] (padding,
+//! tokenization, the batch run, each job's rows back) → [`runtime`] (ONNX Runtime sessions); the
+//! answer goes back out through [`broker`] (publish with confirms, then ack). Models are found
+//! by [`repository`], new versions made by [`training`]; [`tokenizer`] turns the text of jobs
+//! for text models into token ids; [`telemetry`] exposes Prometheus metrics and health;
+//! [`worker`] wires it all together. Beside the flow:
 //! [`gateway`] (KServe v2 over HTTP onto the queues), [`client`] (a producer of the contract),
 //! [`bench`] (the load generator), [`onnx`] (ONNX models as data), [`config`].
 //!
@@ -24,12 +26,14 @@ pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod execution;
 pub mod gateway;
 pub mod jobs;
 pub mod onnx;
 pub mod protocol;
 pub mod repository;
 pub mod runtime;
+pub mod serving;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod training;

@@ -12,11 +12,11 @@ use common::*;
 use futures_util::StreamExt;
 use infermq::broker::Topology;
 use infermq::client::{header_str, headers};
-use infermq::jobs::registry::BackendLoader;
 use infermq::protocol::{
     decode_response, encode_request, DataType, InferenceRequest, ModelSignature, Tensor, TensorSpec,
 };
 use infermq::runtime::{Backend, RuntimeError, SessionOptions};
+use infermq::serving::BackendLoader;
 
 struct Summer(ModelSignature);
 

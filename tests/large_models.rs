@@ -81,11 +81,8 @@ async fn versions_that_do_not_fit_are_refused_and_the_others_keep_serving() {
             ("INFERMQ__REPOSITORY__POLL_INTERVAL_MS", "100"),
         ],
     );
-    let worker = TestWorker::start_unready(
-        settings,
-        std::sync::Arc::new(infermq::jobs::registry::OrtLoader),
-    )
-    .await;
+    let worker =
+        TestWorker::start_unready(settings, std::sync::Arc::new(infermq::serving::OrtLoader)).await;
     let iris = worker
         .wait_for_version("iris", "1", |v| v["state"] == "READY")
         .await;
@@ -189,11 +186,8 @@ async fn external_data_is_served_escapes_are_refused_and_late_weights_are_loaded
         repo.path(),
         &[("INFERMQ__REPOSITORY__POLL_INTERVAL_MS", "100")],
     );
-    let worker = TestWorker::start_unready(
-        settings,
-        std::sync::Arc::new(infermq::jobs::registry::OrtLoader),
-    )
-    .await;
+    let worker =
+        TestWorker::start_unready(settings, std::sync::Arc::new(infermq::serving::OrtLoader)).await;
     let chain = worker
         .wait_for_version("chain", "1", |v| v["state"] == "READY")
         .await;

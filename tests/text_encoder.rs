@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use infermq::jobs::padding::{PadLiteral, PadPlan, PadValue, SymbolicTensor};
+use infermq::execution::padding::{PadLiteral, PadPlan, PadValue, SymbolicTensor};
 use infermq::onnx::{decode_model, initializer_f32, ModelProto};
 use infermq::protocol::{DataType, Tensor};
 use infermq::runtime::{Backend, OrtBackend, SessionOptions};
@@ -251,7 +251,7 @@ fn a_tokenized_sentence_embeds_with_norm_one_and_padding_changes_nothing() {
     assert!(empty.iter().all(|&v| v == 0.0), "{empty:?}");
 }
 
-/// 32 sequences of 8 to 128 tokens as one batch padded by `jobs::padding`, against each alone.
+/// 32 sequences of 8 to 128 tokens as one batch padded by `execution::padding`, against each alone.
 #[test]
 fn a_padded_batch_embeds_each_sequence_as_it_embeds_alone() {
     let mut rng = SeededRng::new(21);
@@ -277,10 +277,12 @@ fn a_padded_batch_embeds_each_sequence_as_it_embeds_alone() {
     let plan =
         PadPlan::new(&[input("input_ids"), input("attention_mask")], &[embedding]).expect("a plan");
     let slices: Vec<&[Tensor]> = jobs.iter().map(|j| &j[..]).collect();
-    let (inputs, longest) = plan.pad_batch(&slices).expect("pads");
+    let lengths: Vec<Vec<usize>> = jobs.iter().map(|j| plan.lengths(j).unwrap()).collect();
+    let per_job: Vec<&[usize]> = lengths.iter().map(|l| &l[..]).collect();
+    let inputs = plan.pad_batch(&slices, &per_job).expect("pads");
+    let longest = lengths.iter().map(|l| l[0]).max();
     let mut b = backend(&model_bytes());
     let batch = b.infer(&inputs).expect("the padded batch runs");
-    let lengths: Vec<Vec<usize>> = jobs.iter().map(|j| plan.lengths(j).unwrap()).collect();
     let shapes: Vec<(usize, &[usize])> = lengths.iter().map(|l| (1, &l[..])).collect();
     let answers = plan.cut_batch(&batch, &shapes).expect("cuts");
     let mut worst = 0.0f64;

@@ -93,7 +93,6 @@ async fn serve_one_job(tracer: &JobTracer, job_headers: FieldTable) -> FieldTabl
         compute_started: Some(t0 + ms(6)),
         compute_ended: Some(t0 + ms(16)),
         publish_started: Some(t0 + ms(17)),
-        confirmed: t0 + ms(20),
     };
     let job = JobAttributes {
         model: "iris",
@@ -102,7 +101,7 @@ async fn serve_one_job(tracer: &JobTracer, job_headers: FieldTable) -> FieldTabl
         batch_rows: Some(3),
         outcome: Outcome::Success,
     };
-    tracer.record_job(trace, &stages, &job);
+    tracer.record_job(trace, &stages, t0 + ms(20), &job);
     let _ = connection.close(200, "done".into()).await;
     answered
 }

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use common::*;
 use infermq::client::headers;
-use infermq::jobs::registry::BackendLoader;
 use infermq::protocol::{
     decode_response, encode_request, DataType, InferenceRequest, ModelSignature, Tensor, TensorSpec,
 };
 use infermq::runtime::{Backend, RuntimeError, SessionOptions};
+use infermq::serving::BackendLoader;
 
 /// Rows of every batch run, by model.
 type Runs = Arc<Mutex<BTreeMap<String, Vec<usize>>>>;

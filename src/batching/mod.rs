@@ -5,6 +5,6 @@ pub(crate) mod policy;
 pub(crate) mod task;
 
 pub use policy::{
-    split_rows, BatchKey, BatchLimits, Batcher, Decision, Item, PadLimits, PaddedKey,
+    split_rows, BatchKey, BatchLimits, Batcher, Decision, Item, LengthsKey, PadLimits,
 };
 pub(crate) use task::{batch_task, FailBatch, MakeTask};

@@ -3,7 +3,7 @@
 //! Items are jobs (or chunks of jobs larger than `max_batch_size`), each with a row count and a
 //! shape key ([`BatchKey`]): items whose non-batch dimensions differ get different keys and are
 //! never mixed, except in padded dimensions. Items whose keys differ only there
-//! ([`PaddedKey`]) share a batch padded to its longest item, within [`PadLimits`]: a batch
+//! ([`LengthsKey`]) share a batch padded to its longest item, within [`PadLimits`]: a batch
 //! holds one length bucket only, and stops before rows × padded length exceeds
 //! `max_batch_elements` (a long item never pads many short ones past the budget; it goes first
 //! in the next batch instead). Items of one group (same key class and bucket) are taken in
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(test)]
 use key::padded_elements;
-pub use key::{BatchKey, PadLimits, PaddedKey};
+pub use key::{BatchKey, LengthsKey, PadLimits};
 
 /// How many takes in a row a full group may go before the oldest group.
 pub const MAX_BYPASS: usize = 1;

@@ -7,7 +7,7 @@
 //! Makes JOBS one-row jobs (`input_ids` drawn below VOCAB, `attention_mask` 1) of lengths drawn
 //! uniformly in MIN..MAX (seeded), all waiting at once; batches them with the batching policy
 //! (`BUCKETS`: comma-separated bounds, `-` for none; MAX_BATCH rows, default 64; MAX_ELEMENTS,
-//! default 0: none), pads each batch with `jobs::padding` and runs it on one CPU session (one
+//! default 0: none), pads each batch with `execution::padding` and runs it on one CPU session (one
 //! intra-op thread), after a first pass that warms the session up. Then the same number of
 //! jobs, all of the mean length, through the same policy. Prints one JSON line per run: batches, mean rows per batch, mean padded length,
 //! seconds of compute (padding included) and jobs/s, the largest difference of a padded answer
@@ -16,8 +16,8 @@
 
 use std::time::{Duration, Instant};
 
-use infermq::batching::{BatchLimits, Batcher, Item, PadLimits, PaddedKey};
-use infermq::jobs::padding::{PadLiteral, PadPlan, PadValue, SymbolicTensor};
+use infermq::batching::{BatchLimits, Batcher, Item, LengthsKey, PadLimits};
+use infermq::execution::padding::{PadLiteral, PadPlan, PadValue, SymbolicTensor};
 use infermq::protocol::{DataType, Tensor};
 use infermq::runtime::{env, Backend, OrtBackend, SessionOptions};
 use infermq::training::rng::SeededRng;
@@ -96,11 +96,11 @@ fn run(
 ) -> anyhow::Result<Run> {
     let mut rng = SeededRng::new(11);
     let now = Instant::now();
-    let mut batcher: Batcher<PaddedKey<u8>, [Tensor; 2]> = Batcher::new(limits.clone());
+    let mut batcher: Batcher<LengthsKey<u8>, [Tensor; 2]> = Batcher::new(limits.clone());
     for &len in lengths {
         let ids: Vec<i64> = (0..len).map(|_| rng.below(vocab) as i64).collect();
         batcher.push(Item {
-            key: PaddedKey {
+            key: LengthsKey {
                 exact: 0,
                 lengths: vec![len],
             },
@@ -119,17 +119,16 @@ fn run(
         let batch = batcher.take();
         let jobs: Vec<&[Tensor]> = batch.iter().map(|i| &i.payload[..]).collect();
         let started = Instant::now();
-        let (inputs, longest) = plan.pad_batch(&jobs)?;
+        // Each job's lengths, as its batch key holds them (measured once, when it was made).
+        let lengths: Vec<&[usize]> = batch.iter().map(|i| &i.key.lengths[..]).collect();
+        let inputs = plan.pad_batch(&jobs, &lengths)?;
         let outputs = backend.infer(&inputs)?;
-        let per_job: Vec<Vec<usize>> = jobs
-            .iter()
-            .map(|j| plan.lengths(j))
-            .collect::<Result<_, _>>()?;
-        let shapes: Vec<(usize, &[usize])> = per_job.iter().map(|l| (1, &l[..])).collect();
+        let shapes: Vec<(usize, &[usize])> = lengths.iter().map(|l| (1, *l)).collect();
         let cut = plan.cut_batch(&outputs, &shapes)?;
         seconds += started.elapsed().as_secs_f64();
         batches += 1;
-        padded += longest[0] * batch.len();
+        let longest = lengths.iter().map(|l| l[0]).max().unwrap_or(0);
+        padded += longest * batch.len();
         for (item, mut outputs) in batch.into_iter().zip(cut) {
             answers.push((item.payload, outputs.swap_remove(0)));
         }

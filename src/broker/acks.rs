@@ -11,12 +11,13 @@
 //! from then on nothing is sent per job; when the last registered delivery is settled, one
 //! `basic.ack(multiple)` (one command per run of acks or requeues, in tag order) settles them
 //! all, then the channel closes. Deliveries the consumer had buffered but not handled are not
-//! nacked one by one: the close returns them. This matters on quorum queues: RabbitMQ's
-//! quorum-queue client in the channel holds back settlements once 32 commands are pending
-//! (`rabbit_fifo_client` soft limit) and drops what it holds when the channel closes
-//! (rabbitmq-server#10327). A burst of individual requeues at stop put it there, the acks of the
-//! jobs answered next were held back, the close dropped them, and the broker redelivered jobs
-//! already answered. With at most a few commands after the cancel, nothing is held back.
+//! nacked one by one: the close returns them.
+//!
+//! Rule: after a cancel, a channel sends at most a few settlement commands before it closes.
+//! RabbitMQ's quorum-queue client in the channel holds back settlements once 32 commands are
+//! pending (`rabbit_fifo_client` soft limit) and drops what it holds when the channel closes
+//! (rabbitmq-server#10327); settlements dropped that way are acks of answered jobs, which the
+//! broker would then redeliver.
 //!
 //! A tracker that acks each delivery on its own ([`AckTracker::individual`], long jobs) holds
 //! nothing back: its channel closes once the window has heard of every settlement, each of

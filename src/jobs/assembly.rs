@@ -2,17 +2,20 @@
 //! their outputs as batches finish them, and the result assembled once the last one is in.
 //! Whatever happens, the job's [`InFlight`] is settled exactly once.
 
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use super::error::JobError;
-use super::inflight::{InFlight, Stages};
+use super::inflight::{BatchSeen, InFlight};
 use crate::broker::headers::BINARY_HEADER;
-use crate::protocol::{encode_response, InferenceResponse, OutputTensor, ResultParameters, Tensor};
+use crate::execution::batch::{BatchFailure, BatchJob};
+use crate::protocol::{
+    encode_response, ErrorCode, InferenceResponse, OutputTensor, ResultParameters, Tensor,
+};
+use crate::serving::ServedVersion;
 use crate::telemetry::ModelMetrics;
-use std::sync::Arc;
 
 /// Which outputs to return, in order, and whether each is binary.
 #[derive(Debug, Clone)]
@@ -21,143 +24,66 @@ pub struct OutputPlan {
     pub outputs: Vec<(usize, bool)>,
 }
 
-struct Parts {
+/// What the batches have done with the job's chunks so far.
+struct Progress {
     outputs: Vec<Option<Vec<Tensor>>>,
     remaining: usize,
-    batch_size: usize,
-    compute_ms: f64,
-    queue_ms: Option<f64>,
-    finished: bool,
-    /// For the job's trace: when its first chunk was taken into a batch, and the span of the
-    /// runs that computed it.
+    /// Rows of the largest batch that ran one of its chunks.
+    batch_rows: usize,
+    /// When its first chunk was taken into a batch.
     batched: Option<Instant>,
+    /// From the start of the first run that computed a chunk to the end of the last.
     compute: Option<(Instant, Instant)>,
+    /// The runs' time, summed over chunks.
+    compute_time: Duration,
+    finished: bool,
 }
 
 /// An accepted job: decoded, validated, routed to a model version.
 pub struct JobState {
     pub id: Option<String>,
     pub model: Arc<str>,
-    pub version: Arc<str>,
+    /// The version that runs it, and its label in answers and metrics.
+    pub version: u64,
+    pub label: Arc<str>,
     pub plan: OutputPlan,
     pub deadline: Option<SystemTime>,
     pub received: Instant,
     pub metrics: ModelMetrics,
     inflight: Mutex<Option<InFlight>>,
-    parts: Mutex<Parts>,
+    progress: Mutex<Progress>,
 }
 
 impl JobState {
-    /// Takes over `inflight` (already attached to `metrics`) for a job of `chunks` parts.
-    #[allow(clippy::too_many_arguments)]
+    /// Takes over `inflight` (already attached to `served`'s metrics) for a job `id` of
+    /// `chunks` parts run by `served`.
     pub fn new(
+        served: &ServedVersion,
         id: Option<String>,
-        model: Arc<str>,
-        version: Arc<str>,
         plan: OutputPlan,
         deadline: Option<SystemTime>,
-        metrics: ModelMetrics,
         inflight: InFlight,
         chunks: usize,
     ) -> JobState {
         JobState {
             id,
-            model,
-            version,
+            model: served.model.clone(),
+            version: served.version,
+            label: served.label.clone(),
             plan,
             deadline,
             received: inflight.received(),
-            metrics,
+            metrics: served.metrics.clone(),
             inflight: Mutex::new(Some(inflight)),
-            parts: Mutex::new(Parts {
+            progress: Mutex::new(Progress {
                 outputs: (0..chunks).map(|_| None).collect(),
                 remaining: chunks,
-                batch_size: 0,
-                compute_ms: 0.0,
-                queue_ms: None,
-                finished: false,
+                batch_rows: 0,
                 batched: None,
                 compute: None,
+                compute_time: Duration::ZERO,
+                finished: false,
             }),
-        }
-    }
-
-    /// True once the job was answered or failed (later chunks are skipped).
-    pub fn is_finished(&self) -> bool {
-        self.parts.lock().map(|p| p.finished).unwrap_or(true)
-    }
-
-    /// Records that a chunk's batch started running now.
-    pub fn started(&self, now: Instant) {
-        if let Ok(mut parts) = self.parts.lock() {
-            if parts.queue_ms.is_none() {
-                parts.batched = Some(now);
-                let wait = now.duration_since(self.received);
-                parts.queue_ms = Some(wait.as_secs_f64() * 1e3);
-                self.metrics.queue_wait(wait.as_secs_f64());
-            }
-        }
-    }
-
-    /// Stores the outputs of chunk `part`; answers the job when it was the last one.
-    pub fn complete_part(
-        &self,
-        part: usize,
-        outputs: Vec<Tensor>,
-        batch_size: usize,
-        compute_ms: f64,
-    ) {
-        let Ok(mut parts) = self.parts.lock() else {
-            return;
-        };
-        if parts.finished || part >= parts.outputs.len() || parts.outputs[part].is_some() {
-            return;
-        }
-        parts.outputs[part] = Some(outputs);
-        // Called right after the batch ran: it ran for `compute_ms` up to now.
-        let ended = Instant::now();
-        let began = ended
-            .checked_sub(std::time::Duration::from_secs_f64(
-                compute_ms.max(0.0) / 1e3,
-            ))
-            .unwrap_or(ended);
-        parts.compute = Some(match parts.compute {
-            Some((first, _)) => (first.min(began), ended),
-            None => (began, ended),
-        });
-        parts.remaining -= 1;
-        parts.batch_size = parts.batch_size.max(batch_size);
-        parts.compute_ms += compute_ms;
-        if parts.remaining > 0 {
-            return;
-        }
-        parts.finished = true;
-        let chunks: Vec<Vec<Tensor>> = parts
-            .outputs
-            .iter_mut()
-            .map(|p| p.take().unwrap_or_default())
-            .collect();
-        let parameters = ResultParameters {
-            batch_size: parts.batch_size,
-            queue_ms: parts.queue_ms.unwrap_or(0.0),
-            compute_ms: parts.compute_ms,
-        };
-        let stages = Stages {
-            batched: parts.batched,
-            compute_started: parts.compute.map(|c| c.0),
-            compute_ended: parts.compute.map(|c| c.1),
-            batch_rows: Some(parts.batch_size),
-            version: self.version.parse().ok(),
-        };
-        drop(parts);
-        if let Ok(mut inflight) = self.inflight.lock() {
-            if let Some(inflight) = inflight.as_mut() {
-                inflight.set_stages(stages);
-            }
-        }
-        match self.assemble(chunks) {
-            Ok(tensors) => self.answer(tensors, parameters),
-            Err(message) => self.fail(JobError::internal(message)),
         }
     }
 
@@ -191,7 +117,7 @@ impl JobState {
         let encoded = encode_response(&InferenceResponse {
             id: self.id.as_deref(),
             model_name: &self.model,
-            model_version: &self.version,
+            model_version: &self.label,
             outputs,
             parameters,
         });
@@ -208,14 +134,15 @@ impl JobState {
     /// Ends the job with `error` (invalid input found late, a deadline, an internal failure),
     /// unless it already ended; later chunks are then skipped.
     pub fn answer_failure(&self, error: JobError) {
-        match self.parts.lock() {
-            Ok(mut parts) if !parts.finished => parts.finished = true,
+        match self.progress.lock() {
+            Ok(mut progress) if !progress.finished => progress.finished = true,
             _ => return,
         }
-        self.fail(error);
+        self.end(error);
     }
 
-    fn fail(&self, error: JobError) {
+    /// Fails the job with `error` (its progress already says it finished).
+    fn end(&self, error: JobError) {
         if let Some(inflight) = self.take() {
             inflight.fail(error, self.id.as_deref());
         }
@@ -223,5 +150,87 @@ impl JobState {
 
     fn take(&self) -> Option<InFlight> {
         self.inflight.lock().ok()?.take()
+    }
+}
+
+impl BatchJob for JobState {
+    fn deadline(&self) -> Option<SystemTime> {
+        self.deadline
+    }
+
+    fn is_finished(&self) -> bool {
+        self.progress.lock().map(|p| p.finished).unwrap_or(true)
+    }
+
+    fn started(&self, now: Instant) {
+        if let Ok(mut progress) = self.progress.lock() {
+            if progress.batched.is_none() {
+                progress.batched = Some(now);
+                self.metrics
+                    .queue_wait(now.duration_since(self.received).as_secs_f64());
+            }
+        }
+    }
+
+    /// Stores the outputs of chunk `part`; answers the job when it was the last one.
+    fn complete_part(
+        &self,
+        part: usize,
+        outputs: Vec<Tensor>,
+        batch_rows: usize,
+        compute: (Instant, Instant),
+    ) {
+        let Ok(mut progress) = self.progress.lock() else {
+            return;
+        };
+        let known = progress.outputs.get(part).is_some_and(Option::is_none);
+        if progress.finished || !known {
+            return;
+        }
+        progress.outputs[part] = Some(outputs);
+        progress.compute = Some(match progress.compute {
+            Some((first, _)) => (first.min(compute.0), compute.1),
+            None => compute,
+        });
+        progress.compute_time += compute.1.duration_since(compute.0);
+        progress.batch_rows = progress.batch_rows.max(batch_rows);
+        progress.remaining -= 1;
+        if progress.remaining > 0 {
+            return;
+        }
+        progress.finished = true;
+        let chunks: Vec<Vec<Tensor>> = (progress.outputs.iter_mut())
+            .map(|p| p.take().unwrap_or_default())
+            .collect();
+        let queue_wait = progress.batched.map(|b| b.duration_since(self.received));
+        let parameters = ResultParameters {
+            batch_size: progress.batch_rows,
+            queue_ms: queue_wait.unwrap_or_default().as_secs_f64() * 1e3,
+            compute_ms: progress.compute_time.as_secs_f64() * 1e3,
+        };
+        let seen = BatchSeen {
+            version: self.version,
+            rows: progress.batch_rows,
+        };
+        if let Ok(mut inflight) = self.inflight.lock() {
+            if let Some(inflight) = inflight.as_mut() {
+                inflight.record_batch(progress.batched, progress.compute, seen);
+            }
+        }
+        drop(progress);
+        match self.assemble(chunks) {
+            Ok(tensors) => self.answer(tensors, parameters),
+            Err(message) => self.end(JobError::internal(message)),
+        }
+    }
+
+    fn fail(&self, failure: BatchFailure) {
+        self.answer_failure(match failure {
+            BatchFailure::DeadlineExceeded => JobError::answer(
+                ErrorCode::DeadlineExceeded,
+                "deadline passed while the job waited for a batch (x-deadline-ms or expiration)",
+            ),
+            BatchFailure::Internal(message) => JobError::internal(message),
+        });
     }
 }

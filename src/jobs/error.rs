@@ -1,11 +1,12 @@
 //! Why a job failed, and what the broker should do with it: every error carries its fate as a
 //! type, decided where the error is made, never re-derived from its code later.
 
-use super::padding::PadError;
 use crate::broker::headers::HeaderError;
+use crate::execution::padding::PadError;
 use crate::protocol::text::bounded;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::RuntimeError;
+use crate::serving::ResolveError;
 use crate::tokenizer::TextError;
 use crate::training::TrainingError;
 
@@ -85,6 +86,20 @@ impl From<ProtocolError> for JobError {
 impl From<HeaderError> for JobError {
     fn from(e: HeaderError) -> JobError {
         JobError::invalid(e.to_string())
+    }
+}
+
+impl From<ResolveError> for JobError {
+    fn from(e: ResolveError) -> JobError {
+        match e {
+            ResolveError::UnknownModel(message) => {
+                JobError::answer(ErrorCode::UnknownModel, message)
+            }
+            ResolveError::UnknownVersion(message) => {
+                JobError::answer(ErrorCode::UnknownVersion, message)
+            }
+            ResolveError::Internal(message) => JobError::internal(message),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 
-pub use super::answerer::Answerer;
+use super::answerer::Answerer;
 use super::error::{Fate, JobError};
 use crate::broker::acks::DeliveryRef;
 use crate::broker::envelope::{Reply, Route};
@@ -50,21 +50,19 @@ pub enum Tally {
     Untallied,
 }
 
-/// When a job went through the stages the lifecycle does not see itself (set by the batch
-/// that ran it), for its trace.
-#[derive(Debug, Clone, Default)]
-pub struct Stages {
-    pub batched: Option<Instant>,
-    pub compute_started: Option<Instant>,
-    pub compute_ended: Option<Instant>,
-    pub batch_rows: Option<usize>,
-    pub version: Option<u64>,
+/// What the batch that ran a job tells its trace: the version that ran it and the rows of
+/// its batch (the stages' instants are in [`JobStages`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSeen {
+    pub version: u64,
+    pub rows: usize,
 }
 
 struct Held {
     answerer: Arc<Answerer>,
     trace: JobTrace,
-    stages: Stages,
+    stages: JobStages,
+    batch: Option<BatchSeen>,
     delivered: Delivered,
     /// The metrics label: the queue's model, or a training job's validated name.
     model: Arc<str>,
@@ -102,7 +100,8 @@ impl InFlight {
             held: Some(Held {
                 answerer: answerer.clone(),
                 trace,
-                stages: Stages::default(),
+                stages: JobStages::default(),
+                batch: None,
                 delivered,
                 model,
                 route: reply.route,
@@ -145,10 +144,19 @@ impl InFlight {
         }
     }
 
-    /// Records the batch stages of the job, for its trace.
-    pub fn set_stages(&mut self, stages: Stages) {
+    /// Records, for its trace, when the job was taken into a batch, when that batch ran, and
+    /// what it was.
+    pub fn record_batch(
+        &mut self,
+        batched: Option<Instant>,
+        compute: Option<(Instant, Instant)>,
+        batch: BatchSeen,
+    ) {
         if let Some(held) = self.held.as_mut() {
-            held.stages = stages;
+            held.stages.batched = batched;
+            held.stages.compute_started = compute.map(|c| c.0);
+            held.stages.compute_ended = compute.map(|c| c.1);
+            held.batch = Some(batch);
         }
     }
 
@@ -320,7 +328,8 @@ impl Held {
             received,
             tally,
             trace,
-            stages,
+            mut stages,
+            batch,
             correlation_id,
             ..
         } = self;
@@ -351,22 +360,16 @@ impl Held {
                 _ => {}
             }
             if ok && disposition != Disposition::Requeue {
-                let confirmed = Instant::now();
-                let job_stages = JobStages {
-                    batched: stages.batched,
-                    compute_started: stages.compute_started,
-                    compute_ended: stages.compute_ended,
-                    publish_started: published.then_some(handed),
-                    confirmed,
-                };
+                stages.publish_started = published.then_some(handed);
                 let attributes = JobAttributes {
                     model: &model,
-                    version: stages.version,
+                    version: batch.map(|b| b.version),
                     job_id: correlation_id.as_ref().map(|c| c.as_str()),
-                    batch_rows: stages.batch_rows,
+                    batch_rows: batch.map(|b| b.rows),
                     outcome,
                 };
-                done.tracer().record_job(trace, &job_stages, &attributes);
+                done.tracer()
+                    .record_job(trace, &stages, Instant::now(), &attributes);
             }
             done.job_done();
         });

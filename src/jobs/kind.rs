@@ -1,59 +1,19 @@
-//! The seam between the worker's consumers and the kinds of job they feed.
+//! What a kind of job and the consumer loop say to each other.
 //!
 //! A kind of job — prediction ([`super::predict`], metadata requests included), training
-//! ([`super::train`]) — says which consumers it wants, which queue each one reads and how, and
-//! what becomes of each delivery. Everything else about consuming is one piece of code for every
-//! kind (`worker::consumer`): the channel, QoS, `basic.consume` with the kind's arguments, the
-//! loop over deliveries and cancellation, `basic.cancel`, the close once the jobs received are
-//! settled, and the supervision that restarts a consumer or ends the broker session (in the
-//! spirit of mini-redis's `Command`: one trait, one implementation per kind).
-//!
-//! A kind is registered once, in `worker/kinds.rs`.
+//! ([`super::train`]) — says which consumers it wants, which queue each one reads and how
+//! ([`Consume`]), and what becomes of each delivery. Everything else about consuming is one
+//! piece of code for every kind (`worker::consumer`): the channel, QoS, `basic.consume` with the
+//! kind's arguments, the loop over deliveries and cancellation, `basic.cancel`, the close once
+//! the jobs received are settled, and the supervision that restarts a consumer or ends the
+//! broker session. The kinds are one enum, `worker::kinds::JobKind`, matched in one place.
 
-use std::collections::BTreeSet;
 use std::future::Future;
+use std::time::Duration;
 
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use super::inflight::Delivered;
-
-/// One kind of job: the part of consuming that differs between kinds.
-pub trait JobKind: Send + Sync + 'static {
-    /// What one running consumer of this kind holds (its label, a channel of its own, a
-    /// readiness guard); dropped when the consumer ends.
-    type Lane: Send + Sync + 'static;
-
-    /// Its name in logs.
-    const NAME: &'static str;
-
-    /// What a consumer's end on its own (its channel or consumer lost, or a failed start) does.
-    const ON_LOST: OnLost;
-
-    /// The names of the consumers this kind wants now (one per served model; a single one for
-    /// training). Each change is acted on at once: new names start, missing ones stop.
-    fn wanted(&self) -> watch::Receiver<BTreeSet<String>>;
-
-    /// Prepares consumer `name` on its new `channel` (declaring its queue if each consumer has
-    /// one of its own) and says how to consume; `connection` is for channels of its own.
-    fn open(
-        &self,
-        connection: &Connection,
-        channel: &Channel,
-        name: &str,
-    ) -> impl Future<Output = Result<(Consume, Self::Lane), StartError>> + Send;
-
-    /// Called once the broker has confirmed the consumer (`consume-ok`).
-    fn consuming(&self, _lane: &mut Self::Lane) {}
-
-    /// Takes one delivery over. It ends in its [`InFlight`](super::inflight::InFlight)'s
-    /// settlement: at once, later (a batch), or in a task spawned on `tasks`, which is told to
-    /// stop when the consumer ends and is waited for before its channel closes.
-    fn handle(&self, lane: &Self::Lane, delivered: Delivered, redelivered: bool, tasks: &JobTasks);
-}
 
 /// How a consumer reads its queue.
 pub struct Consume {
@@ -84,14 +44,20 @@ pub enum OnLost {
     EndSession,
 }
 
-/// Why a consumer could not start.
+/// How a consumer ended: what a kind's `open` returns when it cannot start, and what the
+/// consumer loop reports to its supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StartError {
-    /// The broker refused to declare its queue (declared elsewhere with other arguments:
+pub enum ConsumerEnd {
+    /// Cancelled: shutdown, or it is no longer wanted (its model is no longer served).
+    Stopped,
+    /// The broker refused to declare its queue (e.g. declared elsewhere with other arguments:
     /// PRECONDITION_FAILED); the broker's reason.
     DeclareRefused(String),
-    /// Another failure (opening a channel it needs).
-    Failed(String),
+    /// It could not start for another reason (opening a channel it needs, qos or consume).
+    StartFailed(String),
+    /// It ended on its own after it had started: its channel was closed or its consumer
+    /// cancelled by the broker (e.g. the queue was deleted).
+    Lost { reason: String, ran: Duration },
 }
 
 /// The jobs a consumer runs as tasks of their own, told to stop together when it ends.

@@ -9,12 +9,12 @@ use std::time::Instant;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
-use super::inflight::Answerer;
+use super::answerer::Answerer;
 use super::inflight::{Delivered, InFlight, Tally};
-use super::registry::ModelRegistry;
 use crate::broker::envelope::Envelope;
 use crate::broker::headers::{as_string, find};
 use crate::protocol::metadata::{model_metadata, METADATA_REQUEST, REQUEST_HEADER};
+use crate::serving::ModelRegistry;
 
 /// True when the delivery is a metadata request rather than a job.
 pub fn is_metadata_request(properties: &BasicProperties) -> bool {
@@ -65,6 +65,6 @@ pub fn answer_metadata(
             );
             request.answer(body, "application/json", FieldTable::default());
         }
-        Err(e) => request.fail(e, None),
+        Err(e) => request.fail(e.into(), None),
     }
 }

@@ -10,26 +10,22 @@
 //! 3. [`predict`] or [`train`] checks and runs the job; every failure is an
 //!    [`error::JobError`] that carries its [`error::Fate`].
 //!
-//! Each kind of job is one module implementing [`kind::JobKind`]: which consumers it wants,
-//! which queue each reads and how, and what becomes of a delivery. The consumer loop around it
-//! is the same for every kind (`worker::consumer`).
+//! Each kind of job is one module here saying which consumers it wants, which queue each reads
+//! and how ([`kind::Consume`]), and what becomes of a delivery; `worker::kinds::JobKind`, one
+//! enum, matches on the kinds, and the consumer loop around them is the same for every kind
+//! (`worker::consumer`).
 //!
-//! Prediction jobs go through the [`registry`] (served versions and their batchers, kept in
-//! step with the repository by [`registry::ModelSync`]) and [`batch`] (running a batch on an
-//! instance thread); [`assembly`] puts a split job's outputs back together, and [`padding`]
-//! pads a batch of jobs of different lengths and cuts each job's outputs back; [`text`] turns a
-//! text model's strings into its token inputs.
+//! A prediction job finds its model version in `serving` (the served versions and their
+//! batchers), goes through `batching` and runs in a batch of `execution`; [`assembly`] puts a
+//! split job's outputs back together and answers it. The path goes one way: nothing below
+//! `jobs` names a job's types (a batch hands outputs back through `execution::BatchJob`).
 
 pub mod answerer;
 pub mod assembly;
-pub mod batch;
 pub mod early;
 pub mod error;
 pub mod inflight;
 pub mod kind;
 pub mod metadata;
-pub mod padding;
 pub mod predict;
-pub mod registry;
-pub mod text;
 pub mod train;

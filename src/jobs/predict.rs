@@ -15,22 +15,23 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::Channel;
 use tokio::sync::watch;
 
+use super::answerer::Answerer;
 use super::assembly::{JobState, OutputPlan};
-use super::batch::{Chunk, ShapeKey};
 use super::early::early_names;
 use super::error::JobError;
-use super::inflight::{Answerer, Delivered, InFlight, Tally};
-use super::kind::{Acks, Consume, JobKind, JobTasks, OnLost, StartError};
-use super::registry::{ConsumingGuard, ModelRegistry, ServedVersion};
-use crate::batching::{split_rows, Item, PaddedKey};
+use super::inflight::{Delivered, InFlight, Tally};
+use super::kind::{Acks, Consume, ConsumerEnd, OnLost};
+use crate::batching::{split_rows, Item, LengthsKey};
 use crate::broker::authz::authorize;
 use crate::broker::envelope::Envelope;
 use crate::broker::headers::JobHeaders;
 use crate::broker::Topology;
+use crate::execution::batch::{Chunk, ShapeKey};
 use crate::protocol::{decode_request, validate_request, ErrorCode, InferenceRequest, Tensor};
+use crate::serving::{ConsumingGuard, ModelRegistry, ServedVersion};
 use crate::telemetry::Metrics;
 
 /// The prediction kind of job: what the consumers of prediction queues share, one consumer per
@@ -54,23 +55,23 @@ pub struct PredictLane {
     _consuming: Option<ConsumingGuard>,
 }
 
-impl JobKind for PredictContext {
-    type Lane = PredictLane;
-    const NAME: &'static str = "prediction";
-    const ON_LOST: OnLost = OnLost::Restart;
+impl PredictContext {
+    /// One consumer per served model; a lost one is started again.
+    pub const ON_LOST: OnLost = OnLost::Restart;
 
-    fn wanted(&self) -> watch::Receiver<BTreeSet<String>> {
+    /// The served models, one consumer each.
+    pub fn wanted(&self) -> watch::Receiver<BTreeSet<String>> {
         self.registry.names()
     }
 
-    async fn open(
+    /// Declares `model`'s queue on `channel` and says how to consume it.
+    pub async fn open(
         &self,
-        _connection: &Connection,
         channel: &Channel,
         model: &str,
-    ) -> Result<(Consume, PredictLane), StartError> {
+    ) -> Result<(Consume, PredictLane), ConsumerEnd> {
         if let Err(error) = self.topology.declare_model(channel, model).await {
-            return Err(StartError::DeclareRefused(error.to_string()));
+            return Err(ConsumerEnd::DeclareRefused(error.to_string()));
         }
         self.registry.set_unavailable(model, None);
         let prefetch = self.prefetch_for(model);
@@ -88,16 +89,16 @@ impl JobKind for PredictContext {
         Ok((consume, lane))
     }
 
-    fn consuming(&self, lane: &mut PredictLane) {
+    /// The broker confirmed the consumer: the model counts as consumed for readiness.
+    pub fn consuming(&self, lane: &mut PredictLane) {
         lane._consuming = Some(self.registry.consuming(&lane.label));
     }
 
-    fn handle(&self, lane: &PredictLane, delivered: Delivered, redelivered: bool, _: &JobTasks) {
+    /// Takes one delivery of the lane's model over (it settles once its batch ran).
+    pub fn handle(&self, lane: &PredictLane, delivered: Delivered, redelivered: bool) {
         handle_delivery(self, &lane.label, delivered, redelivered);
     }
-}
 
-impl PredictContext {
     /// `broker.prefetch`, or enough to fill batches: 2 × max_batch_size × instances, at least 64;
     /// for a padded model, that many per length bucket (a batch holds one bucket only).
     fn prefetch_for(&self, model: &str) -> u16 {
@@ -106,7 +107,7 @@ impl PredictContext {
         }
         let wanted = (self.registry.resolve(model, None))
             .map(|v| {
-                let buckets = match v.padding {
+                let buckets = match v.pad_plan {
                     Some(_) => v.limits.padding.length_buckets.len() + 1,
                     None => 1,
                 };
@@ -207,7 +208,7 @@ fn accept(
     let served = match ctx.registry.resolve(model, version) {
         Ok(served) => served,
         // Counted under version "": a label never takes a value the producer chose.
-        Err(e) => return job.fail(e, request.id.as_deref()),
+        Err(e) => return job.fail(e.into(), request.id.as_deref()),
     };
     job.attach(&served.metrics);
     if let Err(e) = authorize(user_id, &served.allowed_users, "this model (allowed_users)") {
@@ -238,7 +239,7 @@ fn plan_outputs(served: &ServedVersion, request: &InferenceRequest) -> OutputPla
 /// once); a text model's text tokenized into its token inputs.
 fn model_inputs(served: &ServedVersion, mut sent: Vec<Tensor>) -> Result<Vec<Tensor>, JobError> {
     if let Some(text) = &served.text {
-        return text.model_inputs(sent);
+        return Ok(text.model_inputs(sent)?);
     }
     let mut inputs = Vec::with_capacity(served.signature.inputs.len());
     for spec in &served.signature.inputs {
@@ -252,8 +253,8 @@ fn model_inputs(served: &ServedVersion, mut sent: Vec<Tensor>) -> Result<Vec<Ten
 /// The job's batching key: its inputs' non-batch dimensions, and with padding its lengths in
 /// the padded dimensions (refused when two inputs disagree on one).
 fn shape_key(served: &ServedVersion, inputs: &[Tensor]) -> Result<ShapeKey, JobError> {
-    if let Some(plan) = &served.padding {
-        return Ok(PaddedKey {
+    if let Some(plan) = &served.pad_plan {
+        return Ok(LengthsKey {
             exact: plan.exact_key(inputs),
             lengths: plan.lengths(inputs)?,
         });
@@ -263,7 +264,7 @@ fn shape_key(served: &ServedVersion, inputs: &[Tensor]) -> Result<ShapeKey, JobE
         exact.extend_from_slice(&t.shape[1..]);
         exact.push(usize::MAX);
     }
-    Ok(PaddedKey {
+    Ok(LengthsKey {
         exact,
         lengths: Vec::new(),
     })
@@ -290,12 +291,10 @@ fn submit(
     // An unbatched model counts each job as one row: one chunk, whatever its shape.
     let ranges = split_rows(rows, max);
     let job = Arc::new(JobState::new(
+        served,
         request.id.take(),
-        served.model.clone(),
-        served.label.clone(),
         plan,
         headers.deadline,
-        served.metrics.clone(),
         job,
         ranges.len(),
     ));
@@ -320,7 +319,7 @@ fn submit(
                 inputs: chunk_inputs,
             },
         };
-        if served.send(item).is_err() {
+        if !served.send(item) {
             job.answer_failure(JobError::internal(
                 "model version was unloaded before the job ran",
             ));

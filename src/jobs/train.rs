@@ -26,10 +26,11 @@ use lapin::{Channel, Connection};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::answerer::Answerer;
 use super::early::early_names;
 use super::error::JobError;
-use super::inflight::{Answerer, Delivered, InFlight, Tally};
-use super::kind::{Acks, Consume, JobKind, JobTasks, OnLost, StartError};
+use super::inflight::{Delivered, InFlight, Tally};
+use super::kind::{Acks, Consume, ConsumerEnd, JobTasks, OnLost};
 use crate::broker::authz::authorize;
 use crate::broker::envelope::{Envelope, Route};
 use crate::broker::Topology;
@@ -76,7 +77,7 @@ pub struct Training {
 
 impl Training {
     pub fn new(ctx: TrainContext) -> Training {
-        let lane = BTreeSet::from([Training::NAME.to_string()]);
+        let lane = BTreeSet::from(["training".to_string()]);
         Training {
             ctx: Arc::new(ctx),
             wanted: watch::Sender::new(lane),
@@ -84,23 +85,19 @@ impl Training {
     }
 }
 
-impl JobKind for Training {
-    /// The channel (in confirm mode) that progress and version events are published on.
-    type Lane = Channel;
-    const NAME: &'static str = "training";
-    const ON_LOST: OnLost = OnLost::EndSession;
+impl Training {
+    /// The training consumer is part of the session: losing it ends the session.
+    pub const ON_LOST: OnLost = OnLost::EndSession;
 
-    fn wanted(&self) -> watch::Receiver<BTreeSet<String>> {
+    /// One consumer, `training`.
+    pub fn wanted(&self) -> watch::Receiver<BTreeSet<String>> {
         self.wanted.subscribe()
     }
 
-    /// The training queue is declared with the shared topology, at each session's start.
-    async fn open(
-        &self,
-        connection: &Connection,
-        _channel: &Channel,
-        _name: &str,
-    ) -> Result<(Consume, Channel), StartError> {
+    /// Says how to consume the training queue (declared with the shared topology, at each
+    /// session's start) and opens the channel, in confirm mode, that progress and version
+    /// events are published on: the lane of its consumer.
+    pub async fn open(&self, connection: &Connection) -> Result<(Consume, Channel), ConsumerEnd> {
         let events = async {
             let events = connection.create_channel().await?;
             events
@@ -109,7 +106,7 @@ impl JobKind for Training {
             Ok::<_, lapin::Error>(events)
         };
         let events = (events.await)
-            .map_err(|e| StartError::Failed(format!("opening the events channel: {e}")))?;
+            .map_err(|e| ConsumerEnd::StartFailed(format!("opening the events channel: {e}")))?;
         let mut arguments = FieldTable::default();
         let timeout = self.ctx.consumer_timeout_ms.min(i64::MAX as u64) as i64;
         arguments.insert(
@@ -125,8 +122,16 @@ impl JobKind for Training {
         Ok((consume, events))
     }
 
-    fn handle(&self, events: &Channel, delivered: Delivered, redelivered: bool, tasks: &JobTasks) {
-        let (ctx, events) = (self.ctx.clone(), events.clone());
+    /// Runs one training job as a task of the consumer (told to stop when it ends).
+    pub fn handle(
+        &self,
+        events: &Channel,
+        delivered: Delivered,
+        redelivered: bool,
+        tasks: &JobTasks,
+    ) {
+        let ctx = self.ctx.clone();
+        let events = events.clone();
         tasks.spawn(move |stop| handle_training(ctx, events, delivered, redelivered, stop));
     }
 }

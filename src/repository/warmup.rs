@@ -9,7 +9,7 @@
 //!   shape and data (zeros, random values or a file). It states what the model must run, so a
 //!   failure refuses the version.
 //!
-//! Read here; the tensors are made by [`crate::runtime::warmup`] once the signature is known.
+//! Read here; the tensors are made by [`crate::serving::warmup`] once the signature is known.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};

@@ -3,12 +3,10 @@
 //! Inference runs on dedicated threads ([`instances`]) behind the synchronous [`Backend`] trait,
 //! so the worker can be driven by the real ONNX Runtime ([`OrtBackend`]) or by a fake in tests.
 //! A version's instances share one session per device ([`version`], [`shared`]); CUDA devices
-//! and arena options are [`cuda`]'s. For loading large models: the memory a worker may use
-//! ([`memory`]), what a version needs and whether it fits ([`admission`]), and warm-up batches
-//! ([`warmup`]).
-//! Sits after `batching` in the flow; fed models by `repository`.
+//! and arena options are [`cuda`]'s; the memory a worker may use is measured by [`memory`].
+//! What to load, whether it fits and how it is warmed is decided by `serving`; this module
+//! measures and runs sessions. Sits after `execution` in the flow.
 
-pub mod admission;
 pub mod affinity;
 pub mod arena;
 pub mod cuda;
@@ -18,7 +16,6 @@ pub(crate) mod memory;
 mod session;
 pub(crate) mod shared;
 pub(crate) mod version;
-pub(crate) mod warmup;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -62,6 +62,10 @@ pub enum TextError {
         index: usize,
         message: String,
     },
+    /// Validation lets no job through without each input of the signature; kept as an answer
+    /// rather than a panic all the same.
+    #[error("inputs: no input {name:?}")]
+    MissingInput { name: String },
 }
 
 impl TextError {
@@ -85,6 +89,7 @@ impl TextError {
             | TextError::JobTooLong { .. } => "text_too_large",
             TextError::InvalidUtf8 { .. } => "text_utf8",
             TextError::Tokenize { .. } => "text_tokenize",
+            TextError::MissingInput { .. } => "text_missing_input",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! text tensor `[n]` becomes one row of `input_ids`, `attention_mask` and, when the model has
 //! it, `token_type_ids`, all INT64 `[n, L]` with `L` the job's longest row (shorter rows padded
 //! with the tokenizer's pad id and mask 0; batches of jobs are padded further by
-//! `jobs::padding`). Special tokens are added when the file has a post-processor (`[CLS] …
+//! `execution::padding`). Special tokens are added when the file has a post-processor (`[CLS] …
 //! [SEP]`), and each row is truncated to the model's maximum length (or the file's truncation
 //! length, when smaller).
 //!

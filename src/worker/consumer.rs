@@ -1,5 +1,6 @@
-//! The consumer loop, one for every kind of job ([`JobKind`]): a consumer of prediction jobs
-//! per served model, one of training jobs; and the per-worker events consumer.
+//! The consumer loop, one for every kind of job ([`JobKind`], matched in `kinds.rs`): a consumer
+//! of prediction jobs per served model, one of training jobs; and the per-worker events
+//! consumer.
 //!
 //! A consumer opens its own channel, lets its kind prepare it (declare the queue, say how to
 //! consume), sets QoS, consumes with its kind's arguments, and hands each delivery to its kind.
@@ -12,42 +13,26 @@
 //! stays open until the jobs received on it are settled, then closes
 //! ([`AckTracker::close_when_settled`]: for coalesced acks, with one final ack). Deliveries it
 //! had prefetched but not started are not nacked one by one: the channel close returns them to
-//! the queue, right after that final ack. (On a quorum queue a burst of individual requeues
-//! makes the broker hold back the acks that follow, and a close then drops them: jobs already
-//! answered were redelivered.)
+//! the queue, right after that final ack (a few commands at most after a cancel: see
+//! `broker::acks` for why).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::kinds::{JobKind, Lane};
 use crate::broker::acks::AckTracker;
 use crate::broker::connection::close_channel;
 use crate::broker::Topology;
-use crate::jobs::inflight::{Answerer, Delivered};
-use crate::jobs::kind::{Acks, Consume, JobKind, JobTasks, OnLost, StartError};
-
-/// How a consumer ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConsumerEnd {
-    /// Cancelled: shutdown, or it is no longer wanted (its model is no longer served).
-    Stopped,
-    /// The broker refused to declare its queue (e.g. declared elsewhere with other arguments:
-    /// PRECONDITION_FAILED); the broker's reason.
-    DeclareRefused(String),
-    /// It could not start for another reason (opening its channel, qos or consume failed).
-    StartFailed(String),
-    /// It ended on its own after it had started: its channel was closed or its consumer
-    /// cancelled by the broker (e.g. the queue was deleted).
-    Lost { reason: String, ran: Duration },
-}
+use crate::jobs::answerer::Answerer;
+use crate::jobs::inflight::Delivered;
+use crate::jobs::kind::{Acks, Consume, ConsumerEnd, JobTasks};
 
 /// What every consumer of a broker session needs besides its kind and name.
 pub struct ConsumerSetup {
@@ -56,72 +41,32 @@ pub struct ConsumerSetup {
     pub generation: u64,
 }
 
-/// A consumer's task, as the supervisor starts it.
-pub type ConsumerFuture = Pin<Box<dyn Future<Output = ConsumerEnd> + Send>>;
-
-/// A registered kind of job, as the session's supervisor sees it (whatever its [`JobKind`]).
-pub trait Kind: Send + Sync {
-    fn name(&self) -> &'static str;
-    fn on_lost(&self) -> OnLost;
-    fn wanted(&self) -> watch::Receiver<std::collections::BTreeSet<String>>;
-    /// Consumer `name` of this kind, until `cancel` or it ends on its own.
-    fn start(
-        self: Arc<Self>,
-        setup: Arc<ConsumerSetup>,
-        name: String,
-        cancel: CancellationToken,
-    ) -> ConsumerFuture;
-}
-
-impl<K: JobKind> Kind for K {
-    fn name(&self) -> &'static str {
-        K::NAME
-    }
-
-    fn on_lost(&self) -> OnLost {
-        K::ON_LOST
-    }
-
-    fn wanted(&self) -> watch::Receiver<std::collections::BTreeSet<String>> {
-        JobKind::wanted(self)
-    }
-
-    fn start(
-        self: Arc<Self>,
-        setup: Arc<ConsumerSetup>,
-        name: String,
-        cancel: CancellationToken,
-    ) -> ConsumerFuture {
-        Box::pin(consumer_task(self, setup, name, cancel))
-    }
-}
-
-/// A consumer that has started: its channel, its consumer, and what its kind made for it.
-struct Started<L> {
+/// A consumer that has started: its channel, its consumer, and its kind's lane.
+struct Started {
     channel: Channel,
     consumer: Consumer,
     acks: AckTracker,
     tag: String,
     queue: Arc<str>,
-    lane: L,
+    lane: Lane,
 }
 
 /// Consumes the queue of consumer `name` of `kind` until cancelled or it ends on its own; says
 /// how it ended.
-pub async fn consumer_task<K: JobKind>(
-    kind: Arc<K>,
+pub async fn consumer_task(
+    kind: JobKind,
     setup: Arc<ConsumerSetup>,
     name: String,
     cancel: CancellationToken,
 ) -> ConsumerEnd {
-    let mut started = match start(&*kind, &setup.connection, &name).await {
+    let mut started = match start(&kind, &setup.connection, &name).await {
         Ok(started) => started,
         Err(end) => return end,
     };
-    kind.consuming(&mut started.lane);
+    started.lane.consuming();
     let tasks = JobTasks::new();
     let since = Instant::now();
-    let lost = consume(&*kind, &mut started, &tasks, setup.generation, &cancel).await;
+    let lost = consume(&mut started, &tasks, setup.generation, &cancel).await;
     stop(started, &tasks, lost.is_none(), &setup.answerer).await;
     match lost {
         None => ConsumerEnd::Stopped,
@@ -133,20 +78,20 @@ pub async fn consumer_task<K: JobKind>(
 }
 
 /// Opens the channel, lets the kind prepare it, sets QoS and starts consuming.
-async fn start<K: JobKind>(
-    kind: &K,
+async fn start(
+    kind: &JobKind,
     connection: &Connection,
     name: &str,
-) -> Result<Started<K::Lane>, ConsumerEnd> {
+) -> Result<Started, ConsumerEnd> {
     let channel = (connection.create_channel().await)
         .map_err(|error| ConsumerEnd::StartFailed(format!("opening a channel: {error}")))?;
     let (spec, lane) = match kind.open(connection, &channel, name).await {
         Ok(opened) => opened,
         // A refused declare closes the channel (channel-level error): nothing to close here.
-        Err(StartError::DeclareRefused(reason)) => return Err(ConsumerEnd::DeclareRefused(reason)),
-        Err(StartError::Failed(reason)) => {
+        Err(end @ ConsumerEnd::DeclareRefused(_)) => return Err(end),
+        Err(end) => {
             close_channel(&channel, "consumer did not start").await;
-            return Err(ConsumerEnd::StartFailed(reason));
+            return Err(end);
         }
     };
     let Consume {
@@ -159,7 +104,8 @@ async fn start<K: JobKind>(
     let consumer = async {
         (channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
         let options = BasicConsumeOptions::default();
-        let (from, as_tag) = (queue.as_str().into(), tag.as_str().into());
+        let from = queue.as_str().into();
+        let as_tag = tag.as_str().into();
         channel
             .basic_consume(from, as_tag, options, arguments)
             .await
@@ -173,7 +119,7 @@ async fn start<K: JobKind>(
             )));
         }
     };
-    tracing::info!(%queue, prefetch, kind = K::NAME, "Consuming");
+    tracing::info!(%queue, prefetch, kind = kind.name(), "Consuming");
     let acks = match acks {
         Acks::Coalesced => AckTracker::new(channel.clone()),
         Acks::Individual => AckTracker::individual(channel.clone()),
@@ -190,9 +136,8 @@ async fn start<K: JobKind>(
 
 /// Hands each delivery to the kind until `cancel` (`None`) or the consumer ends on its own
 /// (`Some(reason)`).
-async fn consume<K: JobKind>(
-    kind: &K,
-    started: &mut Started<K::Lane>,
+async fn consume(
+    started: &mut Started,
     tasks: &JobTasks,
     generation: u64,
     cancel: &CancellationToken,
@@ -208,7 +153,7 @@ async fn consume<K: JobKind>(
                         properties: delivery.properties,
                         body: delivery.data,
                     };
-                    kind.handle(&started.lane, delivered, delivery.redelivered, tasks)
+                    started.lane.handle(delivered, delivery.redelivered, tasks)
                 }
                 Some(Err(error)) => return Some(format!("channel failed: {error}")),
                 None => return Some("consumer cancelled by the broker".to_string()),
@@ -222,7 +167,7 @@ async fn consume<K: JobKind>(
 /// return), stops the kind's tasks, and hands the channel's close to the answerer: it closes
 /// once the jobs received on it are settled (at once if the broker already closed it; their
 /// deliveries went back then).
-async fn stop<L>(started: Started<L>, tasks: &JobTasks, cancelled: bool, answerer: &Answerer) {
+async fn stop(started: Started, tasks: &JobTasks, cancelled: bool, answerer: &Answerer) {
     let Started {
         channel,
         mut consumer,

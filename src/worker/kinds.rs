@@ -1,25 +1,116 @@
-//! The kinds of job this worker consumes, registered in one place: each is made here from the
-//! settings and the worker's shared parts, and from then on its consumers are started,
-//! supervised and stopped by the one consumer loop (`consumer.rs`, `supervisor.rs`).
+//! The kinds of job this worker consumes, as one enum matched in one place (mini-redis's
+//! `Command`): each variant's module under `jobs/` says how its consumers open, which queue
+//! they read, and what becomes of a delivery; the consumer loop (`consumer.rs`) and the
+//! supervisor (`supervisor.rs`) start, supervise and stop the consumers of every kind alike.
 //!
-//! Adding a kind: its module under `jobs/` (a [`crate::jobs::kind::JobKind`]), one entry
-//! here, and its part of `docs/PROTOCOL.md` (see "Adding a job kind" in the README).
+//! Adding a kind: its module under `jobs/`, a variant here (and of [`Lane`]) with its arm in
+//! each match, its queue in `broker::topology`, and its part of `docs/PROTOCOL.md` (see
+//! "Adding a job kind" in the README).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::consumer::Kind;
+use lapin::{Channel, Connection};
+use tokio::sync::watch;
+
 use super::Parts;
 use crate::config::Settings;
-use crate::jobs::predict::PredictContext;
+use crate::jobs::inflight::Delivered;
+use crate::jobs::kind::{Consume, ConsumerEnd, JobTasks, OnLost};
+use crate::jobs::predict::{PredictContext, PredictLane};
 use crate::jobs::train::{TrainContext, Training};
 use crate::repository::ModelStore;
 
+/// A kind of job, with what its consumers share.
+#[derive(Clone)]
+pub enum JobKind {
+    /// Prediction jobs and metadata requests: one consumer per served model.
+    Predict(Arc<PredictContext>),
+    /// Training jobs: one consumer, `training`.
+    Train(Arc<Training>),
+}
+
+/// One running consumer of a kind: its kind, and what the consumer holds (dropped when it
+/// ends). Made by [`JobKind::open`], so a lane always matches its kind.
+pub enum Lane {
+    /// Its model's label, and the guard that counts it for readiness.
+    Predict(Arc<PredictContext>, PredictLane),
+    /// The channel, in confirm mode, that training progress and version events go out on.
+    Train(Arc<Training>, Channel),
+}
+
+impl JobKind {
+    /// Its name in logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::Predict(_) => "prediction",
+            JobKind::Train(_) => "training",
+        }
+    }
+
+    /// What a consumer's end on its own does.
+    pub fn on_lost(&self) -> OnLost {
+        match self {
+            JobKind::Predict(_) => PredictContext::ON_LOST,
+            JobKind::Train(_) => Training::ON_LOST,
+        }
+    }
+
+    /// The names of the consumers this kind wants now; each change is acted on at once.
+    pub fn wanted(&self) -> watch::Receiver<BTreeSet<String>> {
+        match self {
+            JobKind::Predict(predict) => predict.wanted(),
+            JobKind::Train(train) => train.wanted(),
+        }
+    }
+
+    /// Prepares consumer `name` on its new `channel` and says how to consume;
+    /// `connection` is for channels of its own.
+    pub async fn open(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        name: &str,
+    ) -> Result<(Consume, Lane), ConsumerEnd> {
+        match self {
+            JobKind::Predict(predict) => {
+                let (consume, lane) = predict.open(channel, name).await?;
+                Ok((consume, Lane::Predict(predict.clone(), lane)))
+            }
+            JobKind::Train(train) => {
+                let (consume, events) = train.open(connection).await?;
+                Ok((consume, Lane::Train(train.clone(), events)))
+            }
+        }
+    }
+}
+
+impl Lane {
+    /// Called once the broker has confirmed the consumer (`consume-ok`).
+    pub fn consuming(&mut self) {
+        if let Lane::Predict(predict, lane) = self {
+            predict.consuming(lane);
+        }
+    }
+
+    /// Takes one delivery over. It ends in its `InFlight`'s settlement: at once, later (a
+    /// batch), or in a task spawned on `tasks`, which is told to stop when the consumer ends and
+    /// is waited for before its channel closes.
+    pub fn handle(&self, delivered: Delivered, redelivered: bool, tasks: &JobTasks) {
+        match self {
+            Lane::Predict(predict, lane) => predict.handle(lane, delivered, redelivered),
+            Lane::Train(train, events) => train.handle(events, delivered, redelivered, tasks),
+        }
+    }
+}
+
 /// The kinds of job consumed with `settings`: prediction (metadata requests included) always,
 /// training when `training.enabled`.
-pub(super) fn register(settings: &Settings, parts: &Parts) -> Vec<Arc<dyn Kind>> {
-    let mut kinds: Vec<Arc<dyn Kind>> = vec![Arc::new(prediction(settings, parts))];
+pub(super) fn register(settings: &Settings, parts: &Parts) -> Vec<JobKind> {
+    let mut kinds = vec![JobKind::Predict(Arc::new(prediction(settings, parts)))];
     if settings.training.enabled {
-        kinds.push(Arc::new(Training::new(training(settings, parts))));
+        let training = Training::new(training(settings, parts));
+        kinds.push(JobKind::Train(Arc::new(training)));
     }
     kinds
 }

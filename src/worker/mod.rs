@@ -31,12 +31,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{Command, Topology};
 use crate::config::Settings;
-use crate::jobs::inflight::Answerer;
-use crate::jobs::registry::{
-    BackendLoader, DeviceMemoryCollector, ModelRegistry, ModelSync, OrtLoader,
-};
+use crate::jobs::answerer::Answerer;
 use crate::repository::ModelStore;
 use crate::runtime::{env, RuntimeError, SessionOptions};
+use crate::serving::{BackendLoader, DeviceMemoryCollector, ModelRegistry, ModelSync, OrtLoader};
 use crate::telemetry::trace::JobTracer;
 use crate::telemetry::{HttpState, Metrics, StatusSource};
 use crate::training::DataLimits;

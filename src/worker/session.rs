@@ -13,15 +13,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::consumer::{events_task, ConsumerSetup, Kind};
+use super::consumer::{events_task, ConsumerSetup};
+use super::kinds::JobKind;
 use super::supervisor::{Supervisor, Wake};
 use super::WorkerStatus;
 use crate::broker::connection::{connect_with_retry, Backoff};
 use crate::broker::publisher::{publisher_task, PublisherContext, PublisherError};
 use crate::broker::{Command, Topology};
 use crate::config::Settings;
-use crate::jobs::inflight::Answerer;
-use crate::jobs::registry::ModelRegistry;
+use crate::jobs::answerer::Answerer;
+use crate::serving::ModelRegistry;
 use crate::telemetry::Metrics;
 
 /// What the broker side shares.
@@ -34,7 +35,7 @@ pub struct BrokerContext {
     pub status: Arc<WorkerStatus>,
     pub reload: Arc<Notify>,
     /// The kinds of job consumed (`kinds.rs`).
-    pub kinds: Vec<Arc<dyn Kind>>,
+    pub kinds: Vec<JobKind>,
 }
 
 enum SessionEnd {

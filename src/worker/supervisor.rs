@@ -23,10 +23,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::consumer::{ConsumerEnd, ConsumerSetup, Kind};
+use super::consumer::{consumer_task, ConsumerSetup};
+use super::kinds::JobKind;
 use crate::broker::connection::Backoff;
-use crate::jobs::kind::OnLost;
-use crate::jobs::registry::ModelRegistry;
+use crate::jobs::kind::{ConsumerEnd, OnLost};
+use crate::serving::ModelRegistry;
 use crate::telemetry::Metrics;
 
 /// Restarting a consumer that ended on its own: 0.5 s doubling to 30 s.
@@ -84,7 +85,7 @@ impl Default for Retry {
 
 /// The consumers of one broker session.
 pub(super) struct Supervisor {
-    kinds: Vec<Arc<dyn Kind>>,
+    kinds: Vec<JobKind>,
     wanted: Vec<watch::Receiver<BTreeSet<String>>>,
     setup: Arc<ConsumerSetup>,
     registry: Arc<ModelRegistry>,
@@ -98,7 +99,7 @@ pub(super) struct Supervisor {
 
 impl Supervisor {
     pub(super) fn new(
-        kinds: Vec<Arc<dyn Kind>>,
+        kinds: Vec<JobKind>,
         setup: Arc<ConsumerSetup>,
         registry: Arc<ModelRegistry>,
         metrics: Arc<Metrics>,
@@ -180,7 +181,7 @@ impl Supervisor {
         let id = self.next_id;
         let cancel = CancellationToken::new();
         let kind = self.kinds[key.0].clone();
-        let task = kind.start(self.setup.clone(), key.1.clone(), cancel.clone());
+        let task = consumer_task(kind, self.setup.clone(), key.1.clone(), cancel.clone());
         let ended = self.ended_tx.clone();
         let reported = key.clone();
         let handle = tokio::spawn(async move {

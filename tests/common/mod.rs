@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use infermq::client::Client;
 use infermq::config::Settings;
-use infermq::jobs::registry::{BackendLoader, OrtLoader};
+use infermq::serving::{BackendLoader, OrtLoader};
 use infermq::worker::{self, Worker};
 use lapin::options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;

@@ -2,7 +2,7 @@
 //! item's lengths in the dimensions that are padded to the batch's longest.
 //!
 //! An exact key (the non-batch dimensions of every input, for a model without pad values)
-//! batches only with an equal key. A [`PaddedKey`] batches with any key whose `exact` part is
+//! batches only with an equal key. A [`LengthsKey`] batches with any key whose `exact` part is
 //! equal, whatever its `lengths`: the batch is padded to the longest of each length, and
 //! [`PadLimits`] bound what that padding costs.
 
@@ -34,12 +34,12 @@ exact_keys!(u8, u16, u32, u64, usize, String, Vec<usize>);
 /// A key whose items are padded: `exact` must be equal for two items to share a batch, their
 /// `lengths` may differ (every item of one model has as many lengths).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PaddedKey<K> {
+pub struct LengthsKey<K> {
     pub exact: K,
     pub lengths: Vec<usize>,
 }
 
-impl<K: PartialEq + Clone> BatchKey for PaddedKey<K> {
+impl<K: PartialEq + Clone> BatchKey for LengthsKey<K> {
     fn batches_with(&self, other: &Self) -> bool {
         self.exact == other.exact
     }
@@ -149,15 +149,15 @@ mod tests {
 
     #[test]
     fn padded_keys_batch_on_their_exact_part() {
-        let a = PaddedKey {
+        let a = LengthsKey {
             exact: vec![1usize],
             lengths: vec![5],
         };
-        let b = PaddedKey {
+        let b = LengthsKey {
             exact: vec![1usize],
             lengths: vec![9],
         };
-        let c = PaddedKey {
+        let c = LengthsKey {
             exact: vec![2usize],
             lengths: vec![5],
         };

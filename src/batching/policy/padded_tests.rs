@@ -4,7 +4,7 @@
 use super::*;
 use proptest::prelude::*;
 
-type Key = PaddedKey<u8>;
+type Key = LengthsKey<u8>;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -12,7 +12,7 @@ fn ms(n: u64) -> Duration {
 
 fn item(class: u8, lengths: &[usize], rows: usize, at: Instant, id: usize) -> Item<Key, usize> {
     Item {
-        key: PaddedKey {
+        key: LengthsKey {
             exact: class,
             lengths: lengths.to_vec(),
         },

@@ -57,9 +57,10 @@ struct Exporter {
     tracer: SdkTracer,
 }
 
-/// When each stage of a job happened, as the job lifecycle saw it. A stage the job did not
-/// go through (an invalid job is never computed) is `None` and has no span.
-#[derive(Debug, Clone)]
+/// When each stage of a job happened, as the job lifecycle saw it: one record, filled in as the
+/// job goes (the batch that runs it, then its answer). A stage the job did not go through (an
+/// invalid job is never computed) is `None` and has no span.
+#[derive(Debug, Clone, Default)]
 pub struct JobStages {
     /// An instance took the job into a batch.
     pub batched: Option<Instant>,
@@ -68,8 +69,6 @@ pub struct JobStages {
     pub compute_ended: Option<Instant>,
     /// The result (or error result, or dead-letter copy) was published.
     pub publish_started: Option<Instant>,
-    /// The broker confirmed it; the end of the job's `receive` span.
-    pub confirmed: Instant,
 }
 
 /// What the spans say about the job (attributes of the `receive` span).
@@ -206,9 +205,16 @@ impl JobTracer {
         }
     }
 
-    /// Ends the job's `receive` span at `stages.confirmed` and records the stage spans under
-    /// it. Nothing happens when export is off or the producer did not sample the trace.
-    pub fn record_job(&self, trace: JobTrace, stages: &JobStages, job: &JobAttributes<'_>) {
+    /// Ends the job's `receive` span at `confirmed` (when the broker confirmed its answer) and
+    /// records the stage spans under it. Nothing happens when export is off or the producer
+    /// did not sample the trace.
+    pub fn record_job(
+        &self,
+        trace: JobTrace,
+        stages: &JobStages,
+        confirmed: Instant,
+        job: &JobAttributes<'_>,
+    ) {
         let (Some(exporter), Some(mut root)) = (&self.exporter, trace.root) else {
             return;
         };
@@ -242,7 +248,7 @@ impl JobTracer {
             ("queue wait", Some(received), stages.batched),
             ("batch", stages.batched, stages.compute_started),
             ("compute", stages.compute_started, stages.compute_ended),
-            ("publish", stages.publish_started, Some(stages.confirmed)),
+            ("publish", stages.publish_started, Some(confirmed)),
         ];
         for (name, start, end) in children {
             let (Some(start), Some(end)) = (start, end) else {
@@ -260,7 +266,7 @@ impl JobTracer {
                 .start_with_context(&exporter.tracer, &cx);
             span.end_with_timestamp(at(end.max(start)));
         }
-        cx.span().end_with_timestamp(at(stages.confirmed));
+        cx.span().end_with_timestamp(at(confirmed));
     }
 
     /// Exports what is buffered and stops the exporter; call once at shutdown. Blocks while

@@ -10,13 +10,13 @@
 
 use std::collections::BTreeSet;
 
+use super::admission::{admit, batch_io_bytes, VersionNeed};
+use super::warmup::{described_batch, made_up_batches, warmup_sizes};
 use crate::batching::BatchLimits;
 use crate::protocol::{ModelSignature, Tensor};
 use crate::repository::config::{ModelConfig, Warmup};
 use crate::repository::external::{ExternalRefused, VersionFiles};
-use crate::runtime::admission::{admit, batch_io_bytes, VersionNeed};
 use crate::runtime::memory::MemoryLimit;
-use crate::runtime::warmup::{described_batch, made_up_batches, warmup_sizes};
 use crate::runtime::{first_of_its_session, Backend, DimNames, ExecutionProvider, SessionOptions};
 
 /// Why a version was not loaded; `in_use`: the bytes loaded versions held when it was refused

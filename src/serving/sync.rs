@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use super::{version_inputs, version_stamp, FileStamp, ModelRegistry, ServedVersion};
+use super::stamp::{version_stamp, FileStamp};
+use super::{version_inputs, ModelRegistry, ServedVersion};
 use crate::batching::{batch_task, BatchLimits, FailBatch, MakeTask, PadLimits};
 use crate::config::BatchingSettings;
-use crate::jobs::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
-use crate::jobs::error::JobError;
+use crate::execution::batch::BatchFailure;
+use crate::execution::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
 use crate::protocol::ModelSignature;
 use crate::repository::external::check_version;
 use crate::repository::{ModelEntry, ModelStore};
@@ -83,7 +84,7 @@ struct Loaded {
     options: SessionOptions,
     signature: ModelSignature,
     limits: BatchLimits,
-    /// Resident estimate ([`crate::runtime::admission::VersionNeed::resident`]).
+    /// Resident estimate ([`crate::serving::admission::VersionNeed::resident`]).
     memory: u64,
     /// Batch sizes warmed (empty: warm-up off).
     warmup: Vec<usize>,
@@ -309,7 +310,7 @@ impl ModelSync {
             label,
             signature: inputs.signature,
             limits: limits.clone(),
-            padding: inputs.padding.clone(),
+            pad_plan: inputs.pad_plan.clone(),
             text: inputs.text,
             instances: entry.config.instances.unwrap_or(1),
             execution_providers: options.effective(),
@@ -327,7 +328,7 @@ impl ModelSync {
             model: served.model.clone(),
             label: served.label.clone(),
             metrics: served.metrics.clone(),
-            padding: inputs.padding,
+            pad_plan: inputs.pad_plan,
         });
         let make_task: MakeTask<ShapeKey, Chunk> = Arc::new(move |batch| {
             let info = info.clone();
@@ -336,7 +337,7 @@ impl ModelSync {
         // A batch whose run panics fails each of its jobs as `internal`.
         let fail: FailBatch<ShapeKey, Chunk> = Arc::new(|item| {
             let job = item.payload.job.clone();
-            Box::new(move |message: &str| job.answer_failure(JobError::internal(message)))
+            Box::new(move |message: &str| job.fail(BatchFailure::Internal(message.to_string())))
         });
         self.tracker
             .spawn(batch_task(limits, inbox_rx, pool, idle_rx, make_task, fail));

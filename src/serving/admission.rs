@@ -1,8 +1,8 @@
 //! Memory admission: what a model version needs, and whether it fits beside the versions
-//! already loaded under the worker's limit ([`super::memory`]). Pure.
+//! already loaded under the worker's limit ([`crate::runtime::memory`]). Pure.
 //!
 //! A version needs its weights, once (its instances share a session per device:
-//! [`super::version`]); while loading, one more copy of its largest tensor (ONNX Runtime
+//! [`crate::runtime::version`]); while loading, one more copy of its largest tensor (ONNX Runtime
 //! prepacks weights one tensor at a time); a fixed cost per session; and per instance, a fixed
 //! cost plus activations at its largest batch.
 //!
@@ -21,8 +21,8 @@
 //! every measurement above with room to spare; models whose intermediate activations dwarf
 //! their inputs (convolutions at large batches) can need more than the estimate.
 
-use super::memory::MemoryLimit;
 use crate::protocol::ModelSignature;
+use crate::runtime::memory::MemoryLimit;
 
 /// Fixed cost of one session beyond its weights.
 pub const SESSION_BYTES: u64 = 16 << 20;

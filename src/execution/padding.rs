@@ -196,17 +196,25 @@ impl PadPlan {
     }
 
     /// The batch's inputs: each job's inputs (signature order) joined along dimension 0 and
-    /// padded to the longest length of each padded dimension. Returns those longest lengths
-    /// too.
-    pub fn pad_batch(&self, jobs: &[&[Tensor]]) -> Result<(Vec<Tensor>, Vec<usize>), PadError> {
+    /// padded to the longest of `lengths` (each job's, as [`PadPlan::lengths`] measured them
+    /// when it was accepted) in each padded dimension.
+    pub fn pad_batch(
+        &self,
+        jobs: &[&[Tensor]],
+        lengths: &[&[usize]],
+    ) -> Result<Vec<Tensor>, PadError> {
         let mut longest = vec![0usize; self.dims.len()];
-        for job in jobs {
-            for (l, len) in longest.iter_mut().zip(self.lengths(job)?) {
+        for job in lengths {
+            if job.len() != longest.len() {
+                return Err(inconsistent(
+                    "a job's lengths do not match the padded dimensions",
+                ));
+            }
+            for (l, &len) in longest.iter_mut().zip(job.iter()) {
                 *l = (*l).max(len);
             }
         }
-        let inputs = self
-            .inputs
+        self.inputs
             .iter()
             .enumerate()
             .map(|(i, pad)| {
@@ -219,8 +227,7 @@ impl PadPlan {
                     .collect::<Result<_, _>>()?;
                 pad_input(&parts, pad, &longest)
             })
-            .collect::<Result<_, _>>()?;
-        Ok((inputs, longest))
+            .collect()
     }
 
     /// Each job's outputs from the batch's: its rows (`rows` per job, in batch order) and,

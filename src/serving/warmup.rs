@@ -16,10 +16,10 @@ use std::path::Path;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::DimNames;
 use crate::protocol::tensor::checked_count;
 use crate::protocol::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
 use crate::repository::warmup::{WarmupData, WarmupSample};
+use crate::runtime::DimNames;
 
 /// Largest warm-up input, in bytes (or BYTES elements): a shape past this is refused rather
 /// than allocated.

@@ -9,9 +9,9 @@
 
 use std::path::Path;
 
-use super::error::JobError;
 use crate::protocol::{DataType, ModelSignature, Tensor, TensorSpec};
 use crate::repository::inputs::{TextInput, DEFAULT_MAX_LENGTH};
+use crate::tokenizer::TextError;
 use crate::tokenizer::{TextLimits, Tokenizer};
 
 /// The token inputs a tokenizer fills, by name.
@@ -96,11 +96,13 @@ impl TextIn {
     /// The model's inputs (signature order) for a job's validated inputs (any order): the text
     /// tokenized into the token inputs, the others as sent. Text that cannot be tokenized is
     /// the producer's error, naming the element.
-    pub fn model_inputs(&self, mut inputs: Vec<Tensor>) -> Result<Vec<Tensor>, JobError> {
+    pub fn model_inputs(&self, mut inputs: Vec<Tensor>) -> Result<Vec<Tensor>, TextError> {
         let at = inputs
             .iter()
             .position(|t| t.name == self.name)
-            .ok_or_else(|| JobError::invalid(format!("inputs: no input {:?}", self.name)))?;
+            .ok_or_else(|| TextError::MissingInput {
+                name: self.name.clone(),
+            })?;
         let text = inputs.swap_remove(at);
         let path = format!("inputs[{at}]");
         let tokens = self.tokenizer.encode(&text, &path, self.type_ids)?;
@@ -117,7 +119,7 @@ impl TextIn {
                     let i = inputs
                         .iter()
                         .position(|t| &t.name == name)
-                        .ok_or_else(|| JobError::invalid(format!("inputs: no input {name:?}")))?;
+                        .ok_or_else(|| TextError::MissingInput { name: name.clone() })?;
                     inputs.swap_remove(i)
                 }
             };

@@ -83,12 +83,26 @@ fn the_exact_key_leaves_padded_dimensions_out() {
     assert_eq!(a, b);
 }
 
+/// Pads `jobs` with the lengths [`PadPlan::lengths`] measures (as a job's batch key holds
+/// them); returns the batch and its longest lengths.
+fn pad_jobs(plan: &PadPlan, jobs: &[&[Tensor]]) -> Result<(Vec<Tensor>, Vec<usize>), PadError> {
+    let lengths: Vec<Vec<usize>> = jobs
+        .iter()
+        .map(|j| plan.lengths(j))
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<&[usize]> = lengths.iter().map(|l| &l[..]).collect();
+    let longest = (0..plan.dims.len())
+        .map(|d| lengths.iter().map(|l| l[d]).max().unwrap_or(0))
+        .collect();
+    Ok((plan.pad_batch(jobs, &refs)?, longest))
+}
+
 #[test]
 fn a_batch_is_padded_to_its_longest_job_and_cut_back_per_job() {
     let plan = text_plan();
     let a = [ids(1, 3, 1), mask(1, 3)];
     let b = [ids(2, 5, 10), mask(2, 5)];
-    let (inputs, longest) = plan.pad_batch(&[&a[..], &b[..]]).unwrap();
+    let (inputs, longest) = pad_jobs(&plan, &[&a[..], &b[..]]).unwrap();
     assert_eq!(longest, vec![5]);
     assert_eq!(inputs[0].shape, vec![3, 5]);
     assert_eq!(
@@ -126,7 +140,7 @@ fn jobs_of_equal_lengths_are_joined_as_they_are() {
     let plan = text_plan();
     let a = [ids(1, 4, 0), mask(1, 4)];
     let b = [ids(1, 4, 9), mask(1, 4)];
-    let (inputs, _) = plan.pad_batch(&[&a[..], &b[..]]).unwrap();
+    let (inputs, _) = pad_jobs(&plan, &[&a[..], &b[..]]).unwrap();
     assert_eq!(inputs[0], Tensor::concat_rows(&[&a[0], &b[0]]).unwrap());
 }
 
@@ -137,9 +151,11 @@ fn inconsistent_batches_are_internal_errors() {
         Tensor::from_i64("input_ids", vec![1, 2, 2], &[0; 4]),
         mask(1, 2),
     ];
-    let err = plan
-        .pad_batch(&[&[ids(1, 2, 0), mask(1, 2)][..], &wide[..]])
-        .unwrap_err();
+    let err = pad_jobs(&plan, &[&[ids(1, 2, 0), mask(1, 2)][..], &wide[..]]).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Internal, "{err}");
+    // Lengths that do not match the plan's padded dimensions.
+    let job = [ids(1, 2, 0), mask(1, 2)];
+    let err = plan.pad_batch(&[&job[..]], &[&[2, 2][..]]).unwrap_err();
     assert_eq!(err.code(), ErrorCode::Internal, "{err}");
     let out = Tensor::from_f32("last_hidden_state", vec![1, 2, 2], &[0.0; 4]);
     assert!(
@@ -236,7 +252,7 @@ proptest! {
         };
         let per_job: Vec<[Tensor; 1]> = jobs.iter().map(|t| [t.clone()]).collect();
         let slices: Vec<&[Tensor]> = per_job.iter().map(|j| &j[..]).collect();
-        let (batch, longest) = plan.pad_batch(&slices).unwrap();
+        let (batch, longest) = pad_jobs(&plan, &slices).unwrap();
         prop_assert!(batch[0].is_consistent());
         prop_assert_eq!(batch[0].rows(), jobs.iter().map(Tensor::rows).sum::<usize>());
         for a in &plan.inputs[0].axes {

@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::jobs::padding::{PadLiteral, PadPlan, PadValue, SymbolicTensor};
-use crate::jobs::text::TextIn;
+use crate::execution::padding::{PadLiteral, PadPlan, PadValue, SymbolicTensor};
+use crate::execution::text::TextIn;
 use crate::protocol::ModelSignature;
 use crate::repository::ModelConfig;
 use crate::runtime::DimNames;
@@ -18,7 +18,7 @@ use crate::runtime::DimNames;
 pub struct VersionInputs {
     /// What producers send and get (validation, metadata, `/v2/models`).
     pub signature: ModelSignature,
-    pub padding: Option<Arc<PadPlan>>,
+    pub pad_plan: Option<Arc<PadPlan>>,
     pub text: Option<Arc<TextIn>>,
 }
 
@@ -74,7 +74,7 @@ pub fn version_inputs(
     };
     Ok(VersionInputs {
         signature,
-        padding,
+        pad_plan: padding,
         text: text.map(Arc::new),
     })
 }

@@ -1,9 +1,6 @@
-//! The model versions this worker serves, kept in step with the repository.
-//!
-//! [`ModelRegistry`] maps model → version → [`ServedVersion`] (signature, batching limits, the
-//! inbox of its batch task). [`ModelSync`] scans the repository, loads new versions (all their
-//! instances) before unloading the versions they replace, so serving never pauses, and refuses a
-//! broken version with an error log and a metric while the old one keeps serving.
+//! The model versions this worker serves: [`ModelRegistry`] maps model → version →
+//! [`ServedVersion`] (signature, batching limits, the inbox of its batch task), kept in step
+//! with the repository by [`super::ModelSync`]; it answers readiness and `/v2/models`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -11,25 +8,30 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use super::batch::{Chunk, ShapeKey};
-use super::error::JobError;
-use super::padding::PadPlan;
-use super::text::TextIn;
+use super::device_memory;
+use super::stamp::FileStamp;
 use crate::batching::{BatchLimits, Item};
+use crate::execution::batch::{Chunk, ShapeKey};
+use crate::execution::padding::PadPlan;
+use crate::execution::text::TextIn;
 use crate::protocol::text::quoted;
-use crate::protocol::{ErrorCode, ModelSignature};
+use crate::protocol::ModelSignature;
 use crate::runtime::arena::ArenaProbe;
 use crate::telemetry::ModelMetrics;
 
-mod device_memory;
-mod inputs;
-mod prepare;
-mod stamp;
-mod sync;
-pub use device_memory::DeviceMemoryCollector;
-pub use inputs::{version_inputs, VersionInputs};
-use stamp::{version_stamp, FileStamp};
-pub use sync::{BackendLoader, ModelSync, OrtLoader};
+/// Why a job's model version cannot be resolved; `jobs` answers it with the contract's code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// `unknown_model`.
+    #[error("{0}")]
+    UnknownModel(String),
+    /// `unknown_version`.
+    #[error("{0}")]
+    UnknownVersion(String),
+    /// `internal`: the registry cannot be read.
+    #[error("{0}")]
+    Internal(&'static str),
+}
 
 /// One loaded model version.
 pub struct ServedVersion {
@@ -40,7 +42,7 @@ pub struct ServedVersion {
     pub signature: ModelSignature,
     pub limits: BatchLimits,
     /// How jobs of different lengths are padded into one batch; `None`: they are not.
-    pub padding: Option<Arc<PadPlan>>,
+    pub pad_plan: Option<Arc<PadPlan>>,
     /// The text input tokenized into the model's token inputs; `None`: no tokenizer.
     pub text: Option<Arc<TextIn>>,
     pub instances: usize,
@@ -56,13 +58,14 @@ pub struct ServedVersion {
     /// Reads the memory arena of each of its sessions (one per device).
     pub arenas: Vec<ArenaProbe>,
     pub metrics: ModelMetrics,
-    inbox: mpsc::UnboundedSender<Item<ShapeKey, Chunk>>,
+    pub(super) inbox: mpsc::UnboundedSender<Item<ShapeKey, Chunk>>,
 }
 
 impl ServedVersion {
-    /// Queues a chunk for batching; gives it back if the version was unloaded.
-    pub fn send(&self, item: Item<ShapeKey, Chunk>) -> Result<(), Item<ShapeKey, Chunk>> {
-        self.inbox.send(item).map_err(|e| e.0)
+    /// Queues a chunk for batching; false when the version was unloaded (the chunk is dropped,
+    /// and its job must be ended by the caller).
+    pub fn send(&self, item: Item<ShapeKey, Chunk>) -> bool {
+        self.inbox.send(item).is_ok()
     }
 }
 
@@ -116,19 +119,19 @@ impl ModelRegistry {
         &self,
         model: &str,
         version: Option<&str>,
-    ) -> Result<Arc<ServedVersion>, JobError> {
+    ) -> Result<Arc<ServedVersion>, ResolveError> {
         let models = self
             .models
             .read()
-            .map_err(|_| JobError::internal("model registry poisoned"))?;
+            .map_err(|_| ResolveError::Internal("model registry poisoned"))?;
         let state = models
             .get(model)
             .filter(|s| !s.versions.is_empty())
             .ok_or_else(|| {
-                JobError::answer(
-                    ErrorCode::UnknownModel,
-                    format!("model {} is not served by this worker", quoted(model)),
-                )
+                ResolveError::UnknownModel(format!(
+                    "model {} is not served by this worker",
+                    quoted(model)
+                ))
             })?;
         let Some(v) = version.map(str::trim).filter(|v| !v.is_empty()) else {
             return state
@@ -136,22 +139,19 @@ impl ModelRegistry {
                 .values()
                 .next_back()
                 .cloned()
-                .ok_or_else(|| JobError::internal("model has no version"));
+                .ok_or(ResolveError::Internal("model has no version"));
         };
         v.parse::<u64>()
             .ok()
             .and_then(|n| state.versions.get(&n).cloned())
             .ok_or_else(|| {
                 let served: Vec<String> = state.versions.keys().map(u64::to_string).collect();
-                JobError::answer(
-                    ErrorCode::UnknownVersion,
-                    format!(
-                        "model_version: model {} has no served version {} (served: {})",
-                        quoted(model),
-                        quoted(v),
-                        served.join(", ")
-                    ),
-                )
+                ResolveError::UnknownVersion(format!(
+                    "model_version: model {} has no served version {} (served: {})",
+                    quoted(model),
+                    quoted(v),
+                    served.join(", ")
+                ))
             })
     }
 
@@ -160,7 +160,7 @@ impl ModelRegistry {
         self.names.subscribe()
     }
 
-    fn publish_names(&self) {
+    pub(super) fn publish_names(&self) {
         let names: BTreeSet<String> = self
             .models
             .read()
@@ -189,7 +189,7 @@ impl ModelRegistry {
             .unwrap_or_default()
     }
 
-    fn insert(&self, served: Arc<ServedVersion>) {
+    pub(super) fn insert(&self, served: Arc<ServedVersion>) {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             // Loaded while the worker was stopping: dropping it ends its batch task.
             return;
@@ -201,7 +201,7 @@ impl ModelRegistry {
         }
     }
 
-    fn remove(&self, model: &str, version: u64) -> Option<Arc<ServedVersion>> {
+    pub(super) fn remove(&self, model: &str, version: u64) -> Option<Arc<ServedVersion>> {
         let mut models = self.models.write().ok()?;
         let state = models.get_mut(model)?;
         let removed = state.versions.remove(&version);
@@ -213,14 +213,14 @@ impl ModelRegistry {
 
     /// Records the models found in the repository at the last scan, each with why its
     /// `config.toml` was refused, if it was.
-    fn set_expected(&self, names: BTreeMap<String, Option<String>>) {
+    pub(super) fn set_expected(&self, names: BTreeMap<String, Option<String>>) {
         if let Ok(mut expected) = self.expected.write() {
             *expected = names;
         }
     }
 
     /// Every loaded version of a model not in `present` (the models found at the last scan).
-    fn versions_outside(&self, present: &BTreeSet<&str>) -> Vec<(String, u64)> {
+    pub(super) fn versions_outside(&self, present: &BTreeSet<&str>) -> Vec<(String, u64)> {
         self.models
             .read()
             .map(|m| {
@@ -232,7 +232,7 @@ impl ModelRegistry {
             .unwrap_or_default()
     }
 
-    fn mark_failed(
+    pub(super) fn mark_failed(
         &self,
         model: &str,
         version: u64,
@@ -253,7 +253,7 @@ impl ModelRegistry {
 
     /// True when `version` failed to load and neither its files nor (refused for memory) the
     /// memory free for it changed since.
-    fn has_failed(&self, model: &str, version: u64, stamp: &Option<FileStamp>) -> bool {
+    pub(super) fn has_failed(&self, model: &str, version: u64, stamp: &Option<FileStamp>) -> bool {
         let in_use = self.memory_in_use();
         self.models
             .read()
