@@ -213,7 +213,8 @@ impl<K: BatchKey, T> Batcher<K, T> {
             return false;
         }
         // Fewer than `max` rows wait: full only if the budget stops them first.
-        let (mut rows, mut longest) = (0, Vec::new());
+        let mut rows = 0;
+        let mut longest = Vec::new();
         for q in &group.items {
             let lengths = q.item.key.lengths();
             if !padding.fits(rows + q.item.rows, &longest, lengths) {
@@ -299,9 +300,11 @@ impl<K: BatchKey, T> Batcher<K, T> {
                 .unwrap_or(available)
         };
         let mut batch = Vec::new();
-        let (mut rows, mut longest) = (0, Vec::new());
+        let mut rows = 0;
+        let mut longest = Vec::new();
         while let Some(front) = group.items.front() {
-            let (item_rows, lengths) = (front.item.rows, front.item.key.lengths());
+            let item_rows = front.item.rows;
+            let lengths = front.item.key.lengths();
             let fits =
                 rows + item_rows <= target && padding.fits(rows + item_rows, &longest, lengths);
             if !batch.is_empty() && (max == 0 || !fits) {

@@ -277,7 +277,8 @@ mod tests {
             });
         let failed = ends.clone();
         let fail: FailBatch<u8, (usize, bool)> = Arc::new(move |item: &Item<u8, (usize, bool)>| {
-            let (id, failed) = (item.payload.0, failed.clone());
+            let id = item.payload.0;
+            let failed = failed.clone();
             Box::new(move |message: &str| {
                 failed
                     .lock()

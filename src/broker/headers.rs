@@ -123,7 +123,8 @@ pub fn table_size(table: &FieldTable) -> (usize, usize) {
             _ => 8,
         };
     }
-    let (mut size, mut deepest) = (4, 0);
+    let mut size = 4;
+    let mut deepest = 0;
     for (k, v) in table.inner() {
         size += 1 + k.as_str().len();
         value(v, 1, &mut size, &mut deepest);

@@ -199,7 +199,9 @@ impl BatchJob for JobState {
             return;
         }
         progress.finished = true;
-        let chunks: Vec<Vec<Tensor>> = (progress.outputs.iter_mut())
+        let chunks: Vec<Vec<Tensor>> = progress
+            .outputs
+            .iter_mut()
             .map(|p| p.take().unwrap_or_default())
             .collect();
         let queue_wait = progress.batched.map(|b| b.duration_since(self.received));

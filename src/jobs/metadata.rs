@@ -32,7 +32,8 @@ pub fn answer_metadata(
     envelope: &Envelope,
     model: &Arc<str>,
 ) {
-    let (reply, count) = (envelope.reply.clone(), envelope.delivery_count);
+    let reply = envelope.reply.clone();
+    let count = envelope.delivery_count;
     let untallied = Tally::Untallied;
     let request = InFlight::new(
         answerer,

@@ -105,7 +105,9 @@ impl PredictContext {
         if self.prefetch > 0 {
             return self.prefetch;
         }
-        let wanted = (self.registry.resolve(model, None))
+        let wanted = self
+            .registry
+            .resolve(model, None)
             .map(|v| {
                 let buckets = match v.pad_plan {
                     Some(_) => v.limits.padding.length_buckets.len() + 1,
@@ -147,7 +149,8 @@ pub fn handle_delivery(
         headers,
         ..
     } = envelope;
-    let (answerer, tally) = (&ctx.answerer, Tally::Jobs(None));
+    let answerer = &ctx.answerer;
+    let tally = Tally::Jobs(None);
     let job = InFlight::new(
         answerer,
         delivered,

@@ -105,7 +105,8 @@ impl Training {
                 .await?;
             Ok::<_, lapin::Error>(events)
         };
-        let events = (events.await)
+        let events = events
+            .await
             .map_err(|e| ConsumerEnd::StartFailed(format!("opening the events channel: {e}")))?;
         let mut arguments = FieldTable::default();
         let timeout = self.ctx.consumer_timeout_ms.min(i64::MAX as u64) as i64;
@@ -173,7 +174,8 @@ pub async fn handle_training(
         rules,
         init,
     } = admitted;
-    let (id, model) = (parsed.id().to_string(), parsed.model_name().to_string());
+    let id = parsed.id().to_string();
+    let model = parsed.model_name().to_string();
     ctx.metrics.training_in_progress(1);
     tracing::info!(job = %id, model = %model, "Training started");
     let (progress_tx, progress_rx) = mpsc::unbounded_channel::<EpochReport>();
@@ -230,7 +232,9 @@ fn admit_job(
         }
     };
     job.name_model(parsed.model_name());
-    let (store, limits, budget) = (&ctx.store, &ctx.data_limits, &ctx.budget);
+    let store = &ctx.store;
+    let limits = &ctx.data_limits;
+    let budget = &ctx.budget;
     let admitted = admit(&parsed, store, limits, budget, &ctx.allowed_models)
         .map_err(JobError::from)
         .and_then(|rules| Ok((rules, initial_version(ctx, &parsed)?)));
@@ -257,7 +261,8 @@ fn receive(
     received: Instant,
 ) -> Option<InFlight> {
     let message_id = envelope.message_id.as_deref();
-    let (reply, count) = (envelope.reply.clone(), envelope.delivery_count);
+    let reply = envelope.reply.clone();
+    let count = envelope.delivery_count;
     let tally = Tally::Training { samples: 0 };
     let unnamed = Arc::from("");
     let job = InFlight::new(

@@ -48,7 +48,9 @@ impl ExternalData {
             return Ok(None);
         }
         let mut seen: Vec<&str> = Vec::new();
-        let (mut location, mut offset, mut length) = (None, 0, None);
+        let mut location = None;
+        let mut offset = 0;
+        let mut length = None;
         for (key, value) in &tensor.external_data {
             if seen.contains(&key.as_str()) {
                 return Err(ExternalDataError::Duplicate {

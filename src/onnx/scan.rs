@@ -208,7 +208,8 @@ impl<R: Read + Seek> Walker<R> {
         }
         while self.pos < end {
             let key = self.varint()?;
-            let (field, wire) = (key >> 3, key & 7);
+            let field = key >> 3;
+            let wire = key & 7;
             let inner = child(kind, field);
             if wire == LEN && inner != Kind::Other {
                 let len = self.length(end)?;
@@ -268,7 +269,8 @@ impl<R: Read + Seek> Walker<R> {
 
     /// A `StringStringEntryProto` ending at `end`: (key, value).
     fn entry(&mut self, end: u64) -> Result<(String, String), ScanError> {
-        let (mut key, mut value) = (String::new(), String::new());
+        let mut key = String::new();
+        let mut value = String::new();
         while self.pos < end {
             let field = self.varint()?;
             match (field >> 3, field & 7) {

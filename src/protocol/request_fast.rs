@@ -31,7 +31,9 @@ pub(crate) fn decode(header: &[u8]) -> Option<Decoded> {
     let text = std::str::from_utf8(header).ok()?;
     let mut p = Cursor { text, at: 0 };
     p.open(b'{')?;
-    let (mut id, mut inputs, mut parameters) = (None, None, None);
+    let mut id = None;
+    let mut inputs = None;
+    let mut parameters = None;
     loop {
         match p.key()? {
             "id" if id.is_none() => id = Some(p.string()?.to_string()),
@@ -111,7 +113,8 @@ impl<'a> Cursor<'a> {
     /// `{"binary_data_output": true|false, "model_version": "…"}`, either or none.
     fn parameters(&mut self) -> Option<(Option<String>, Option<bool>)> {
         self.open(b'{')?;
-        let (mut version, mut binary) = (None, None);
+        let mut version = None;
+        let mut binary = None;
         self.ws();
         if self.text.as_bytes().get(self.at) == Some(&b'}') {
             self.at += 1;
@@ -153,7 +156,10 @@ impl<'a> Cursor<'a> {
 
     fn tensor(&mut self) -> Option<Tensor> {
         self.open(b'{')?;
-        let (mut name, mut datatype, mut shape, mut data) = (None, None, None, None);
+        let mut name = None;
+        let mut datatype = None;
+        let mut shape = None;
+        let mut data = None;
         loop {
             match self.key()? {
                 "name" if name.is_none() => name = Some(self.string()?.to_string()),
@@ -164,7 +170,8 @@ impl<'a> Cursor<'a> {
                 }
                 "shape" if shape.is_none() => shape = Some(self.dims()?),
                 "data" if data.is_none() => {
-                    let (datatype, shape) = (datatype?, shape.as_deref()?);
+                    let datatype = datatype?;
+                    let shape = shape.as_deref()?;
                     let expected = checked_count(shape)?;
                     self.ws();
                     let rest = &self.text[self.at..];

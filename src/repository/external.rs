@@ -176,7 +176,8 @@ impl Files<'_> {
             return Ok(*len);
         }
         let refused = |absolute: bool| {
-            let (tensor, location) = (tensor.to_string(), location.to_string());
+            let tensor = tensor.to_string();
+            let location = location.to_string();
             match absolute {
                 true => ExternalRefused::Absolute { tensor, location },
                 false => ExternalRefused::Escapes { tensor, location },

@@ -92,7 +92,9 @@ pub fn arena_stats(session: &Session, device: Option<i32>) -> Option<ArenaStats>
     if result.is_err() || pairs.is_null() {
         return None;
     }
-    let (mut keys, mut values, mut count) = (ptr::null(), ptr::null(), 0usize);
+    let mut keys = ptr::null();
+    let mut values = ptr::null();
+    let mut count = 0usize;
     // SAFETY: `pairs` is the valid set returned above; the arrays stay valid until it is
     // released below, and each holds `count` NUL-terminated strings.
     let stats = unsafe {

@@ -77,7 +77,8 @@ fn instances_run_one_session_from_many_threads() {
         for (t, mut backend) in backends.into_iter().enumerate() {
             scope.spawn(move || {
                 for i in 0..200 {
-                    let (a, b) = (t as f32, i as f32);
+                    let a = t as f32;
+                    let b = i as f32;
                     let x = Tensor::from_f32("x", vec![1, 2], &[a, b]);
                     let y = backend.infer(&[x]).unwrap();
                     assert_eq!(

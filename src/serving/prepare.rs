@@ -131,7 +131,8 @@ pub(super) fn warmup_plan(
         let length = config.length_buckets.iter().copied().min();
         let batches = made_up_batches(signature, names, length, &sizes)
             .map_err(|e| format!("warm-up: {e}"))?;
-        let batches = (batches.into_iter())
+        let batches = batches
+            .into_iter()
             .map(|(rows, inputs)| WarmupBatch {
                 label: format!("batch size {rows}"),
                 rows,

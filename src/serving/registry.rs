@@ -374,7 +374,9 @@ impl ModelRegistry {
     fn with_failures(&self, model: &str) -> Option<String> {
         let models = self.models.read().ok()?;
         let state = models.get(model).filter(|s| !s.failed.is_empty())?;
-        let reasons: Vec<String> = (state.failed.iter())
+        let reasons: Vec<String> = state
+            .failed
+            .iter()
             .map(|(v, f)| format!("version {v}: {}", f.reason))
             .collect();
         Some(reasons.join("; "))
@@ -386,14 +388,17 @@ impl ModelRegistry {
         let Ok(models) = self.models.read() else {
             return json!([]);
         };
-        let config_errors: BTreeMap<String, String> = (self.expected.read())
+        let config_errors: BTreeMap<String, String> = self
+            .expected
+            .read()
             .map(|e| {
                 e.iter()
                     .filter_map(|(m, error)| Some((m.clone(), error.clone()?)))
                     .collect()
             })
             .unwrap_or_default();
-        let unloaded = (config_errors.keys())
+        let unloaded = config_errors
+            .keys()
             .filter(|m| !models.contains_key(*m))
             .map(|m| json!({"name": m, "versions": [], "config_error": config_errors[m]}));
         let mut list: Vec<serde_json::Value> = models

@@ -33,7 +33,9 @@ pub fn version_inputs(
     names: Option<&DimNames>,
 ) -> Result<VersionInputs, String> {
     let dir = model_path.parent().unwrap_or(Path::new("."));
-    let text = (config.text.as_ref())
+    let text = config
+        .text
+        .as_ref()
         .map(|t| TextIn::load(t, dir, model))
         .transpose()?;
     let text_name = config.text.as_ref().map(|t| t.name.as_str());
@@ -86,10 +88,13 @@ fn plan(
     names: &DimNames,
     values: Vec<Option<PadValue>>,
 ) -> Result<PadPlan, String> {
-    let (input_dims, output_dims) = (&names.inputs, &names.outputs);
+    let input_dims = &names.inputs;
+    let output_dims = &names.outputs;
     let input_names: Vec<Vec<Option<&str>>> = input_dims.iter().map(|d| as_str(d)).collect();
     let output_names: Vec<Vec<Option<&str>>> = output_dims.iter().map(|d| as_str(d)).collect();
-    let symbolic_inputs: Vec<(SymbolicTensor, Option<PadValue>)> = (model.inputs.iter())
+    let symbolic_inputs: Vec<(SymbolicTensor, Option<PadValue>)> = model
+        .inputs
+        .iter()
         .zip(&input_names)
         .zip(values)
         .map(|((spec, dims), value)| {
@@ -100,7 +105,9 @@ fn plan(
             (tensor, value)
         })
         .collect();
-    let symbolic_outputs: Vec<SymbolicTensor> = (model.outputs.iter())
+    let symbolic_outputs: Vec<SymbolicTensor> = model
+        .outputs
+        .iter()
         .zip(&output_names)
         .map(|(spec, dims)| SymbolicTensor {
             name: &spec.name,

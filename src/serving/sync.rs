@@ -164,8 +164,10 @@ impl ModelSync {
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.model_load(name, &served.label, seconds, true);
         self.metrics.set_model_loaded(name, &served.label, true);
-        let (instances, inline) = (served.instances, entry.config.inline);
-        let (max_batch_size, memory) = (served.limits.max_batch_size, served.memory);
+        let instances = served.instances;
+        let inline = entry.config.inline;
+        let max_batch_size = served.limits.max_batch_size;
+        let memory = served.memory;
         tracing::info!(model = %name, version, instances, inline, max_batch_size, memory, warmup = ?served.warmup, load_ms = (seconds * 1e3) as u64, providers = ?served.execution_providers, "Model version loaded");
         self.registry.insert(served);
     }
@@ -178,7 +180,8 @@ impl ModelSync {
         let options = prepare::model_options(&self.options, &entry.config);
         let devices = instance_devices(&options, &options.cuda, instances);
         let sessions = devices.iter().collect::<BTreeSet<_>>().len();
-        let (name, limit) = (entry.name.to_string(), self.memory.clone());
+        let name = entry.name.to_string();
+        let limit = self.memory.clone();
         let in_use = self.registry.memory_in_use();
         let loader = self.loader.clone();
         let loaded = tokio::task::spawn_blocking({
@@ -248,7 +251,9 @@ impl ModelSync {
     /// that cannot be batched runs one job at a time.
     fn limits(&self, entry: &ModelEntry, version: u64, signature: &ModelSignature) -> BatchLimits {
         let config = &entry.config;
-        let batchable = (signature.inputs.iter())
+        let batchable = signature
+            .inputs
+            .iter()
             .chain(&signature.outputs)
             .all(|s| s.is_batched());
         let configured = config
@@ -286,7 +291,8 @@ impl ModelSync {
         let model_path = self.store.model_path(name, version);
         let names = backends.first().and_then(|b| b.dim_names().cloned());
         let mut sessions = BTreeSet::new();
-        let arenas: Vec<ArenaProbe> = (backends.iter())
+        let arenas: Vec<ArenaProbe> = backends
+            .iter()
             .filter(|b| first_of_its_session(b.as_ref(), &mut sessions))
             .filter_map(|b| b.arena())
             .collect();
@@ -352,7 +358,8 @@ impl ModelSync {
         stamp: Option<FileStamp>,
         refusal: Refusal,
     ) {
-        let (reason, kind) = (refusal.reason, refusal.kind);
+        let reason = refusal.reason;
+        let kind = refusal.kind;
         tracing::error!(model = %name, version, kind, error = %reason, "Model version refused; older versions keep serving");
         self.metrics.model_load(
             name,

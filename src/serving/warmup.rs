@@ -345,7 +345,8 @@ mod tests {
 
     fn names(inputs: &[&[Option<&str>]]) -> DimNames {
         DimNames {
-            inputs: (inputs.iter())
+            inputs: inputs
+                .iter()
                 .map(|dims| dims.iter().map(|d| d.map(str::to_owned)).collect())
                 .collect(),
             outputs: vec![],
@@ -467,7 +468,8 @@ mod tests {
             name: "s".into(),
             batch_size: 1,
             count: 1,
-            inputs: (inputs.iter())
+            inputs: inputs
+                .iter()
                 .map(|(name, dims, data)| {
                     let input = crate::repository::warmup::WarmupInput {
                         dims: dims.to_vec(),

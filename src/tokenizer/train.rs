@@ -111,7 +111,8 @@ pub fn wordpiece(lines: &[&str], spec: WordPieceSpec) -> Result<Trained, TrainEr
             .token_to_id(token)
             .ok_or_else(|| TrainError(format!("{token} missing from the vocabulary")))
     };
-    let (cls, sep) = (id(&tokenizer, "[CLS]")?, id(&tokenizer, "[SEP]")?);
+    let cls = id(&tokenizer, "[CLS]")?;
+    let sep = id(&tokenizer, "[SEP]")?;
     let template = TemplateProcessing::builder()
         .try_single("[CLS] $A [SEP]")
         .map_err(err)?

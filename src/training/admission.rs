@@ -25,7 +25,8 @@ fn quoted(s: &str) -> String {
 /// `*` matches any run of characters (also none), `?` exactly one; the rest matches itself.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni) = (0, 0);
+    let mut pi = 0;
+    let mut ni = 0;
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
         match p.get(pi) {

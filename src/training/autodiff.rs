@@ -193,7 +193,8 @@ impl Tape {
 
     /// `min(max(x, lo), hi)`; the gradient passes where `lo < x < hi`.
     pub fn clip(&mut self, x: &str, lo: f64, hi: f64) -> String {
-        let (l, h) = (self.scalar(lo), self.scalar(hi));
+        let l = self.scalar(lo);
+        let h = self.scalar(hi);
         let y = self.graph.node("Clip", &[x, &l, &h], vec![]);
         let op = Op::Clip {
             x: x.into(),

@@ -115,7 +115,8 @@ fn initial_parameters(
     }
     let mut out = Vec::new();
     for (layer, chunk) in net.layers.iter().zip(shapes.chunks(2)) {
-        let (fan_in, fan_out) = (chunk[0].1[0], chunk[0].1[1]);
+        let fan_in = chunk[0].1[0];
+        let fan_out = chunk[0].1[1];
         out.push(match layer.activation {
             Activation::Relu => rng.he_uniform(fan_in, fan_out),
             _ => rng.glorot_uniform(fan_in, fan_out),
@@ -350,7 +351,8 @@ impl Run<'_> {
             self.rng.shuffle(&mut self.train_idx);
         }
         let mut acc = Accumulator::new(self.job.loss, self.net.units());
-        let (f, t) = (self.data.features, self.data.targets);
+        let f = self.data.features;
+        let t = self.data.targets;
         for batch in self.train_idx.chunks(self.job.batch_size) {
             if should_stop() {
                 return Err(TrainingError::Stopped);

@@ -43,9 +43,12 @@ pub fn emit(
             beta_2,
             epsilon,
         } => {
-            let (b1, b2) = (tape.scalar(beta_1), tape.scalar(beta_2));
-            let (c1, c2) = (tape.scalar(1.0 - beta_1), tape.scalar(1.0 - beta_2));
-            let (one, eps) = (tape.scalar(1.0), tape.scalar(epsilon));
+            let b1 = tape.scalar(beta_1);
+            let b2 = tape.scalar(beta_2);
+            let c1 = tape.scalar(1.0 - beta_1);
+            let c2 = tape.scalar(1.0 - beta_2);
+            let one = tape.scalar(1.0);
+            let eps = tape.scalar(epsilon);
             let gr = tape.graph();
             let b1t = gr.node("Pow", &[&b1, step], vec![]);
             let b2t = gr.node("Pow", &[&b2, step], vec![]);
@@ -55,7 +58,8 @@ pub fn emit(
             let scaled = gr.node("Mul", &[lr, &root], vec![]);
             let alpha = gr.node("Div", &[&scaled, &bc1], vec![]);
             for ((p, g), (dims, state)) in params.iter().zip(grads).zip(states) {
-                let (m, v) = (&state[0], &state[1]);
+                let m = &state[0];
+                let v = &state[1];
                 let m_keep = gr.node("Mul", &[m, &b1], vec![]);
                 let m_new = gr.node("Mul", &[g, &c1], vec![]);
                 let m1 = gr.node("Add", &[&m_keep, &m_new], vec![]);

@@ -83,7 +83,9 @@ async fn start(
     connection: &Connection,
     name: &str,
 ) -> Result<Started, ConsumerEnd> {
-    let channel = (connection.create_channel().await)
+    let channel = connection
+        .create_channel()
+        .await
         .map_err(|error| ConsumerEnd::StartFailed(format!("opening a channel: {error}")))?;
     let (spec, lane) = match kind.open(connection, &channel, name).await {
         Ok(opened) => opened,
@@ -102,7 +104,9 @@ async fn start(
     } = spec;
     let tag = format!("infermq-{}-{}", name, uuid::Uuid::new_v4().simple());
     let consumer = async {
-        (channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
         let options = BasicConsumeOptions::default();
         let from = queue.as_str().into();
         let as_tag = tag.as_str().into();

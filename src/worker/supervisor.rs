@@ -130,7 +130,9 @@ impl Supervisor {
                     .map(move |n| (i, n))
             })
             .collect();
-        let stale: Vec<Key> = (self.running.keys())
+        let stale: Vec<Key> = self
+            .running
+            .keys()
             .chain(self.retries.keys())
             .filter(|key| !wanted.contains(*key))
             .cloned()
@@ -143,7 +145,9 @@ impl Supervisor {
             self.registry.set_unavailable(&key.1, None);
         }
         for key in wanted {
-            let waiting = (self.retries.get(&key))
+            let waiting = self
+                .retries
+                .get(&key)
                 .and_then(|r| r.at)
                 .is_some_and(|at| at > now);
             if !self.running.contains_key(&key) && !waiting {

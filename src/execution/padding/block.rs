@@ -57,12 +57,14 @@ fn copy_block<E: Clone>(
         }
         s
     };
-    let (ss, ds) = (strides(from.shape), strides(to.shape));
+    let ss = strides(from.shape);
+    let ds = strides(to.shape);
     let run = region.last().map_or(1, |&l| l) * unit;
     let mut index = vec![0usize; rank.saturating_sub(1)];
     loop {
         let at = |strides: &[usize]| index.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
-        let (a, b) = (from.offset * unit + at(&ss), to.offset * unit + at(&ds));
+        let a = from.offset * unit + at(&ss);
+        let b = to.offset * unit + at(&ds);
         dst[b..b + run].clone_from_slice(&src[a..a + run]);
         // The next index, the axis before the innermost fastest.
         let mut axis = index.len();
