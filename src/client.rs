@@ -59,13 +59,12 @@ impl Client {
     /// the URL, which RabbitMQ checks against the connection's user; none when the login is the
     /// client certificate's (`broker.tls.auth = "external"`) or the URL names no user.
     pub async fn connect(url: &str, tls: &TlsSettings) -> Result<Client, ClientError> {
-        Self::connect_any(&crate::broker::BrokerAddresses::parse_list(url), tls).await
+        Self::connect_any(&broker_urls(url), tls).await
     }
 
     /// Connects to the first reachable of `urls`, from a random start (see [`Client::connect`]).
     pub async fn connect_any(urls: &[String], tls: &TlsSettings) -> Result<Client, ClientError> {
-        let (connection, _node) =
-            crate::broker::connection::connect_any(urls, tls, "infermq-client").await?;
+        let (connection, _node) = connect_broker(urls, tls, "infermq-client").await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -199,6 +198,24 @@ impl Client {
     pub async fn close(self) {
         let _ = self.connection.close(200, "bye".into()).await;
     }
+}
+
+/// The broker URLs of a comma-separated list (`--url`, `AMQP_URL`: the nodes of a cluster),
+/// blanks trimmed, empty items skipped.
+pub fn broker_urls(list: &str) -> Vec<String> {
+    crate::broker::BrokerAddresses::parse_list(list)
+}
+
+/// A plain connection to the first reachable of `urls`, tried once each from a random start,
+/// with the node (`host:port`) it reached; `tls` is used by `amqps://` URLs and `name` is the
+/// connection name the broker shows. For producers that drive their own channels (the load
+/// generator); [`Client::connect_any`] is this plus a confirm channel and a reply queue.
+pub async fn connect_broker(
+    urls: &[String],
+    tls: &TlsSettings,
+    name: &str,
+) -> Result<(Connection, String), ClientError> {
+    Ok(crate::broker::connection::connect_any(urls, tls, name).await?)
 }
 
 /// The job queue of `model` under `prefix` (`<prefix>.predict.<model>`), when the name follows
