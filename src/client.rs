@@ -1,6 +1,12 @@
 //! A small producer for the contract: publishes jobs with confirms and `mandatory`, and reads
 //! answers from its own exclusive reply queue. Used by `infermq predict`, the tests and any Rust
-//! program that wants to call the fleet.
+//! program that wants to call the fleet. The producer's side of the contract is here once for
+//! every producer (this client, the gateway, the load generator in `tools/`): a job's
+//! properties ([`JobProperties`]) and a model's queue ([`model_queue`]).
+
+mod properties;
+
+pub use properties::JobProperties;
 
 use std::time::Duration;
 
@@ -117,23 +123,13 @@ impl Client {
         body: &EncodedBody,
         headers: FieldTable,
     ) -> BasicProperties {
-        let mut headers = headers;
-        if let Some(len) = body.header_len {
-            headers.insert(
-                ShortString::from(BINARY_HEADER),
-                AMQPValue::LongLongInt(len as i64),
-            );
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(body.content_type.into())
-            .with_reply_to(self.reply_queue.as_str().into())
-            .with_correlation_id(correlation_id.into())
-            .with_headers(headers);
-        match &self.user_id {
-            Some(user) => properties.with_user_id(user.as_str().into()),
-            None => properties,
-        }
+        JobProperties::new()
+            .binary_header_len(body.header_len)
+            .reply_to(&self.reply_queue)
+            .correlation_id(correlation_id)
+            .user_id(self.user_id.as_deref())
+            .headers(headers)
+            .build()
     }
 
     /// Publishes to the default exchange with `mandatory` and waits for the broker's confirm.

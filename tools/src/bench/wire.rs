@@ -10,13 +10,14 @@
 use std::time::Instant;
 
 use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde::Deserialize;
 
 use super::stats::Outcome;
 use infermq::broker::headers::{as_i128, as_string, find, BINARY_HEADER, ERROR_CODE};
 use infermq::broker::Topology;
+use infermq::client::JobProperties;
 
 /// `<prefix>.predict.<model>.echo` from the model's queue: the echo ceiling's queue, never
 /// one a worker serves.
@@ -42,29 +43,18 @@ pub async fn declare_job_queue(channel: &Channel, queue: &str, prefix: &str) -> 
         .map(drop)
 }
 
-/// Properties of job `index`: persistent, replies to `reply_to`, correlation id = index.
+/// Properties of job `index`: persistent, replies to `reply_to`, correlation id = index
+/// (the library's [`JobProperties`], as every producer writes them).
 pub fn job_properties(
     index: u64,
     reply_to: &str,
     binary_header_len: Option<usize>,
 ) -> BasicProperties {
-    let props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_reply_to(reply_to.into())
-        .with_correlation_id(ShortString::from(index.to_string()));
-    match binary_header_len {
-        None => props.with_content_type("application/json".into()),
-        Some(len) => {
-            let mut headers = FieldTable::default();
-            headers.insert(
-                BINARY_HEADER.into(),
-                AMQPValue::LongLongInt(i64::try_from(len).unwrap_or(i64::MAX)),
-            );
-            props
-                .with_content_type("application/octet-stream".into())
-                .with_headers(headers)
-        }
-    }
+    JobProperties::new()
+        .binary_header_len(binary_header_len)
+        .reply_to(reply_to)
+        .correlation_id(&index.to_string())
+        .build()
 }
 
 #[derive(Deserialize)]
