@@ -16,14 +16,14 @@ test: setup
 	scripts/ensure-rabbitmq.sh
 	scripts/ensure-test-tools.sh
 	mkdir -p target
-	$(CARGO) test --all-targets --no-fail-fast 2>&1 | tee target/test.log
+	$(CARGO) test --workspace --all-targets --no-fail-fast 2>&1 | tee target/test.log
 	@scripts/delete-prefix.sh test- || true
 	@scripts/tls-broker.sh stop || true
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "total: %d passed, %d failed\n", p, f }' target/test.log
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	python3 scripts/module-cycles.py src
 
 bench: setup

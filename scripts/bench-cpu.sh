@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Worker CPU per job, by thread, with the iris ratio to the echo ceiling (BENCHMARKS.md,
 # "CPU per job"): starts a release worker on the bundled models with a random queue prefix,
-# then ROUNDS times `infermq bench --model iris --jobs JOBS --rows 1 --window 256` followed by
+# then ROUNDS times `infermq-bench --model iris --jobs JOBS --rows 1 --window 256` followed by
 # the same with `--echo-only` (the echo ceiling), reading the worker's /proc/<pid>/task/*/stat
 # and the broker's /proc/<pid>/stat (user + system ticks) around each run.
 # With PERF=1 one more worker run follows, under `perf record -e cpu-clock` (not counted in the
@@ -32,20 +32,20 @@ ticks() {
   done 2>/dev/null
 }
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
-"$bin" bench --prefix "$prefix" --model iris --jobs 5000 --rows 1 --window 256 $body_flag >/dev/null   # warm-up
+"$loadgen" --prefix "$prefix" --model iris --jobs 5000 --rows 1 --window 256 $body_flag >/dev/null   # warm-up
 for round in $(seq 1 "$ROUNDS"); do
   ticks >"$out/cpu-ticks-before-$round.txt"
-  "$bin" bench --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >"$out/cpu-iris-$round.json"
+  "$loadgen" --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >"$out/cpu-iris-$round.json"
   ticks >"$out/cpu-ticks-after-$round.txt"
   # The echo ceiling right after, through the same broker; its broker ticks too.
   b0=$(broker_ticks)
-  "$bin" bench --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 --echo-only $body_flag >"$out/cpu-echo-$round.json"
+  "$loadgen" --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 --echo-only $body_flag >"$out/cpu-echo-$round.json"
   echo "$(( $(broker_ticks) - b0 ))" >"$out/cpu-echo-broker-$round.txt"
 done
 if [ "${PERF:-0}" = 1 ]; then
   perf record -q -e cpu-clock -F 1999 -p "$worker" -o "$out/cpu-perf.data" 2>/dev/null &
   perf_pid=$!
-  "$bin" bench --prefix "$prefix" --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >/dev/null
+  "$loadgen" --prefix "$prefix" --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >/dev/null
   kill -INT "$perf_pid"; wait "$perf_pid" || true
 fi
 if [ "${SYSCALLS:-0}" = 1 ]; then
@@ -56,7 +56,7 @@ if [ "${SYSCALLS:-0}" = 1 ]; then
   perf stat -e "$calls" --per-thread -x, -o "$out/cpu-syscalls.csv" -p "$worker" &
   perf_pid=$!
   sleep 0.5
-  "$bin" bench --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >"$out/cpu-syscalls-run.json"
+  "$loadgen" --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 $body_flag >"$out/cpu-syscalls-run.json"
   kill -INT "$perf_pid"; wait "$perf_pid" || true
   python3 - "$out" <<'PY'
 import collections, json, re, sys

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The HTTP gateway against the direct queue path, on iris with 1-row JSON jobs, in the same run
 # and against the same worker (BENCHMARKS.md, "HTTP gateway"):
-#   1. throughput, closed loop with CONC requests in flight: `infermq bench --window CONC`
+#   1. throughput, closed loop with CONC requests in flight: `infermq-bench --window CONC`
 #      straight onto the queue, then `oha -c CONC` through the gateway (ROUNDS rounds)
-#   2. latency at light load, open loop at LIGHT_RATE requests/s: `infermq bench --rate`, then
+#   2. latency at light load, open loop at LIGHT_RATE requests/s: `infermq-bench --rate`, then
 #      `oha -q`; the gateway's added p50 is the difference of the two p50s
 # Needs oha (cargo install oha --locked; or OHA=/path/to/oha). Raw JSON goes to target/bench/.
 # Usage: scripts/bench-gateway.sh   (environment: JOBS, CONC, ROUNDS, LIGHT_RATE, LIGHT_JOBS)
@@ -42,14 +42,14 @@ jobs() { curl -sf "http://127.0.0.1:$gport/metrics" | awk '/^infermq_gateway_req
 # A load generator's own CPU, in seconds (user + system), to FILE.
 timed() { local file=$1; shift; /usr/bin/time -f '%U %S' -o "$file" "$@"; }
 oha() { "$OHA" --no-tui --output-format json -m POST -H 'Content-Type: application/json' -d "$body" "$@" "$url"; }
-direct() { "$bin" bench --prefix "$prefix" --model iris --rows 1 --json "$@"; }
+direct() { "$loadgen" --prefix "$prefix" --model iris --rows 1 --json "$@"; }
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 oha -n 2000 -c "$CONC" >/dev/null   # warm-up: channels, connections, caches
 echo "== 1. throughput, $CONC in flight, $JOBS requests per run"
 for round in $(seq 1 "$ROUNDS"); do
   ticks >"$out/gw-direct-$round.ticks"
-  timed "$out/gw-direct-$round.time" "$bin" bench --prefix "$prefix" --model iris --rows 1 --json --jobs "$JOBS" --window "$CONC" >"$out/gw-direct-$round.json"
+  timed "$out/gw-direct-$round.time" "$loadgen" --prefix "$prefix" --model iris --rows 1 --json --jobs "$JOBS" --window "$CONC" >"$out/gw-direct-$round.json"
   ticks >>"$out/gw-direct-$round.ticks"
   ticks >"$out/gw-http-$round.ticks"
   jobs >"$out/gw-http-$round.jobs"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The worker's user-space instructions per single-row iris job, by component (BENCHMARKS.md,
 # "CPU per job"). Runs a release worker under `valgrind --tool=callgrind` with instrumentation
-# off, warms it up, counts only while `infermq bench --model iris --rows 1 --window 256 --jobs
+# off, warms it up, counts only while `infermq-bench --model iris --rows 1 --window 256 --jobs
 # JOBS` runs, and sorts the counted functions into infermq, lapin (with amq-protocol, nom,
 # flume), tokio, serde_json, glibc's allocator, memcpy and the rest.
 # Instruction counts do not depend on what else the host is doing, unlike CPU time on a shared
@@ -20,9 +20,9 @@ bench_start "$out/callgrind-worker.log" "http://127.0.0.1:$port/readyz" \
   INFERMQ__HTTP__LISTEN="127.0.0.1:$port" \
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/callgrind.%p" "$bin" worker
 worker=$started
-"$bin" bench --prefix "$prefix" --model iris --jobs 500 --rows 1 --window 256 >/dev/null   # warm-up
+"$loadgen" --prefix "$prefix" --model iris --jobs 500 --rows 1 --window 256 >/dev/null   # warm-up
 callgrind_control -i on "$worker" >/dev/null
-"$bin" bench --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 >"$out/callgrind-run.json"
+"$loadgen" --prefix "$prefix" --json --model iris --jobs "$JOBS" --rows 1 --window 256 >"$out/callgrind-run.json"
 callgrind_control -i off "$worker" >/dev/null
 callgrind_control -d "$worker" >/dev/null
 dump=$(ls "$out"/callgrind.*.1)

@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 layers=${BENCH_LAYERS:-6}
 width=${BENCH_WIDTH:-4096}
-cargo build --release --quiet --bin infermq --bin make-large-model
+cargo build --release --quiet -p infermq --bin infermq -p infermq-tools --bin make-large-model
 bin=target/release
 out=target/bench
 mkdir -p "$out"

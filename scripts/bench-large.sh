@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Memory and throughput of a large model loaded N times by each way ONNX Runtime offers
-# (src/bin/ort-memory.rs), one process per figure so each Pss and peak is that configuration's.
+# (tools/src/bin/ort-memory.rs), one process per figure so each Pss and peak is that configuration's.
 #   BENCH_LAYERS (6) x BENCH_WIDTH (4096): the MatMul chain (6 x 4096 = 384 MiB of weights),
 #   written by make-large-model to target/large-models/{embedded,external}/ unless present.
 #   BENCH_INSTANCES ("1 2 4"), BENCH_BATCHES ("1,32"), BENCH_SECONDS (3) per batch size,
@@ -14,7 +14,7 @@ width=${BENCH_WIDTH:-4096}
 profile=${BENCH_PROFILE:-release}
 modes=${BENCH_MODES:-"bytes path path-noprepack path-shared-prepack shared-session"}
 flag=$([ "$profile" = release ] && echo --release || true)
-cargo build $flag --quiet --bin ort-memory --bin make-large-model
+cargo build $flag --quiet -p infermq-tools --bin ort-memory --bin make-large-model
 bin=target/$profile
 dir=target/large-models/${layers}x${width}
 mkdir -p target/bench

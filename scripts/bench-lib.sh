@@ -1,18 +1,21 @@
 # Sourced by the benchmark scripts (bench-cpu.sh, bench-latency.sh, bench-gateway.sh): the
-# release binary, a random queue prefix whose queues are deleted on exit, and a worker on it.
-# After `bench_init NAME`: $bin, $prefix, $out (target/bench), $port (the worker's HTTP port).
-# INFERMQ_BIN=/path/to/infermq measures that binary (e.g. to compare two builds in turn).
+# release binaries, a random queue prefix whose queues are deleted on exit, and a worker on it.
+# After `bench_init NAME`: $bin (the worker), $loadgen (the load generator, infermq-bench),
+# $prefix, $out (target/bench), $port (the worker's HTTP port).
+# INFERMQ_BIN=/path/to/infermq measures that binary (e.g. to compare two builds in turn);
+# INFERMQ_BENCH_BIN=/path/to/infermq-bench loads it with that load generator (default: this
+# checkout's, built from tools/).
 
 bench_init() {
   out=target/bench
   mkdir -p "$out"
-  # INFERMQ_BIN: measure that binary instead of building this checkout's.
-  if [ -n "${INFERMQ_BIN:-}" ]; then
-    bin=$INFERMQ_BIN
-  else
-    cargo build --release --quiet --bin infermq
-    bin=${CARGO_TARGET_DIR:-target}/release/infermq
-  fi
+  # INFERMQ_BIN / INFERMQ_BENCH_BIN: use that binary instead of building this checkout's.
+  local build=()
+  [ -n "${INFERMQ_BIN:-}" ] || build+=(-p infermq --bin infermq)
+  [ -n "${INFERMQ_BENCH_BIN:-}" ] || build+=(-p infermq-tools --bin infermq-bench)
+  [ ${#build[@]} -eq 0 ] || cargo build --release --quiet "${build[@]}"
+  bin=${INFERMQ_BIN:-${CARGO_TARGET_DIR:-target}/release/infermq}
+  loadgen=${INFERMQ_BENCH_BIN:-${CARGO_TARGET_DIR:-target}/release/infermq-bench}
   prefix="$1$RANDOM$RANDOM"
   port=$((20000 + RANDOM % 20000))
   bench_pids=()

@@ -4,7 +4,7 @@
 # per batch (`max_batch_elements`; 0: none); each round publishes 2,000 one-row jobs at once with
 # token lengths uniform in 8..128, then 2,000 of the varied run's mean length (68), against the
 # same warm worker. Rows per batch from the worker's `infermq_batch_rows` (sum / count over each
-# run), jobs/s from `infermq bench`.
+# run), jobs/s from `infermq-bench`.
 #   BENCH_ROUNDS (5), BENCH_ELEMENTS (2048), BENCH_BUCKETS ("16, 32, 48, 64, 80, 96, 112, 128";
 #   empty: none), BENCH_PAD (1; 0: no pad values and no buckets, jobs batch only with jobs of
 #   their exact length: the behaviour before padding). INFERMQ_BIN: measure that binary.
@@ -48,7 +48,7 @@ rows() {
 run() {
   local before after report
   before=$(rows)
-  report=$("$bin" bench --prefix "$prefix" --model encoder --length-range "$1" --jobs 2000 --window 2000 --json 2>/dev/null)
+  report=$("$loadgen" --prefix "$prefix" --model encoder --length-range "$1" --jobs 2000 --window 2000 --json 2>/dev/null)
   after=$(rows)
   python3 - "$before" "$after" "$report" <<'EOF'
 import json, sys

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cost of TLS to the broker: `infermq bench` on iris (1-row JSON jobs, window 256) with the
+# The cost of TLS to the broker: `infermq-bench` on iris (1-row JSON jobs, window 256) with the
 # worker and the load generator both on amqp:// and both on amqps://, against the same RabbitMQ
 # node (scripts/tls-broker.sh: a plaintext and a TLS listener side by side), alternating, in one
 # run. Prints jobs/s and latency per round; raw JSON in target/bench/tls-*.json.
@@ -10,9 +10,9 @@ jobs=${1:-20000}
 rounds=${2:-2}
 out=target/bench
 mkdir -p "$out"
-cargo build --release --quiet --bin infermq
-bin=target/release/infermq
-[ -x "$bin" ] || bin="${CARGO_TARGET_DIR:-target}/release/infermq"
+cargo build --release --quiet -p infermq --bin infermq -p infermq-tools --bin infermq-bench
+bin=${CARGO_TARGET_DIR:-target}/release/infermq
+loadgen=${CARGO_TARGET_DIR:-target}/release/infermq-bench
 scripts/tls-broker.sh start
 eval "$(scripts/tls-broker.sh env)"
 ca="$INFERMQ_TLS_CERTS/ca.pem"
@@ -51,7 +51,7 @@ for round in $(seq 1 "$rounds"); do
       sleep 0.2
     done
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "worker not ready"; tail "$out/tls-worker.log"; exit 1; }
-    INFERMQ__BROKER__TLS__CA_FILE=$ca $bin bench --url "$url" --prefix "$prefix" --model iris \
+    INFERMQ__BROKER__TLS__CA_FILE=$ca $loadgen --url "$url" --prefix "$prefix" --model iris \
       --jobs "$jobs" --rows 1 --window 256 --json >"$out/tls-$scheme-$round.json"
     stop_worker
     python3 - "$out/tls-$scheme-$round.json" "$scheme" "$round" <<'PY'

@@ -15,8 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out"
-cargo build --release --quiet --bin infermq --bin ort-throughput
+cargo build --release --quiet -p infermq --bin infermq -p infermq-tools --bin infermq-bench --bin ort-throughput
 bin=target/release/infermq
+loadgen=target/release/infermq-bench
 prefix="bench$RANDOM$RANDOM"
 port=$((20000 + RANDOM % 20000))
 worker=""
@@ -44,7 +45,7 @@ restore_beam() {
 trap 'stop_worker; restore_beam; scripts/delete-prefix.sh "$prefix"' EXIT
 : >"$out/worker.log"
 start_worker
-run() { $bin bench --prefix "$prefix" --json "$@"; }
+run() { $loadgen --prefix "$prefix" --json "$@"; }
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== 1. iris, 1-row JSON jobs, window 256, vs. echo ceiling"
@@ -65,7 +66,7 @@ mlp_round() { # label, taskset mask for the load generator (empty: none)
   local label=$1 mask=$2
   for body in json binary; do
     flag=""; [ $body = binary ] && flag="--binary"
-    ${mask:+taskset $mask} $bin bench --prefix "$prefix" --json --model mlp --jobs 1500 --rows 64 --features 256 --window 16 $flag >"$out/mlp-$label-$body.json"
+    ${mask:+taskset $mask} $loadgen --prefix "$prefix" --json --model mlp --jobs 1500 --rows 64 --features 256 --window 16 $flag >"$out/mlp-$label-$body.json"
     batch=$(python3 -c "import json;r=json.load(open('$out/mlp-$label-$body.json'))['reports'][0];print(max(1,round(r['batch_size_mean'])))")
     target/release/ort-throughput models/mlp/1/model.onnx input 256 "$batch" 5 1 >"$out/ort-mlp-$label-$body.json"
     python3 - "$out" $label $body <<'PY'

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ../shared/gpu/stage.sh
-cargo build --release --quiet --bin ort-throughput
+cargo build --release --quiet -p infermq-tools --bin ort-throughput
 rm -rf .gpu/run && mkdir -p .gpu/run
 cp target/release/ort-throughput .gpu/run/ && strip .gpu/run/ort-throughput
 cp models/mlp/1/model.onnx .gpu/run/mlp.onnx

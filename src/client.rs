@@ -1,6 +1,12 @@
 //! A small producer for the contract: publishes jobs with confirms and `mandatory`, and reads
 //! answers from its own exclusive reply queue. Used by `infermq predict`, the tests and any Rust
-//! program that wants to call the fleet.
+//! program that wants to call the fleet. The producer's side of the contract is here once for
+//! every producer (this client, the gateway, the load generator in `tools/`): a job's
+//! properties ([`JobProperties`]) and a model's queue ([`model_queue`]).
+
+mod properties;
+
+pub use properties::JobProperties;
 
 use std::time::Duration;
 
@@ -59,13 +65,12 @@ impl Client {
     /// the URL, which RabbitMQ checks against the connection's user; none when the login is the
     /// client certificate's (`broker.tls.auth = "external"`) or the URL names no user.
     pub async fn connect(url: &str, tls: &TlsSettings) -> Result<Client, ClientError> {
-        Self::connect_any(&crate::broker::BrokerAddresses::parse_list(url), tls).await
+        Self::connect_any(&broker_urls(url), tls).await
     }
 
     /// Connects to the first reachable of `urls`, from a random start (see [`Client::connect`]).
     pub async fn connect_any(urls: &[String], tls: &TlsSettings) -> Result<Client, ClientError> {
-        let (connection, _node) =
-            crate::broker::connection::connect_any(urls, tls, "infermq-client").await?;
+        let (connection, _node) = connect_broker(urls, tls, "infermq-client").await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -118,23 +123,13 @@ impl Client {
         body: &EncodedBody,
         headers: FieldTable,
     ) -> BasicProperties {
-        let mut headers = headers;
-        if let Some(len) = body.header_len {
-            headers.insert(
-                ShortString::from(BINARY_HEADER),
-                AMQPValue::LongLongInt(len as i64),
-            );
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(body.content_type.into())
-            .with_reply_to(self.reply_queue.as_str().into())
-            .with_correlation_id(correlation_id.into())
-            .with_headers(headers);
-        match &self.user_id {
-            Some(user) => properties.with_user_id(user.as_str().into()),
-            None => properties,
-        }
+        JobProperties::new()
+            .binary_header_len(body.header_len)
+            .reply_to(&self.reply_queue)
+            .correlation_id(correlation_id)
+            .user_id(self.user_id.as_deref())
+            .headers(headers)
+            .build()
     }
 
     /// Publishes to the default exchange with `mandatory` and waits for the broker's confirm.
@@ -199,6 +194,24 @@ impl Client {
     pub async fn close(self) {
         let _ = self.connection.close(200, "bye".into()).await;
     }
+}
+
+/// The broker URLs of a comma-separated list (`--url`, `AMQP_URL`: the nodes of a cluster),
+/// blanks trimmed, empty items skipped.
+pub fn broker_urls(list: &str) -> Vec<String> {
+    crate::broker::BrokerAddresses::parse_list(list)
+}
+
+/// A plain connection to the first reachable of `urls`, tried once each from a random start,
+/// with the node (`host:port`) it reached; `tls` is used by `amqps://` URLs and `name` is the
+/// connection name the broker shows. For producers that drive their own channels (the load
+/// generator); [`Client::connect_any`] is this plus a confirm channel and a reply queue.
+pub async fn connect_broker(
+    urls: &[String],
+    tls: &TlsSettings,
+    name: &str,
+) -> Result<(Connection, String), ClientError> {
+    Ok(crate::broker::connection::connect_any(urls, tls, name).await?)
 }
 
 /// The job queue of `model` under `prefix` (`<prefix>.predict.<model>`), when the name follows

@@ -9,20 +9,31 @@
 //! for text models into token ids; [`telemetry`] exposes Prometheus metrics and health;
 //! [`worker`] wires it all together. Beside the flow:
 //! [`gateway`] (KServe v2 over HTTP onto the queues), [`client`] (a producer of the contract),
-//! [`bench`] (the load generator), [`onnx`] (ONNX models as data), [`config`].
+//! [`onnx`] (ONNX models as data), [`config`].
 //!
 //! What it exposes, and why: the library exists so that the binaries (`src/main.rs`,
-//! `src/bin/make-models.rs`, `src/bin/ort-throughput.rs`), the integration tests (`tests/`)
-//! and the benchmarks (`benches/`) build against one copy of the code. Each module below is
-//! public because one of them uses it, and inside each only what they name is public: entry
-//! points (`worker::run`, `gateway::run`, `bench::run`), the contract's types and names
-//! (`protocol`, `broker::headers`, `broker::Topology`, `client`), and the pieces the tests and
-//! benchmarks drive on their own (the batching policy, runtime backends, training's parts).
-//! Everything else is `pub(crate)` or private. The stable interface for other programs is the
-//! wire contract, `docs/PROTOCOL.md`, not this crate's API.
+//! `src/bin/make-models.rs`), the integration tests (`tests/`), the benchmarks (`benches/`)
+//! and the measuring tools of the `tools/` workspace member build against one copy of the
+//! code. Each module below is public because one of them uses it, and inside each only what
+//! they name is public: entry points (`worker::run`, `gateway::run`), the contract's types and
+//! names (`protocol`, `broker::headers`, `broker::Topology`, `client`), and the pieces the
+//! tests and benchmarks drive on their own (the batching policy, runtime backends, training's
+//! parts). Everything else is `pub(crate)` or private. The stable interface for other programs
+//! is the wire contract, `docs/PROTOCOL.md`, not this crate's API.
+//!
+//! What the tools (`tools/`) use, and nothing more is made public for them:
+//! - the load generator (`infermq-bench`), a producer: [`client`] (the connection to a list of
+//!   broker URLs, a model's queue name, a job's properties), [`broker::headers`] (the
+//!   contract's header names and readers), [`broker::Topology`] (queue arguments and names),
+//!   [`broker::PublishOutcome`], [`protocol`]'s `ModelName` and `DataType`, and
+//!   [`config::Settings`] for `broker.tls` and `log`;
+//! - the ONNX Runtime probes (`ort-throughput`, `ort-memory`, `padded-throughput`): the
+//!   [`runtime`] backend (`env`, `OrtBackend`, `SessionOptions`, `load_version`, `cuda`), the
+//!   batching policy and padding plan they measure, and [`protocol::Tensor`];
+//! - `make-large-model`: [`onnx`]'s graph builder and external-data layout, and training's
+//!   seeded generator.
 
 pub mod batching;
-pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;

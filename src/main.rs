@@ -1,5 +1,6 @@
-//! The `infermq` command line: the worker, a one-job client, the repository listing, and the
-//! load generator. Everything else lives in the library.
+//! The `infermq` command line: the worker, the gateway, a one-job client and the repository
+//! listing. Everything else lives in the library; the load generator is `infermq-bench`
+//! (`tools/`).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -63,8 +64,6 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
     },
-    /// Load generator: publishes jobs and measures throughput, latency, losses (see docs/LOADGEN.md).
-    Bench(infermq::bench::BenchArgs),
     /// List the repository: models, versions, configuration, inputs and outputs.
     Models {
         #[arg(long)]
@@ -134,14 +133,6 @@ fn main() -> anyhow::Result<()> {
                 timeout_s,
             } => predict(&settings, &model, version, input, binary, timeout_s).await,
             Command::Models { .. } => list_models(&settings),
-            Command::Bench(args) => {
-                let reports = infermq::bench::run(&args, &settings.broker.tls).await?;
-                let lost: u64 = reports.iter().map(|r| r.lost).sum();
-                if lost > 0 {
-                    bail!("{lost} jobs were never answered");
-                }
-                Ok(())
-            }
         }
     })
 }

@@ -17,6 +17,7 @@ use infermq::onnx::{Dim, GraphBuilder};
 use infermq::protocol::{decode_response, encode_request, InferenceRequest, Tensor};
 use infermq::runtime::cuda::CudaSettings;
 use infermq::runtime::{load_version, Backend, SessionOptions};
+use infermq::training::rng::SeededRng;
 
 const MIB: u64 = 1 << 20;
 /// Width of the generated MatMul chain: 2 layers of 512×512 FP32, 2 MiB of weights.
@@ -137,14 +138,31 @@ async fn versions_that_do_not_fit_are_refused_and_the_others_keep_serving() {
     worker.stop().await;
 }
 
-/// `make-large-model DIR 2 512`: two 512×512 MatMuls, weights in `DIR/weights.bin`.
+/// Two 512×512 MatMuls, `x[N, 512]` → `y[N, 512]`, weights (uniform in ±√(3/512), fixed seed)
+/// in `DIR/weights.bin`, page-aligned as `make-large-model DIR 2 512` (tools/) writes them.
 fn generate(dir: &Path) {
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_make-large-model"))
-        .arg(dir)
-        .args(["2", &WIDTH.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let mut rng = SeededRng::new(1);
+    let limit = (3.0 / WIDTH as f64).sqrt();
+    let d = WIDTH as i64;
+    let mut g = GraphBuilder::new("matmul_chain");
+    for name in ["w0", "w1"] {
+        let w: Vec<f32> = (0..WIDTH * WIDTH)
+            .map(|_| rng.symmetric(limit) as f32)
+            .collect();
+        g.init_f32(name, &[d, d], &w);
+    }
+    let x = g.input("x", elem::FLOAT, &[Dim::batch(), Dim::Fixed(d)]);
+    let x = g.node("MatMul", &[&x, "w0"], vec![]);
+    g.node_to("MatMul", &[&x, "w1"], &["y"], vec![]);
+    g.output("y", elem::FLOAT, &[Dim::batch(), Dim::Fixed(d)]);
+    let mut model = g.into_model();
+    let weights = externalize(&mut model, "weights.bin", 1);
+    std::fs::write(dir.join("weights.bin"), weights).unwrap();
+    std::fs::write(
+        dir.join("model.onnx"),
+        prost::Message::encode_to_vec(&model),
+    )
+    .unwrap();
 }
 
 /// `x[N,2] · w[2,3]` with `w` at `location` (relative to the version directory).

@@ -2,7 +2,7 @@
 # Compares the per-message cost of two AMQP 0-9-1 clients (lapin, amqprs) on infermq's echo
 # workload: builds echo-lapin / echo-amqprs, then for RUNS rounds (alternating lapin, amqprs)
 # starts one echo consumer on a fresh random-prefix queue, drives it with
-# `infermq bench --rows 1 --window 256 --jobs JOBS --json`, and measures over the bench run:
+# `infermq-bench --rows 1 --window 256 --jobs JOBS --json`, and measures over the bench run:
 #   jobs/s (bench JSON), echo CPU µs/msg (utime+stime of the echo process), echo context
 #   switches/msg (voluntary+nonvoluntary over all its threads), broker CPU µs/msg (RabbitMQ beam).
 # Before each measured run it waits (polling every 10 s, at most MAX_WAIT_S in all) until no
@@ -18,12 +18,12 @@ RUNS=${RUNS:-4}
 JOBS=${JOBS:-40000}
 MAX_LOAD=${MAX_LOAD:-3}
 MAX_WAIT_S=${MAX_WAIT_S:-600}
-INFERMQ=${INFERMQ:-$repo/target/release/infermq}
+INFERMQ_BENCH=${INFERMQ_BENCH:-$repo/target/release/infermq-bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/amqp-target}
 RESULTS=${RESULTS:-/tmp/amqp-clients-$(date -u +%Y%m%dT%H%M%S).tsv}
 logdir=$(mktemp -d /tmp/amqp-clients.XXXXXX)
 
-[ -x "$INFERMQ" ] || { echo "missing $INFERMQ (cargo build --release in $repo)" >&2; exit 1; }
+[ -x "$INFERMQ_BENCH" ] || { echo "missing $INFERMQ_BENCH (cargo build --release -p infermq-tools --bin infermq-bench in $repo)" >&2; exit 1; }
 
 echo "== build" >&2
 (cd "$here" && cargo build --release --bins) >&2
@@ -47,7 +47,7 @@ wait_quiet() {
   while :; do
     local busy=""
     if pgrep -fa 'release/infermq (worker|gateway)' >/dev/null; then busy="infermq worker/gateway running"; fi
-    if pgrep -fa 'infermq bench' >/dev/null; then busy="${busy:+$busy; }another infermq bench running"; fi
+    if pgrep -fa 'infermq-bench' >/dev/null; then busy="${busy:+$busy; }another infermq-bench running"; fi
     local l; l=$(load1)
     if awk -v l="$l" -v m="$MAX_LOAD" 'BEGIN { exit !(l >= m) }'; then busy="${busy:+$busy; }load $l"; fi
     [ -z "$busy" ] && return 0
@@ -81,7 +81,7 @@ one_run() {
   local l; l=$(load1)
   local e0 c0 b0 e1 c1 b1 threads
   e0=$(cpu_ticks "$epid"); c0=$(ctx_switches "$epid"); b0=$(cpu_ticks "$broker_pid")
-  "$INFERMQ" bench --prefix "$prefix" --model "$model" --rows 1 --window 256 --jobs "$JOBS" --json >"$json"
+  "$INFERMQ_BENCH" --prefix "$prefix" --model "$model" --rows 1 --window 256 --jobs "$JOBS" --json >"$json"
   e1=$(cpu_ticks "$epid"); c1=$(ctx_switches "$epid"); b1=$(cpu_ticks "$broker_pid")
   threads=$(ls /proc/"$epid"/task | wc -l)
 

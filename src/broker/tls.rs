@@ -1,5 +1,5 @@
 //! TLS to the broker: the `broker.tls` settings and the one [`connect`] every part of infermq
-//! uses (the worker, `infermq predict`, `infermq bench`).
+//! uses (the worker, `infermq predict`, `infermq-bench`).
 //!
 //! `amqps://` always means TLS through rustls (lapin's `rustls--ring` + `rustls-native-certs`
 //! features), the certificate checked against the trusted roots and the host name of the URL;

@@ -10,13 +10,11 @@
 //! gets another's error. Each request waits at most its own timeout (504), whatever its group.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::BasicProperties;
 use tokio::sync::oneshot;
 
 use super::cache::Lookup;
@@ -25,11 +23,12 @@ use super::groups::{Arrival, Limits};
 use super::http::{error, InferRequest};
 use super::lanes::CallError;
 use super::merge::{merge, row_ranges, split};
-use super::{long_string, Gateway};
-use crate::broker::headers::{BINARY_HEADER, DEADLINE_MS, ERROR_CODE, MODEL_VERSION};
+use super::Gateway;
+use crate::broker::headers::{BINARY_HEADER, ERROR_CODE};
+use crate::client::JobProperties;
 use crate::protocol::text::bounded;
 use crate::protocol::{encode_error, EncodedBody, ErrorCode, ModelName};
-use crate::telemetry::trace::{inject_links, TraceContext, MAX_LINKS};
+use crate::telemetry::trace::{TraceContext, MAX_LINKS};
 
 /// A request waiting in its group for a job to carry it.
 pub struct Waiter {
@@ -315,23 +314,12 @@ fn properties(
     key: &GatherKey,
     merged: &EncodedBody,
     links: &[TraceContext],
-) -> BasicProperties {
-    let deadline_ms = deadline
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let mut headers = FieldTable::default();
-    headers.insert(DEADLINE_MS.into(), AMQPValue::LongLongInt(deadline_ms));
-    if let Some(version) = &key.version {
-        headers.insert(MODEL_VERSION.into(), long_string(version));
-    }
-    if let Some(len) = merged.header_len {
-        headers.insert(BINARY_HEADER.into(), AMQPValue::LongLongInt(len as i64));
-    }
-    inject_links(links, &mut headers);
-    BasicProperties::default()
-        .with_content_type(merged.content_type.into())
-        .with_headers(headers)
+) -> JobProperties {
+    JobProperties::new()
+        .deadline(deadline)
+        .model_version(key.version.as_deref())
+        .binary_header_len(merged.header_len)
+        .trace_links(links)
 }
 
 /// A request's part of a merged result, framed as the worker frames a result.

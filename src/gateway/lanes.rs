@@ -21,11 +21,12 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ErrorKind};
+use lapin::{Channel, Connection, ErrorKind};
 
 use crate::broker::connection::connect_any;
 use crate::broker::tls::{ConnectError, TlsSettings};
 use crate::broker::PublishOutcome;
+use crate::client::JobProperties;
 use tokio::sync::oneshot;
 
 use super::policy::QueueState;
@@ -220,7 +221,7 @@ impl Broker {
         &self,
         queue: &str,
         body: &[u8],
-        properties: BasicProperties,
+        properties: JobProperties,
         timeout: Duration,
     ) -> Result<Delivery, CallError> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -245,9 +246,9 @@ impl Broker {
             id: id.clone(),
         };
         let properties = properties
-            .with_delivery_mode(2)
-            .with_reply_to(DIRECT_REPLY_TO.into())
-            .with_correlation_id(id.as_str().into());
+            .reply_to(DIRECT_REPLY_TO)
+            .correlation_id(&id)
+            .build();
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()

@@ -32,20 +32,17 @@ use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::BasicProperties;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::headers::{BINARY_HEADER, DEADLINE_MS, MODEL_VERSION};
 use crate::broker::topology::predict_queue;
+use crate::client::JobProperties;
 use crate::config::{GatewaySettings, Settings};
-use crate::protocol::metadata::{METADATA_REQUEST, REQUEST_HEADER};
 use crate::protocol::ModelName;
 use cache::{Lookup, TtlCache};
 use dispatch::Waiter;
@@ -187,32 +184,11 @@ impl Gateway {
         request: InferRequest<'_>,
         body: &[u8],
     ) -> Response {
-        let deadline = SystemTime::now() + request.timeout;
-        let deadline_ms = deadline
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let mut headers = FieldTable::default();
-        headers.insert(DEADLINE_MS.into(), AMQPValue::LongLongInt(deadline_ms));
-        if let Some(version) = version {
-            headers.insert(MODEL_VERSION.into(), long_string(version));
-        }
-        if let Some(len) = request.header_len {
-            headers.insert(BINARY_HEADER.into(), AMQPValue::LongLongInt(len as i64));
-        }
-        if let Some(tp) = request.traceparent {
-            headers.insert("traceparent".into(), long_string(tp));
-        }
-        if let Some(ts) = request.tracestate {
-            headers.insert("tracestate".into(), long_string(ts));
-        }
-        let content_type = match request.header_len {
-            Some(_) => "application/octet-stream",
-            None => "application/json",
-        };
-        let properties = BasicProperties::default()
-            .with_content_type(ShortString::from(content_type))
-            .with_headers(headers);
+        let properties = JobProperties::new()
+            .deadline(SystemTime::now() + request.timeout)
+            .model_version(version)
+            .binary_header_len(request.header_len)
+            .trace_context(request.traceparent, request.tracestate);
         self.metrics.published(model.as_str(), 1);
         self.call(model, body, properties, request.timeout).await
     }
@@ -227,20 +203,11 @@ impl Gateway {
         if let Some(body) = self.metadata.get(&key, Instant::now()) {
             return json(body);
         }
-        let mut headers = FieldTable::default();
-        headers.insert(REQUEST_HEADER.into(), long_string(METADATA_REQUEST));
-        if let Some(version) = version {
-            headers.insert(MODEL_VERSION.into(), long_string(version));
-        }
         let timeout = self.default_timeout();
-        let deadline_ms = (SystemTime::now() + timeout)
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        headers.insert(DEADLINE_MS.into(), AMQPValue::LongLongInt(deadline_ms));
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_headers(headers);
+        let properties = JobProperties::new()
+            .metadata_request()
+            .model_version(version)
+            .deadline(SystemTime::now() + timeout);
         let response = self.call(model, b"", properties, timeout).await;
         if response.status() != StatusCode::OK {
             return response;
@@ -256,7 +223,7 @@ impl Gateway {
         &self,
         model: &ModelName,
         body: &[u8],
-        properties: BasicProperties,
+        properties: JobProperties,
         timeout: Duration,
     ) -> Response {
         let queue = self.queue(model);
@@ -286,10 +253,6 @@ impl Gateway {
             }
         }
     }
-}
-
-fn long_string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
 }
 
 /// Runs the gateway until `shutdown` is cancelled; `started` receives the bound address.

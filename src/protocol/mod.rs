@@ -45,3 +45,4 @@ pub use response::{
 pub use tensor::{Tensor, TensorData};
 pub use types::{DataType, ErrorCode, ModelSignature, TensorSpec};
 pub use validate::validate_request;
+pub(crate) use wire::content_type;

@@ -8,7 +8,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::protocol::types::DataType;
+use infermq::protocol::DataType;
 
 /// How tensors travel in the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

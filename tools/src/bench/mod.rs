@@ -1,4 +1,4 @@
-//! `infermq bench`: the end-to-end load generator.
+//! `infermq-bench`: the end-to-end load generator.
 //!
 //! It speaks only the wire contract (PROTOCOL.md): declares `<prefix>.predict.<model>` like a
 //! worker would, publishes pre-built KServe v2 jobs (JSON or binary) with confirms, and reads the
@@ -27,17 +27,18 @@ use anyhow::Context;
 use lapin::options::QueueDeleteOptions;
 use lapin::Connection;
 
-use crate::broker::connection::connect_any;
-use crate::broker::tls::TlsSettings;
+use infermq::broker::tls::TlsSettings;
+use infermq::client::{broker_urls, connect_broker, model_queue};
 use serde::Serialize;
 
-use crate::protocol::types::DataType;
 use bodies::BodyTemplate;
 use echo::EchoConsumer;
+use infermq::broker::Topology;
+use infermq::protocol::DataType;
 use load::{run_load, LoadPlan, Pace};
 pub use stats::{BenchReport, LatencyMs};
 
-/// Flags of `infermq bench`.
+/// Flags of `infermq-bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Broker URL.
@@ -118,7 +119,8 @@ struct JsonOutput<'a> {
 /// `tls` is used by `amqps://` URLs (`broker.tls` of the configuration).
 pub async fn run(args: &BenchArgs, tls: &TlsSettings) -> anyhow::Result<Vec<BenchReport>> {
     // A name no worker could serve is refused before any queue is declared.
-    crate::protocol::ModelName::parse(&args.model).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+    infermq::protocol::ModelName::parse(&args.model)
+        .map_err(|e| anyhow::anyhow!("--model: {e}"))?;
     let datatype = DataType::parse(&args.datatype)
         .with_context(|| format!("--datatype {} is not a v2 datatype", args.datatype))?;
     let pace = match args.rate {
@@ -132,8 +134,8 @@ pub async fn run(args: &BenchArgs, tls: &TlsSettings) -> anyhow::Result<Vec<Benc
         args.timeout_s
     );
     let bodies = sequences::bodies(args, datatype)?;
-    let urls = crate::broker::BrokerAddresses::parse_list(&args.url);
-    let (connection, node) = connect_any(&urls, tls, "infermq-bench")
+    let urls = broker_urls(&args.url);
+    let (connection, node) = connect_broker(&urls, tls, "infermq-bench")
         .await
         .with_context(|| {
             let shown: Vec<String> = urls.iter().map(|u| redact(u)).collect();
@@ -159,18 +161,14 @@ async fn run_all(
     let setup = connection.create_channel().await?;
     let mut reports = Vec::new();
     if args.echo || args.echo_only {
-        let queue = wire::echo_queue(&args.prefix, &args.model);
+        let queue = wire::echo_queue(&model_queue(&args.prefix, &args.model)?);
         wire::declare_job_queue(&setup, &queue, &args.prefix).await?;
         let echo = EchoConsumer::start(
-            connect_any(
-                &crate::broker::BrokerAddresses::parse_list(&args.url),
-                tls,
-                "infermq-bench-echo",
-            )
-            .await?
-            .0,
+            connect_broker(&broker_urls(&args.url), tls, "infermq-bench-echo")
+                .await?
+                .0,
             &queue,
-            &wire::results_queue(&args.prefix),
+            &Topology::new(args.prefix.as_str(), 5).results_queue(),
         )
         .await?;
         let report = run_load(connection, &plan(args, pace, bodies, "echo", &queue)).await;
@@ -183,7 +181,7 @@ async fn run_all(
         deleted.with_context(|| format!("deleting {queue}"))?;
     }
     if !args.echo_only {
-        let queue = wire::model_queue(&args.prefix, &args.model);
+        let queue = model_queue(&args.prefix, &args.model)?;
         wire::declare_job_queue(&setup, &queue, &args.prefix).await?;
         reports.push(run_load(connection, &plan(args, pace, bodies, "model", &queue)).await?);
     }

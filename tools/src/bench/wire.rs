@@ -1,35 +1,28 @@
 //! The parts of the wire contract the load generator speaks: queue names and arguments, job
 //! properties, and the few fields it reads back from a result.
 //!
-//! Names (queues, headers) and queue arguments come from their one definition in
-//! [`crate::broker::topology`] and [`crate::broker::headers`]; the tests below pin them to the
+//! Names (queues, headers) and queue arguments come from their one definition in the
+//! library ([`infermq::client::model_queue`], [`infermq::broker::Topology`],
+//! [`infermq::broker::headers`]); the tests below pin them to the
 //! values PROTOCOL.md documents, and everything else the bench sends is written from
 //! PROTOCOL.md alone, so a run also checks that the contract is enough to drive the fleet.
 
 use std::time::Instant;
 
 use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde::Deserialize;
 
 use super::stats::Outcome;
-use crate::broker::headers::{as_i128, as_string, find, BINARY_HEADER, ERROR_CODE};
-use crate::broker::topology::{predict_queue, Topology};
+use infermq::broker::headers::{as_i128, as_string, find, BINARY_HEADER, ERROR_CODE};
+use infermq::broker::Topology;
+use infermq::client::JobProperties;
 
-/// `<prefix>.predict.<model>`.
-pub fn model_queue(prefix: &str, model: &str) -> String {
-    predict_queue(prefix, model)
-}
-
-/// `<prefix>.predict.<model>.echo`: the echo ceiling's queue, never one a worker serves.
-pub fn echo_queue(prefix: &str, model: &str) -> String {
-    format!("{}.echo", model_queue(prefix, model))
-}
-
-/// `<prefix>.results`: where results go when a job has no `reply_to`.
-pub fn results_queue(prefix: &str) -> String {
-    format!("{prefix}.results")
+/// `<prefix>.predict.<model>.echo` from the model's queue: the echo ceiling's queue, never
+/// one a worker serves.
+pub fn echo_queue(model_queue: &str) -> String {
+    format!("{model_queue}.echo")
 }
 
 /// The arguments of every job queue: quorum, delivery limit 5 (the default
@@ -50,29 +43,18 @@ pub async fn declare_job_queue(channel: &Channel, queue: &str, prefix: &str) -> 
         .map(drop)
 }
 
-/// Properties of job `index`: persistent, replies to `reply_to`, correlation id = index.
+/// Properties of job `index`: persistent, replies to `reply_to`, correlation id = index
+/// (the library's [`JobProperties`], as every producer writes them).
 pub fn job_properties(
     index: u64,
     reply_to: &str,
     binary_header_len: Option<usize>,
 ) -> BasicProperties {
-    let props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_reply_to(reply_to.into())
-        .with_correlation_id(ShortString::from(index.to_string()));
-    match binary_header_len {
-        None => props.with_content_type("application/json".into()),
-        Some(len) => {
-            let mut headers = FieldTable::default();
-            headers.insert(
-                BINARY_HEADER.into(),
-                AMQPValue::LongLongInt(i64::try_from(len).unwrap_or(i64::MAX)),
-            );
-            props
-                .with_content_type("application/octet-stream".into())
-                .with_headers(headers)
-        }
-    }
+    JobProperties::new()
+        .binary_header_len(binary_header_len)
+        .reply_to(reply_to)
+        .correlation_id(&index.to_string())
+        .build()
 }
 
 #[derive(Deserialize)]
@@ -225,8 +207,9 @@ mod tests {
                 .as_deref(),
             Some("pfx.dlx")
         );
-        assert_eq!(model_queue("pfx", "iris"), "pfx.predict.iris");
-        assert_eq!(echo_queue("pfx", "iris"), "pfx.predict.iris.echo");
+        let queue = infermq::client::model_queue("pfx", "iris").unwrap();
+        assert_eq!(queue, "pfx.predict.iris");
+        assert_eq!(echo_queue(&queue), "pfx.predict.iris.echo");
     }
 
     #[test]

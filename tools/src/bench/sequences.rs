@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::bodies::{BodyError, BodyTemplate, Encoding, JobShape};
 use super::BenchArgs;
-use crate::protocol::types::DataType;
+use infermq::protocol::DataType;
 
 /// Distinct bodies per run: enough that the lengths of a run follow their distribution.
 pub const MAX_VARIANTS: usize = 1024;

@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::PublishOutcome;
+use infermq::broker::PublishOutcome;
 
 /// The result every echoed job gets.
 pub const ECHO_RESULT: &[u8] = br#"{"id":"","model_name":"echo","outputs":[]}"#;

@@ -16,7 +16,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection, Consumer};
 
-use crate::broker::PublishOutcome;
+use infermq::broker::PublishOutcome;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 

@@ -42,7 +42,7 @@ async fn assert_echo_queue_deleted(url: &str, prefix: &str) {
         passive: true,
         ..Default::default()
     };
-    let queue = wire::echo_queue(prefix, "iris");
+    let queue = wire::echo_queue(&model_queue(prefix, "iris").unwrap());
     let found = channel
         .queue_declare(queue.as_str().into(), passive, FieldTable::default())
         .await;
@@ -97,7 +97,7 @@ async fn echo_then_model_reports_both_and_the_ratio() {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let model_queue = wire::model_queue(&prefix, "iris");
+    let model_queue = model_queue(&prefix, "iris").unwrap();
     wire::declare_job_queue(&channel, &model_queue, &prefix)
         .await
         .unwrap();
@@ -106,7 +106,7 @@ async fn echo_then_model_reports_both_and_the_ratio() {
             .await
             .expect("echo connects"),
         &model_queue,
-        &wire::results_queue(&prefix),
+        &infermq::broker::Topology::new(prefix.as_str(), 5).results_queue(),
     )
     .await
     .unwrap();
