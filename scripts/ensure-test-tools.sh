@@ -34,3 +34,25 @@ if ! python3 -c "import tritonclient.http, onnxruntime, numpy" >/dev/null 2>&1; 
   python3 -m pip install --quiet "tritonclient[http]" onnxruntime==1.31.1 numpy ||
     echo "warning: pip could not install tritonclient[http], onnxruntime, numpy" >&2
 fi
+# The model zoo (tests/zoo.rs, scripts/make-zoo.py): real models from packages, nothing downloaded
+# at test time. Exact versions: docs/ZOO.md's table names them. silero-vad and
+# rapidocr-onnxruntime only for the .onnx files in their wheels (--no-deps: neither torch nor
+# OpenCV is needed); rapidocr-onnxruntime because it ships its models (the newer rapidocr
+# downloads them). StringNormalizer models need the en_US.UTF-8 locale.
+zoo_has() {
+  python3 -c "import importlib.metadata as m, sys; sys.exit(any(m.version(p) != v for p, v in (a.split('==') for a in sys.argv[1:])))" "$@" >/dev/null 2>&1
+}
+zoo_models="silero-vad==6.2.3 rapidocr-onnxruntime==1.4.4"
+zoo_tools="onnx==1.23.2 onnxruntime==1.31.1 scikit-learn==1.8.0 skl2onnx==1.20.0 onnxmltools==1.16.0 lightgbm==4.6.0"
+if ! zoo_has $zoo_models; then
+  python3 -m pip install --quiet --no-deps $zoo_models
+fi
+if ! zoo_has $zoo_tools || ! python3 -c "import numpy" >/dev/null 2>&1; then
+  python3 -m pip install --quiet $zoo_tools numpy
+fi
+if ! locale -a 2>/dev/null | grep -qix 'en_US.utf-\?8'; then
+  if ! command -v localedef >/dev/null 2>&1 || [ ! -d /usr/share/i18n/locales ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends locales
+  fi
+  localedef -i en_US -c -f UTF-8 -A /usr/share/locale/locale.alias en_US.UTF-8
+fi
