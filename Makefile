@@ -31,7 +31,7 @@ bench: setup
 	scripts/bench.sh
 
 models:
-	$(CARGO) run --release --bin make-models -- models
+	$(CARGO) run --release -p infermq-tools --bin make-models -- models
 
 clean-ort:
 	rm -rf .ort

@@ -11,10 +11,10 @@
 //! [`gateway`] (KServe v2 over HTTP onto the queues), [`client`] (a producer of the contract),
 //! [`onnx`] (ONNX models as data), [`config`].
 //!
-//! What it exposes, and why: the library exists so that the binaries (`src/main.rs`,
-//! `src/bin/make-models.rs`), the integration tests (`tests/`), the benchmarks (`benches/`)
-//! and the measuring tools of the `tools/` workspace member build against one copy of the
-//! code. Each module below is public because one of them uses it, and inside each only what
+//! What it exposes, and why: the library exists so that the worker's binary (`src/main.rs`),
+//! the integration tests (`tests/`), the benchmarks (`benches/`) and the tools of the `tools/`
+//! workspace member (the load generator, the measuring probes, `make-models`) build against one
+//! copy of the code. Each module below is public because one of them uses it, and inside each only what
 //! they name is public: entry points (`worker::run`, `gateway::run`), the contract's types and
 //! names (`protocol`, `broker::headers`, `broker::Topology`, `client`), and the pieces the
 //! tests and benchmarks drive on their own (the batching policy, runtime backends, training's
@@ -31,7 +31,8 @@
 //!   [`runtime`] backend (`env`, `OrtBackend`, `SessionOptions`, `load_version`, `cuda`), the
 //!   batching policy and padding plan they measure, and [`protocol::Tensor`];
 //! - `make-large-model`: [`onnx`]'s graph builder and external-data layout, and training's
-//!   seeded generator.
+//!   seeded generator; `make-models` (the bundled models): [`training`]'s bundled networks,
+//!   encoder and training loop, and [`tokenizer`]'s WordPiece trainer.
 
 pub mod batching;
 pub mod broker;

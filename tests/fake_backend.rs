@@ -86,7 +86,7 @@ async fn jobs_are_batched_answered_and_failures_dead_lettered_on_a_fake_backend(
         settings.broker.delivery_limit,
     );
     let mut client = client().await;
-    let queue = topology.predict_queue("iris");
+    let queue = infermq::client::model_queue(&topology.prefix, "iris").expect("a valid name");
     // The queue is declared and filled before the worker starts, so its first deliveries
     // arrive together and must form batches (a worker that keeps up with a publisher may run
     // every job alone).

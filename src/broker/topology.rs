@@ -22,11 +22,6 @@ impl Topology {
         }
     }
 
-    /// `<prefix>.predict.<model>`: see [`predict_queue`].
-    pub fn predict_queue(&self, model: &str) -> String {
-        predict_queue(&self.prefix, model)
-    }
-
     pub fn train_queue(&self) -> String {
         format!("{}.train", self.prefix)
     }
@@ -138,7 +133,7 @@ impl Topology {
         };
         channel
             .queue_declare(
-                self.predict_queue(model).as_str().into(),
+                predict_queue(&self.prefix, model).as_str().into(),
                 durable,
                 self.job_queue_arguments(),
             )
@@ -211,7 +206,7 @@ mod tests {
     #[test]
     fn names_follow_the_prefix() {
         let t = Topology::new("acme", 5);
-        assert_eq!(t.predict_queue("iris"), "acme.predict.iris");
+        assert_eq!(predict_queue(&t.prefix, "iris"), "acme.predict.iris");
         assert_eq!(t.train_queue(), "acme.train");
         assert_eq!(t.results_queue(), "acme.results");
         assert_eq!(t.dead_letter_exchange(), "acme.dlx");

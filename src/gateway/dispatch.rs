@@ -21,8 +21,8 @@ use super::cache::Lookup;
 use super::gather::{self, Candidate, GatherKey, ModelInfo, Prepared, Solo};
 use super::groups::{Arrival, Limits};
 use super::http::{error, InferRequest};
-use super::lanes::CallError;
 use super::merge::{merge, row_ranges, split};
+use super::replies::CallError;
 use super::Gateway;
 use crate::broker::headers::{BINARY_HEADER, ERROR_CODE};
 use crate::client::JobProperties;
@@ -87,7 +87,8 @@ pub async fn infer(
         max_requests: MAX_LINKS,
     };
     let key = candidate.key.clone();
-    let (rows, bytes) = (candidate.rows, candidate.bytes);
+    let rows = candidate.rows;
+    let bytes = candidate.bytes;
     let waiter = Waiter {
         model: model.clone(),
         version: version.map(str::to_string),
@@ -195,7 +196,9 @@ fn model_info(
         Lookup::Missing => gw.models.put(&key, None, Instant::now()),
         Lookup::Refresh => {}
     }
-    let (gw, model, version) = (gw.clone(), model.clone(), version.map(str::to_string));
+    let gw = gw.clone();
+    let model = model.clone();
+    let version = version.map(str::to_string);
     tokio::spawn(async move {
         let answer = gw.metadata(&model, version.as_deref()).await;
         let info = if answer.status() == StatusCode::OK {
@@ -249,7 +252,8 @@ async fn send(gw: &Arc<Gateway>, key: &GatherKey, mut group: Vec<Waiter>) {
         }
         return;
     }
-    let (model, info) = (group[0].model.clone(), group[0].info.clone());
+    let model = group[0].model.clone();
+    let info = group[0].info.clone();
     let requests: Vec<_> = group.iter().map(|w| &w.candidate.request).collect();
     let Ok(merged) = merge(key, &info.signature, &requests) else {
         return retry(gw, group).await;

@@ -52,7 +52,9 @@ impl<T> Group<T> {
 
     /// The waiting items that fit one job, oldest first (always at least one).
     fn take(&mut self) -> Vec<T> {
-        let (mut rows, mut bytes, mut out) = (0, 0, Vec::new());
+        let mut rows = 0;
+        let mut bytes = 0;
+        let mut out = Vec::new();
         while let Some(next) = self.waiting.front() {
             let fits = rows + next.rows <= self.limits.max_rows
                 && bytes + next.bytes <= self.limits.max_bytes

@@ -119,7 +119,9 @@ proptest! {
     ) {
         let now = Instant::now();
         let mut g = Gathering::new(window, Duration::ZERO);
-        let (mut next, mut in_flight, mut sent) = (0usize, 0usize, Vec::new());
+        let mut next = 0usize;
+        let mut in_flight = 0usize;
+        let mut sent = Vec::new();
         let mut rows_of = Vec::new();
         let check = |job: Vec<usize>, rows_of: &[usize], sent: &mut Vec<usize>| {
             let rows: usize = job.iter().map(|&i| rows_of[i]).sum();

@@ -5,7 +5,7 @@
 //! queue `<prefix>.predict.<model>` exactly as the contract (`docs/PROTOCOL.md`) asks of any
 //! producer — persistent, `mandatory`, confirmed — with the body relayed unchanged (the worker
 //! decodes and validates it), and answered from the result that comes back over RabbitMQ's
-//! direct reply-to ([`lanes`]). Readiness and backpressure come from a passive declare of the
+//! direct reply-to ([`replies`]). Readiness and backpressure come from a passive declare of the
 //! model's queue (does it exist, does a worker consume it, how deep is it), reused for
 //! `gateway.queue_check_ms` ([`cache`]); metadata from a metadata request any worker of the
 //! model answers. Decisions are pure ([`policy`]); routes in [`http`]; metrics in [`metrics`].
@@ -23,10 +23,10 @@ mod dispatch;
 mod gather;
 mod groups;
 mod http;
-mod lanes;
 mod merge;
 mod metrics;
 mod policy;
+mod replies;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -49,9 +49,9 @@ use dispatch::Waiter;
 use gather::{GatherKey, ModelInfo};
 use groups::Gathering;
 use http::{error, relay, InferRequest};
-use lanes::{Broker, CallError};
 use metrics::GatewayMetrics;
 use policy::QueueState;
+use replies::{BrokerPools, CallError};
 
 /// The HTTP header that sets a request's timeout (the `timeout_ms` query parameter wins).
 pub const TIMEOUT_HEADER: &str = "infermq-timeout-ms";
@@ -74,7 +74,7 @@ pub enum GatewayError {
 pub struct Gateway {
     pub settings: GatewaySettings,
     prefix: String,
-    pub broker: Broker,
+    pub broker: BrokerPools,
     queues: TtlCache<QueueState>,
     metadata: TtlCache<Bytes>,
     pub metrics: Arc<GatewayMetrics>,
@@ -90,7 +90,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(settings: &Settings) -> Result<Gateway, GatewayError> {
         let gw = &settings.gateway;
-        let broker = Broker::new(
+        let broker = BrokerPools::new(
             &settings.broker.url,
             &settings.broker.tls,
             gw.connections,
@@ -160,7 +160,8 @@ impl Gateway {
     pub fn render_metrics(&self) -> String {
         self.metrics
             .pool("connections", self.broker.connections.status());
-        self.metrics.pool("channels", self.broker.lanes.status());
+        self.metrics
+            .pool("channels", self.broker.reply_channels.status());
         self.metrics.render()
     }
 

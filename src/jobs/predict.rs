@@ -28,6 +28,7 @@ use crate::batching::{split_rows, Item, LengthsKey};
 use crate::broker::authz::authorize;
 use crate::broker::envelope::Envelope;
 use crate::broker::headers::JobHeaders;
+use crate::broker::topology::predict_queue;
 use crate::broker::Topology;
 use crate::execution::batch::{Chunk, ShapeKey};
 use crate::protocol::{decode_request, validate_request, ErrorCode, InferenceRequest, Tensor};
@@ -77,7 +78,7 @@ impl PredictContext {
         let prefetch = self.prefetch_for(model);
         self.metrics.load.set_job_slots(model, prefetch);
         let consume = Consume {
-            queue: self.topology.predict_queue(model),
+            queue: predict_queue(&self.topology.prefix, model),
             prefetch,
             arguments: FieldTable::default(),
             acks: Acks::Coalesced,

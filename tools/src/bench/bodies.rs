@@ -226,7 +226,9 @@ mod tests {
         let a = BodyTemplate::build(&shape(1, 4), Encoding::Json, 100, 7).unwrap();
         let b = BodyTemplate::build(&shape(1, 4), Encoding::Json, 100, 7).unwrap();
         let c = BodyTemplate::build(&shape(1, 4), Encoding::Json, 100, 8).unwrap();
-        let (mut x, mut y, mut z) = (Vec::new(), Vec::new(), Vec::new());
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        let mut z = Vec::new();
         a.write(3, &mut x);
         b.write(3, &mut y);
         c.write(3, &mut z);

@@ -203,7 +203,8 @@ mod tests {
         for i in 0..300 {
             let v = body(&t, i);
             assert_eq!(v["id"], i.to_string());
-            let (ids, mask) = (&v["inputs"][0], &v["inputs"][1]);
+            let ids = &v["inputs"][0];
+            let mask = &v["inputs"][1];
             assert_eq!(
                 (ids["name"].as_str(), mask["name"].as_str()),
                 (Some(IDS_INPUT), Some(MASK_INPUT))

@@ -31,7 +31,8 @@ fn main() -> anyhow::Result<()> {
         "usage: make-large-model DIR K D [external|embedded]"
     );
     let dir = Path::new(&args[1]);
-    let (layers, width) = (args[2].parse::<usize>()?, args[3].parse::<usize>()?);
+    let layers = args[2].parse::<usize>()?;
+    let width = args[3].parse::<usize>()?;
     anyhow::ensure!(layers > 0 && width > 0, "K and D must be at least 1");
     let embedded = match args.get(4).map(String::as_str).unwrap_or("external") {
         "external" => false,

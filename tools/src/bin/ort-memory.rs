@@ -35,7 +35,8 @@ fn main() -> anyhow::Result<()> {
         args.len() == 6,
         "usage: ort-memory MODEL MODE INSTANCES BATCHES SECONDS"
     );
-    let (model, mode) = (Path::new(&args[1]), args[2].as_str());
+    let model = Path::new(&args[1]);
+    let mode = args[2].as_str();
     let instances: usize = args[3].parse()?;
     let batches: Vec<usize> = args[4]
         .split(',')
@@ -125,7 +126,8 @@ fn throughput(backends: &mut [OrtBackend], batch: usize, seconds: f64) -> anyhow
                 let input = &input;
                 scope.spawn(move || -> anyhow::Result<f64> {
                     backend.infer(std::slice::from_ref(input))?;
-                    let (started, mut rows) = (Instant::now(), 0);
+                    let started = Instant::now();
+                    let mut rows = 0;
                     while Instant::now() < deadline {
                         backend.infer(std::slice::from_ref(input))?;
                         rows += batch;

@@ -113,7 +113,9 @@ fn run(
         });
     }
     let plan = plan()?;
-    let (mut batches, mut padded, mut seconds) = (0usize, 0usize, 0.0f64);
+    let mut batches = 0usize;
+    let mut padded = 0usize;
+    let mut seconds = 0.0f64;
     let mut answers: Vec<([Tensor; 2], Tensor)> = Vec::with_capacity(lengths.len());
     while !batcher.is_empty() {
         let batch = batcher.take();

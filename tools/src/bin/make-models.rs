@@ -16,8 +16,8 @@ use infermq::training::data::{from_csv, DataSource};
 use infermq::training::graph::Network;
 use infermq::training::{parse_job, train, CpuSessions};
 
-const IRIS_CSV: &str = include_str!("../../models/iris/iris.csv");
-const GENESIS: &str = include_str!("../../models/encoder/genesis.txt");
+const IRIS_CSV: &str = include_str!("../../../models/iris/iris.csv");
+const GENESIS: &str = include_str!("../../../models/encoder/genesis.txt");
 
 /// The `encoder`'s tokenizer: 2 048 tokens at most, pairs seen twice or more, 128 tokens a text.
 const ENCODER_TOKENIZER: WordPieceSpec = WordPieceSpec {

@@ -6,17 +6,22 @@
 //! reference being computed in f64 from the weights read back out of the model file (ORT computes
 //! in f32, so only summation order and rounding differ).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use infermq::onnx::{decode_model, initializer_f32};
 use infermq::training::rng::SeededRng;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 
+/// The repository's root, above this package (`tools/`).
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 const NAMES: [&str; 6] = ["iris", "mlp", "mixed", "scaler", "fixed", "encoder"];
 
 fn committed(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = repository_root()
         .join("models")
         .join(name)
         .join("1/model.onnx");
@@ -47,7 +52,7 @@ fn regenerated_models_are_byte_identical() {
     let dir = tempfile::tempdir().expect("temp dir");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_make-models"))
         .arg(dir.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(repository_root())
         .status()
         .expect("make-models runs");
     assert!(status.success(), "make-models failed: {status}");
@@ -55,7 +60,7 @@ fn regenerated_models_are_byte_identical() {
         std::fs::read(dir.join("encoder/1/tokenizer.json")).expect("tokenizer.json written")
     };
     assert!(
-        tokenizer(dir.path()) == tokenizer(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models")),
+        tokenizer(dir.path()) == tokenizer(&repository_root().join("models")),
         "models/encoder/1/tokenizer.json differs from a fresh build"
     );
     for name in NAMES {
@@ -180,8 +185,11 @@ fn iris_computes_a_softmax_classifier() {
 
 #[test]
 fn bundled_iris_is_a_trained_classifier() {
-    let csv = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/iris/iris.csv"))
-        .expect("iris.csv");
+    let csv = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/iris/iris.csv"
+    ))
+    .expect("iris.csv");
     let mut x = Vec::new();
     let mut y = Vec::new();
     for line in csv.lines().skip(1) {

@@ -1,14 +1,14 @@
 //! The gateway's side of the broker: connections from a `deadpool` pool (to any node of
-//! `broker.url`, with `broker.tls`), and a pool of
-//! *lanes* over them. A lane is a confirm-mode channel that consumes RabbitMQ's direct
-//! reply-to pseudo-queue (`amq.rabbitmq.reply-to`, no-ack, set up before anything is published
+//! `broker.url`, with `broker.tls`), and a pool of reply channels over them. A reply channel
+//! ([`ReplyChannel`]) is a confirm-mode channel that consumes RabbitMQ's direct reply-to
+//! pseudo-queue (`amq.rabbitmq.reply-to`, no-ack, set up before anything is published
 //! on the channel) and hands each answer to the request waiting for its correlation id.
 //!
-//! A request holds a lane only while it publishes; the confirm and the answer are awaited
-//! after the lane went back to the pool, so a few channels carry many requests at once. A lane
-//! whose channel closed (broker restart, lost connection) fails its waiting requests at once
-//! and is discarded by the pool's recycle check; the next request opens a new one, over a new
-//! connection if the old one is gone: that is the gateway's reconnection.
+//! A request holds a reply channel only while it publishes; the confirm and the answer are
+//! awaited after the channel went back to the pool, so a few channels carry many requests at
+//! once. A reply channel that closed (broker restart, lost connection) fails its waiting
+//! requests at once and is discarded by the pool's recycle check; the next request opens a new
+//! one, over a new connection if the old one is gone: that is the gateway's reconnection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +52,7 @@ pub enum CallError {
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>;
 
 /// One channel with its reply consumer.
-pub struct Lane {
+pub struct ReplyChannel {
     channel: Channel,
     pending: Pending,
 }
@@ -92,16 +92,16 @@ impl deadpool::managed::Manager for ConnectionManager {
 /// The gateway's pool of broker connections.
 pub type ConnectionPool = deadpool::managed::Pool<ConnectionManager>;
 
-/// Creates and checks [`Lane`]s for the deadpool pool.
-pub struct LaneManager {
+/// Creates and checks [`ReplyChannel`]s for the deadpool pool.
+pub struct ReplyChannelManager {
     connections: ConnectionPool,
 }
 
-impl deadpool::managed::Manager for LaneManager {
-    type Type = Lane;
+impl deadpool::managed::Manager for ReplyChannelManager {
+    type Type = ReplyChannel;
     type Error = lapin::Error;
 
-    async fn create(&self) -> Result<Lane, lapin::Error> {
+    async fn create(&self) -> Result<ReplyChannel, lapin::Error> {
         let connection = self.connections.get().await.map_err(|e| match e {
             deadpool::managed::PoolError::Backend(ConnectError::Broker { source, .. }) => source,
             other => lapin::Error::from(std::io::Error::other(other.to_string())),
@@ -142,15 +142,15 @@ impl deadpool::managed::Manager for LaneManager {
                 p.clear();
             }
         });
-        Ok(Lane { channel, pending })
+        Ok(ReplyChannel { channel, pending })
     }
 
     async fn recycle(
         &self,
-        lane: &mut Lane,
+        reply: &mut ReplyChannel,
         _: &deadpool::managed::Metrics,
     ) -> deadpool::managed::RecycleResult<lapin::Error> {
-        if lane.channel.status().connected() {
+        if reply.channel.status().connected() {
             Ok(())
         } else {
             Err(deadpool::managed::RecycleError::message("channel closed"))
@@ -174,23 +174,23 @@ impl Drop for Waiting {
 
 /// The gateway's broker handle: cheap to clone.
 #[derive(Clone)]
-pub struct Broker {
+pub struct BrokerPools {
     pub connections: ConnectionPool,
-    pub lanes: deadpool::managed::Pool<LaneManager>,
+    pub reply_channels: deadpool::managed::Pool<ReplyChannelManager>,
     /// Correlation ids: this gateway's random prefix and a counter.
     instance: Arc<str>,
     next_id: Arc<AtomicU64>,
 }
 
-impl Broker {
+impl BrokerPools {
     /// Pools for `urls` (a cluster's nodes, or one): at most `connections` connections and
-    /// `channels` lanes. Nothing connects until the first request.
+    /// `channels` reply channels. Nothing connects until the first request.
     pub fn new(
         urls: &[String],
         tls: &TlsSettings,
         connections: usize,
         channels: usize,
-    ) -> Result<Broker, String> {
+    ) -> Result<BrokerPools, String> {
         let manager = ConnectionManager {
             urls: urls.to_vec(),
             tls: tls.clone(),
@@ -200,16 +200,16 @@ impl Broker {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| e.to_string())?;
-        let lanes = deadpool::managed::Pool::builder(LaneManager {
+        let reply_channels = deadpool::managed::Pool::builder(ReplyChannelManager {
             connections: connections.clone(),
         })
         .max_size(channels)
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| e.to_string())?;
-        Ok(Broker {
+        Ok(BrokerPools {
             connections,
-            lanes,
+            reply_channels,
             instance: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
             next_id: Arc::default(),
         })
@@ -225,7 +225,7 @@ impl Broker {
         timeout: Duration,
     ) -> Result<Delivery, CallError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let lane = tokio::time::timeout_at(deadline, self.lanes.get())
+        let reply = tokio::time::timeout_at(deadline, self.reply_channels.get())
             .await
             .map_err(|_| CallError::Timeout(timeout))?
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
@@ -237,12 +237,13 @@ impl Broker {
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
         let (tx, rx) = oneshot::channel();
-        lane.pending
+        reply
+            .pending
             .lock()
             .map_err(|_| CallError::ChannelLost)?
             .insert(id.clone(), tx);
         let _waiting = Waiting {
-            pending: lane.pending.clone(),
+            pending: reply.pending.clone(),
             id: id.clone(),
         };
         let properties = properties
@@ -253,12 +254,12 @@ impl Broker {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = lane
+        let confirm = reply
             .channel
             .basic_publish("".into(), queue.into(), options, body, properties)
             .await
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        drop(lane);
+        drop(reply);
         // The answer may come before the confirm; a returned job comes before its ack.
         let mut confirm = std::pin::pin!(confirm);
         let mut rx = std::pin::pin!(rx);
@@ -325,17 +326,17 @@ impl Broker {
         // Channels closed first and waited for: a channel only dropped is closed by lapin in
         // the background, possibly after its connection (an ERROR in the logs).
         let wait = Duration::from_millis(100);
-        for _ in 0..self.lanes.status().size {
-            match tokio::time::timeout(wait, self.lanes.get()).await {
-                Ok(Ok(lane)) => {
-                    crate::broker::connection::close_channel(&lane.channel, "gateway stopping")
+        for _ in 0..self.reply_channels.status().size {
+            match tokio::time::timeout(wait, self.reply_channels.get()).await {
+                Ok(Ok(reply)) => {
+                    crate::broker::connection::close_channel(&reply.channel, "gateway stopping")
                         .await;
-                    let _ = deadpool::managed::Object::take(lane);
+                    let _ = deadpool::managed::Object::take(reply);
                 }
                 _ => break,
             }
         }
-        self.lanes.close();
+        self.reply_channels.close();
         let status = self.connections.status();
         for _ in 0..status.size {
             match tokio::time::timeout(wait, self.connections.get()).await {
