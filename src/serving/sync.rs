@@ -42,8 +42,9 @@ pub trait BackendLoader: Send + Sync + 'static {
     ) -> Result<Vec<Box<dyn Backend>>, RuntimeError>;
 }
 
-/// Loads versions into ONNX Runtime sessions, on threads pinned like the instances will be,
-/// once their external data is known to stay inside the version directory.
+/// Loads versions into ONNX Runtime sessions, on threads pinned like the instances will be.
+/// [`ModelSync`] calls it only once the version's files were checked (its external data stays
+/// inside the version directory: `check_version`), so each load checks them once.
 pub struct OrtLoader;
 
 impl BackendLoader for OrtLoader {
@@ -53,7 +54,6 @@ impl BackendLoader for OrtLoader {
         options: &SessionOptions,
         instances: usize,
     ) -> Result<Vec<Box<dyn Backend>>, RuntimeError> {
-        check_version(model).map_err(|e| RuntimeError::Load(e.to_string()))?;
         // Threads ONNX Runtime starts with a session inherit the loader's CPUs.
         let backends = affinity::with_pinned(&options.cpus, || {
             load_version(model, options, &options.cuda, instances)
