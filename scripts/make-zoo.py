@@ -52,8 +52,8 @@ NEEDED = {
     "lightgbm": "lightgbm",
 }
 
-# KServe v2 datatypes of the numpy dtypes ONNX Runtime returns.
-DATATYPES = {
+# KServe v2 datatypes of the integer and boolean types: numpy and ONNX Runtime spell them alike.
+EXACT_TYPES = {
     "bool": "BOOL",
     "uint8": "UINT8",
     "uint16": "UINT16",
@@ -63,6 +63,11 @@ DATATYPES = {
     "int16": "INT16",
     "int32": "INT32",
     "int64": "INT64",
+}
+
+# KServe v2 datatypes of the numpy dtypes ONNX Runtime returns.
+DATATYPES = {
+    **EXACT_TYPES,
     "float16": "FP16",
     "float32": "FP32",
     "float64": "FP64",
@@ -72,15 +77,7 @@ DATATYPES = {
 
 # ONNX Runtime's tensor element types (as `NodeArg.type` spells them) that infermq serves.
 ORT_TENSOR_TYPES = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "uint32": "UINT32",
-    "uint64": "UINT64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
+    **EXACT_TYPES,
     "float16": "FP16",
     "float": "FP32",
     "double": "FP64",
