@@ -40,7 +40,7 @@ pub mod client;
 pub mod config;
 pub mod execution;
 pub mod gateway;
-pub mod jobs;
+pub(crate) mod jobs;
 pub mod onnx;
 pub mod protocol;
 pub mod repository;

@@ -45,7 +45,6 @@ pub struct Envelope {
     pub user_id: Option<String>,
     /// Earlier deliveries of this message: 0 on a first delivery, whatever the headers say.
     pub delivery_count: u32,
-    pub redelivered: bool,
     /// The contract's headers, or the first one that could not be read.
     pub headers: Result<JobHeaders, HeaderError>,
 }
@@ -82,7 +81,6 @@ impl Envelope {
             message_id: properties.message_id().as_ref().map(|m| m.to_string()),
             user_id: properties.user_id().as_ref().map(|u| u.to_string()),
             delivery_count,
-            redelivered,
             headers,
         }
     }
