@@ -143,7 +143,9 @@ pub(super) fn warmup_plan(
         Ok(WarmupPlan { batches })
     };
     match &config.warmup {
-        Warmup::Off => made_up(Vec::new()),
+        Warmup::Off => Ok(WarmupPlan {
+            batches: Vec::new(),
+        }),
         Warmup::Default => made_up(warmup_sizes(
             limits.max_batch_size,
             &limits.preferred_batch_sizes,
@@ -151,7 +153,9 @@ pub(super) fn warmup_plan(
         Warmup::Sizes(sizes) => made_up(warmup_sizes(limits.max_batch_size, sizes)),
         Warmup::Samples(samples) => {
             let batched = limits.max_batch_size > 0;
-            let batches = (samples.iter().enumerate())
+            let batches = samples
+                .iter()
+                .enumerate()
                 .map(|(i, sample)| {
                     let inputs = described_batch(signature, sample, i, batched)
                         .map_err(|e| format!("warm-up {:?}: {e}", sample.name))?;
@@ -332,6 +336,22 @@ mod tests {
         assert_eq!(rows(Warmup::Sizes(vec![64, 4]), &limits), [4, 16]);
         let preferred = BatchLimits::new(16, Duration::ZERO, &[8]);
         assert_eq!(rows(Warmup::Default, &preferred), [8]);
+        // Off stays off for a model without a batch dimension (one batch at its own shape
+        // otherwise).
+        let config = ModelConfig {
+            warmup: Warmup::Off,
+            ..ModelConfig::default()
+        };
+        let unbatched = ModelSignature {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                datatype: DataType::F32,
+                shape: vec![2, 4],
+            }],
+            outputs: vec![],
+        };
+        let plan = warmup_plan(&config, &limits, &unbatched, None).unwrap();
+        assert!(plan.rows().is_empty());
     }
 
     /// A described sample runs `count` times per session and names itself when it fails.

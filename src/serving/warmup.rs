@@ -54,7 +54,7 @@ pub fn warmup_sizes(max_batch_size: usize, preferred: &[usize]) -> Vec<usize> {
 }
 
 /// One batch of made-up zeros per size in `sizes` (a single batch when the model is not
-/// batched), with `(rows, inputs)` per batch. `names`: the session's dimension names, where it
+/// batched; none when `sizes` is empty), with `(rows, inputs)` per batch. `names`: the session's dimension names, where it
 /// reports them; `length`: the value of dynamic dimensions other than the batch (the model's
 /// first length bucket), 1 when `None`.
 pub fn made_up_batches(
@@ -63,6 +63,9 @@ pub fn made_up_batches(
     length: Option<usize>,
     sizes: &[usize],
 ) -> Result<Vec<(usize, Vec<Tensor>)>, WarmupError> {
+    if sizes.is_empty() {
+        return Ok(Vec::new());
+    }
     let batched = signature.inputs.iter().all(TensorSpec::is_batched);
     let sizes = if batched { sizes } else { &[1][..] };
     let name_of = |input: usize, dim: usize| -> Option<&str> {
@@ -438,6 +441,8 @@ mod tests {
         assert_eq!(batches.len(), 1);
         let shapes: Vec<_> = batches[0].1.iter().map(|t| t.shape.clone()).collect();
         assert_eq!(shapes, [vec![2, 3], vec![1]]);
+        // No sizes (warm-up off): no batch, batched or not.
+        assert!(made_up_batches(&sig, None, None, &[]).unwrap().is_empty());
         let scalar = made_up_batches(
             &signature(vec![spec("s", DataType::F64, &[])]),
             None,
