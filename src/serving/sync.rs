@@ -14,8 +14,7 @@ use super::stamp::{version_stamp, FileStamp};
 use super::{version_inputs, ModelRegistry, ServedVersion};
 use crate::batching::{batch_task, BatchLimits, FailBatch, MakeTask, PadLimits};
 use crate::config::BatchingSettings;
-use crate::execution::batch::BatchFailure;
-use crate::execution::batch::{run_batch, BatchInfo, Chunk, ShapeKey};
+use crate::execution::batch::{run_batch, BatchFailure, BatchInfo, Chunk, ShapeKey};
 use crate::protocol::ModelSignature;
 use crate::repository::external::check_version;
 use crate::repository::{ModelEntry, ModelStore};
@@ -111,7 +110,9 @@ impl ModelSync {
             .map(|e| e.name.as_str())
             .chain(broken.iter().map(|(n, _)| n.as_str()))
             .collect();
-        let expected = (entries.iter().map(|e| (e.name.to_string(), None)))
+        let expected = entries
+            .iter()
+            .map(|e| (e.name.to_string(), None))
             .chain(broken.iter().map(|(n, e)| (n.clone(), Some(e.to_string()))))
             .collect();
         self.registry.set_expected(expected);

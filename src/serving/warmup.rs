@@ -85,7 +85,10 @@ pub fn made_up_batches(
                 .iter()
                 .enumerate()
                 .map(|(i, spec)| {
-                    let shape: Vec<usize> = (spec.shape.iter().enumerate())
+                    let shape: Vec<usize> = spec
+                        .shape
+                        .iter()
+                        .enumerate()
                         .map(|(d, &dim)| match dim {
                             dim if dim >= 0 => dim as usize,
                             _ if d == 0 && batched => batch,
