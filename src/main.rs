@@ -1,5 +1,5 @@
-//! The `infermq` command line: the worker, the gateway, a one-job client and the repository
-//! listing. Everything else lives in the library; the load generator is `infermq-bench`
+//! The `infermq` command line: the worker, the gateway, a one-job client, a streaming
+//! generation client and the repository listing. Everything else lives in the library; the load generator is `infermq-bench`
 //! (`tools/`).
 
 use std::io::Read;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use infermq::broker::headers::{ERROR_CODE, MODEL_VERSION};
 use infermq::client::{binary_header_len, header_str, headers, model_queue, Client};
 use infermq::config::Settings;
-use infermq::protocol::{decode_request, decode_response, encode_request};
+use infermq::protocol::{decode_request, decode_response, encode_request, EncodedBody};
 use infermq::repository::describe::describe;
 use infermq::repository::ModelStore;
 use infermq::runtime::Backend;
@@ -62,6 +62,32 @@ enum Command {
         #[arg(long)]
         binary: bool,
         #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+    },
+    /// Send one generation job to a decoder model and stream its text to the terminal.
+    Generate {
+        #[arg(long)]
+        model: String,
+        /// The prompt.
+        prompt: String,
+        /// Model version (sent as the x-model-version header).
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        max_tokens: Option<u64>,
+        /// 0 (the default): greedy.
+        #[arg(long)]
+        temperature: Option<f64>,
+        #[arg(long)]
+        top_p: Option<f64>,
+        #[arg(long)]
+        top_k: Option<u64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// A stop string (repeat for more).
+        #[arg(long)]
+        stop: Vec<String>,
+        #[arg(long, default_value_t = 300)]
         timeout_s: u64,
     },
     /// List the repository: models, versions, configuration, inputs and outputs.
@@ -132,6 +158,35 @@ fn main() -> anyhow::Result<()> {
                 binary,
                 timeout_s,
             } => predict(&settings, &model, version, input, binary, timeout_s).await,
+            Command::Generate {
+                model,
+                prompt,
+                version,
+                max_tokens,
+                temperature,
+                top_p,
+                top_k,
+                seed,
+                stop,
+                timeout_s,
+            } => {
+                let mut parameters = serde_json::json!({"stream": true});
+                let set = |p: &mut serde_json::Value, key: &str, v: Option<serde_json::Value>| {
+                    if let Some(v) = v {
+                        p[key] = v;
+                    }
+                };
+                set(&mut parameters, "max_tokens", max_tokens.map(Into::into));
+                set(&mut parameters, "temperature", temperature.map(Into::into));
+                set(&mut parameters, "top_p", top_p.map(Into::into));
+                set(&mut parameters, "top_k", top_k.map(Into::into));
+                set(&mut parameters, "seed", seed.map(Into::into));
+                if !stop.is_empty() {
+                    parameters["stop"] = stop.into();
+                }
+                let body = serde_json::json!({"text_input": prompt, "parameters": parameters});
+                generate(&settings, &model, version, body, timeout_s).await
+            }
             Command::Models { .. } => list_models(&settings),
         }
     })
@@ -204,6 +259,65 @@ async fn predict(
     if let Some(code) = code {
         bail!("the job was answered with error code {code}");
     }
+    Ok(())
+}
+
+/// Publishes a streamed generation job and prints each piece as it comes; the usage goes to
+/// standard error at the end.
+async fn generate(
+    settings: &Settings,
+    model: &str,
+    version: Option<String>,
+    body: serde_json::Value,
+    timeout_s: u64,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let queue = model_queue(&settings.broker.prefix, model)?;
+    let mut client = Client::connect_any(&settings.broker.url, &settings.broker.tls).await?;
+    let extra = match &version {
+        Some(v) => headers(&[(MODEL_VERSION, v.as_str())]),
+        None => headers(&[]),
+    };
+    let body = EncodedBody {
+        body: serde_json::to_vec(&body)?,
+        header_len: None,
+        content_type: "application/json",
+    };
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    let properties = client.job_properties(&correlation_id, &body, extra);
+    client.publish(&queue, &body.body, properties).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s);
+    let mut out = std::io::stdout();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let delivery = client.next_reply(left).await?;
+        let ours = delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str());
+        if ours != Some(correlation_id.as_str()) {
+            continue;
+        }
+        let answer: serde_json::Value =
+            serde_json::from_slice(&delivery.data).with_context(|| "the answer is not JSON")?;
+        if let Some(code) = header_str(&delivery, ERROR_CODE) {
+            client.close().await;
+            bail!("{code}: {}", answer["error"].as_str().unwrap_or(""));
+        }
+        write!(out, "{}", answer["text_output"].as_str().unwrap_or(""))?;
+        out.flush()?;
+        if let Some(reason) = answer["finish_reason"].as_str() {
+            writeln!(out)?;
+            let usage = &answer["usage"];
+            eprintln!(
+                "[finish_reason {reason}, prompt_tokens {}, completion_tokens {}]",
+                usage["prompt_tokens"], usage["completion_tokens"]
+            );
+            break;
+        }
+    }
+    client.close().await;
     Ok(())
 }
 

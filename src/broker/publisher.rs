@@ -69,6 +69,13 @@ pub enum Command {
     },
     /// Settle without publishing (requeue).
     Settle(Settlement),
+    /// Publish one message of a streamed answer, ahead of the answer that settles its job;
+    /// `confirmed` says whether the broker kept it (on a connection of `generation`).
+    Stream {
+        message: OutgoingMessage,
+        generation: u64,
+        confirmed: tokio::sync::oneshot::Sender<bool>,
+    },
 }
 
 /// Where unroutable results go, and what the publisher reports.
@@ -134,6 +141,12 @@ async fn handle(
             settle(settlement).await;
             return None;
         }
+        // Boxed: most commands are answers, and this future is made once per command.
+        Command::Stream {
+            message,
+            generation: from,
+            confirmed,
+        } => return Box::pin(stream(channel, from == generation, message, confirmed)).await,
         Command::Publish {
             message,
             settlement,
@@ -171,6 +184,31 @@ async fn handle(
     }
     settle(settlement).await;
     None
+}
+
+/// Publishes a piece of a streamed answer (only on the connection it is for) and reports
+/// whether the broker confirmed it; returns the error if publishing failed.
+async fn stream(
+    channel: &Channel,
+    current: bool,
+    message: OutgoingMessage,
+    confirmed: tokio::sync::oneshot::Sender<bool>,
+) -> Option<lapin::Error> {
+    if !current {
+        let _ = confirmed.send(false);
+        return None;
+    }
+    match publish(channel, message).await {
+        Ok(confirm) => {
+            let kept = matches!(PublishOutcome::of(confirm).await, PublishOutcome::Confirmed);
+            let _ = confirmed.send(kept);
+            None
+        }
+        Err(error) => {
+            let _ = confirmed.send(false);
+            Some(error)
+        }
+    }
 }
 
 async fn publish(channel: &Channel, message: OutgoingMessage) -> lapin::Result<PublisherConfirm> {
@@ -284,8 +322,14 @@ async fn settle(mut settlement: Settlement) {
 /// job's settlement ends at once as [`Settled::ChannelLost`]: the broker redelivers the job.
 pub fn submit(commands: &mpsc::UnboundedSender<Command>, command: Command) {
     if let Err(unsent) = commands.send(command) {
-        let (Command::Publish { settlement, .. } | Command::Settle(settlement)) = unsent.0;
-        finish(settlement, Settled::ChannelLost);
+        match unsent.0 {
+            Command::Publish { settlement, .. } | Command::Settle(settlement) => {
+                finish(settlement, Settled::ChannelLost)
+            }
+            Command::Stream { confirmed, .. } => {
+                let _ = confirmed.send(false);
+            }
+        }
     }
 }
 

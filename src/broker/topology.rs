@@ -42,6 +42,12 @@ impl Topology {
         format!("{}.models", self.prefix)
     }
 
+    /// The fanout exchange of cancel messages: every worker's cancel queue is bound to it, so a
+    /// cancel reaches whichever worker holds the job.
+    pub fn cancel_exchange(&self) -> String {
+        format!("{}.cancel", self.prefix)
+    }
+
     /// What `queue` is, when it is one of this fleet's job or dead-letter queues (answers must
     /// never be published there).
     pub fn own_queue(&self, queue: &str) -> Option<&'static str> {
@@ -73,8 +79,8 @@ impl Topology {
         args
     }
 
-    /// Declares the shared objects: results and dead-letter queues, the dead-letter and models
-    /// exchanges, and the training queue.
+    /// Declares the shared objects: results and dead-letter queues, the dead-letter, models and
+    /// cancel exchanges, and the training queue.
     pub async fn declare_shared(&self, channel: &Channel) -> lapin::Result<()> {
         let durable = QueueDeclareOptions {
             durable: true,
@@ -116,6 +122,14 @@ impl Topology {
             )
             .await?;
         channel
+            .exchange_declare(
+                self.cancel_exchange().as_str().into(),
+                ExchangeKind::Fanout,
+                exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
             .queue_declare(
                 self.train_queue().as_str().into(),
                 durable,
@@ -143,11 +157,26 @@ impl Topology {
 
     /// Declares this worker's exclusive queue on the models exchange; returns its name.
     pub async fn declare_events_queue(&self, channel: &Channel) -> lapin::Result<String> {
+        self.declare_bound_queue(channel, self.models_exchange())
+            .await
+    }
+
+    /// Declares this worker's exclusive queue on the cancel exchange; returns its name.
+    pub async fn declare_cancel_queue(&self, channel: &Channel) -> lapin::Result<String> {
+        self.declare_bound_queue(channel, self.cancel_exchange())
+            .await
+    }
+
+    async fn declare_bound_queue(
+        &self,
+        channel: &Channel,
+        exchange: String,
+    ) -> lapin::Result<String> {
         let name = declare_private_queue(channel).await?;
         channel
             .queue_bind(
                 name.as_str().into(),
-                self.models_exchange().as_str().into(),
+                exchange.as_str().into(),
                 "".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),

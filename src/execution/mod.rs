@@ -7,5 +7,6 @@
 //! each job its outputs through [`batch::BatchJob`], which `jobs` implements.
 
 pub mod batch;
+pub mod generate;
 pub mod padding;
 pub mod text;

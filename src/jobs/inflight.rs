@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
+use tokio::sync::oneshot;
 
 use super::answerer::Answerer;
 use super::error::{Fate, JobError};
@@ -212,6 +213,26 @@ impl InFlight {
         let queue = std::mem::take(queue);
         let message = held.reply(queue, content_type, headers, body);
         held.settle(Some(message), Disposition::Answer, Outcome::Success);
+    }
+
+    /// Publishes one message of a streamed answer to the job's route, ahead of the answer that
+    /// settles it; the receiver says whether the broker confirmed it (false: not, or the job
+    /// has no route to stream to).
+    pub fn stream(&self, body: Vec<u8>, headers: FieldTable) -> oneshot::Receiver<bool> {
+        let (confirmed, receiver) = oneshot::channel();
+        let held = self.held();
+        let Route::Queue(queue) = &held.route else {
+            let _ = confirmed.send(false);
+            return receiver;
+        };
+        let message = held.reply(queue.clone(), "application/json", headers, body);
+        let command = Command::Stream {
+            message,
+            generation: held.delivered.generation,
+            confirmed,
+        };
+        submit(held.answerer.commands(), command);
+        receiver
     }
 
     /// Ends the job as `error`'s fate says; `id` names it in an error result.

@@ -58,11 +58,13 @@ pub fn answer_metadata(
                 .iter()
                 .map(u64::to_string)
                 .collect();
+            let generate = served.generator.as_ref().map(|g| g.describe());
             let body = model_metadata(
                 model,
                 &versions,
                 &served.signature,
                 served.limits.max_batch_size,
+                generate.as_ref(),
             );
             request.answer(body, "application/json", FieldTable::default());
         }

@@ -22,8 +22,10 @@
 
 pub mod answerer;
 pub mod assembly;
+pub mod cancel;
 pub mod early;
 pub mod error;
+pub mod generate;
 pub mod inflight;
 pub mod kind;
 pub mod metadata;

@@ -20,10 +20,12 @@ use tokio::sync::watch;
 
 use super::answerer::Answerer;
 use super::assembly::{JobState, OutputPlan};
+use super::cancel::CancelBoard;
 use super::early::early_names;
 use super::error::JobError;
+use super::generate;
 use super::inflight::{Delivered, InFlight, Tally};
-use super::kind::{Acks, Consume, ConsumerEnd, OnLost};
+use super::kind::{Acks, Consume, ConsumerEnd, JobTasks, OnLost};
 use crate::batching::{split_rows, Item, LengthsKey};
 use crate::broker::authz::authorize;
 use crate::broker::envelope::Envelope;
@@ -46,6 +48,8 @@ pub struct PredictContext {
     pub prefetch: u16,
     /// Where the consumer's job slots (its prefetch) are published for autoscalers.
     pub metrics: Arc<Metrics>,
+    /// The generation jobs a cancel message can reach.
+    pub cancels: Arc<CancelBoard>,
 }
 
 /// One prediction consumer: its model's label, and (once consuming) the guard that counts it
@@ -77,11 +81,20 @@ impl PredictContext {
         self.registry.set_unavailable(model, None);
         let prefetch = self.prefetch_for(model);
         self.metrics.load.set_job_slots(model, prefetch);
+        // A generation job runs for seconds, and finishes in no particular order.
+        let generates = self
+            .registry
+            .resolve(model, None)
+            .is_ok_and(|v| v.generator.is_some());
         let consume = Consume {
             queue: predict_queue(&self.topology.prefix, model),
             prefetch,
             arguments: FieldTable::default(),
-            acks: Acks::Coalesced,
+            acks: if generates {
+                Acks::Individual
+            } else {
+                Acks::Coalesced
+            },
         };
         let lane = PredictLane {
             label: Arc::from(model),
@@ -95,20 +108,33 @@ impl PredictContext {
         lane._consuming = Some(self.registry.consuming(&lane.label));
     }
 
-    /// Takes one delivery of the lane's model over (it settles once its batch ran).
-    pub fn handle(&self, lane: &PredictLane, delivered: Delivered, redelivered: bool) {
-        handle_delivery(self, &lane.label, delivered, redelivered);
+    /// Takes one delivery of the lane's model over (it settles once its batch ran, or, a
+    /// generation job, from a task of `tasks`).
+    pub fn handle(
+        &self,
+        lane: &PredictLane,
+        delivered: Delivered,
+        redelivered: bool,
+        tasks: &JobTasks,
+    ) {
+        handle_delivery(self, &lane.label, delivered, redelivered, tasks);
     }
 
     /// `broker.prefetch`, or enough to fill batches: 2 × max_batch_size × instances, at least 64;
-    /// for a padded model, that many per length bucket (a batch holds one bucket only).
+    /// for a padded model, that many per length bucket (a batch holds one bucket only). A
+    /// decoder's: its rows and waiting jobs (`[generate]`), whatever `broker.prefetch` says, so
+    /// that no job waits unacked in the worker longer than the jobs before it take (RabbitMQ's
+    /// `consumer_timeout` counts from the delivery).
     fn prefetch_for(&self, model: &str) -> u16 {
+        let served = self.registry.resolve(model, None);
+        if let Some(generator) = served.as_ref().ok().and_then(|v| v.generator.as_ref()) {
+            let b = generator.spec.budgets;
+            return (b.max_active_rows + b.max_waiting_jobs).clamp(1, u16::MAX as usize) as u16;
+        }
         if self.prefetch > 0 {
             return self.prefetch;
         }
-        let wanted = self
-            .registry
-            .resolve(model, None)
+        let wanted = served
             .map(|v| {
                 let buckets = match v.pad_plan {
                     Some(_) => v.limits.padding.length_buckets.len() + 1,
@@ -127,6 +153,7 @@ pub fn handle_delivery(
     model: &Arc<str>,
     delivered: Delivered,
     redelivered: bool,
+    tasks: &JobTasks,
 ) {
     let received = Instant::now();
     if redelivered {
@@ -168,7 +195,15 @@ pub fn handle_delivery(
         return;
     };
     match headers {
-        Ok(headers) => accept(ctx, model, job, headers, message_id, user_id.as_deref()),
+        Ok(headers) => accept(
+            ctx,
+            model,
+            job,
+            headers,
+            message_id,
+            user_id.as_deref(),
+            tasks,
+        ),
         Err(e) => refuse(job, None, message_id, e.into()),
     }
 }
@@ -181,7 +216,8 @@ fn refuse(job: InFlight, header_len: Option<usize>, message_id: Option<String>, 
 }
 
 /// Checks a job whose headers were read — deadline, body, version, user, signature — and
-/// submits it to its version's batcher, or ends it at the first failure.
+/// submits it to its version's batcher, or ends it at the first failure. A decoder version's
+/// jobs are generation jobs ([`super::generate`]).
 fn accept(
     ctx: &PredictContext,
     model: &Arc<str>,
@@ -189,6 +225,7 @@ fn accept(
     headers: JobHeaders,
     message_id: Option<String>,
     user_id: Option<&str>,
+    tasks: &JobTasks,
 ) {
     let header_len = headers.binary_header_len;
     if headers.expired(SystemTime::now()) {
@@ -197,6 +234,27 @@ fn accept(
             "deadline passed before the job was read (x-deadline-ms or expiration)",
         );
         return refuse(job, header_len, message_id, error);
+    }
+    if let Ok(served) = ctx
+        .registry
+        .resolve(model, headers.model_version.as_deref())
+    {
+        if let Some(generator) = served.generator.clone() {
+            job.attach(&served.metrics);
+            if let Err(e) = authorize(user_id, &served.allowed_users, "this model (allowed_users)")
+            {
+                return refuse(job, None, message_id, JobError::invalid(e.to_string()));
+            }
+            return generate::accept(
+                served,
+                generator,
+                &ctx.cancels,
+                job,
+                headers,
+                message_id,
+                tasks,
+            );
+        }
     }
     let mut request = match decode_request(job.body(), header_len) {
         Ok(request) => request,

@@ -22,17 +22,22 @@ struct ModelMetadata<'a> {
     inputs: &'a [TensorSpec],
     outputs: &'a [TensorSpec],
     max_batch_size: usize,
+    /// A decoder's generation: its context length, budgets and defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generate: Option<&'a serde_json::Value>,
 }
 
 /// The KServe v2 model-metadata body: `name`, the served `versions` (ascending), `platform`,
 /// and the `inputs` and `outputs` (name, datatype, shape with `-1` for dynamic dimensions) of
 /// the version the request named (or the newest), and its `max_batch_size` (rows a worker runs
-/// in one batch; 0: one job at a time), which the gateway's gathering reads.
+/// in one batch; 0: one job at a time), which the gateway's gathering reads. A decoder's adds
+/// `generate` (docs/PROTOCOL.md "Generation").
 pub fn model_metadata(
     name: &str,
     versions: &[String],
     signature: &ModelSignature,
     max_batch_size: usize,
+    generate: Option<&serde_json::Value>,
 ) -> Vec<u8> {
     let metadata = ModelMetadata {
         name,
@@ -41,6 +46,7 @@ pub fn model_metadata(
         inputs: &signature.inputs,
         outputs: &signature.outputs,
         max_batch_size,
+        generate,
     };
     // Serializing strings, integers and enums into a Vec cannot fail.
     serde_json::to_vec(&metadata).unwrap_or_default()
@@ -65,7 +71,7 @@ mod tests {
                 shape: vec![-1, 3],
             }],
         };
-        let body = model_metadata("iris", &["1".into(), "2".into()], &signature, 32);
+        let body = model_metadata("iris", &["1".into(), "2".into()], &signature, 32, None);
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             value,

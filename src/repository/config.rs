@@ -127,6 +127,39 @@ pub struct ModelConfig {
     /// The text input of `inputs`, once checked.
     #[serde(skip)]
     pub text: Option<TextInput>,
+    /// `[generate]`: a decoder's names where its export names them otherwise, and the budgets
+    /// of its generation engine (docs/CONFIGURATION.md "Generation").
+    pub generate: Option<GenerateConfig>,
+}
+
+/// `[generate]` of a model's `config.toml`. Every key is optional: a decoder exported by
+/// onnxruntime-genai's builder or in the plain `past_key_values` layout is found without it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateConfig {
+    pub input_ids: Option<String>,
+    pub attention_mask: Option<String>,
+    pub position_ids: Option<String>,
+    /// Cache input names with `%d` for the layer (`past_key_values.%d.key`).
+    pub past_key: Option<String>,
+    pub past_value: Option<String>,
+    /// Cache output names with `%d` for the layer (`present.%d.key`).
+    pub present_key: Option<String>,
+    pub present_value: Option<String>,
+    pub logits: Option<String>,
+    /// Tokens a row may hold, prompt and output together.
+    pub context_length: Option<usize>,
+    pub eos_token_ids: Option<Vec<u32>>,
+    /// Rows decoded together at most (one per job): the KV cache memory admitted is this many
+    /// rows of `context_length` tokens.
+    pub max_active_rows: Option<usize>,
+    /// Prompt tokens prefilled between two decode steps at most: how long a new prompt may hold
+    /// up the jobs already decoding.
+    pub max_prefill_tokens: Option<usize>,
+    /// Jobs received and waiting for a row at most (with `max_active_rows`, the prefetch).
+    pub max_waiting_jobs: Option<usize>,
+    /// `max_tokens` of a job that sets none.
+    pub max_tokens: Option<usize>,
 }
 
 impl ModelConfig {

@@ -42,6 +42,8 @@ pub struct VersionNeed {
     pub sessions: u64,
     pub instances: u64,
     pub per_instance: u64,
+    /// A decoder's key/value caches: every row it may run at full context.
+    pub kv_cache: u64,
 }
 
 impl VersionNeed {
@@ -62,6 +64,15 @@ impl VersionNeed {
             instances: instances as u64,
             per_instance: INSTANCE_BYTES
                 .saturating_add(batch_io_bytes.saturating_mul(ACTIVATION_FACTOR)),
+            kv_cache: 0,
+        }
+    }
+
+    /// With a decoder's key/value caches of `bytes` (`kv_cache`).
+    pub fn with_kv_cache(self, bytes: u64) -> VersionNeed {
+        VersionNeed {
+            kv_cache: bytes,
+            ..self
         }
     }
 
@@ -71,6 +82,7 @@ impl VersionNeed {
             .saturating_add(self.loading)
             .saturating_add(self.sessions.saturating_mul(SESSION_BYTES))
             .saturating_add(self.instances.saturating_mul(self.per_instance))
+            .saturating_add(self.kv_cache)
     }
 
     /// What the version keeps once loaded (without the loading copy).
@@ -83,7 +95,7 @@ impl std::fmt::Display for VersionNeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} bytes (weights {}, {} more while loading, {} session(s) × {}, {} instance(s) × {})",
+            "{} bytes (weights {}, {} more while loading, {} session(s) × {}, {} instance(s) × {}",
             self.total(),
             self.weights,
             self.loading,
@@ -91,7 +103,11 @@ impl std::fmt::Display for VersionNeed {
             SESSION_BYTES,
             self.instances,
             self.per_instance
-        )
+        )?;
+        if self.kv_cache > 0 {
+            write!(f, ", KV cache {}", self.kv_cache)?;
+        }
+        write!(f, ")")
     }
 }
 

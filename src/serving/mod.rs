@@ -15,6 +15,7 @@
 //! them); `runtime` makes and measures the sessions.
 
 pub mod admission;
+pub mod decoder;
 mod device_memory;
 mod prepare;
 mod registry;

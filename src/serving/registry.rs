@@ -2,6 +2,7 @@
 //! [`ServedVersion`] (signature, batching limits, the inbox of its batch task), kept in step
 //! with the repository by [`super::ModelSync`]; it answers readiness and `/v2/models`.
 
+use crate::execution::generate::Generator;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -58,6 +59,9 @@ pub struct ServedVersion {
     /// Reads the memory arena of each of its sessions (one per device).
     pub arenas: Vec<ArenaProbe>,
     pub metrics: ModelMetrics,
+    /// A decoder's generation engine: its jobs are generation jobs, never batched
+    /// ([`crate::execution::generate`]); `None`: a model that answers in one pass.
+    pub generator: Option<Arc<Generator>>,
     pub(super) inbox: mpsc::UnboundedSender<Item<ShapeKey, Chunk>>,
 }
 
@@ -408,7 +412,7 @@ impl ModelRegistry {
                     .versions
                     .values()
                     .map(|v| {
-                        json!({
+                        let mut version = json!({
                             "version": v.label.as_ref(),
                             "state": "READY",
                             "inputs": v.signature.inputs,
@@ -422,7 +426,11 @@ impl ModelRegistry {
                             "warmup_batch_sizes": v.warmup,
                             "warmup_error": v.warmup_error,
                             "device_memory": device_memory::device_memory_json(v),
-                        })
+                        });
+                        if let Some(generator) = &v.generator {
+                            version["generate"] = generator.describe();
+                        }
+                        version
                     })
                     .chain(state.failed.iter().map(|(version, f)| json!({"version": version.to_string(), "state": "FAILED", "reason": f.reason})))
                     .collect();

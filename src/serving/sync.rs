@@ -26,7 +26,10 @@ use crate::runtime::{
     SessionOptions,
 };
 
+use super::decoder::{find_decoder, DecoderSpec};
 use super::prepare::{self, Refusal};
+use crate::execution::generate::Generator;
+use crate::protocol::{DataType, TensorSpec};
 use crate::telemetry::Metrics;
 
 /// Makes the backends that run a model version: ONNX Runtime sessions in the worker
@@ -89,6 +92,8 @@ struct Loaded {
     warmup: Vec<usize>,
     /// Why a made-up warm-up failed (the version serves all the same).
     warmup_error: Option<String>,
+    /// The decoder found in the version's files: it is served for generation.
+    decoder: Option<DecoderSpec>,
 }
 
 impl ModelSync {
@@ -201,9 +206,34 @@ impl ModelSync {
             return Err("no instance could be made".to_string().into());
         }
         let signature = backends[0].signature().clone();
+        let version_dir = self.store.model_path(&entry.name, version);
+        let version_dir = version_dir.parent().unwrap_or(Path::new("."));
+        let decoder = find_decoder(version_dir, entry.config.generate.as_ref(), &signature)
+            .map_err(|reason| Refusal {
+                reason,
+                in_use: None,
+                kind: "decoder",
+            })?;
         let limits = self.limits(entry, version, &signature);
         let need = prepare::need(&files, sessions, instances, Some((&signature, &limits)));
+        let need = match &decoder {
+            Some(spec) => need.with_kv_cache(spec.kv_bytes_admitted()),
+            None => need,
+        };
         prepare::check_fits(&entry.name, &need, self.memory.as_ref(), in_use)?;
+        if let Some(decoder) = decoder {
+            // A decoder's check is its engine's first run (a one-token prompt), at start.
+            return Ok(Loaded {
+                backends,
+                options,
+                signature,
+                limits,
+                memory: need.resident(),
+                warmup: Vec::new(),
+                warmup_error: None,
+                decoder: Some(decoder),
+            });
+        }
         let names = backends[0].dim_names().cloned();
         let plan = prepare::warmup_plan(&entry.config, &limits, &signature, names.as_ref());
         let warmup = plan
@@ -245,6 +275,7 @@ impl ModelSync {
             memory: need.resident(),
             warmup,
             warmup_error,
+            decoder: None,
         })
     }
 
@@ -288,8 +319,13 @@ impl ModelSync {
             memory,
             warmup,
             warmup_error,
+            decoder,
         } = loaded;
         let model_path = self.store.model_path(name, version);
+        if let Some(spec) = decoder {
+            let served = self.serve_decoder(entry, version, backends, spec, &options, memory)?;
+            return Ok(served);
+        }
         let names = backends.first().and_then(|b| b.dim_names().cloned());
         let mut sessions = BTreeSet::new();
         let arenas: Vec<ArenaProbe> = backends
@@ -327,6 +363,7 @@ impl ModelSync {
             warmup_error,
             arenas,
             metrics,
+            generator: None,
             inbox,
         });
         // The batch task does not hold the inbox: unloading (dropping the registry's handle)
@@ -349,6 +386,61 @@ impl ModelSync {
         self.tracker
             .spawn(batch_task(limits, inbox_rx, pool, idle_rx, make_task, fail));
         Ok(served)
+    }
+
+    /// Starts the generation engine of a decoder version on its first backend (a decoder runs
+    /// one engine; its rows are its parallelism).
+    fn serve_decoder(
+        &self,
+        entry: &ModelEntry,
+        version: u64,
+        backends: Vec<Box<dyn Backend>>,
+        spec: DecoderSpec,
+        options: &SessionOptions,
+        memory: u64,
+    ) -> Result<Arc<ServedVersion>, String> {
+        let name = entry.name.as_str();
+        if entry.config.instances.is_some_and(|n| n > 1) {
+            tracing::warn!(model = %name, version, "instances ignored: a decoder runs one generation engine, which batches its jobs");
+        }
+        let model_path = self.store.model_path(name, version);
+        let tokenizer_path = model_path.with_file_name("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| format!("decoder needs {}: {e}", tokenizer_path.display()))?;
+        let label: Arc<str> = Arc::from(version.to_string());
+        let metrics = self.metrics.model(name, &label);
+        let backend = backends
+            .into_iter()
+            .next()
+            .ok_or("no instance could be made")?;
+        let generator = Generator::start(
+            name,
+            Arc::new(spec),
+            Arc::new(tokenizer),
+            backend,
+            self.metrics.generation.version(name, &label),
+        )?;
+        // Nothing is batched: the inbox's receiver is dropped, so a chunk sent is refused.
+        let (inbox, _) = mpsc::unbounded_channel();
+        Ok(Arc::new(ServedVersion {
+            model: Arc::from(name),
+            version,
+            label,
+            signature: generation_signature(),
+            limits: BatchLimits::new(0, Duration::ZERO, &[]),
+            pad_plan: None,
+            text: None,
+            instances: 1,
+            execution_providers: options.effective(),
+            allowed_users: entry.config.allowed_users.clone(),
+            memory,
+            warmup: Vec::new(),
+            warmup_error: None,
+            arenas: Vec::new(),
+            metrics,
+            generator: Some(Arc::new(generator)),
+            inbox,
+        }))
     }
 
     fn refuse(
@@ -379,5 +471,19 @@ impl ModelSync {
                 .remove_model_version(name, &version.to_string());
             tracing::info!(model = %name, version, "Model version unloaded");
         }
+    }
+}
+
+/// What a decoder version shows producers: Triton's generate extension, a prompt in and text
+/// out (the model's own inputs are the engine's business).
+fn generation_signature() -> ModelSignature {
+    let text = |name: &str| TensorSpec {
+        name: name.into(),
+        datatype: DataType::Bytes,
+        shape: vec![1],
+    };
+    ModelSignature {
+        inputs: vec![text("text_input")],
+        outputs: vec![text("text_output")],
     }
 }

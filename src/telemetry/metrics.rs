@@ -59,6 +59,8 @@ pub struct Metrics {
     pub supervision: super::supervision::Supervision,
     /// Jobs held, job slots, instance busy time: the autoscaling signal.
     pub load: super::load::Load,
+    /// Tokens, time to first token and per token, the generation engines' state.
+    pub generation: super::generation::Generation,
 }
 
 const MV: &[&str] = &["model", "version"];
@@ -151,6 +153,7 @@ impl Metrics {
             training_in_progress: reg(&r, IntGauge::new("infermq_training_in_progress", "Training jobs running now.").expect("valid gauge")),
             supervision: super::supervision::Supervision::new(&r),
             load: super::load::Load::new(&r),
+            generation: super::generation::Generation::new(&r),
             registry: r,
         }
     }
@@ -219,6 +222,7 @@ impl Metrics {
         let _ = self.model_load_failures.remove_label_values(&mv);
         let _ = self.warmup_failures.remove_label_values(&mv);
         self.supervision.remove_version(model, version);
+        self.generation.remove_version(model, version);
         for h in [
             &self.batch_rows,
             &self.queue_wait,

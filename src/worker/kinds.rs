@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::Parts;
 use crate::config::Settings;
+use crate::jobs::cancel::{CancelBoard, CancelContext};
 use crate::jobs::inflight::Delivered;
 use crate::jobs::kind::{Consume, ConsumerEnd, JobTasks, OnLost};
 use crate::jobs::predict::{PredictContext, PredictLane};
@@ -28,6 +29,9 @@ pub enum JobKind {
     Predict(Arc<PredictContext>),
     /// Training jobs: one consumer, `training`.
     Train(Arc<Training>),
+    /// Cancel messages for generation jobs: one consumer, `cancel`, on this worker's queue of
+    /// the cancel exchange.
+    Cancel(Arc<CancelContext>),
 }
 
 /// One running consumer of a kind: its kind, and what the consumer holds (dropped when it
@@ -37,6 +41,7 @@ pub enum Lane {
     Predict(Arc<PredictContext>, PredictLane),
     /// The channel, in confirm mode, that training progress and version events go out on.
     Train(Arc<Training>, Channel),
+    Cancel(Arc<CancelContext>),
 }
 
 impl JobKind {
@@ -45,6 +50,7 @@ impl JobKind {
         match self {
             JobKind::Predict(_) => "prediction",
             JobKind::Train(_) => "training",
+            JobKind::Cancel(_) => "cancel",
         }
     }
 
@@ -53,6 +59,7 @@ impl JobKind {
         match self {
             JobKind::Predict(_) => PredictContext::ON_LOST,
             JobKind::Train(_) => Training::ON_LOST,
+            JobKind::Cancel(_) => CancelContext::ON_LOST,
         }
     }
 
@@ -61,6 +68,7 @@ impl JobKind {
         match self {
             JobKind::Predict(predict) => predict.wanted(),
             JobKind::Train(train) => train.wanted(),
+            JobKind::Cancel(cancel) => cancel.wanted(),
         }
     }
 
@@ -81,6 +89,10 @@ impl JobKind {
                 let (consume, events) = train.open(connection).await?;
                 Ok((consume, Lane::Train(train.clone(), events)))
             }
+            JobKind::Cancel(cancel) => {
+                let consume = cancel.open(channel).await?;
+                Ok((consume, Lane::Cancel(cancel.clone())))
+            }
         }
     }
 }
@@ -98,16 +110,26 @@ impl Lane {
     /// is waited for before its channel closes.
     pub fn handle(&self, delivered: Delivered, redelivered: bool, tasks: &JobTasks) {
         match self {
-            Lane::Predict(predict, lane) => predict.handle(lane, delivered, redelivered),
+            Lane::Predict(predict, lane) => predict.handle(lane, delivered, redelivered, tasks),
             Lane::Train(train, events) => train.handle(events, delivered, redelivered, tasks),
+            Lane::Cancel(cancel) => cancel.handle(delivered),
         }
     }
 }
 
-/// The kinds of job consumed with `settings`: prediction (metadata requests included) always,
-/// training when `training.enabled`.
+/// The kinds of job consumed with `settings`: prediction (generation and metadata requests
+/// included) and cancel messages always, training when `training.enabled`.
 pub(super) fn register(settings: &Settings, parts: &Parts) -> Vec<JobKind> {
-    let mut kinds = vec![JobKind::Predict(Arc::new(prediction(settings, parts)))];
+    let cancels = Arc::new(CancelBoard::default());
+    let cancel = CancelContext::new(
+        cancels.clone(),
+        parts.topology.clone(),
+        parts.answerer.clone(),
+    );
+    let mut kinds = vec![
+        JobKind::Predict(Arc::new(prediction(settings, parts, cancels))),
+        JobKind::Cancel(Arc::new(cancel)),
+    ];
     if settings.training.enabled {
         let training = Training::new(training(settings, parts));
         kinds.push(JobKind::Train(Arc::new(training)));
@@ -115,7 +137,7 @@ pub(super) fn register(settings: &Settings, parts: &Parts) -> Vec<JobKind> {
     kinds
 }
 
-fn prediction(settings: &Settings, parts: &Parts) -> PredictContext {
+fn prediction(settings: &Settings, parts: &Parts, cancels: Arc<CancelBoard>) -> PredictContext {
     PredictContext {
         registry: parts.registry.clone(),
         answerer: parts.answerer.clone(),
@@ -123,6 +145,7 @@ fn prediction(settings: &Settings, parts: &Parts) -> PredictContext {
         max_message_bytes: settings.broker.max_message_bytes,
         prefetch: settings.broker.prefetch,
         metrics: parts.metrics.clone(),
+        cancels,
     }
 }
 

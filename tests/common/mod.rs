@@ -270,6 +270,8 @@ pub async fn cleanup(prefix: &str) {
         "regression",
         "fresh",
         "text",
+        "storyteller",
+        "genai",
     ] {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel
@@ -290,7 +292,7 @@ pub async fn cleanup(prefix: &str) {
                 .await;
         }
     }
-    for exchange in ["dlx", "models"] {
+    for exchange in ["dlx", "models", "cancel"] {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel
                 .exchange_delete(

@@ -1,0 +1,112 @@
+//! The key/value caches of the rows a decoder runs together, as the bytes of its cache tensors
+//! (FP32 or FP16 alike): one buffer per cache input, each `[rows, kv heads, width, head size]`.
+//!
+//! A row holds `len` positions of its buffers' `width`. Where depends on the layout: at the
+//! right end of a growing cache (the rows are left-padded, their mask 0 on the padding), at the
+//! left of a fixed one (a row's mask sum says how many it holds). When rows join or leave, the
+//! buffers are made anew from the rows that stay ([`Caches::gather`]); between, each run's
+//! present caches are the next run's past ones, with no copy.
+
+use crate::serving::decoder::CacheLayout;
+
+/// Where a row's positions sit in its buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub kv_heads: usize,
+    /// Bytes of one position of one head (`head size × element size`).
+    pub position_bytes: usize,
+    pub layout: CacheLayout,
+}
+
+/// The caches of `rows` rows.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Caches {
+    pub buffers: Vec<Vec<u8>>,
+    pub rows: usize,
+    pub width: usize,
+}
+
+impl Caches {
+    /// `buffers` buffers of `rows` rows of `width` zero positions.
+    pub fn zeros(buffers: usize, rows: usize, width: usize, geometry: &Geometry) -> Caches {
+        let bytes = rows * geometry.kv_heads * width * geometry.position_bytes;
+        Caches {
+            buffers: vec![vec![0; bytes]; buffers],
+            rows,
+            width,
+        }
+    }
+
+    /// New caches of `width` holding, in order, the rows `sources` name: (caches, row, its
+    /// length). Each row keeps its `len` positions, placed where the layout wants them.
+    pub fn gather(
+        sources: &[(&Caches, usize, usize)],
+        width: usize,
+        geometry: &Geometry,
+    ) -> Caches {
+        let buffers = sources.first().map_or(0, |s| s.0.buffers.len());
+        let mut out = Caches::zeros(buffers, sources.len(), width, geometry);
+        let pb = geometry.position_bytes;
+        let heads = geometry.kv_heads;
+        for (b, buffer) in out.buffers.iter_mut().enumerate() {
+            for (r, &(from, row, len)) in sources.iter().enumerate() {
+                let len = len.min(width).min(from.width);
+                let (src_start, dst_start) = match geometry.layout {
+                    CacheLayout::Growing => (from.width - len, width - len),
+                    CacheLayout::Fixed => (0, 0),
+                };
+                for h in 0..heads {
+                    let src = ((row * heads + h) * from.width + src_start) * pb;
+                    let dst = ((r * heads + h) * width + dst_start) * pb;
+                    buffer[dst..dst + len * pb]
+                        .copy_from_slice(&from.buffers[b][src..src + len * pb]);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One buffer, one head, one byte per position: row `r`'s bytes are `r*10 + position`.
+    fn caches(rows: usize, width: usize) -> Caches {
+        let data = (0..rows)
+            .flat_map(|r| (0..width).map(move |p| (r * 10 + p) as u8))
+            .collect();
+        Caches {
+            buffers: vec![data],
+            rows,
+            width,
+        }
+    }
+
+    fn geometry(layout: CacheLayout) -> Geometry {
+        Geometry {
+            kv_heads: 1,
+            position_bytes: 1,
+            layout,
+        }
+    }
+
+    #[test]
+    fn growing_rows_stay_right_aligned() {
+        let g = geometry(CacheLayout::Growing);
+        let old = caches(2, 4);
+        let new = caches(1, 2);
+        // Row 1 of `old` holds its last 3 positions, the joining row its 2.
+        let out = Caches::gather(&[(&old, 1, 3), (&new, 0, 2)], 3, &g);
+        assert_eq!(out.buffers[0], vec![11, 12, 13, 0, 0, 1]);
+        assert_eq!((out.rows, out.width), (2, 3));
+    }
+
+    #[test]
+    fn fixed_rows_stay_left_aligned() {
+        let g = geometry(CacheLayout::Fixed);
+        let old = caches(2, 4);
+        let out = Caches::gather(&[(&old, 1, 2), (&old, 0, 3)], 4, &g);
+        assert_eq!(out.buffers[0], vec![10, 11, 0, 0, 0, 1, 2, 0]);
+    }
+}

@@ -1,0 +1,664 @@
+//! Text generation with continuous batching: one engine per decoder version, on a thread of its
+//! own, runs every active job of the version in one decode step at a time.
+//!
+//! Each turn of the engine's loop:
+//! 1. Jobs received wait in arrival order; a job that was cancelled, passed its deadline, or
+//!    whose answer is no longer awaited leaves at once.
+//! 2. While rows are free (`max_active_rows`), waiting jobs are taken in to prefill.
+//! 3. Prompts are prefilled, each alone, in chunks, at most `max_prefill_tokens` tokens in all
+//!    this turn: a long prompt is spread over turns, so the rows already decoding wait for one
+//!    budget at most between two tokens. A prompt done gives its job's first token, and its
+//!    caches join the batch.
+//! 4. Rows that ended leave, rows that joined come in: the caches are gathered anew
+//!    ([`caches::Caches::gather`]), only then.
+//! 5. One decode step runs every row: one token each, sampled per job; a job that reaches
+//!    `max_tokens`, a stop string or an end-of-sequence token ends, and its row is free at the
+//!    next turn.
+//!
+//! Batched rows give the logits a job gets alone within float rounding (left-padded with mask
+//! 0 and their own positions in the growing layout; at their own mask sum in the fixed one),
+//! so greedy jobs give the same text batched or alone.
+//!
+//! Each job's text reaches its relay (`jobs::generate`) as [`Event`]s: pieces as they are
+//! decoded ([`detokenize`]), then the end with its reason and token counts. A failed run fails
+//! the jobs in it, and only those.
+
+pub mod caches;
+pub mod detokenize;
+pub mod sampling;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::caches::{Caches, Geometry};
+use self::detokenize::TextStream;
+use self::sampling::{Sampler, SamplingParams};
+use crate::protocol::{DataType, Tensor, TensorData};
+use crate::runtime::Backend;
+use crate::serving::decoder::{element_size, CacheLayout, DecoderSpec};
+use crate::telemetry::generation::{VersionGeneration, FINISH_REASONS};
+
+/// Why a job's generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_tokens` generated.
+    Length,
+    /// A stop string was generated (the text ends before it).
+    Stop,
+    /// The model's end-of-sequence token.
+    Eos,
+    /// The job's deadline passed.
+    Deadline,
+    /// A cancel message named the job.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        FINISH_REASONS[self as usize]
+    }
+}
+
+/// A job for the engine: its prompt's tokens and how to continue them.
+pub struct GenerationJob {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub deadline: Option<SystemTime>,
+    /// Cancelled by a cancel message: the job ends at the next step with `cancelled`.
+    pub cancel: CancellationToken,
+    /// Where its text goes; once the receiver is gone, the job is dropped unanswered.
+    pub events: mpsc::UnboundedSender<Event>,
+    pub received: Instant,
+}
+
+/// What the engine tells a job's relay.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    /// New text (never empty).
+    Piece(String),
+    /// The end: the last piece (possibly empty) and the counts.
+    Done(Finished),
+    /// ONNX Runtime failed a run the job was in.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub piece: String,
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// A running decoder version's engine: where its jobs go.
+pub struct Generator {
+    inbox: mpsc::UnboundedSender<GenerationJob>,
+    pub spec: Arc<DecoderSpec>,
+    pub tokenizer: Arc<tokenizers::Tokenizer>,
+}
+
+impl Generator {
+    /// Starts the engine of `spec` on `backend`, on a thread of its own. It runs until the
+    /// generator is dropped (the version unloaded) and the jobs it holds are done.
+    pub fn start(
+        name: &str,
+        spec: Arc<DecoderSpec>,
+        tokenizer: Arc<tokenizers::Tokenizer>,
+        backend: Box<dyn Backend>,
+        metrics: VersionGeneration,
+    ) -> Result<Generator, String> {
+        let mut engine = Engine::new(spec.clone(), tokenizer.clone(), backend, metrics)?;
+        engine.check()?;
+        let (inbox, receiver) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name(format!("gen-{name}"))
+            .spawn(move || engine.serve(receiver))
+            .map_err(|e| format!("generation thread: {e}"))?;
+        Ok(Generator {
+            inbox,
+            spec,
+            tokenizer,
+        })
+    }
+
+    /// What metadata says of the generation: context, layout, budgets and defaults.
+    pub fn describe(&self) -> serde_json::Value {
+        let s = &self.spec;
+        let b = s.budgets;
+        serde_json::json!({
+            "context_length": s.context_length,
+            "found_by": s.found_by,
+            "cache_layout": match s.layout { CacheLayout::Growing => "growing", CacheLayout::Fixed => "fixed" },
+            "eos_token_ids": s.eos_token_ids,
+            "kv_cache_bytes_per_token": s.kv_bytes_per_token(),
+            "max_active_rows": b.max_active_rows,
+            "max_prefill_tokens": b.max_prefill_tokens,
+            "max_waiting_jobs": b.max_waiting_jobs,
+            "defaults": {"max_tokens": b.max_tokens, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "stream": false},
+        })
+    }
+
+    /// Hands `job` to the engine; false when the engine has stopped (the job is dropped).
+    pub fn submit(&self, job: GenerationJob) -> bool {
+        self.inbox.send(job).is_ok()
+    }
+}
+
+/// A job with its sampler and text, from its prefill to its end.
+struct Running {
+    job: GenerationJob,
+    sampler: Sampler,
+    text: TextStream,
+    generated: usize,
+    last_token: Option<Instant>,
+}
+
+/// A job whose prompt is being prefilled, alone.
+struct Prefill {
+    running: Running,
+    caches: Caches,
+    /// Prompt tokens prefilled so far.
+    done: usize,
+}
+
+/// A decoding row: its job, the tokens its caches hold, and the token it feeds next.
+struct Row {
+    running: Running,
+    len: usize,
+    next: u32,
+    ended: bool,
+}
+
+struct Engine {
+    spec: Arc<DecoderSpec>,
+    tokenizer: Arc<tokenizers::Tokenizer>,
+    backend: Box<dyn Backend>,
+    metrics: VersionGeneration,
+    geometry: Geometry,
+    /// Index of `logits` among the backend's outputs, then of each present cache, in the
+    /// order of [`Caches::buffers`].
+    logits_at: usize,
+    present_at: Vec<usize>,
+    waiting: VecDeque<GenerationJob>,
+    prefilling: VecDeque<Prefill>,
+    rows: Vec<Row>,
+    caches: Caches,
+}
+
+impl Engine {
+    fn new(
+        spec: Arc<DecoderSpec>,
+        tokenizer: Arc<tokenizers::Tokenizer>,
+        backend: Box<dyn Backend>,
+        metrics: VersionGeneration,
+    ) -> Result<Engine, String> {
+        let outputs = &backend.signature().outputs;
+        let at = |name: &str| {
+            outputs
+                .iter()
+                .position(|o| o.name == name)
+                .ok_or_else(|| format!("decoder has no output {name}"))
+        };
+        let logits_at = at(&spec.logits)?;
+        let mut present_at = Vec::new();
+        for names in &spec.caches {
+            present_at.push(at(&names[2])?);
+            present_at.push(at(&names[3])?);
+        }
+        let geometry = Geometry {
+            kv_heads: spec.kv_heads,
+            position_bytes: spec.head_size * element_size(spec.kv_type),
+            layout: spec.layout,
+        };
+        Ok(Engine {
+            caches: Caches::zeros(present_at.len(), 0, 0, &geometry),
+            spec,
+            tokenizer,
+            backend,
+            metrics,
+            geometry,
+            logits_at,
+            present_at,
+            waiting: VecDeque::new(),
+            prefilling: VecDeque::new(),
+            rows: Vec::new(),
+        })
+    }
+
+    fn serve(mut self, mut inbox: mpsc::UnboundedReceiver<GenerationJob>) {
+        let mut open = true;
+        loop {
+            let idle =
+                self.waiting.is_empty() && self.prefilling.is_empty() && self.rows.is_empty();
+            if idle {
+                if !open {
+                    return;
+                }
+                match inbox.blocking_recv() {
+                    Some(job) => self.waiting.push_back(job),
+                    None => return,
+                }
+            }
+            loop {
+                match inbox.try_recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            self.turn();
+        }
+    }
+
+    /// One turn: the waiting jobs that ended leave, new ones prefill within the budget, the
+    /// rows change, one decode step runs.
+    fn turn(&mut self) {
+        let now = SystemTime::now();
+        let mut still = VecDeque::with_capacity(self.waiting.len());
+        for job in self.waiting.drain(..) {
+            match ended(&job, now) {
+                None => still.push_back(job),
+                Some(reason) => {
+                    let tokens = job.prompt.len();
+                    finish_unstarted(&self.metrics, job, reason, tokens);
+                }
+            }
+        }
+        self.waiting = still;
+        let rows = self.spec.budgets.max_active_rows;
+        while self.rows.len() + self.prefilling.len() < rows {
+            let Some(job) = self.waiting.pop_front() else {
+                break;
+            };
+            self.prefilling.push_back(self.start_prefill(job));
+        }
+        let joined = self.prefill();
+        for row in &mut self.rows {
+            if let Some(reason) = ended(&row.running.job, now) {
+                row.ended = true;
+                finish(&self.metrics, &mut row.running, reason);
+            }
+        }
+        if !joined.is_empty() || self.rows.iter().any(|r| r.ended) {
+            self.regather(joined);
+        }
+        self.metrics.waiting_jobs.set(self.waiting.len() as i64);
+        self.metrics
+            .active_rows
+            .set((self.rows.len() + self.prefilling.len()) as i64);
+        let tokens: usize = self.rows.iter().map(|r| r.len).sum();
+        let held = match self.spec.layout {
+            CacheLayout::Growing => tokens as u64,
+            CacheLayout::Fixed => (self.rows.len() * self.spec.context_length) as u64,
+        };
+        self.metrics
+            .kv_cache_bytes
+            .set((held * self.spec.kv_bytes_per_token()) as i64);
+        if !self.rows.is_empty() {
+            self.decode();
+        }
+    }
+
+    fn start_prefill(&self, job: GenerationJob) -> Prefill {
+        let width = match self.spec.layout {
+            CacheLayout::Growing => 0,
+            CacheLayout::Fixed => self.spec.context_length,
+        };
+        let text = TextStream::new(self.tokenizer.clone(), &job.prompt, job.stop.clone());
+        Prefill {
+            caches: Caches::zeros(self.present_at.len(), 1, width, &self.geometry),
+            running: Running {
+                sampler: Sampler::new(job.sampling),
+                text,
+                generated: 0,
+                last_token: None,
+                job,
+            },
+            done: 0,
+        }
+    }
+
+    /// Prefills prompts, in order, within `max_prefill_tokens`; returns the rows whose prompt
+    /// is done and whose job goes on.
+    fn prefill(&mut self) -> Vec<(Row, Caches)> {
+        let mut budget = self.spec.budgets.max_prefill_tokens;
+        let mut joined = Vec::new();
+        let now = SystemTime::now();
+        let mut i = 0;
+        while budget > 0 && i < self.prefilling.len() {
+            let p = &mut self.prefilling[i];
+            if let Some(reason) = ended(&p.running.job, now) {
+                let mut p = self.prefilling.remove(i).expect("index in range");
+                finish(&self.metrics, &mut p.running, reason);
+                continue;
+            }
+            let prompt_len = p.running.job.prompt.len();
+            let chunk = (prompt_len - p.done).min(budget);
+            budget -= chunk;
+            let from = p.done;
+            let ids: Vec<i64> = p.running.job.prompt[from..from + chunk]
+                .iter()
+                .map(|&t| i64::from(t))
+                .collect();
+            let mask = vec![1i64; from + chunk];
+            let positions: Vec<i64> = (from..from + chunk).map(|p| p as i64).collect();
+            let caches = std::mem::take(&mut p.caches);
+            match self.forward(ids, 1, chunk, mask, from + chunk, positions, caches) {
+                Ok((logits, caches)) => {
+                    let p = &mut self.prefilling[i];
+                    p.caches = caches;
+                    p.done += chunk;
+                    if p.done < prompt_len {
+                        i += 1;
+                        continue;
+                    }
+                    let mut p = self.prefilling.remove(i).expect("index in range");
+                    self.metrics.prompt_tokens.inc_by(prompt_len as u64);
+                    let token = p.running.sampler.next(&logits);
+                    if let Some(reason) = self.take_token(&mut p.running, token, prompt_len) {
+                        finish(&self.metrics, &mut p.running, reason);
+                        continue;
+                    }
+                    let row = Row {
+                        running: p.running,
+                        len: prompt_len,
+                        next: token,
+                        ended: false,
+                    };
+                    // Its caches travel with it until the rows are gathered.
+                    joined.push((row, p.caches));
+                }
+                Err(error) => {
+                    let p = self.prefilling.remove(i).expect("index in range");
+                    let _ = p.running.job.events.send(Event::Failed(error));
+                }
+            }
+        }
+        joined
+    }
+
+    /// Counts token `token` of `running`, whose row will hold `len` tokens once it is fed;
+    /// sends the text it completes. Returns why the job ends, if it does.
+    fn take_token(&self, running: &mut Running, token: u32, len: usize) -> Option<FinishReason> {
+        let now = Instant::now();
+        match running.last_token {
+            None => self
+                .metrics
+                .time_to_first_token
+                .observe((now - running.job.received).as_secs_f64()),
+            Some(last) => self
+                .metrics
+                .time_per_output_token
+                .observe((now - last).as_secs_f64()),
+        }
+        running.last_token = Some(now);
+        running.generated += 1;
+        self.metrics.generated_tokens.inc();
+        if self.spec.eos_token_ids.contains(&token) {
+            return Some(FinishReason::Eos);
+        }
+        let added = running.text.push(token);
+        if !added.piece.is_empty() {
+            let _ = running.job.events.send(Event::Piece(added.piece));
+        }
+        if added.stopped {
+            return Some(FinishReason::Stop);
+        }
+        if running.generated >= running.job.max_tokens || len + 1 > self.spec.context_length {
+            return Some(FinishReason::Length);
+        }
+        None
+    }
+}
+
+impl Engine {
+    /// Runs a one-token prompt and one decode step, as every job will: a decoder that cannot is
+    /// refused at load, not at its first job.
+    fn check(&mut self) -> Result<(), String> {
+        let width = match self.spec.layout {
+            CacheLayout::Growing => 0,
+            CacheLayout::Fixed => self.spec.context_length,
+        };
+        let caches = Caches::zeros(self.present_at.len(), 1, width, &self.geometry);
+        let (logits, caches) = self.forward(vec![0], 1, 1, vec![1], 1, vec![0], caches)?;
+        let tokens = self.tokenizer.get_vocab_size(true);
+        if logits.len() < tokens {
+            return Err(format!(
+                "tokenizer.json has {tokens} tokens, the decoder's {} only {}",
+                self.spec.logits,
+                logits.len()
+            ));
+        }
+        self.forward(vec![0], 1, 1, vec![1, 1], 2, vec![1], caches)
+            .map(|_| ())
+            .map_err(|e| format!("decoder check (a one-token prompt, then one step): {e}"))
+    }
+
+    /// The rows that did not end, then those that `joined`, with their caches gathered into
+    /// one batch.
+    fn regather(&mut self, joined: Vec<(Row, Caches)>) {
+        let old = std::mem::take(&mut self.caches);
+        let rows = std::mem::take(&mut self.rows);
+        let mut kept = Vec::with_capacity(rows.len() + joined.len());
+        let mut sources = Vec::with_capacity(rows.len() + joined.len());
+        for (i, row) in rows.into_iter().enumerate() {
+            if !row.ended {
+                sources.push((&old, i, row.len));
+                kept.push(row);
+            }
+        }
+        let (joined_rows, joined_caches): (Vec<Row>, Vec<Caches>) = joined.into_iter().unzip();
+        for (caches, row) in joined_caches.iter().zip(&joined_rows) {
+            sources.push((caches, 0, row.len));
+        }
+        kept.extend(joined_rows);
+        let width = match self.spec.layout {
+            CacheLayout::Growing => kept.iter().map(|r| r.len).max().unwrap_or(0),
+            CacheLayout::Fixed => self.spec.context_length,
+        };
+        self.caches = if sources.is_empty() {
+            Caches::zeros(self.present_at.len(), 0, width, &self.geometry)
+        } else {
+            Caches::gather(&sources, width, &self.geometry)
+        };
+        self.rows = kept;
+    }
+
+    /// One token for every row.
+    fn decode(&mut self) {
+        let rows = self.rows.len();
+        let ids: Vec<i64> = self.rows.iter().map(|r| i64::from(r.next)).collect();
+        let positions: Vec<i64> = self.rows.iter().map(|r| r.len as i64).collect();
+        let (mask, width) = match self.spec.layout {
+            CacheLayout::Growing => {
+                // Left-padded: each row's tokens end at the right, the new one after them.
+                let width = self.caches.width + 1;
+                let mut mask = vec![0i64; rows * width];
+                for (r, row) in self.rows.iter().enumerate() {
+                    mask[r * width + width - row.len - 1..(r + 1) * width].fill(1);
+                }
+                (mask, width)
+            }
+            CacheLayout::Fixed => {
+                // A row's mask sum is its length with the new token: where it is written.
+                let width = self.rows.iter().map(|r| r.len).max().unwrap_or(0) + 1;
+                let mut mask = vec![0i64; rows * width];
+                for (r, row) in self.rows.iter().enumerate() {
+                    mask[r * width..r * width + row.len + 1].fill(1);
+                }
+                (mask, width)
+            }
+        };
+        let caches = std::mem::take(&mut self.caches);
+        match self.forward(ids, rows, 1, mask, width, positions, caches) {
+            Ok((logits, caches)) => {
+                self.caches = caches;
+                let vocab = logits.len() / rows.max(1);
+                let mut rows = std::mem::take(&mut self.rows);
+                for (r, row) in rows.iter_mut().enumerate() {
+                    row.len += 1;
+                    let token = row
+                        .running
+                        .sampler
+                        .next(&logits[r * vocab..(r + 1) * vocab]);
+                    row.next = token;
+                    if let Some(reason) = self.take_token(&mut row.running, token, row.len) {
+                        row.ended = true;
+                        finish(&self.metrics, &mut row.running, reason);
+                    }
+                }
+                self.rows = rows;
+            }
+            Err(error) => {
+                // The run failed every row in it: each job gets the error; the batch is gone.
+                for row in self.rows.drain(..) {
+                    let _ = row.running.job.events.send(Event::Failed(error.clone()));
+                }
+                self.caches = Caches::zeros(self.present_at.len(), 0, 0, &self.geometry);
+            }
+        }
+    }
+
+    /// Runs the decoder on `rows` rows of `seq` new tokens: returns the logits of each row's
+    /// last position (`rows × vocabulary`) and the present caches.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        ids: Vec<i64>,
+        rows: usize,
+        seq: usize,
+        mask: Vec<i64>,
+        mask_width: usize,
+        positions: Vec<i64>,
+        caches: Caches,
+    ) -> Result<(Vec<f32>, Caches), String> {
+        let spec = &self.spec;
+        let mut inputs = Vec::with_capacity(3 + caches.buffers.len());
+        inputs.push(Tensor::from_i64(&spec.input_ids, vec![rows, seq], &ids));
+        inputs.push(Tensor::from_i64(
+            &spec.attention_mask,
+            vec![rows, mask_width],
+            &mask,
+        ));
+        if let Some(name) = &spec.position_ids {
+            inputs.push(Tensor::from_i64(name, vec![rows, seq], &positions));
+        }
+        let shape = vec![rows, spec.kv_heads, caches.width, spec.head_size];
+        for (i, buffer) in caches.buffers.into_iter().enumerate() {
+            inputs.push(Tensor {
+                name: spec.caches[i / 2][i % 2].clone(),
+                datatype: spec.kv_type,
+                shape: shape.clone(),
+                data: TensorData::Fixed(buffer),
+            });
+        }
+        let mut outputs = self.backend.infer(&inputs).map_err(|e| e.to_string())?;
+        drop(inputs);
+        let logits = &outputs[self.logits_at];
+        let (vocab, last) = match logits.shape.as_slice() {
+            &[r, s, v] if r == rows && s == seq && v > 0 => (v, s - 1),
+            other => {
+                return Err(format!(
+                    "decoder returned {} of shape {other:?}, expected [{rows}, {seq}, vocabulary]",
+                    spec.logits
+                ))
+            }
+        };
+        let TensorData::Fixed(bytes) = &logits.data else {
+            return Err(format!("decoder returned {} as strings", spec.logits));
+        };
+        let mut last_logits = Vec::with_capacity(rows * vocab);
+        for r in 0..rows {
+            let at = (r * seq + last) * vocab;
+            match logits.datatype {
+                DataType::F16 => last_logits.extend(
+                    bytes[at * 2..(at + vocab) * 2]
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+                _ => last_logits.extend(
+                    bytes[at * 4..(at + vocab) * 4]
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                ),
+            }
+        }
+        let mut present = Caches {
+            buffers: Vec::with_capacity(self.present_at.len()),
+            rows,
+            width: 0,
+        };
+        for &at in &self.present_at {
+            let tensor = &mut outputs[at];
+            let width = match tensor.shape.as_slice() {
+                &[r, h, w, s] if r == rows && h == spec.kv_heads && s == spec.head_size => w,
+                other => {
+                    return Err(format!(
+                    "decoder returned {} of shape {other:?}, expected [{rows}, {}, sequence, {}]",
+                    tensor.name, spec.kv_heads, spec.head_size
+                ))
+                }
+            };
+            present.width = width;
+            match std::mem::replace(&mut tensor.data, TensorData::Fixed(Vec::new())) {
+                TensorData::Fixed(bytes) => present.buffers.push(bytes),
+                TensorData::Bytes(_) => {
+                    return Err(format!("decoder returned {} as strings", tensor.name))
+                }
+            }
+        }
+        Ok((last_logits, present))
+    }
+}
+
+/// Why `job` must end now without another token, if it must.
+fn ended(job: &GenerationJob, now: SystemTime) -> Option<FinishReason> {
+    if job.cancel.is_cancelled() || job.events.is_closed() {
+        return Some(FinishReason::Cancelled);
+    }
+    if job.deadline.is_some_and(|d| now >= d) {
+        return Some(FinishReason::Deadline);
+    }
+    None
+}
+
+/// Ends a running job: the text held back (unless a stop string ended it), the reason, the
+/// counts.
+fn finish(metrics: &VersionGeneration, running: &mut Running, reason: FinishReason) {
+    let piece = match reason {
+        FinishReason::Stop => String::new(),
+        _ => running.text.finish().piece,
+    };
+    metrics.finished[reason as usize].inc();
+    let _ = running.job.events.send(Event::Done(Finished {
+        piece,
+        reason,
+        prompt_tokens: running.job.prompt.len(),
+        completion_tokens: running.generated,
+    }));
+}
+
+/// Ends a job that never started: no text.
+fn finish_unstarted(
+    metrics: &VersionGeneration,
+    job: GenerationJob,
+    reason: FinishReason,
+    prompt_tokens: usize,
+) {
+    metrics.finished[reason as usize].inc();
+    let _ = job.events.send(Event::Done(Finished {
+        piece: String::new(),
+        reason,
+        prompt_tokens,
+        completion_tokens: 0,
+    }));
+}
