@@ -183,8 +183,8 @@ async fn both_layouts_answer_the_reference_text_alone_and_batched() {
     assert_eq!(
         layouts,
         vec![
-            ("fixed", "genai_config.json"),
-            ("growing", "past_key_values")
+            ("row_lengths", "genai_config.json"),
+            ("left_padded", "past_key_values")
         ]
     );
     assert_eq!(models[1]["versions"][0]["generate"]["context_length"], 256);

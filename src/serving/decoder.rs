@@ -3,13 +3,17 @@
 //!
 //! - **onnxruntime-genai's builder** (`genai_config.json` beside the model): the names, layers,
 //!   heads, context length and token ids come from that file. Its attention is
-//!   GroupQueryAttention: each cache is one buffer of `context_length` positions per row, and
-//!   the attention mask's row sum says how many of them a row holds ([`CacheLayout::Fixed`]).
+//!   GroupQueryAttention, which reads each row's length off the attention mask's row sum: rows
+//!   sit at the start of the cache buffers, right-padded ([`CacheLayout::RowLengths`]); it has
+//!   no `position_ids`.
 //! - **The plain export** (optimum, transformers.js, `torch.onnx.export`): inputs `input_ids`,
 //!   `attention_mask`, `position_ids`, `past_key_values.{i}.key|value`, outputs `logits` and
-//!   `present.{i}.key|value`; the caches grow by the tokens of each run
-//!   ([`CacheLayout::Growing`]). Token ids and the context length come from `config.json` and
-//!   `generation_config.json` beside the model.
+//!   `present.{i}.key|value`; rows of different lengths are left-padded, with mask 0 on the
+//!   padding and their own positions ([`CacheLayout::LeftPadded`]). Token ids and the context
+//!   length come from `config.json` and `generation_config.json` beside the model.
+//!
+//! In both, each run returns the caches one run longer than it was given them (past + new
+//! positions); infermq passes buffers only as wide as the longest row, not the context.
 //!
 //! `[generate]` in `config.toml` names what an export names otherwise. A model with cache
 //! inputs that fits neither layout is refused, naming what is missing; a model without them is
@@ -22,16 +26,14 @@ use serde_json::Value;
 use crate::protocol::{DataType, ModelSignature, TensorSpec};
 use crate::repository::config::GenerateConfig;
 
-/// How a decoder's key/value caches grow.
+/// Where rows of different lengths sit in a batch's caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheLayout {
-    /// Each run returns the caches one run longer (`past + new` positions): rows of different
-    /// lengths are left-padded, with mask 0 and their own `position_ids`.
-    Growing,
-    /// Each cache is a buffer of `context_length` positions per row, returned whole; a row's
-    /// mask sum says how many positions it holds and where its next token is written
-    /// (GroupQueryAttention with a shared past/present buffer).
-    Fixed,
+    /// At the end, left-padded, with mask 0 on the padding and their own `position_ids`.
+    LeftPadded,
+    /// At the start, right-padded: a row's mask sum is its length, where its next token is
+    /// written and its position (GroupQueryAttention).
+    RowLengths,
 }
 
 /// Budgets of a version's generation engine (`[generate]`, with defaults).
@@ -249,7 +251,7 @@ impl Found {
         let count = |v: &Value| v.as_u64().map(|n| n as usize);
         let context = count(&model["context_length"]).or(count(&json["search"]["max_length"]));
         Ok(Found {
-            layout: CacheLayout::Fixed,
+            layout: CacheLayout::RowLengths,
             found_by: "genai_config.json",
             names,
             layers: count(&decoder["num_hidden_layers"]),
@@ -284,7 +286,7 @@ impl Found {
         .find_map(|key| config[key].as_u64())
         .map(|n| n as usize);
         Ok(Found {
-            layout: CacheLayout::Growing,
+            layout: CacheLayout::LeftPadded,
             found_by: "past_key_values",
             names,
             layers: None,
@@ -323,7 +325,7 @@ impl Found {
                 int64(&names.position_ids)?;
                 Some(names.position_ids.clone())
             }
-            None if self.layout == CacheLayout::Growing => {
+            None if self.layout == CacheLayout::LeftPadded => {
                 return Err(format!(
                     "decoder has no input {}: rows of different lengths are batched left-padded, and each needs its own positions",
                     names.position_ids
@@ -528,7 +530,7 @@ mod tests {
         let found = find_decoder(dir.path(), None, &plain_signature(2))
             .unwrap()
             .unwrap();
-        assert_eq!(found.layout, CacheLayout::Growing);
+        assert_eq!(found.layout, CacheLayout::LeftPadded);
         assert_eq!(found.caches.len(), 2);
         assert_eq!((found.kv_heads, found.head_size), (2, 16));
         assert_eq!(found.context_length, 256);
@@ -597,7 +599,7 @@ mod tests {
             ],
         };
         let found = find_decoder(dir.path(), None, &signature).unwrap().unwrap();
-        assert_eq!(found.layout, CacheLayout::Fixed);
+        assert_eq!(found.layout, CacheLayout::RowLengths);
         assert_eq!(found.position_ids, None);
         assert_eq!(
             found.caches[0],

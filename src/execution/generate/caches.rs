@@ -1,9 +1,9 @@
 //! The key/value caches of the rows a decoder runs together, as the bytes of its cache tensors
 //! (FP32 or FP16 alike): one buffer per cache input, each `[rows, kv heads, width, head size]`.
 //!
-//! A row holds `len` positions of its buffers' `width`. Where depends on the layout: at the
-//! right end of a growing cache (the rows are left-padded, their mask 0 on the padding), at the
-//! left of a fixed one (a row's mask sum says how many it holds). When rows join or leave, the
+//! A row holds `len` positions of its buffers' `width` (the longest row's length). Where depends
+//! on the layout: at the right end when rows are left-padded (their mask 0 on the padding), at
+//! the start when the mask's row sum gives each row's length. When rows join or leave, the
 //! buffers are made anew from the rows that stay ([`Caches::gather`]); between, each run's
 //! present caches are the next run's past ones, with no copy.
 
@@ -52,8 +52,8 @@ impl Caches {
             for (r, &(from, row, len)) in sources.iter().enumerate() {
                 let len = len.min(width).min(from.width);
                 let (src_start, dst_start) = match geometry.layout {
-                    CacheLayout::Growing => (from.width - len, width - len),
-                    CacheLayout::Fixed => (0, 0),
+                    CacheLayout::LeftPadded => (from.width - len, width - len),
+                    CacheLayout::RowLengths => (0, 0),
                 };
                 for h in 0..heads {
                     let src = ((row * heads + h) * from.width + src_start) * pb;
@@ -92,8 +92,8 @@ mod tests {
     }
 
     #[test]
-    fn growing_rows_stay_right_aligned() {
-        let g = geometry(CacheLayout::Growing);
+    fn left_padded_rows_stay_at_the_end() {
+        let g = geometry(CacheLayout::LeftPadded);
         let old = caches(2, 4);
         let new = caches(1, 2);
         // Row 1 of `old` holds its last 3 positions, the joining row its 2.
@@ -103,8 +103,8 @@ mod tests {
     }
 
     #[test]
-    fn fixed_rows_stay_left_aligned() {
-        let g = geometry(CacheLayout::Fixed);
+    fn row_length_rows_stay_at_the_start() {
+        let g = geometry(CacheLayout::RowLengths);
         let old = caches(2, 4);
         let out = Caches::gather(&[(&old, 1, 2), (&old, 0, 3)], 4, &g);
         assert_eq!(out.buffers[0], vec![10, 11, 0, 0, 0, 1, 2, 0]);

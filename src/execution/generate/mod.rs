@@ -16,7 +16,7 @@
 //!    next turn.
 //!
 //! Batched rows give the logits a job gets alone within float rounding (left-padded with mask
-//! 0 and their own positions in the growing layout; at their own mask sum in the fixed one),
+//! 0 and their own positions, or at their own mask sum, as the layout wants),
 //! so greedy jobs give the same text batched or alone.
 //!
 //! Each job's text reaches its relay (`jobs::generate`) as [`Event`]s: pieces as they are
@@ -134,7 +134,7 @@ impl Generator {
         serde_json::json!({
             "context_length": s.context_length,
             "found_by": s.found_by,
-            "cache_layout": match s.layout { CacheLayout::Growing => "growing", CacheLayout::Fixed => "fixed" },
+            "cache_layout": match s.layout { CacheLayout::LeftPadded => "left_padded", CacheLayout::RowLengths => "row_lengths" },
             "eos_token_ids": s.eos_token_ids,
             "kv_cache_bytes_per_token": s.kv_bytes_per_token(),
             "max_active_rows": b.max_active_rows,
@@ -295,11 +295,8 @@ impl Engine {
         self.metrics
             .active_rows
             .set((self.rows.len() + self.prefilling.len()) as i64);
-        let tokens: usize = self.rows.iter().map(|r| r.len).sum();
-        let held = match self.spec.layout {
-            CacheLayout::Growing => tokens as u64,
-            CacheLayout::Fixed => (self.rows.len() * self.spec.context_length) as u64,
-        };
+        // The buffers hold every row at the longest row's width.
+        let held = (self.caches.rows * self.caches.width) as u64;
         self.metrics
             .kv_cache_bytes
             .set((held * self.spec.kv_bytes_per_token()) as i64);
@@ -309,10 +306,7 @@ impl Engine {
     }
 
     fn start_prefill(&self, job: GenerationJob) -> Prefill {
-        let width = match self.spec.layout {
-            CacheLayout::Growing => 0,
-            CacheLayout::Fixed => self.spec.context_length,
-        };
+        let width = 0;
         let text = TextStream::new(self.tokenizer.clone(), &job.prompt, job.stop.clone());
         Prefill {
             caches: Caches::zeros(self.present_at.len(), 1, width, &self.geometry),
@@ -424,11 +418,7 @@ impl Engine {
     /// Runs a one-token prompt and one decode step, as every job will: a decoder that cannot is
     /// refused at load, not at its first job.
     fn check(&mut self) -> Result<(), String> {
-        let width = match self.spec.layout {
-            CacheLayout::Growing => 0,
-            CacheLayout::Fixed => self.spec.context_length,
-        };
-        let caches = Caches::zeros(self.present_at.len(), 1, width, &self.geometry);
+        let caches = Caches::zeros(self.present_at.len(), 1, 0, &self.geometry);
         let (logits, caches) = self.forward(vec![0], 1, 1, vec![1], 1, vec![0], caches)?;
         let tokens = self.tokenizer.get_vocab_size(true);
         if logits.len() < tokens {
@@ -461,10 +451,7 @@ impl Engine {
             sources.push((caches, 0, row.len));
         }
         kept.extend(joined_rows);
-        let width = match self.spec.layout {
-            CacheLayout::Growing => kept.iter().map(|r| r.len).max().unwrap_or(0),
-            CacheLayout::Fixed => self.spec.context_length,
-        };
+        let width = kept.iter().map(|r| r.len).max().unwrap_or(0);
         self.caches = if sources.is_empty() {
             Caches::zeros(self.present_at.len(), 0, width, &self.geometry)
         } else {
@@ -479,7 +466,7 @@ impl Engine {
         let ids: Vec<i64> = self.rows.iter().map(|r| i64::from(r.next)).collect();
         let positions: Vec<i64> = self.rows.iter().map(|r| r.len as i64).collect();
         let (mask, width) = match self.spec.layout {
-            CacheLayout::Growing => {
+            CacheLayout::LeftPadded => {
                 // Left-padded: each row's tokens end at the right, the new one after them.
                 let width = self.caches.width + 1;
                 let mut mask = vec![0i64; rows * width];
@@ -488,7 +475,7 @@ impl Engine {
                 }
                 (mask, width)
             }
-            CacheLayout::Fixed => {
+            CacheLayout::RowLengths => {
                 // A row's mask sum is its length with the new token: where it is written.
                 let width = self.rows.iter().map(|r| r.len).max().unwrap_or(0) + 1;
                 let mut mask = vec![0i64; rows * width];
