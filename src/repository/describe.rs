@@ -1,16 +1,21 @@
 //! The repository as `infermq models` shows it: every model, its configuration, and each
-//! version's inputs and outputs (or why it cannot be read).
+//! version's inputs and outputs (or why it cannot be read), and for a decoder its generation.
+
+use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::config::ModelConfig;
 use super::store::ModelStore;
 use crate::protocol::ModelSignature;
 
 /// Describes every model of `store`; `signature` reads a version's ONNX bytes (an ONNX Runtime
-/// session in the CLI).
+/// session in the CLI); `generation` says what a version directory's decoder generates
+/// (`None`: not a decoder).
 pub fn describe(
     store: &ModelStore,
     signature: impl Fn(&[u8]) -> Result<ModelSignature, String>,
+    generation: impl Fn(&Path, &ModelConfig, &ModelSignature) -> Option<Value>,
 ) -> Result<Value, super::RepositoryError> {
     let (models, broken) = store.scan()?;
     let mut out = Vec::new();
@@ -24,8 +29,13 @@ pub fn describe(
                     .read_version(&entry.name, version)
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| signature(&bytes));
+                let path = store.model_path(&entry.name, version);
+                let dir = path.parent().unwrap_or(Path::new("."));
                 match read {
-                    Ok(s) => json!({"version": version.to_string(), "served": served, "inputs": s.inputs, "outputs": s.outputs}),
+                    Ok(s) => match generation(dir, &entry.config, &s) {
+                        Some(g) => json!({"version": version.to_string(), "served": served, "inputs": s.inputs, "outputs": s.outputs, "generate": g}),
+                        None => json!({"version": version.to_string(), "served": served, "inputs": s.inputs, "outputs": s.outputs}),
+                    },
                     Err(error) => json!({"version": version.to_string(), "served": served, "error": error}),
                 }
             })
