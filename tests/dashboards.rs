@@ -5,10 +5,11 @@
 //! worker's address and a 1 s interval substituted) and its recording and alert rules, enables
 //! RabbitMQ's `rabbitmq_prometheus` plugin when port 15692 does not answer (idempotent; it adds
 //! a listener and changes nothing for AMQP clients), runs one training job and a prediction load
-//! through a worker and a burst of concurrent requests through a gateway (`dashboards/gateway.rs`),
-//! then evaluates every target of every panel of
-//! `deploy/grafana/dashboards/*.json` through `/api/v1/query`, with `$model`, `$instance`,
-//! `$__rate_interval` and `$__range` substituted, and fails naming each panel without data.
+//! through a worker, generation jobs on the bundled decoder, and a burst of concurrent requests
+//! through a gateway (`dashboards/gateway.rs`), then evaluates every target of every panel of
+//! `deploy/grafana/dashboards/*.json` through `/api/v1/query`, with `$model` (the decoder's name
+//! in the generation panels, else `iris`), `$instance`, `$__rate_interval` and `$__range`
+//! substituted, and fails naming each panel without data.
 //! Skips, saying so, only when the `prometheus` binary is not installed
 //! (`scripts/ensure-test-tools.sh` installs it).
 
@@ -154,7 +155,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     ensure_rabbitmq_prometheus().await;
 
     let prefix = random_prefix();
-    let repo = model_repository(&["iris"]);
+    let repo = model_repository(&["iris", "storyteller"]);
     // The training job reads models/iris/iris.csv: file:// data needs training.data_dir.
     let data_dir = manifest_path("models/iris").display().to_string();
     let env = [("INFERMQ__TRAINING__DATA_DIR", data_dir.as_str())];
@@ -202,6 +203,39 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     )
     .await;
 
+    // Generation jobs on the toy decoder, 8 at once; its series were scraped at zero before,
+    // so that rate() and increase() see them move.
+    let generated = r#"rate(infermq_generation_tokens_total{model="storyteller"}[1m]) > 0"#;
+    let gen_queue = format!("{prefix}.predict.storyteller");
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let body =
+            format!(r#"{{"text_input": "And God said {i}", "parameters": {{"max_tokens": 32}}}}"#);
+        let body = EncodedBody {
+            body: body.into_bytes(),
+            header_len: None,
+            content_type: "application/json",
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let properties = client.job_properties(&id, &body, headers(&[]));
+        client
+            .publish(&gen_queue, &body.body, properties)
+            .await
+            .expect("publish");
+        ids.push(id);
+    }
+    for _ in &ids {
+        let answer = client
+            .next_reply(within)
+            .await
+            .expect("a generation answer");
+        let error = header_str(&answer, "x-error-code");
+        assert!(error.is_none(), "{}", String::from_utf8_lossy(&answer.data));
+    }
+    prometheus
+        .wait_for(generated, within, |r| !r.is_empty())
+        .await;
+
     // The gateway's series scraped before its burst, so that rate() sees them move.
     gateway.warm_up().await;
     let jobs = r#"infermq_gateway_requests_per_message_count{model="iris"} > 0"#;
@@ -248,7 +282,12 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         let mut list = Vec::new();
         targets(dashboard["panels"].as_array().expect("panels"), &mut list);
         for (panel, ref_id, expr) in list {
-            let query = substitute(&expr, "iris", &instance);
+            let model = if expr.contains("infermq_generation_") {
+                "storyteller"
+            } else {
+                "iris"
+            };
+            let query = substitute(&expr, model, &instance);
             evaluated += 1;
             match prometheus.query(&query).await {
                 Ok(result) if has_number(&result) => {}

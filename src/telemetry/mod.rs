@@ -7,7 +7,7 @@
 //! `docs/METRICS.md` documents every series and endpoint.
 
 pub(crate) mod broker_node;
-pub(crate) mod generation;
+pub mod generation;
 pub(crate) mod http;
 pub(crate) mod load;
 pub mod logging;

@@ -29,6 +29,8 @@ pub mod sampling;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+#[cfg(test)]
+use std::time::Duration;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
@@ -255,8 +257,32 @@ impl Engine {
                     }
                 }
             }
-            self.turn();
+            // A panic in a turn (a model returning what no check foresaw) fails the jobs the
+            // engine holds, not the engine: the version keeps serving the next ones.
+            let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn()));
+            if let Err(panic) = turn {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a decode step panicked".into());
+                self.fail_all(&format!("generation engine: {message}"));
+            }
         }
+    }
+
+    /// Fails every job the engine holds with `message` and starts again empty.
+    fn fail_all(&mut self, message: &str) {
+        let events = self
+            .rows
+            .drain(..)
+            .map(|r| r.running.job.events)
+            .chain(self.prefilling.drain(..).map(|p| p.running.job.events))
+            .chain(self.waiting.drain(..).map(|j| j.events));
+        for sender in events {
+            let _ = sender.send(Event::Failed(message.to_string()));
+        }
+        self.caches = Caches::zeros(self.present_at.len(), 0, 0, &self.geometry);
     }
 
     /// One turn: the waiting jobs that ended leave, new ones prefill within the budget, the
@@ -539,7 +565,8 @@ impl Engine {
         if let Some(name) = &spec.position_ids {
             inputs.push(Tensor::from_i64(name, vec![rows, seq], &positions));
         }
-        let shape = vec![rows, spec.kv_heads, caches.width, spec.head_size];
+        let past_width = caches.width;
+        let shape = vec![rows, spec.kv_heads, past_width, spec.head_size];
         for (i, buffer) in caches.buffers.into_iter().enumerate() {
             inputs.push(Tensor {
                 name: spec.caches[i / 2][i % 2].clone(),
@@ -584,13 +611,19 @@ impl Engine {
             rows,
             width: 0,
         };
+        // Each run returns the caches one run longer: what the rows' lengths rely on.
+        let expected = past_width + seq;
         for &at in &self.present_at {
             let tensor = &mut outputs[at];
             let width = match tensor.shape.as_slice() {
-                &[r, h, w, s] if r == rows && h == spec.kv_heads && s == spec.head_size => w,
+                &[r, h, w, s]
+                    if r == rows && h == spec.kv_heads && w == expected && s == spec.head_size =>
+                {
+                    w
+                }
                 other => {
                     return Err(format!(
-                    "decoder returned {} of shape {other:?}, expected [{rows}, {}, sequence, {}]",
+                    "decoder returned {} of shape {other:?}, expected [{rows}, {}, {expected}, {}]",
                     tensor.name, spec.kv_heads, spec.head_size
                 ))
                 }
@@ -648,4 +681,219 @@ fn finish_unstarted(
         prompt_tokens,
         completion_tokens: 0,
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ModelSignature, TensorSpec};
+    use crate::runtime::RuntimeError;
+    use crate::serving::decoder::GenerateBudgets;
+    use crate::telemetry::Metrics;
+
+    const VOCAB: usize = 512;
+
+    /// A one-layer decoder whose next token is always the fed token + 1, whose caches are the
+    /// past ones and one zero position per new token; its `break_at`-th run returns a
+    /// cache one position short.
+    struct Counter {
+        signature: ModelSignature,
+        runs: usize,
+        break_at: usize,
+    }
+
+    fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            datatype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    impl Counter {
+        fn new(break_at: usize) -> Counter {
+            let cache = |n: &str| spec(n, DataType::F32, &[-1, 1, -1, 1]);
+            Counter {
+                signature: ModelSignature {
+                    inputs: vec![
+                        spec("input_ids", DataType::I64, &[-1, -1]),
+                        spec("attention_mask", DataType::I64, &[-1, -1]),
+                        spec("position_ids", DataType::I64, &[-1, -1]),
+                        cache("past_key_values.0.key"),
+                        cache("past_key_values.0.value"),
+                    ],
+                    outputs: vec![
+                        spec("logits", DataType::F32, &[-1, -1, VOCAB as i64]),
+                        cache("present.0.key"),
+                        cache("present.0.value"),
+                    ],
+                },
+                runs: 0,
+                break_at,
+            }
+        }
+    }
+
+    impl Backend for Counter {
+        fn signature(&self) -> &ModelSignature {
+            &self.signature
+        }
+
+        fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+            self.runs += 1;
+            let ids = inputs[0].to_i64_vec().unwrap();
+            let (rows, seq) = (inputs[0].shape[0], inputs[0].shape[1]);
+            let past = inputs[3].shape[2];
+            let mut logits = vec![0f32; rows * seq * VOCAB];
+            for (i, id) in ids.iter().enumerate() {
+                logits[i * VOCAB + (*id as usize + 1) % VOCAB] = 1.0;
+            }
+            let width = if self.runs == self.break_at {
+                past + seq - 1
+            } else {
+                past + seq
+            };
+            let present = |name: &str| {
+                Tensor::from_f32(name, vec![rows, 1, width, 1], &vec![0.0; rows * width])
+            };
+            Ok(vec![
+                Tensor::from_f32("logits", vec![rows, seq, VOCAB], &logits),
+                present("present.0.key"),
+                present("present.0.value"),
+            ])
+        }
+    }
+
+    fn generator(break_at: usize) -> Generator {
+        let backend = Counter::new(break_at);
+        let decoder = DecoderSpec {
+            layout: CacheLayout::LeftPadded,
+            found_by: "past_key_values",
+            input_ids: "input_ids".into(),
+            attention_mask: "attention_mask".into(),
+            position_ids: Some("position_ids".into()),
+            caches: vec![[
+                "past_key_values.0.key",
+                "past_key_values.0.value",
+                "present.0.key",
+                "present.0.value",
+            ]
+            .map(String::from)],
+            logits: "logits".into(),
+            kv_heads: 1,
+            head_size: 1,
+            kv_type: DataType::F32,
+            logits_type: DataType::F32,
+            context_length: 64,
+            eos_token_ids: vec![2],
+            budgets: GenerateBudgets::from_config(None).unwrap(),
+        };
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/storyteller/1/tokenizer.json"
+        );
+        let tokenizer = tokenizers::Tokenizer::from_file(path).unwrap();
+        let metrics = Metrics::new("test", "test");
+        Generator::start(
+            "test",
+            Arc::new(decoder),
+            Arc::new(tokenizer),
+            Box::new(backend),
+            metrics.generation.version("m", "1"),
+        )
+        .unwrap()
+    }
+
+    fn job(prompt: Vec<u32>, max_tokens: usize) -> (GenerationJob, mpsc::UnboundedReceiver<Event>) {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let job = GenerationJob {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                seed: None,
+            },
+            stop: Vec::new(),
+            deadline: None,
+            cancel: CancellationToken::new(),
+            events,
+            received: Instant::now(),
+        };
+        (job, receiver)
+    }
+
+    fn end(receiver: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+        loop {
+            match receiver.blocking_recv().expect("the engine answers") {
+                Event::Piece(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_count_up_to_the_end_of_sequence_and_to_max_tokens() {
+        let generator = generator(usize::MAX);
+        // From 300 the next tokens are 301, 302, …: max_tokens ends it.
+        let (a, mut a_events) = job(vec![1, 300], 5);
+        // From 0 the next token is 1, then 2: the end-of-sequence id.
+        let (b, mut b_events) = job(vec![1, 0], 5);
+        assert!(generator.submit(a) && generator.submit(b));
+        let Event::Done(a) = end(&mut a_events) else {
+            panic!()
+        };
+        assert_eq!(
+            (a.reason, a.completion_tokens, a.prompt_tokens),
+            (FinishReason::Length, 5, 2)
+        );
+        let Event::Done(b) = end(&mut b_events) else {
+            panic!()
+        };
+        assert_eq!((b.reason, b.completion_tokens), (FinishReason::Eos, 2));
+    }
+
+    #[test]
+    fn a_run_that_breaks_the_caches_fails_its_jobs_and_the_engine_goes_on() {
+        // The check at start takes 2 runs; the 4th run (the first decode step) breaks.
+        let generator = generator(4);
+        let (a, mut a_events) = job(vec![1, 300], 5);
+        assert!(generator.submit(a));
+        let Event::Failed(message) = end(&mut a_events) else {
+            panic!("not failed")
+        };
+        assert!(message.contains("present.0.key"), "{message}");
+        let (b, mut b_events) = job(vec![1, 300], 1);
+        assert!(generator.submit(b));
+        // One token comes from the prefill alone: no decode step, nothing broken.
+        let Event::Done(b) = end(&mut b_events) else {
+            panic!("the engine stopped")
+        };
+        assert_eq!(b.completion_tokens, 1);
+    }
+
+    #[test]
+    fn a_cancelled_or_late_job_ends_with_its_reason() {
+        let generator = generator(usize::MAX);
+        let (late, mut late_events) = job(vec![1, 300], 5);
+        let late = GenerationJob {
+            deadline: Some(SystemTime::now() - Duration::from_secs(1)),
+            ..late
+        };
+        let (cancelled, mut cancelled_events) = job(vec![1, 300], 5);
+        cancelled.cancel.cancel();
+        assert!(generator.submit(late) && generator.submit(cancelled));
+        let Event::Done(late) = end(&mut late_events) else {
+            panic!()
+        };
+        assert_eq!(
+            (late.reason, late.completion_tokens),
+            (FinishReason::Deadline, 0)
+        );
+        let Event::Done(c) = end(&mut cancelled_events) else {
+            panic!()
+        };
+        assert_eq!(c.reason, FinishReason::Cancelled);
+    }
 }
