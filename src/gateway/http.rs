@@ -3,7 +3,7 @@
 //! into an HTTP response; bodies of inference requests and results are relayed as they are.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -15,7 +15,9 @@ use axum::Router;
 use lapin::message::Delivery;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
 
+use super::generate;
 use super::metrics::Endpoint;
 use super::policy::{self, Admission};
 use super::{Gateway, TIMEOUT_HEADER};
@@ -25,8 +27,8 @@ use crate::protocol::ModelName;
 /// The path of a model route: `/v2/models/{model}[/versions/{version}]…`.
 #[derive(Debug, Deserialize)]
 pub struct ModelPath {
-    model: String,
-    version: Option<String>,
+    pub model: String,
+    pub version: Option<String>,
 }
 
 /// Every route of the gateway.
@@ -48,6 +50,19 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/models/{model}/generate", post(generate::generate))
+        .route(
+            "/v2/models/{model}/versions/{version}/generate",
+            post(generate::generate),
+        )
+        .route(
+            "/v2/models/{model}/generate_stream",
+            post(generate::generate_stream),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/generate_stream",
+            post(generate::generate_stream),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gateway)
 }
@@ -59,7 +74,7 @@ pub fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// An error that asks the client to come back: 429 and 503 carry `Retry-After`.
-fn retry_later(status: StatusCode, message: &str, seconds: u64) -> Response {
+pub(super) fn retry_later(status: StatusCode, message: &str, seconds: u64) -> Response {
     let mut response = error(status, message);
     response
         .headers_mut()
@@ -119,7 +134,12 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
 
 /// Times and counts a handler's answer; `known` says whether the model's queue exists (only
 /// then is its name a label).
-async fn counted<F>(gw: &Gateway, model: &str, endpoint: Endpoint, handler: F) -> Response
+pub(super) async fn counted<F>(
+    gw: &Gateway,
+    model: &str,
+    endpoint: Endpoint,
+    handler: F,
+) -> Response
 where
     F: std::future::Future<Output = (bool, Response)>,
 {
@@ -139,7 +159,7 @@ where
 }
 
 /// Checks the path's model and version; the refusal is a 400.
-fn check_path(path: &ModelPath) -> Result<ModelName, Refusal> {
+pub(super) fn check_path(path: &ModelPath) -> Result<ModelName, Refusal> {
     let bad = |message: String| Refusal::new(false, StatusCode::BAD_REQUEST, message);
     let model = policy::check_model(&path.model).map_err(bad)?;
     if let Some(v) = &path.version {
@@ -158,7 +178,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(known: bool, status: StatusCode, message: String) -> Refusal {
+    pub(super) fn new(known: bool, status: StatusCode, message: String) -> Refusal {
         Refusal {
             known,
             status,
@@ -167,12 +187,12 @@ impl Refusal {
         }
     }
 
-    fn retry(mut self, seconds: u64) -> Refusal {
+    pub(super) fn retry(mut self, seconds: u64) -> Refusal {
         self.retry_after = Some(seconds);
         self
     }
 
-    fn answer(self) -> (bool, Response) {
+    pub(super) fn answer(self) -> (bool, Response) {
         let response = match self.retry_after {
             Some(seconds) => retry_later(self.status, &self.message, seconds),
             None => error(self.status, &self.message),
@@ -182,7 +202,7 @@ impl Refusal {
 }
 
 /// Looks up the model's queue and refuses what admission refuses.
-async fn admit(gw: &Gateway, model: &ModelName, max_depth: u32) -> Result<(), Refusal> {
+pub(super) async fn admit(gw: &Gateway, model: &ModelName, max_depth: u32) -> Result<(), Refusal> {
     let state = gw.queue_state(model).await.map_err(|e| {
         Refusal::new(false, StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry(1)
     })?;
@@ -260,33 +280,17 @@ async fn infer(
 ) -> Response {
     let model = path.model.clone();
     counted(&gw, &model, Endpoint::Infer, async {
-        let Ok(_permit) = gw.in_flight.clone().try_acquire_owned() else {
-            let message = format!(
-                "{} requests in flight (gateway.max_in_flight)",
-                gw.settings.max_in_flight
-            );
-            return (
-                false,
-                retry_later(StatusCode::TOO_MANY_REQUESTS, &message, 1),
-            );
+        let _permit = match take_place(&gw) {
+            Ok(permit) => permit,
+            Err(refusal) => return refusal.answer(),
         };
         let model = match check_path(&path) {
             Ok(model) => model,
             Err(refusal) => return refusal.answer(),
         };
-        let body = match body {
+        let body = match read_body(&gw, body) {
             Ok(body) => body,
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                let message = format!(
-                    "body: larger than gateway.max_body_bytes = {}",
-                    gw.settings.max_body_bytes
-                );
-                return (false, error(StatusCode::PAYLOAD_TOO_LARGE, &message));
-            }
-            Err(rejection) => {
-                let message = format!("body: {}", policy::echo(&rejection.body_text()));
-                return (false, error(rejection.status(), &message));
-            }
+            Err(refusal) => return refusal.answer(),
         };
         let request = match InferRequest::read(&gw, query.as_deref(), &headers, &body) {
             Ok(request) => request,
@@ -300,6 +304,67 @@ async fn infer(
         (true, response)
     })
     .await
+}
+
+/// A place among the requests in flight (`gateway.max_in_flight`), held until the answer is
+/// sent; none left is a 429.
+pub(super) fn take_place(gw: &Arc<Gateway>) -> Result<OwnedSemaphorePermit, Refusal> {
+    gw.in_flight.clone().try_acquire_owned().map_err(|_| {
+        let message = format!(
+            "{} requests in flight (gateway.max_in_flight)",
+            gw.settings.max_in_flight
+        );
+        Refusal::new(false, StatusCode::TOO_MANY_REQUESTS, message).retry(1)
+    })
+}
+
+/// The request's body, or why it could not be read (413 above `gateway.max_body_bytes`).
+pub(super) fn read_body(
+    gw: &Gateway,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Refusal> {
+    body.map_err(|rejection| {
+        let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "body: larger than gateway.max_body_bytes = {}",
+                gw.settings.max_body_bytes
+            )
+        } else {
+            format!("body: {}", policy::echo(&rejection.body_text()))
+        };
+        Refusal::new(false, rejection.status(), message)
+    })
+}
+
+/// The request's timeout: the `timeout_ms` query parameter, else the `Infermq-Timeout-Ms`
+/// header, else `gateway.timeout_ms`.
+pub(super) fn request_timeout(
+    gw: &Gateway,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Duration, String> {
+    let header = headers
+        .get(TIMEOUT_HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let query_timeout = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "timeout_ms")
+            .map(|(_, v)| v)
+    });
+    policy::timeout(
+        query_timeout,
+        header,
+        gw.default_timeout(),
+        gw.max_timeout(),
+    )
+}
+
+/// A W3C trace header of the request worth copying onto its job.
+pub(super) fn trace_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| policy::trace_header(v.as_bytes()))
 }
 
 /// What an inference request carries besides its body.
@@ -317,30 +382,16 @@ impl<'a> InferRequest<'a> {
         headers: &'a HeaderMap,
         body: &[u8],
     ) -> Result<InferRequest<'a>, String> {
-        let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
-        let query_timeout = query.and_then(|q| {
-            q.split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(k, _)| *k == "timeout_ms")
-                .map(|(_, v)| v)
-        });
-        let timeout = policy::timeout(
-            query_timeout,
-            text(TIMEOUT_HEADER),
-            gw.default_timeout(),
-            gw.max_timeout(),
-        )?;
-        let header_len = policy::binary_header_len(text(BINARY_HEADER), body.len())?;
-        let trace = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| policy::trace_header(v.as_bytes()))
-        };
+        let timeout = request_timeout(gw, query, headers)?;
+        let binary = headers
+            .get(BINARY_HEADER)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        let header_len = policy::binary_header_len(binary, body.len())?;
         Ok(InferRequest {
             timeout,
             header_len,
-            traceparent: trace("traceparent"),
-            tracestate: trace("tracestate"),
+            traceparent: trace_header(headers, "traceparent"),
+            tracestate: trace_header(headers, "tracestate"),
         })
     }
 }

@@ -18,6 +18,11 @@ pub enum Endpoint {
     Infer,
     Metadata,
     Ready,
+    Generate,
+    GenerateStream,
+    Completions,
+    ChatCompletions,
+    Models,
 }
 
 impl Endpoint {
@@ -26,6 +31,11 @@ impl Endpoint {
             Endpoint::Infer => "infer",
             Endpoint::Metadata => "metadata",
             Endpoint::Ready => "ready",
+            Endpoint::Generate => "generate",
+            Endpoint::GenerateStream => "generate_stream",
+            Endpoint::Completions => "completions",
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Models => "models",
         }
     }
 }

@@ -21,8 +21,11 @@
 mod cache;
 mod dispatch;
 mod gather;
+mod generate;
+mod generation;
 mod groups;
 mod http;
+pub(crate) mod job;
 mod merge;
 mod metrics;
 mod policy;

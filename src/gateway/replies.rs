@@ -25,9 +25,9 @@ use lapin::{Channel, Connection, ErrorKind};
 
 use crate::broker::connection::connect_any;
 use crate::broker::tls::{ConnectError, TlsSettings};
-use crate::broker::PublishOutcome;
+use crate::broker::{PublishOutcome, Topology};
 use crate::client::JobProperties;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::policy::QueueState;
 
@@ -49,11 +49,21 @@ pub enum CallError {
     Timeout(Duration),
 }
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>;
+/// Who waits for the answers to one correlation id: a request for its one answer, or a
+/// generation job streamed for each of its messages.
+enum Waiter {
+    Once(oneshot::Sender<Delivery>),
+    Stream(mpsc::UnboundedSender<Delivery>),
+}
 
-/// One channel with its reply consumer.
+type Pending = Arc<Mutex<HashMap<String, Waiter>>>;
+
+/// One channel with its reply consumers: of direct reply-to, and of the channel's own
+/// exclusive queue (for generation jobs, see [`BrokerPools::stream`]).
 pub struct ReplyChannel {
     channel: Channel,
+    /// The channel's exclusive, server-named reply queue (gone with the channel).
+    queue: String,
     pending: Pending,
 }
 
@@ -116,7 +126,7 @@ impl deadpool::managed::Manager for ReplyChannelManager {
             no_ack: true,
             ..BasicConsumeOptions::default()
         };
-        let mut replies = channel
+        let direct = channel
             .basic_consume(
                 DIRECT_REPLY_TO.into(),
                 "".into(),
@@ -124,6 +134,16 @@ impl deadpool::managed::Manager for ReplyChannelManager {
                 FieldTable::default(),
             )
             .await?;
+        let queue = crate::broker::topology::declare_private_queue(&channel).await?;
+        let own = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                consume,
+                FieldTable::default(),
+            )
+            .await?;
+        let mut replies = futures_util::stream::select(direct, own);
         let pending: Pending = Arc::default();
         let waiting = pending.clone();
         tokio::spawn(async move {
@@ -131,10 +151,24 @@ impl deadpool::managed::Manager for ReplyChannelManager {
                 let Some(id) = delivery.properties.correlation_id().as_ref() else {
                     continue;
                 };
-                let waiter = waiting.lock().ok().and_then(|mut p| p.remove(id.as_str()));
+                let id = id.to_string();
+                let Ok(mut pending) = waiting.lock() else {
+                    break;
+                };
                 // No waiter: the request timed out or its client left; the answer is dropped.
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(delivery);
+                // A stream waits for more until its reader lets go ([`Waiting`]).
+                let reader_gone = match pending.get(&id) {
+                    None => false,
+                    Some(Waiter::Stream(messages)) => messages.send(delivery).is_err(),
+                    Some(Waiter::Once(_)) => {
+                        if let Some(Waiter::Once(answer)) = pending.remove(&id) {
+                            let _ = answer.send(delivery);
+                        }
+                        false
+                    }
+                };
+                if reader_gone {
+                    pending.remove(&id);
                 }
             }
             // Channel gone: every waiting request learns it now (its sender is dropped).
@@ -142,7 +176,11 @@ impl deadpool::managed::Manager for ReplyChannelManager {
                 p.clear();
             }
         });
-        Ok(ReplyChannel { channel, pending })
+        Ok(ReplyChannel {
+            channel,
+            queue,
+            pending,
+        })
     }
 
     async fn recycle(
@@ -168,6 +206,40 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         if let Ok(mut p) = self.pending.lock() {
             p.remove(&self.id);
+        }
+    }
+}
+
+/// The messages answered to one job, in the order they came ([`BrokerPools::stream`]); the
+/// job's entry goes when this is dropped, and later messages are dropped by the consumer.
+pub struct ReplyStream {
+    messages: mpsc::UnboundedReceiver<Delivery>,
+    _waiting: Waiting,
+}
+
+impl ReplyStream {
+    /// The next message; `None` once the reply channel closed (no more can come).
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.messages.recv().await
+    }
+}
+
+/// `Ok` for a confirmed publish, else why the broker did not take it.
+fn confirmed_or(outcome: PublishOutcome, target: &str) -> Result<(), CallError> {
+    match outcome {
+        PublishOutcome::Confirmed => Ok(()),
+        PublishOutcome::Returned(_) => Err(CallError::Unroutable(target.to_string())),
+        PublishOutcome::Nacked(_) => Err(CallError::Refused),
+        PublishOutcome::ChannelLost(_) => Err(CallError::ChannelLost),
+    }
+}
+
+impl CallError {
+    /// A deadline that passed before publishing, named with the request's whole timeout.
+    fn or_timeout(self, timeout: Duration) -> CallError {
+        match self {
+            CallError::Timeout(_) => CallError::Timeout(timeout),
+            other => other,
         }
     }
 }
@@ -215,6 +287,18 @@ impl BrokerPools {
         })
     }
 
+    /// A correlation id unique among this gateway's jobs (a random instance prefix and a
+    /// counter): what answers are matched by, and what names a generation job for cancelling.
+    pub fn job_id(&self) -> String {
+        // Unique among this gateway's requests, which is all a reply needs (it comes back only to
+        // this channel); a counter costs no random bytes per request.
+        format!(
+            "{}-{:x}",
+            self.instance,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
     /// Publishes `body` to `queue` (persistent, mandatory, confirmed, `reply_to` direct
     /// reply-to) and waits, at most `timeout` in all, for the answer with the same correlation id.
     pub async fn call(
@@ -225,31 +309,94 @@ impl BrokerPools {
         timeout: Duration,
     ) -> Result<Delivery, CallError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let id = self.job_id();
+        let (tx, rx) = oneshot::channel();
+        let (confirm, _waiting) = self
+            .publish_waiting(queue, &id, Waiter::Once(tx), body, properties, deadline)
+            .await
+            .map_err(|e| e.or_timeout(timeout))?;
+        // The answer may come before the confirm; a returned job comes before its ack.
+        let mut confirm = std::pin::pin!(confirm);
+        let mut rx = std::pin::pin!(rx);
+        let mut expiry = std::pin::pin!(tokio::time::sleep_until(deadline));
+        let mut confirmed = false;
+        loop {
+            tokio::select! {
+                answer = &mut rx => return answer.map_err(|_| CallError::ChannelLost),
+                result = &mut confirm, if !confirmed => match confirmed_or(result.into(), queue) {
+                    Ok(()) => confirmed = true,
+                    Err(e) => return Err(e),
+                },
+                () = &mut expiry => return Err(CallError::Timeout(timeout)),
+            }
+        }
+    }
+
+    /// Publishes a job under the correlation id `id` (from [`BrokerPools::job_id`]) like
+    /// [`BrokerPools::call`], and once the broker confirmed it (within `timeout`), hands back
+    /// every message answered to it, in order: a generation job streams several.
+    ///
+    /// Its `reply_to` is the reply channel's own exclusive queue, not direct reply-to: a
+    /// worker publishes each streamed piece `mandatory` and regenerates the job when a piece is
+    /// not confirmed as routed, and RabbitMQ 3.10 returns a `mandatory` message to direct
+    /// reply-to as unroutable (312 `NO_ROUTE`) although it delivers it.
+    pub async fn stream(
+        &self,
+        queue: &str,
+        id: &str,
+        body: &[u8],
+        properties: JobProperties,
+        timeout: Duration,
+    ) -> Result<ReplyStream, CallError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (tx, messages) = mpsc::unbounded_channel();
+        let (confirm, waiting) = self
+            .publish_waiting(queue, id, Waiter::Stream(tx), body, properties, deadline)
+            .await
+            .map_err(|e| e.or_timeout(timeout))?;
+        // Messages that come before the confirm wait in the stream.
+        match tokio::time::timeout_at(deadline, confirm).await {
+            Ok(result) => confirmed_or(result.into(), queue)?,
+            Err(_) => return Err(CallError::Timeout(timeout)),
+        }
+        Ok(ReplyStream {
+            messages,
+            _waiting: waiting,
+        })
+    }
+
+    /// Registers `waiter` for `id` on a reply channel and publishes the job; the confirm is
+    /// awaited by the caller, after the channel went back to the pool. `Timeout(ZERO)` stands
+    /// for "the deadline passed" until the caller names its timeout.
+    async fn publish_waiting(
+        &self,
+        queue: &str,
+        id: &str,
+        waiter: Waiter,
+        body: &[u8],
+        properties: JobProperties,
+        deadline: tokio::time::Instant,
+    ) -> Result<(lapin::PublisherConfirm, Waiting), CallError> {
+        let own_queue = matches!(waiter, Waiter::Stream(_));
         let reply = tokio::time::timeout_at(deadline, self.reply_channels.get())
             .await
-            .map_err(|_| CallError::Timeout(timeout))?
+            .map_err(|_| CallError::Timeout(Duration::ZERO))?
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        // Unique among this gateway's requests, which is all a reply needs (it comes back only to
-        // this channel); a counter costs no random bytes per request.
-        let id = format!(
-            "{}-{:x}",
-            self.instance,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        );
-        let (tx, rx) = oneshot::channel();
         reply
             .pending
             .lock()
             .map_err(|_| CallError::ChannelLost)?
-            .insert(id.clone(), tx);
-        let _waiting = Waiting {
+            .insert(id.to_string(), waiter);
+        let waiting = Waiting {
             pending: reply.pending.clone(),
-            id: id.clone(),
+            id: id.to_string(),
         };
-        let properties = properties
-            .reply_to(DIRECT_REPLY_TO)
-            .correlation_id(&id)
-            .build();
+        let reply_to = if own_queue {
+            reply.queue.as_str()
+        } else {
+            DIRECT_REPLY_TO
+        };
+        let properties = properties.reply_to(reply_to).correlation_id(id).build();
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -259,24 +406,33 @@ impl BrokerPools {
             .basic_publish("".into(), queue.into(), options, body, properties)
             .await
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        Ok((confirm, waiting))
+    }
+
+    /// Publishes a cancel message (`{"id", "model"}`) on `prefix`'s cancel exchange, so that
+    /// the worker holding that generation job ends it (docs/PROTOCOL.md "Cancelling").
+    pub async fn cancel(&self, prefix: &str, body: &[u8]) -> Result<(), CallError> {
+        let reply = self
+            .reply_channels
+            .get()
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        // The delivery limit names a queue argument, which a publish does not use.
+        let exchange = Topology::new(prefix, 0).cancel_exchange();
+        let properties = JobProperties::new().build();
+        let confirm = reply
+            .channel
+            .basic_publish(
+                exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
         drop(reply);
-        // The answer may come before the confirm; a returned job comes before its ack.
-        let mut confirm = std::pin::pin!(confirm);
-        let mut rx = std::pin::pin!(rx);
-        let mut expiry = std::pin::pin!(tokio::time::sleep_until(deadline));
-        let mut confirmed = false;
-        loop {
-            tokio::select! {
-                answer = &mut rx => return answer.map_err(|_| CallError::ChannelLost),
-                result = &mut confirm, if !confirmed => match PublishOutcome::from(result) {
-                    PublishOutcome::Confirmed => confirmed = true,
-                    PublishOutcome::Returned(_) => return Err(CallError::Unroutable(queue.to_string())),
-                    PublishOutcome::Nacked(_) => return Err(CallError::Refused),
-                    PublishOutcome::ChannelLost(_) => return Err(CallError::ChannelLost),
-                },
-                () = &mut expiry => return Err(CallError::Timeout(timeout)),
-            }
-        }
+        confirmed_or(PublishOutcome::of(confirm).await, &exchange)
     }
 
     /// A passive declare of `queue` on a channel of its own (a missing queue closes it).
