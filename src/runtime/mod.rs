@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crate::protocol::{ModelSignature, Tensor};
 
 pub(crate) use instances::InstancePool;
-pub use session::{DimNames, SessionOptions};
+pub use session::{to_ort, value_view, DimNames, SessionOptions};
 
 pub use shared::SharedSession;
 pub use version::load_version;
@@ -83,6 +83,12 @@ pub trait Backend: Send + 'static {
     fn arena(&self) -> Option<arena::ArenaProbe> {
         None
     }
+    /// The ONNX Runtime session underneath, for runs on values kept between runs
+    /// ([`SharedSession::run_values`]); `None`: not an ONNX Runtime session (or one that must
+    /// be run through [`Backend::infer`]).
+    fn shared_session(&self) -> Option<Arc<SharedSession>> {
+        None
+    }
 }
 
 /// True for the first backend of each session among those `seen` so far (a backend of its own
@@ -130,5 +136,9 @@ impl Backend for OrtBackend {
 
     fn arena(&self) -> Option<arena::ArenaProbe> {
         Some(arena::ArenaProbe::new(&self.session))
+    }
+
+    fn shared_session(&self) -> Option<Arc<SharedSession>> {
+        Some(self.session.clone())
     }
 }

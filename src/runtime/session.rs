@@ -239,7 +239,8 @@ pub fn dim_names_of(session: &Session) -> DimNames {
     }
 }
 
-pub(super) fn to_ort(tensor: &Tensor) -> ort::Result<DynValue> {
+/// A value in CPU memory holding a copy of `tensor`.
+pub fn to_ort(tensor: &Tensor) -> ort::Result<DynValue> {
     let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
     match &tensor.data {
         TensorData::Fixed(bytes) => {
@@ -284,6 +285,28 @@ pub(super) fn to_ort(tensor: &Tensor) -> ort::Result<DynValue> {
             Ok(OrtTensor::from_string_array((shape, strings.as_slice()))?.into_dyn())
         }
     }
+}
+
+/// A tensor value in CPU memory: its shape, datatype and bytes, borrowed from `value` (an
+/// output of [`super::SharedSession::run_values`], or a value made by [`to_ort`]).
+pub fn value_view(value: &DynValue) -> ort::Result<(Vec<usize>, DataType, &[u8])> {
+    let dtype = value.dtype();
+    let ty = dtype
+        .tensor_type()
+        .ok_or_else(|| ort::Error::new("the value is not a tensor"))?;
+    let datatype = datatype_of(ty)
+        .filter(|d| *d != DataType::Bytes)
+        .ok_or_else(|| ort::Error::new(format!("a tensor of {ty:?} has no fixed-size bytes")))?;
+    let shape: Vec<usize> = dtype
+        .tensor_shape()
+        .map(|s| s.iter().map(|&d| d.max(0) as usize).collect())
+        .unwrap_or_default();
+    let tensor = value.view().downcast::<ort::value::DynTensorValueType>()?;
+    let len = tensor.size().unwrap_or(0);
+    // SAFETY: run outputs live in CPU memory (no IoBinding), `len` bytes long, valid while
+    // `value` is, which the returned slice borrows.
+    let bytes = unsafe { std::slice::from_raw_parts(tensor.data_ptr().cast::<u8>(), len) };
+    Ok((shape, datatype, bytes))
 }
 
 pub(super) fn from_ort(name: &str, value: &DynValue) -> ort::Result<Tensor> {

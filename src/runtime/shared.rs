@@ -89,21 +89,38 @@ impl SharedSession {
     }
 
     fn run_inner(&self, inputs: &[Tensor]) -> ort::Result<Vec<Tensor>> {
+        let values = inputs
+            .iter()
+            .map(|t| Ok((t.name.as_str(), to_ort(t)?)))
+            .collect::<ort::Result<Vec<_>>>()?;
+        let refs: Vec<(&str, &DynValue)> = values.iter().map(|(n, v)| (*n, v)).collect();
+        let owned = self.run_raw(&refs)?;
+        owned
+            .iter()
+            .zip(&self.signature.outputs)
+            .map(|(value, spec)| from_ort(&spec.name, value))
+            .collect()
+    }
+
+    /// Runs on values the caller keeps: `inputs` by name (each a model input, any order),
+    /// every output as ONNX Runtime made it (in CPU memory), signature order. For a loop that
+    /// feeds a run's outputs to the next run (a decoder's caches) without copying them out and
+    /// back in.
+    pub fn run_values(&self, inputs: &[(&str, &DynValue)]) -> Result<Vec<DynValue>, RuntimeError> {
+        self.run_raw(inputs)
+            .map_err(|e| RuntimeError::Run(e.to_string()))
+    }
+
+    fn run_raw(&self, inputs: &[(&str, &DynValue)]) -> ort::Result<Vec<DynValue>> {
         let mut names = Vec::with_capacity(inputs.len());
-        let mut values = Vec::with_capacity(inputs.len());
-        for tensor in inputs {
-            let index = self
-                .signature
-                .inputs
-                .iter()
-                .position(|s| s.name == tensor.name);
-            let index = index.ok_or_else(|| {
-                ort::Error::new(format!("the model has no input {}", tensor.name))
-            })?;
+        for (name, _) in inputs {
+            let index = self.signature.inputs.iter().position(|s| s.name == *name);
+            let index =
+                index.ok_or_else(|| ort::Error::new(format!("the model has no input {name}")))?;
             names.push(self.inputs[index].as_ptr());
-            values.push(to_ort(tensor)?);
         }
-        let value_ptrs: Vec<*const ort::sys::OrtValue> = values.iter().map(|v| v.ptr()).collect();
+        let value_ptrs: Vec<*const ort::sys::OrtValue> =
+            inputs.iter().map(|(_, v)| v.ptr()).collect();
         let output_names: Vec<_> = self.outputs.iter().map(|n| n.as_ptr()).collect();
         let mut outputs: Vec<*mut ort::sys::OrtValue> = vec![ptr::null_mut(); output_names.len()];
         // SAFETY: the session pointer is valid while `self.session` lives; the name and value
@@ -136,14 +153,12 @@ impl SharedSession {
             .collect();
         result?;
         owned
-            .iter()
+            .into_iter()
             .zip(&self.signature.outputs)
-            .map(|(value, spec)| match value {
-                Some(value) => from_ort(&spec.name, value),
-                None => Err(ort::Error::new(format!(
-                    "output {} was not returned",
-                    spec.name
-                ))),
+            .map(|(value, spec)| {
+                value.ok_or_else(|| {
+                    ort::Error::new(format!("output {} was not returned", spec.name))
+                })
             })
             .collect()
     }

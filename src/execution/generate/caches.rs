@@ -7,7 +7,58 @@
 //! buffers are made anew from the rows that stay ([`Caches::gather`]); between, each run's
 //! present caches are the next run's past ones, with no copy.
 
+use ort::value::DynValue;
+
+use crate::protocol::{DataType, Tensor, TensorData};
+use crate::runtime::value_view;
 use crate::serving::decoder::CacheLayout;
+
+/// One cache buffer (or run output): bytes gathered by the engine, a value as an ONNX Runtime
+/// run returned it (kept so that it is the next run's input without a copy), or a tensor as a
+/// backend returned it.
+pub enum Buffer {
+    Host(Vec<u8>),
+    Value(DynValue),
+    Returned(Tensor),
+}
+
+impl Buffer {
+    /// Its bytes (a value's are copied).
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Buffer::Host(bytes) => bytes,
+            Buffer::Returned(Tensor {
+                data: TensorData::Fixed(bytes),
+                ..
+            }) => bytes,
+            other => other.bytes().to_vec(),
+        }
+    }
+
+    /// Its bytes, row-major.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Buffer::Host(bytes) => bytes,
+            Buffer::Value(value) => value_view(value).map(|v| v.2).unwrap_or(&[]),
+            Buffer::Returned(tensor) => match &tensor.data {
+                TensorData::Fixed(bytes) => bytes,
+                TensorData::Bytes(_) => &[],
+            },
+        }
+    }
+
+    /// A run output's shape, datatype and bytes (a host buffer's shape is the caller's).
+    pub fn view(&self) -> Result<(Vec<usize>, DataType, &[u8]), String> {
+        match self {
+            Buffer::Host(_) => Err("a gathered buffer has no shape of its own".into()),
+            Buffer::Value(value) => value_view(value).map_err(|e| e.to_string()),
+            Buffer::Returned(tensor) => match &tensor.data {
+                TensorData::Fixed(bytes) => Ok((tensor.shape.clone(), tensor.datatype, bytes)),
+                TensorData::Bytes(_) => Err(format!("decoder returned {} as strings", tensor.name)),
+            },
+        }
+    }
+}
 
 /// Where a row's positions sit in its buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,9 +70,9 @@ pub struct Geometry {
 }
 
 /// The caches of `rows` rows.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Default)]
 pub struct Caches {
-    pub buffers: Vec<Vec<u8>>,
+    pub buffers: Vec<Buffer>,
     pub rows: usize,
     pub width: usize,
 }
@@ -31,7 +82,7 @@ impl Caches {
     pub fn zeros(buffers: usize, rows: usize, width: usize, geometry: &Geometry) -> Caches {
         let bytes = rows * geometry.kv_heads * width * geometry.position_bytes;
         Caches {
-            buffers: vec![vec![0; bytes]; buffers],
+            buffers: (0..buffers).map(|_| Buffer::Host(vec![0; bytes])).collect(),
             rows,
             width,
         }
@@ -49,6 +100,9 @@ impl Caches {
         let pb = geometry.position_bytes;
         let heads = geometry.kv_heads;
         for (b, buffer) in out.buffers.iter_mut().enumerate() {
+            let Buffer::Host(buffer) = buffer else {
+                unreachable!("zeros() makes host buffers")
+            };
             for (r, &(from, row, len)) in sources.iter().enumerate() {
                 let len = len.min(width).min(from.width);
                 let (src_start, dst_start) = match geometry.layout {
@@ -59,7 +113,7 @@ impl Caches {
                     let src = ((row * heads + h) * from.width + src_start) * pb;
                     let dst = ((r * heads + h) * width + dst_start) * pb;
                     buffer[dst..dst + len * pb]
-                        .copy_from_slice(&from.buffers[b][src..src + len * pb]);
+                        .copy_from_slice(&from.buffers[b].bytes()[src..src + len * pb]);
                 }
             }
         }
@@ -77,7 +131,7 @@ mod tests {
             .flat_map(|r| (0..width).map(move |p| (r * 10 + p) as u8))
             .collect();
         Caches {
-            buffers: vec![data],
+            buffers: vec![Buffer::Host(data)],
             rows,
             width,
         }
@@ -98,7 +152,7 @@ mod tests {
         let new = caches(1, 2);
         // Row 1 of `old` holds its last 3 positions, the joining row its 2.
         let out = Caches::gather(&[(&old, 1, 3), (&new, 0, 2)], 3, &g);
-        assert_eq!(out.buffers[0], vec![11, 12, 13, 0, 0, 1]);
+        assert_eq!(out.buffers[0].bytes(), [11, 12, 13, 0, 0, 1]);
         assert_eq!((out.rows, out.width), (2, 3));
     }
 
@@ -107,6 +161,6 @@ mod tests {
         let g = geometry(CacheLayout::RowLengths);
         let old = caches(2, 4);
         let out = Caches::gather(&[(&old, 1, 2), (&old, 0, 3)], 4, &g);
-        assert_eq!(out.buffers[0], vec![10, 11, 0, 0, 0, 1, 2, 0]);
+        assert_eq!(out.buffers[0].bytes(), [10, 11, 0, 0, 0, 1, 2, 0]);
     }
 }

@@ -36,11 +36,11 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::caches::{Caches, Geometry};
+use self::caches::{Buffer, Caches, Geometry};
 use self::detokenize::TextStream;
 use self::sampling::{Sampler, SamplingParams};
 use crate::protocol::{DataType, Tensor, TensorData};
-use crate::runtime::Backend;
+use crate::runtime::{to_ort, Backend, SharedSession};
 use crate::serving::decoder::{element_size, CacheLayout, DecoderSpec};
 use crate::telemetry::generation::{VersionGeneration, FINISH_REASONS};
 
@@ -181,6 +181,8 @@ struct Engine {
     spec: Arc<DecoderSpec>,
     tokenizer: Arc<tokenizers::Tokenizer>,
     backend: Box<dyn Backend>,
+    /// The backend's ONNX Runtime session, run on values kept between steps.
+    session: Option<Arc<SharedSession>>,
     metrics: VersionGeneration,
     geometry: Geometry,
     /// Index of `logits` among the backend's outputs, then of each present cache, in the
@@ -220,6 +222,7 @@ impl Engine {
         };
         Ok(Engine {
             caches: Caches::zeros(present_at.len(), 0, 0, &geometry),
+            session: backend.shared_session(),
             spec,
             tokenizer,
             backend,
@@ -567,18 +570,49 @@ impl Engine {
         }
         let past_width = caches.width;
         let shape = vec![rows, spec.kv_heads, past_width, spec.head_size];
-        for (i, buffer) in caches.buffers.into_iter().enumerate() {
-            inputs.push(Tensor {
-                name: spec.caches[i / 2][i % 2].clone(),
-                datatype: spec.kv_type,
-                shape: shape.clone(),
-                data: TensorData::Fixed(buffer),
-            });
-        }
-        let mut outputs = self.backend.infer(&inputs).map_err(|e| e.to_string())?;
-        drop(inputs);
-        let logits = &outputs[self.logits_at];
-        let (vocab, last) = match logits.shape.as_slice() {
+        let cache_tensor = |i: usize, bytes: Vec<u8>| Tensor {
+            name: spec.caches[i / 2][i % 2].clone(),
+            datatype: spec.kv_type,
+            shape: shape.clone(),
+            data: TensorData::Fixed(bytes),
+        };
+        // Outputs, in signature order: kept as ONNX Runtime made them on a session (the present
+        // caches are the next run's inputs as they are), else as the backend returns them.
+        let outputs: Vec<Buffer> = match self.session.clone() {
+            Some(session) => {
+                let mut values = Vec::with_capacity(inputs.len() + caches.buffers.len());
+                for tensor in &inputs {
+                    values.push((
+                        tensor.name.as_str(),
+                        to_ort(tensor).map_err(|e| e.to_string())?,
+                    ));
+                }
+                for (i, buffer) in caches.buffers.into_iter().enumerate() {
+                    let value = match buffer {
+                        Buffer::Value(value) => value,
+                        host => {
+                            let bytes = host.into_bytes();
+                            to_ort(&cache_tensor(i, bytes)).map_err(|e| e.to_string())?
+                        }
+                    };
+                    values.push((spec.caches[i / 2][i % 2].as_str(), value));
+                }
+                let refs: Vec<(&str, &ort::value::DynValue)> =
+                    values.iter().map(|(name, value)| (*name, value)).collect();
+                let outputs = session.run_values(&refs).map_err(|e| e.to_string())?;
+                outputs.into_iter().map(Buffer::Value).collect()
+            }
+            None => {
+                for (i, buffer) in caches.buffers.into_iter().enumerate() {
+                    inputs.push(cache_tensor(i, buffer.into_bytes()));
+                }
+                let outputs = self.backend.infer(&inputs).map_err(|e| e.to_string())?;
+                outputs.into_iter().map(Buffer::Returned).collect()
+            }
+        };
+        let names = &self.backend.signature().outputs;
+        let (shape, datatype, bytes) = outputs[self.logits_at].view()?;
+        let (vocab, last) = match shape.as_slice() {
             &[r, s, v] if r == rows && s == seq && v > 0 => (v, s - 1),
             other => {
                 return Err(format!(
@@ -587,13 +621,10 @@ impl Engine {
                 ))
             }
         };
-        let TensorData::Fixed(bytes) = &logits.data else {
-            return Err(format!("decoder returned {} as strings", spec.logits));
-        };
         let mut last_logits = Vec::with_capacity(rows * vocab);
         for r in 0..rows {
             let at = (r * seq + last) * vocab;
-            match logits.datatype {
+            match datatype {
                 DataType::F16 => last_logits.extend(
                     bytes[at * 2..(at + vocab) * 2]
                         .chunks_exact(2)
@@ -606,6 +637,7 @@ impl Engine {
                 ),
             }
         }
+        let mut outputs: Vec<Option<Buffer>> = outputs.into_iter().map(Some).collect();
         let mut present = Caches {
             buffers: Vec::with_capacity(self.present_at.len()),
             rows,
@@ -614,27 +646,20 @@ impl Engine {
         // Each run returns the caches one run longer: what the rows' lengths rely on.
         let expected = past_width + seq;
         for &at in &self.present_at {
-            let tensor = &mut outputs[at];
-            let width = match tensor.shape.as_slice() {
+            let buffer = outputs[at].take().ok_or("an output named twice")?;
+            let (shape, _, _) = buffer.view()?;
+            match shape.as_slice() {
                 &[r, h, w, s]
-                    if r == rows && h == spec.kv_heads && w == expected && s == spec.head_size =>
-                {
-                    w
-                }
+                    if r == rows && h == spec.kv_heads && w == expected && s == spec.head_size => {}
                 other => {
                     return Err(format!(
                     "decoder returned {} of shape {other:?}, expected [{rows}, {}, {expected}, {}]",
-                    tensor.name, spec.kv_heads, spec.head_size
+                    names[at].name, spec.kv_heads, spec.head_size
                 ))
                 }
-            };
-            present.width = width;
-            match std::mem::replace(&mut tensor.data, TensorData::Fixed(Vec::new())) {
-                TensorData::Fixed(bytes) => present.buffers.push(bytes),
-                TensorData::Bytes(_) => {
-                    return Err(format!("decoder returned {} as strings", tensor.name))
-                }
             }
+            present.width = expected;
+            present.buffers.push(buffer);
         }
         Ok((last_logits, present))
     }
