@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::gateway::{start_gateway, TestGateway};
@@ -102,7 +103,11 @@ struct Fleet {
 
 impl Fleet {
     async fn start(extra: &[(&str, &str)]) -> Fleet {
-        let models = model_repository(&["storyteller"]);
+        Fleet::with(model_repository(&["storyteller"]), extra).await
+    }
+
+    /// The fleet of `models` (a repository).
+    async fn with(models: tempfile::TempDir, extra: &[(&str, &str)]) -> Fleet {
         let prefix = random_prefix();
         let worker = TestWorker::start(settings(&prefix, models.path(), &[])).await;
         let path = models.path().display().to_string();
@@ -416,5 +421,91 @@ async fn a_client_that_leaves_cancels_its_job_and_a_full_gateway_answers_429() {
     assert_eq!(cancel["id"], held["id"]);
     let answer = post(&fleet.url("/v2/models/fake/generate_stream"), &body, 2).await;
     assert_eq!(answer.status, 200);
+    fleet.stop().await;
+}
+
+/// True when python3 can import `openai`, installing it with pip if not.
+fn openai_available() -> Result<(), String> {
+    let ok = |out: std::io::Result<std::process::Output>| out.is_ok_and(|o| o.status.success());
+    if ok(std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output())
+    {
+        return Ok(());
+    }
+    let install = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "openai"])
+        .output();
+    match install {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs a script of tests/gateway_generate/ with `args`; its stdout.
+async fn python(script: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/gateway_generate")
+        .join(script);
+    let out = tokio::process::Command::new("python3")
+        .arg(path)
+        .args(args)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_client_works_unchanged() {
+    if let Err(why) = openai_available() {
+        eprintln!("SKIPPED: the openai package cannot be installed with pip: {why}");
+        return;
+    }
+    // A decoder with a chat template, one without (the genai layout less its
+    // chat_template.jinja), and a model that does not generate.
+    let models = model_repository(&["storyteller", "iris"]);
+    let plain = models.path().join("plain/1");
+    copy_dir(&manifest_path("tests/llm/genai"), &plain);
+    std::fs::remove_file(plain.join("chat_template.jinja")).unwrap();
+    let fleet = Fleet::with(models, &[]).await;
+    let reference = manifest_path("tests/llm/reference.json");
+    let addr = fleet.gw.addr.to_string();
+    let reference = reference.to_str().unwrap();
+    let out = python(
+        "openai_client.py",
+        &["--url", &addr, "--reference", reference],
+    )
+    .await;
+    assert!(out.contains("all openai checks passed"));
+    // The stream as curl sees it: chunks, then `data: [DONE]`.
+    let body = json!({"model": "storyteller", "stream": true, "max_tokens": 3,
+        "messages": [{"role": "user", "content": "And God said"}]});
+    let answer = post(&fleet.url("/v1/chat/completions"), &body, 30).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-type"), Some("text/event-stream"));
+    let events = answer.events();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(
+        first["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    // A whole answer says the job's own finish reason beside the API's.
+    let body = json!({"model": "storyteller", "prompt": "And", "max_tokens": 2});
+    let answer = post(&fleet.url("/v1/completions"), &body, 30).await;
+    assert_eq!(answer.header("infermq-finish-reason"), Some("length"));
     fleet.stop().await;
 }

@@ -45,6 +45,8 @@ pub struct JobRequest<'a> {
 /// A published generation job: its answers, in order, without the repeats of a restarted
 /// stream ([`Sequencer`]).
 pub struct Generation {
+    /// The job's id on the wire (the gateway's, not the client's).
+    id: String,
     replies: ReplyStream,
     sequencer: Sequencer,
     deadline: tokio::time::Instant,
@@ -86,6 +88,7 @@ impl Gateway {
                 message: serde_json::json!({"id": id, "model": request.model.as_str()}).to_string(),
                 armed: true,
             },
+            id,
             replies,
             sequencer: Sequencer::default(),
             deadline: tokio::time::Instant::now() + request.timeout,
@@ -119,6 +122,11 @@ impl Gateway {
 }
 
 impl Generation {
+    /// The job's id on the wire (the gateway's own).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The next answer; `None` after the last (the one with a `finish_reason`, or a failure).
     pub async fn next(&mut self) -> Option<Result<Answer, Failure>> {
         if self.done {

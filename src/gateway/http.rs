@@ -17,9 +17,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::generate;
 use super::metrics::Endpoint;
 use super::policy::{self, Admission};
+use super::{generate, v1};
 use super::{Gateway, TIMEOUT_HEADER};
 use crate::broker::headers::{as_string, find, BINARY_HEADER, ERROR_CODE};
 use crate::protocol::ModelName;
@@ -50,6 +50,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v1/completions", post(v1::completions))
+        .route("/v1/chat/completions", post(v1::chat_completions))
+        .route("/v1/models", get(v1::models))
+        .route("/v1/models/{model}", get(v1::model))
         .route("/v2/models/{model}/generate", post(generate::generate))
         .route(
             "/v2/models/{model}/versions/{version}/generate",
@@ -190,6 +194,24 @@ impl Refusal {
     pub(super) fn retry(mut self, seconds: u64) -> Refusal {
         self.retry_after = Some(seconds);
         self
+    }
+
+    pub(super) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(super) fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// `Retry-After`, in seconds, when the client should come back.
+    pub(super) fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
+    /// Whether the model's queue exists (then its name is a metrics label).
+    pub(super) fn known(&self) -> bool {
+        self.known
     }
 
     pub(super) fn answer(self) -> (bool, Response) {

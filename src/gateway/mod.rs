@@ -19,6 +19,7 @@
 //! job runs and its result is dropped by the broker (direct reply-to has no queue to keep it).
 
 mod cache;
+pub(crate) mod chat;
 mod dispatch;
 mod gather;
 mod generate;
@@ -28,8 +29,10 @@ mod http;
 pub(crate) mod job;
 mod merge;
 mod metrics;
+pub(crate) mod openai;
 mod policy;
 mod replies;
+mod v1;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -45,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::topology::predict_queue;
 use crate::client::JobProperties;
-use crate::config::{GatewaySettings, Settings};
+use crate::config::{GatewaySettings, RepositorySettings, Settings};
 use crate::protocol::ModelName;
 use cache::{Lookup, TtlCache};
 use dispatch::Waiter;
@@ -88,6 +91,10 @@ pub struct Gateway {
     gathering: Mutex<Gathering<GatherKey, Waiter>>,
     /// Bytes of inputs a gathered job may carry: under `broker.max_message_bytes`.
     gather_bytes: usize,
+    /// Where chat templates and the `/v1/models` list come from (the workers' repository).
+    repository: RepositorySettings,
+    /// Each model's chat template, or why it has none (for `metadata_cache_ms`).
+    templates: TtlCache<Arc<Result<Arc<chat::ChatTemplate>, String>>>,
 }
 
 impl Gateway {
@@ -116,6 +123,8 @@ impl Gateway {
             )),
             // Room for the JSON header (names and shapes) and the AMQP headers.
             gather_bytes: settings.broker.max_message_bytes.saturating_sub(64 << 10),
+            repository: settings.repository.clone(),
+            templates: TtlCache::new(Duration::from_millis(gw.metadata_cache_ms)),
         })
     }
 
