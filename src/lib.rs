@@ -34,6 +34,7 @@
 //!   seeded generator; `make-models` (the bundled models): [`training`]'s bundled networks,
 //!   encoder and training loop, and [`tokenizer`]'s WordPiece trainer.
 
+pub mod batchfile;
 pub mod batching;
 pub mod broker;
 pub mod client;

@@ -91,6 +91,27 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         timeout_s: u64,
     },
+    /// Send a batch file (OpenAI's JSONL batch format) as generation jobs and write each
+    /// answer as it arrives; a rerun resumes (see docs/GATEWAY.md "Batch files").
+    Batch {
+        /// Requests, one `{"custom_id", "method", "url", "body"}` per line.
+        input: PathBuf,
+        /// Answers, one per line, appended (lines already answered there are not asked again).
+        #[arg(long)]
+        output: PathBuf,
+        /// Jobs in flight at most.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Each job's deadline in seconds from when it is sent (none: jobs wait their turn).
+        #[arg(long)]
+        job_timeout_s: Option<u64>,
+        /// Give up when no answer came for this long while jobs are in flight.
+        #[arg(long, default_value_t = 600)]
+        idle_timeout_s: u64,
+        /// Model repository for chat templates (overrides repository.path).
+        #[arg(long)]
+        models: Option<PathBuf>,
+    },
     /// List the repository: models, versions, configuration, inputs and outputs.
     Models {
         #[arg(long)]
@@ -188,9 +209,47 @@ fn main() -> anyhow::Result<()> {
                 let body = serde_json::json!({"text_input": prompt, "parameters": parameters});
                 generate(&settings, &model, version, body, timeout_s).await
             }
+            Command::Batch {
+                input,
+                output,
+                window,
+                job_timeout_s,
+                idle_timeout_s,
+                models,
+            } => {
+                let options = infermq::batchfile::BatchOptions {
+                    input,
+                    output,
+                    window,
+                    job_timeout: job_timeout_s.map(Duration::from_secs),
+                    idle_timeout: Duration::from_secs(idle_timeout_s),
+                };
+                batch(settings, models, options).await
+            }
             Command::Models { .. } => list_models(&settings),
         }
     })
+}
+
+/// Runs a batch file; fails when some requests got no answer (a rerun asks for them).
+async fn batch(
+    mut settings: Settings,
+    models: Option<PathBuf>,
+    options: infermq::batchfile::BatchOptions,
+) -> anyhow::Result<()> {
+    if let Some(dir) = models {
+        settings.repository.path = dir;
+    }
+    let summary = infermq::batchfile::run(&settings, &options, cancel_on_signal()).await?;
+    if summary.unfinished() > 0 {
+        bail!(
+            "{} of {} lines have no answer in {} yet; run the same command again to send them",
+            summary.unfinished(),
+            summary.total,
+            options.output.display()
+        );
+    }
+    Ok(())
 }
 
 async fn run_worker(settings: Settings) -> anyhow::Result<()> {

@@ -509,3 +509,6 @@ async fn the_openai_client_works_unchanged() {
     assert_eq!(answer.header("infermq-finish-reason"), Some("length"));
     fleet.stop().await;
 }
+
+#[path = "gateway_generate/batch.rs"]
+mod batch;
