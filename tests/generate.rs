@@ -520,3 +520,67 @@ async fn a_job_running_when_its_worker_stops_is_generated_again_by_another() {
     client.close().await;
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_to_direct_reply_to_arrives_once() {
+    use futures_util::StreamExt;
+    let repo = repository();
+    let prefix = random_prefix();
+    let worker = TestWorker::start(settings(&prefix, repo.path(), &[])).await;
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut replies = consume(&channel, "amq.rabbitmq.reply-to").await;
+    for stream in [true, false] {
+        let body = json!({"text_input": "And God said", "parameters": {"max_tokens": 12, "stream": stream}});
+        let properties = BasicProperties::default()
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_correlation_id("direct".into());
+        channel
+            .basic_publish(
+                "".into(),
+                worker.queue("storyteller").as_str().into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(&body).unwrap(),
+                properties,
+            )
+            .await
+            .unwrap();
+        let mut messages = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(30), replies.next()).await;
+            let delivery = next.unwrap().unwrap().unwrap();
+            let value: Value = serde_json::from_slice(&delivery.data).unwrap();
+            let last = value.get("finish_reason").is_some();
+            messages.push(value);
+            if last {
+                break;
+            }
+        }
+        let sequences: Vec<u64> = messages
+            .iter()
+            .filter_map(|m| m["sequence"].as_u64())
+            .collect();
+        let expected: Vec<u64> = if stream {
+            (0..messages.len() as u64).collect()
+        } else {
+            vec![]
+        };
+        assert_eq!(sequences, expected, "stream {stream}: {messages:?}");
+    }
+    // Nothing was returned as unroutable, and no job ran twice.
+    let (_, metrics) = http_get(worker.handles.http_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("infermq_results_returned_total{model=\"storyteller\"} 0"),
+        "returned"
+    );
+    assert!(metrics.contains(
+        "infermq_jobs_total{model=\"storyteller\",outcome=\"requeued\",version=\"1\"} 0"
+    ));
+    let _ = connection.close(200, "bye".into()).await;
+    worker.stop().await;
+}

@@ -19,6 +19,9 @@ use lapin::{Confirmation, PublisherConfirm};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// The prefix of RabbitMQ's direct reply-to routes (`amq.rabbitmq.reply-to.<token>`).
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to.";
+
 /// What to do with a job's delivery once its answer is safely in the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -219,8 +222,11 @@ async fn publish(channel: &Channel, message: OutgoingMessage) -> lapin::Result<P
         properties,
         ..
     } = message;
+    // Mandatory, so that an answer to a queue that is gone comes back and is kept; except on
+    // RabbitMQ's direct reply-to, which 3.10 returns as unroutable (312 NO_ROUTE) although it
+    // delivers it (and which drops what is sent to a consumer that left).
     let options = BasicPublishOptions {
-        mandatory: true,
+        mandatory: !routing_key.starts_with(DIRECT_REPLY_TO),
         ..BasicPublishOptions::default()
     };
     channel
