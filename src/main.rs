@@ -16,9 +16,9 @@ use infermq::config::Settings;
 use infermq::protocol::{decode_request, decode_response, encode_request, EncodedBody};
 use infermq::repository::describe::describe;
 use infermq::repository::{ModelConfig, ModelStore};
-use infermq::serving::decoder::find_decoder;
 use infermq::runtime::Backend;
 use infermq::runtime::{env, OrtBackend, SessionOptions};
+use infermq::serving::decoder::find_decoder;
 use infermq::worker;
 
 #[derive(Parser)]
@@ -394,23 +394,25 @@ fn list_models(settings: &Settings) -> anyhow::Result<()> {
             .map_err(|e| e.to_string())
     };
     // A decoder generates: its context and budgets, or why the worker would refuse it.
-    let generation = |dir: &std::path::Path, config: &ModelConfig, signature: &_| {
-        match find_decoder(dir, config.generate.as_ref(), signature) {
-            Ok(None) => None,
-            Ok(Some(spec)) => Some(serde_json::json!({
-                "found_by": spec.found_by,
-                "context_length": spec.context_length,
-                "layers": spec.caches.len(),
-                "kv_heads": spec.kv_heads,
-                "head_size": spec.head_size,
-                "eos_token_ids": spec.eos_token_ids,
-                "kv_cache_bytes_admitted": spec.kv_bytes_admitted(),
-                "max_active_rows": spec.budgets.max_active_rows,
-                "max_prefill_tokens": spec.budgets.max_prefill_tokens,
-                "max_tokens": spec.budgets.max_tokens,
-            })),
-            Err(refused) => Some(serde_json::json!({"refused": refused})),
-        }
+    let generation = |dir: &std::path::Path, config: &ModelConfig, signature: &_| match find_decoder(
+        dir,
+        config.generate.as_ref(),
+        signature,
+    ) {
+        Ok(None) => None,
+        Ok(Some(spec)) => Some(serde_json::json!({
+            "found_by": spec.found_by,
+            "context_length": spec.context_length,
+            "layers": spec.caches.len(),
+            "kv_heads": spec.kv_heads,
+            "head_size": spec.head_size,
+            "eos_token_ids": spec.eos_token_ids,
+            "kv_cache_bytes_admitted": spec.kv_bytes_admitted(),
+            "max_active_rows": spec.budgets.max_active_rows,
+            "max_prefill_tokens": spec.budgets.max_prefill_tokens,
+            "max_tokens": spec.budgets.max_tokens,
+        })),
+        Err(refused) => Some(serde_json::json!({"refused": refused})),
     };
     let listing = describe(&store, signature, generation)?;
     println!("{}", serde_json::to_string_pretty(&listing)?);

@@ -311,6 +311,13 @@ async fn seeds_repeat_stop_strings_end_the_text_and_bad_jobs_are_refused() {
             "{body}: {answer}"
         );
     }
+    // A version the worker does not serve.
+    let id = send(&client, &queue, &job("And", 4), &[("x-model-version", "9")]).await;
+    let answer = collect(&mut client, std::slice::from_ref(&id))
+        .await
+        .remove(&id)
+        .unwrap();
+    assert_eq!(answer[0]["x-error-code"], "unknown_version", "{answer:?}");
     // Nothing else was affected.
     let again = one(&mut client, &queue, job("And God said", 48)).await;
     assert_eq!(again["text_output"], greedy["text_output"]);

@@ -235,14 +235,16 @@ fn accept(
         );
         return refuse(job, header_len, message_id, error);
     }
-    if let Ok(served) = ctx
+    let generates = |v: &Arc<ServedVersion>| v.generator.is_some();
+    match ctx
         .registry
         .resolve(model, headers.model_version.as_deref())
     {
-        if let Some(generator) = served.generator.clone() {
+        Ok(served) if generates(&served) => {
+            let generator = served.generator.clone().expect("a decoder has its engine");
             job.attach(&served.metrics);
-            if let Err(e) = authorize(user_id, &served.allowed_users, "this model (allowed_users)")
-            {
+            let allowed = authorize(user_id, &served.allowed_users, "this model (allowed_users)");
+            if let Err(e) = allowed {
                 return refuse(job, None, message_id, JobError::invalid(e.to_string()));
             }
             return generate::accept(
@@ -255,6 +257,17 @@ fn accept(
                 tasks,
             );
         }
+        // A decoder's job naming a version it does not serve: its body is a generation body,
+        // which the prediction checks below would misread.
+        Err(e)
+            if ctx
+                .registry
+                .resolve(model, None)
+                .is_ok_and(|v| generates(&v)) =>
+        {
+            return refuse(job, None, message_id, e.into());
+        }
+        _ => {}
     }
     let mut request = match decode_request(job.body(), header_len) {
         Ok(request) => request,
