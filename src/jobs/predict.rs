@@ -236,10 +236,10 @@ fn accept(
         return refuse(job, header_len, message_id, error);
     }
     let generates = |v: &Arc<ServedVersion>| v.generator.is_some();
-    match ctx
+    let first = ctx
         .registry
-        .resolve(model, headers.model_version.as_deref())
-    {
+        .resolve(model, headers.model_version.as_deref());
+    let resolved = match first {
         Ok(served) if generates(&served) => {
             let generator = served.generator.clone().expect("a decoder has its engine");
             job.attach(&served.metrics);
@@ -267,8 +267,8 @@ fn accept(
         {
             return refuse(job, None, message_id, e.into());
         }
-        _ => {}
-    }
+        other => other,
+    };
     let mut request = match decode_request(job.body(), header_len) {
         Ok(request) => request,
         Err(e) => return refuse(job, header_len, message_id, e.into()),
@@ -280,7 +280,14 @@ fn accept(
         .model_version
         .as_deref()
         .or(request.model_version.as_deref());
-    let served = match ctx.registry.resolve(model, version) {
+    // The version resolved above, unless the body names another one.
+    let again = headers.model_version.is_none() && request.model_version.is_some();
+    let resolved = if again {
+        ctx.registry.resolve(model, version)
+    } else {
+        resolved
+    };
+    let served = match resolved {
         Ok(served) => served,
         // Counted under version "": a label never takes a value the producer chose.
         Err(e) => return job.fail(e.into(), request.id.as_deref()),
