@@ -591,3 +591,71 @@ async fn a_stream_to_direct_reply_to_arrives_once() {
     let _ = connection.close(200, "bye".into()).await;
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_reply_queue_is_gone_is_dead_lettered_not_generated_again() {
+    use futures_util::StreamExt;
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    let repo = endless_repository();
+    let prefix = random_prefix();
+    let worker = slow_worker(&prefix, repo.path()).await;
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let replies = format!("{prefix}.replies");
+    channel
+        .queue_declare(
+            replies.as_str().into(),
+            QueueDeclareOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut pieces = consume(&channel, &replies).await;
+    let body = json!({"id": "gone", "text_input": "And", "parameters": {"max_tokens": 200, "stream": true}});
+    let properties = BasicProperties::default()
+        .with_reply_to(replies.as_str().into())
+        .with_correlation_id("gone".into());
+    channel
+        .basic_publish(
+            "".into(),
+            worker.queue("storyteller").as_str().into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(&body).unwrap(),
+            properties,
+        )
+        .await
+        .unwrap();
+    // The first piece arrives; then the reply queue goes.
+    tokio::time::timeout(Duration::from_secs(30), pieces.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    channel
+        .queue_delete(replies.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let dead_channel = connection.create_channel().await.unwrap();
+    let mut dead = consume(&dead_channel, &format!("{prefix}.dead")).await;
+    let letter = tokio::time::timeout(Duration::from_secs(30), dead.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let reason = header_str(&letter, "x-error").unwrap_or_default();
+    assert!(
+        reason.contains("reply queue of a streamed job is gone"),
+        "{reason}"
+    );
+    assert_eq!(serde_json::from_slice::<Value>(&letter.data).unwrap(), body);
+    let (_, metrics) = http_get(worker.handles.http_addr, "/metrics")
+        .await
+        .unwrap();
+    let requeued = "infermq_jobs_total{model=\"storyteller\",outcome=\"requeued\",version=\"1\"} 0";
+    assert!(metrics.contains(requeued), "the job was generated again");
+    let _ = connection.close(200, "bye".into()).await;
+    worker.stop().await;
+}

@@ -73,12 +73,23 @@ pub enum Command {
     /// Settle without publishing (requeue).
     Settle(Settlement),
     /// Publish one message of a streamed answer, ahead of the answer that settles its job;
-    /// `confirmed` says whether the broker kept it (on a connection of `generation`).
+    /// `confirmed` says what the broker did with it (on a connection of `generation`).
     Stream {
         message: OutgoingMessage,
         generation: u64,
-        confirmed: tokio::sync::oneshot::Sender<bool>,
+        confirmed: tokio::sync::oneshot::Sender<Streamed>,
     },
+}
+
+/// What became of one message of a streamed answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streamed {
+    /// In the reply queue.
+    Kept,
+    /// Returned as unroutable: the reply queue is gone.
+    Returned,
+    /// Not confirmed (nacked, or the channel or the connection is gone).
+    NotKept,
 }
 
 /// Where unroutable results go, and what the publisher reports.
@@ -189,26 +200,30 @@ async fn handle(
     None
 }
 
-/// Publishes a piece of a streamed answer (only on the connection it is for) and reports
-/// whether the broker confirmed it; returns the error if publishing failed.
+/// Publishes a piece of a streamed answer (only on the connection it is for) and reports what
+/// the broker did with it; returns the error if publishing failed.
 async fn stream(
     channel: &Channel,
     current: bool,
     message: OutgoingMessage,
-    confirmed: tokio::sync::oneshot::Sender<bool>,
+    confirmed: tokio::sync::oneshot::Sender<Streamed>,
 ) -> Option<lapin::Error> {
     if !current {
-        let _ = confirmed.send(false);
+        let _ = confirmed.send(Streamed::NotKept);
         return None;
     }
     match publish(channel, message).await {
         Ok(confirm) => {
-            let kept = matches!(PublishOutcome::of(confirm).await, PublishOutcome::Confirmed);
-            let _ = confirmed.send(kept);
+            let outcome = match PublishOutcome::of(confirm).await {
+                PublishOutcome::Confirmed => Streamed::Kept,
+                PublishOutcome::Returned(_) => Streamed::Returned,
+                _ => Streamed::NotKept,
+            };
+            let _ = confirmed.send(outcome);
             None
         }
         Err(error) => {
-            let _ = confirmed.send(false);
+            let _ = confirmed.send(Streamed::NotKept);
             Some(error)
         }
     }
@@ -333,7 +348,7 @@ pub fn submit(commands: &mpsc::UnboundedSender<Command>, command: Command) {
                 finish(settlement, Settled::ChannelLost)
             }
             Command::Stream { confirmed, .. } => {
-                let _ = confirmed.send(false);
+                let _ = confirmed.send(Streamed::NotKept);
             }
         }
     }

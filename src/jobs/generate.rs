@@ -9,14 +9,15 @@
 //! the engine's events to the job's reply queue: one answer, or with `stream` one message per
 //! piece of text (each confirmed by the broker) and a last one with the finish reason and
 //! usage. The job is acked once its last message is confirmed; a piece the broker did not keep
-//! sends the job back to its queue, to be generated again from the start.
+//! sends the job back to its queue, to be generated again from the start, and a piece returned
+//! as unroutable (its reply queue is gone) dead-letters it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::{CancelBoard, OnBoard};
@@ -24,8 +25,10 @@ use super::error::JobError;
 use super::inflight::InFlight;
 use super::kind::JobTasks;
 use crate::broker::headers::JobHeaders;
+use crate::broker::publisher::Streamed;
 use crate::execution::generate::sampling::SamplingParams;
 use crate::execution::generate::{Event, Finished, GenerationJob, Generator};
+use crate::protocol::ErrorCode;
 use crate::serving::ServedVersion;
 
 /// Stop strings a job may give, and bytes in each.
@@ -340,6 +343,10 @@ async fn relay(
         };
         match event {
             Some(Event::Piece(piece)) if answering.stream => {
+                // A piece already refused ends the job now, not once it is generated.
+                if let Some(refused) = refused(&mut confirms) {
+                    return fail_stream(job, refused, id.as_deref());
+                }
                 let body = answering.body(&piece, Some(sequence), None);
                 confirms.push(job.stream(body, sequence_header(sequence)));
                 sequence += 1;
@@ -347,9 +354,9 @@ async fn relay(
             Some(Event::Piece(piece)) => text.push_str(&piece),
             Some(Event::Done(end)) => {
                 for confirmed in confirms {
-                    if !confirmed.await.unwrap_or(false) {
-                        let error = JobError::internal("a streamed message was not confirmed by the broker; the job is generated again");
-                        return job.fail(error, id.as_deref());
+                    let outcome = confirmed.await.unwrap_or(Streamed::NotKept);
+                    if outcome != Streamed::Kept {
+                        return fail_stream(job, outcome, id.as_deref());
                     }
                 }
                 let (body, headers) = if answering.stream {
@@ -373,6 +380,42 @@ async fn relay(
             }
         }
     }
+}
+
+/// The first outcome other than [`Streamed::Kept`] among the pieces the broker has answered
+/// for; those kept are forgotten.
+fn refused(confirms: &mut Vec<oneshot::Receiver<Streamed>>) -> Option<Streamed> {
+    let mut refused = None;
+    confirms.retain_mut(|confirm| match confirm.try_recv() {
+        Ok(Streamed::Kept) => false,
+        Ok(other) => {
+            refused.get_or_insert(other);
+            false
+        }
+        Err(oneshot::error::TryRecvError::Empty) => true,
+        Err(oneshot::error::TryRecvError::Closed) => {
+            refused.get_or_insert(Streamed::NotKept);
+            false
+        }
+    });
+    refused
+}
+
+/// Ends a streamed job one of whose pieces the broker did not keep: a piece returned as
+/// unroutable means nobody reads the reply queue any more, and the job is kept in the
+/// dead-letter queue (as an answer returned as unroutable would be); a piece not confirmed
+/// sends the job back to be generated again.
+fn fail_stream(job: InFlight, outcome: Streamed, id: Option<&str>) {
+    let error = match outcome {
+        Streamed::Returned => JobError::dead_letter(
+            ErrorCode::InvalidRequest,
+            "reply_to: the reply queue of a streamed job is gone (a streamed message was returned as unroutable)",
+        ),
+        _ => JobError::internal(
+            "a streamed message was not confirmed by the broker; the job is generated again",
+        ),
+    };
+    job.fail(error, id)
 }
 
 /// `x-sequence`: a streamed message's place, for consumers that read headers only.

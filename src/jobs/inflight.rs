@@ -21,7 +21,7 @@ use super::error::{Fate, JobError};
 use crate::broker::acks::DeliveryRef;
 use crate::broker::envelope::{Reply, Route};
 use crate::broker::headers::{table_size, MAX_HEADERS_BYTES};
-use crate::broker::publisher::{submit, with_error_headers, Settled};
+use crate::broker::publisher::{submit, with_error_headers, Settled, Streamed};
 use crate::broker::{Command, Disposition, OutgoingMessage, Settlement};
 use crate::protocol::{encode_error, ErrorCode};
 use crate::telemetry::trace::{JobAttributes, JobStages, JobTrace, TraceContext};
@@ -216,13 +216,12 @@ impl InFlight {
     }
 
     /// Publishes one message of a streamed answer to the job's route, ahead of the answer that
-    /// settles it; the receiver says whether the broker confirmed it (false: not, or the job
-    /// has no route to stream to).
-    pub fn stream(&self, body: Vec<u8>, headers: FieldTable) -> oneshot::Receiver<bool> {
+    /// settles it; the receiver says what the broker did with it.
+    pub fn stream(&self, body: Vec<u8>, headers: FieldTable) -> oneshot::Receiver<Streamed> {
         let (confirmed, receiver) = oneshot::channel();
         let held = self.held();
         let Route::Queue(queue) = &held.route else {
-            let _ = confirmed.send(false);
+            let _ = confirmed.send(Streamed::NotKept);
             return receiver;
         };
         let message = held.reply(queue.clone(), "application/json", headers, body);
