@@ -112,6 +112,9 @@ pub struct ModelConfig {
     /// `warmup` as written; read into `warmup` once the model's directory is known.
     #[serde(default, rename = "warmup")]
     pub(crate) warmup_value: Option<toml::Value>,
+    /// ONNX Runtime intra-op threads of this model's sessions, instead of
+    /// `runtime.intra_threads` (0: one per core).
+    pub intra_threads: Option<usize>,
     /// CUDA devices of this model's instances (round robin), instead of
     /// `runtime.cuda.device_ids`.
     pub device_ids: Option<Vec<usize>>,

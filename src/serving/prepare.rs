@@ -94,6 +94,9 @@ pub(super) fn model_options(base: &SessionOptions, config: &ModelConfig) -> Sess
     if let Some(ids) = &config.device_ids {
         options.cuda.device_ids = ids.clone();
     }
+    if let Some(threads) = config.intra_threads {
+        options.intra_threads = threads;
+    }
     options
 }
 
@@ -280,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn a_model_config_overrides_providers_and_devices() {
+    fn a_model_config_overrides_providers_devices_and_threads() {
         // Placing instances asks the loaded ONNX Runtime whether it has CUDA.
         crate::runtime::env::init(None).expect("ONNX Runtime loads (make setup installs it)");
         let mut base = SessionOptions {
@@ -293,12 +296,14 @@ mod tests {
         let config = ModelConfig {
             execution_providers: Some(vec![ExecutionProvider::Cpu]),
             device_ids: Some(vec![3]),
+            intra_threads: Some(0),
             ..ModelConfig::default()
         };
         let options = model_options(&base, &config);
         assert_eq!(options.execution_providers, [ExecutionProvider::Cpu]);
         assert!(!options.require_gpu);
         assert_eq!(options.cuda.device_ids, [3]);
+        assert_eq!((base.intra_threads, options.intra_threads), (1, 0));
         // require_gpu keeps CUDA first, so instances are placed on the model's devices.
         let spread = ModelConfig {
             device_ids: Some(vec![2, 5]),
