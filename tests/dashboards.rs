@@ -6,10 +6,11 @@
 //! RabbitMQ's `rabbitmq_prometheus` plugin when port 15692 does not answer (idempotent; it adds
 //! a listener and changes nothing for AMQP clients), runs one training job and a prediction load
 //! through a worker, generation jobs on the bundled decoder, and a burst of concurrent requests
-//! through a gateway (`dashboards/gateway.rs`), then evaluates every target of every panel of
-//! `deploy/grafana/dashboards/*.json` through `/api/v1/query`, with `$model` (the decoder's name
-//! in the generation panels, else `iris`), `$instance`, `$__rate_interval` and `$__range`
-//! substituted, and fails naming each panel without data.
+//! and a request to each generation route through a gateway (`dashboards/gateway.rs`), then
+//! evaluates every target of every panel of `deploy/grafana/dashboards/*.json` through
+//! `/api/v1/query`, with `$model` (the decoder's name in the generation panels, else `iris`),
+//! `$instance`, `$__rate_interval` and `$__range` substituted, and fails naming each panel
+//! without data.
 //! Skips, saying so, only when the `prometheus` binary is not installed
 //! (`scripts/ensure-test-tools.sh` installs it).
 
@@ -162,7 +163,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let mut worker = ChildWorker::spawn(&prefix, repo.path(), &env);
     worker.wait_ready(Duration::from_secs(60)).await;
     let instance = worker.addr.to_string();
-    let gateway = common::gateway::TestGateway::start(&prefix).await;
+    let gateway = common::gateway::TestGateway::start(&prefix, repo.path()).await;
     let prometheus = Prometheus::start(&binary, &config_for(worker.addr, gateway.addr));
 
     // Scraped at least once before any job, so that increase() sees every counter move.
@@ -247,6 +248,22 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     ] {
         prometheus.wait_for(moved, within, has_number).await;
     }
+    // Each generation route once, scraped, then once more, so that rate() sees its series move.
+    gateway.generations("storyteller").await;
+    let answered =
+        r#"infermq_gateway_requests_total{endpoint="chat_completions", status="200"} > 0"#;
+    prometheus
+        .wait_for(answered, within, |r| !r.is_empty())
+        .await;
+    gateway.generations("storyteller").await;
+    let moved = r#"histogram_quantile(0.99, sum by (endpoint, le) (rate(infermq_gateway_request_duration_seconds_bucket{endpoint=~"generate|generate_stream|completions|chat_completions"}[1m])))"#;
+    let every_route = |r: &[Value]| {
+        r.iter()
+            .filter(|s| has_number(std::slice::from_ref(*s)))
+            .count()
+            == 4
+    };
+    prometheus.wait_for(moved, within, every_route).await;
 
     // Prometheus has scraped the final counts and evaluated the recording rules on them.
     let jobs = format!(r#"sum(infermq_jobs_total{{instance="{instance}", outcome="success"}})"#);

@@ -1,11 +1,60 @@
-//! The gateway the dashboards test scrapes: `infermq gateway` in the test process, and a burst of
-//! concurrent iris requests through it (sent by one curl, `--parallel`) that it gathers.
+//! The gateway the dashboards test scrapes: `infermq gateway` in the test process, a burst of
+//! concurrent iris requests through it (sent by one curl, `--parallel`) that it gathers, and a
+//! request to each generation route.
+use std::path::Path;
+
+use serde_json::json;
+
 use super::common::gateway::{start_gateway, TestGateway};
 
 impl TestGateway {
-    /// A gateway for `prefix` on a free port; a short hold makes a burst gather for certain.
-    pub async fn start(prefix: &str) -> TestGateway {
-        start_gateway(prefix, &[("INFERMQ__GATEWAY__GATHER_DELAY_US", "20000")]).await
+    /// A gateway for `prefix` on a free port, reading chat templates from `models`; a short hold
+    /// makes a burst gather for certain.
+    pub async fn start(prefix: &str, models: &Path) -> TestGateway {
+        let models = models.display().to_string();
+        let env = [
+            ("INFERMQ__GATEWAY__GATHER_DELAY_US", "20000"),
+            ("INFERMQ__REPOSITORY__PATH", models.as_str()),
+        ];
+        start_gateway(prefix, &env).await
+    }
+
+    /// One request to each generation route on the decoder `model`: generate and
+    /// generate_stream, a whole completion and a streamed chat completion; each must be
+    /// answered 200.
+    pub async fn generations(&self, model: &str) {
+        let job = json!({"text_input": "And God said", "parameters": {"max_tokens": 4}});
+        let requests = [
+            (format!("/v2/models/{model}/generate"), job.clone()),
+            (format!("/v2/models/{model}/generate_stream"), job),
+            (
+                "/v1/completions".to_string(),
+                json!({"model": model, "prompt": "And God said", "max_tokens": 4}),
+            ),
+            (
+                "/v1/chat/completions".to_string(),
+                json!({"model": model, "max_tokens": 4, "stream": true,
+                       "messages": [{"role": "user", "content": "And God said"}]}),
+            ),
+        ];
+        let mut command = tokio::process::Command::new("curl");
+        command.arg("-s");
+        for (i, (path, body)) in requests.iter().enumerate() {
+            if i > 0 {
+                command.arg("--next");
+            }
+            let url = format!("http://{}{path}", self.addr);
+            command.args(["-o", "/dev/null", "-w", "%{http_code}\n"]);
+            command.args(["-H", "Content-Type: application/json"]);
+            command.args(["-d", &body.to_string(), &url]);
+        }
+        let out = command.output().await.expect("curl runs");
+        let codes = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            codes.lines().count() == requests.len() && codes.lines().all(|c| c == "200"),
+            "statuses of {:?}: {codes}",
+            requests.iter().map(|(path, _)| path).collect::<Vec<_>>()
+        );
     }
 
     /// Iris requests until the gateway knows the model's metadata (they go alone until then).
