@@ -96,29 +96,8 @@ done
 total=$MIXED_JOBS
 for n in "${level_jobs[@]}"; do total=$((total + n)); done
 jobs=$OUT/jobs.jsonl
-"$PYTHON" - "$models/bench-plain/1/tokenizer.json" "$jobs" "$total" "$SEED" \
-  "$PROMPT_MIN" "$PROMPT_MAX" "$MAXTOK_MIN" "$MAXTOK_MAX" <<'EOF'
-import json, random, sys
-from tokenizers import Tokenizer
-tok_path, out, total, seed, pmin, pmax, mmin, mmax = sys.argv[1:]
-total, seed, pmin, pmax, mmin, mmax = map(int, (total, seed, pmin, pmax, mmin, mmax))
-tok = Tokenizer.from_file(tok_path)
-verses = [l.strip() for l in open("models/encoder/genesis.txt", encoding="ascii") if l.strip()]
-rng = random.Random(seed)
-with open(out, "w") as f:
-    for _ in range(total):
-        want = rng.randint(pmin, pmax)           # prompt tokens, <s> not counted
-        start = rng.randrange(len(verses))
-        text, i = "", start
-        while True:
-            text = (text + " " + verses[i % len(verses)]).strip()
-            ids = tok.encode(text, add_special_tokens=False).ids
-            if len(ids) >= want:
-                break
-            i += 1
-        prompt = tok.decode(ids[:want])
-        f.write(json.dumps({"prompt": prompt, "max_tokens": rng.randint(mmin, mmax)}) + "\n")
-EOF
+"$PYTHON" scripts/generation-jobs.py "$models/bench-plain/1/tokenizer.json" "$jobs" "$total" "$SEED" \
+  "$PROMPT_MIN" "$PROMPT_MAX" "$MAXTOK_MIN" "$MAXTOK_MAX"
 stamp "wrote $total jobs to $jobs"
 
 # 4. the worker
