@@ -1,8 +1,9 @@
 //! The gateway's Prometheus metrics, on its own registry (a gateway runs apart from workers).
 //!
 //! Labels: `model` (a name whose queue exists, else `""`: names typed into a URL never become
-//! labels), `endpoint` (`infer`, `metadata`, `ready`) and `status` (the HTTP status code, a
-//! bounded set), `reason` (why a request travelled alone: [`super::gather::Solo`]). Pool gauges
+//! labels), `endpoint` ([`Endpoint`]: `infer`, `metadata`, `ready`, `generate`,
+//! `generate_stream`, `completions`, `chat_completions`, `models`) and `status` (the HTTP status
+//! code, a bounded set), `reason` (why a request travelled alone: [`super::gather::Solo`]). Pool gauges
 //! are read from the pools at each scrape.
 
 use prometheus::{
