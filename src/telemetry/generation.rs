@@ -8,8 +8,6 @@ use prometheus::{
     Registry,
 };
 
-use super::metrics::LATENCY_BUCKETS;
-
 /// Why a generation ended, as `finish_reason` says it.
 pub const FINISH_REASONS: [&str; 5] = ["length", "stop", "eos", "deadline", "cancelled"];
 
@@ -48,7 +46,8 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C
 }
 
 impl Generation {
-    pub fn new(r: &Registry) -> Generation {
+    /// Registers the families in `r`; time histograms with `latency_buckets` (seconds).
+    pub fn new(r: &Registry, latency_buckets: &[f64]) -> Generation {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             register(
                 r,
@@ -62,7 +61,7 @@ impl Generation {
             )
         };
         let latency = |name: &str, help: &str| {
-            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let opts = HistogramOpts::new(name, help).buckets(latency_buckets.to_vec());
             register(r, HistogramVec::new(opts, MV).expect("valid histogram"))
         };
         Generation {

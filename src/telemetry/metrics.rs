@@ -153,7 +153,7 @@ impl Metrics {
             training_in_progress: reg(&r, IntGauge::new("infermq_training_in_progress", "Training jobs running now.").expect("valid gauge")),
             supervision: super::supervision::Supervision::new(&r),
             load: super::load::Load::new(&r),
-            generation: super::generation::Generation::new(&r),
+            generation: super::generation::Generation::new(&r, &LATENCY_BUCKETS),
             registry: r,
         }
     }

@@ -9,9 +9,9 @@
 
 use ort::value::DynValue;
 
+use super::spec::CacheLayout;
 use crate::protocol::{DataType, Tensor, TensorData};
 use crate::runtime::value_view;
-use crate::serving::decoder::CacheLayout;
 
 /// One cache buffer (or run output): bytes gathered by the engine, a value as an ONNX Runtime
 /// run returned it (kept so that it is the next run's input without a copy), or a tensor as a

@@ -26,6 +26,7 @@
 pub mod caches;
 pub mod detokenize;
 pub mod sampling;
+pub mod spec;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -39,9 +40,9 @@ use tokio_util::sync::CancellationToken;
 use self::caches::{Buffer, Caches, Geometry};
 use self::detokenize::TextStream;
 use self::sampling::{Sampler, SamplingParams};
+use self::spec::{element_size, CacheLayout, DecoderSpec};
 use crate::protocol::{DataType, Tensor, TensorData};
 use crate::runtime::{to_ort, Backend, SharedSession};
-use crate::serving::decoder::{element_size, CacheLayout, DecoderSpec};
 use crate::telemetry::generation::{VersionGeneration, FINISH_REASONS};
 
 /// Why a job's generation ended.
@@ -710,10 +711,10 @@ fn finish_unstarted(
 
 #[cfg(test)]
 mod tests {
+    use super::spec::GenerateBudgets;
     use super::*;
     use crate::protocol::{ModelSignature, TensorSpec};
     use crate::runtime::RuntimeError;
-    use crate::serving::decoder::GenerateBudgets;
     use crate::telemetry::Metrics;
 
     const VOCAB: usize = 512;
