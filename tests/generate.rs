@@ -299,6 +299,7 @@ async fn seeds_repeat_stop_strings_end_the_text_and_bad_jobs_are_refused() {
         (json!({"text_input": "x", "parameters": {"temprature": 0.5}}), "parameters: unknown field \"temprature\""),
         (json!({"text_input": "x", "parameters": {"max_tokens": 256}}), "text_input and parameters.max_tokens: a prompt of 2 tokens and max_tokens 256 exceed the context length of 256 tokens"),
         (json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}), "this model generates text"),
+        (json!({"text_input": "And ".repeat(1 << 18)}), "bytes cannot fit the context length of 256 tokens"),
     ];
     for (body, expected) in bad {
         let answer = one(&mut client, &queue, body.clone()).await;

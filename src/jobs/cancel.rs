@@ -150,8 +150,17 @@ impl CancelContext {
     }
 }
 
+/// Bytes of a cancel message at most: an id and a model name, with room to spare.
+const MAX_CANCEL_BYTES: usize = 64 << 10;
+
 /// `{"id": "...", "model": "..."}` (`model` optional); the error names the field.
 pub fn parse_cancel(body: &[u8]) -> Result<(String, Option<String>), String> {
+    if body.len() > MAX_CANCEL_BYTES {
+        return Err(format!(
+            "body: {} bytes, at most {MAX_CANCEL_BYTES}",
+            body.len()
+        ));
+    }
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("body: not JSON ({e})"))?;
     let object = value.as_object().ok_or("body: expected a JSON object")?;
@@ -217,5 +226,9 @@ mod tests {
             "unknown field \"mdl\""
         );
         assert!(parse_cancel(b"[1]").unwrap_err().starts_with("body"));
+        let huge = format!(r#"{{"id": "{}"}}"#, "x".repeat(1 << 20));
+        assert!(parse_cancel(huge.as_bytes())
+            .unwrap_err()
+            .starts_with("body: 1048"));
     }
 }

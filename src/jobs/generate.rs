@@ -13,7 +13,6 @@
 //! as unroutable (its reply queue is gone) dead-letters it.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde_json::{json, Map, Value};
@@ -243,7 +242,7 @@ pub fn accept(
     tasks: &JobTasks,
 ) {
     let received = job.received();
-    let request = match parse_request(job.body()) {
+    let mut request = match parse_request(job.body()) {
         Ok(request) => request,
         Err((id, message)) => {
             let id = id.or(message_id);
@@ -251,71 +250,103 @@ pub fn accept(
         }
     };
     let id = request.id.clone().or(message_id);
-    let spec = &generator.spec;
-    let context = spec.context_length;
-    let prompt = match generator
-        .tokenizer
-        .encode(request.text_input.as_str(), true)
-    {
-        Ok(encoding) => encoding.get_ids().to_vec(),
-        Err(e) => return job.fail(JobError::invalid(format!("text_input: {e}")), id.as_deref()),
-    };
-    if prompt.is_empty() {
-        return job.fail(
-            JobError::invalid("text_input: the prompt has no tokens"),
-            id.as_deref(),
+    // A prompt that could not fit the context even of the longest tokens is refused before it
+    // is tokenized, so no job costs more than its context's worth of work.
+    let most = generator.prompt_bytes_limit();
+    if request.text_input.len() > most {
+        let message = format!(
+            "text_input: {} bytes cannot fit the context length of {} tokens (at most {most} bytes)",
+            request.text_input.len(),
+            generator.spec.context_length
         );
+        return job.fail(JobError::invalid(message), id.as_deref());
+    }
+    let board = board.clone();
+    tasks.spawn(move |stop| async move {
+        // Tokenizing takes up to milliseconds: not on the consumer's thread.
+        let text = std::mem::take(&mut request.text_input);
+        let tokenizer = generator.tokenizer.clone();
+        let encoded = tokio::task::spawn_blocking(move || {
+            tokenizer
+                .encode(text.as_str(), true)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        let prompt = match encoded {
+            Ok(Ok(prompt)) => prompt,
+            Ok(Err(e)) => {
+                return job.fail(JobError::invalid(format!("text_input: {e}")), id.as_deref())
+            }
+            Err(e) => {
+                return job.fail(
+                    JobError::internal(format!("tokenizing: {e}")),
+                    id.as_deref(),
+                )
+            }
+        };
+        let max_tokens = match max_tokens(&request, &prompt, &generator) {
+            Ok(n) => n,
+            Err(message) => return job.fail(JobError::invalid(message), id.as_deref()),
+        };
+        let cancel = CancellationToken::new();
+        let on_board = id
+            .as_deref()
+            .map(|id| board.register(id, &served.model, cancel.clone()));
+        let (events, receiver) = mpsc::unbounded_channel();
+        let engine_job = GenerationJob {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: request.temperature,
+                top_k: request.top_k,
+                top_p: request.top_p,
+                seed: request.seed,
+            },
+            stop: std::mem::take(&mut request.stop),
+            deadline: headers.deadline,
+            cancel,
+            events,
+            received,
+        };
+        if !generator.submit(engine_job) {
+            let error = JobError::stopped("the model version was unloaded before the job started");
+            return job.fail(error, id.as_deref());
+        }
+        let answering = Answering {
+            id,
+            model: served.model.clone(),
+            version: served.label.clone(),
+            stream: request.stream,
+        };
+        relay(job, answering, receiver, stop, on_board).await
+    });
+}
+
+/// The job's `max_tokens`: as asked, if its prompt leaves room for them, else the model's
+/// default cut to the room left; the error names both fields.
+fn max_tokens(
+    request: &GenerateRequest,
+    prompt: &[u32],
+    generator: &Generator,
+) -> Result<usize, String> {
+    let context = generator.spec.context_length;
+    if prompt.is_empty() {
+        return Err("text_input: the prompt has no tokens".into());
     }
     let room = context.saturating_sub(prompt.len());
-    let max_tokens = match request.max_tokens {
-        Some(n) if n > room => {
-            let message = format!(
-                "text_input and parameters.max_tokens: a prompt of {} tokens and max_tokens {n} exceed the context length of {context} tokens",
-                prompt.len()
-            );
-            return job.fail(JobError::invalid(message), id.as_deref());
-        }
-        Some(n) => n,
-        None if room == 0 => {
-            let message = format!(
-                "text_input: a prompt of {} tokens leaves no room in the context length of {context} tokens",
-                prompt.len()
-            );
-            return job.fail(JobError::invalid(message), id.as_deref());
-        }
-        None => spec.budgets.max_tokens.min(room),
-    };
-    let cancel = CancellationToken::new();
-    let on_board = id
-        .as_deref()
-        .map(|id| board.register(id, &served.model, cancel.clone()));
-    let (events, receiver) = mpsc::unbounded_channel();
-    let engine_job = GenerationJob {
-        prompt,
-        max_tokens,
-        sampling: SamplingParams {
-            temperature: request.temperature,
-            top_k: request.top_k,
-            top_p: request.top_p,
-            seed: request.seed,
-        },
-        stop: request.stop,
-        deadline: headers.deadline,
-        cancel,
-        events,
-        received,
-    };
-    if !generator.submit(engine_job) {
-        let error = JobError::stopped("the model version was unloaded before the job started");
-        return job.fail(error, id.as_deref());
+    match request.max_tokens {
+        Some(n) if n > room => Err(format!(
+            "text_input and parameters.max_tokens: a prompt of {} tokens and max_tokens {n} exceed the context length of {context} tokens",
+            prompt.len()
+        )),
+        Some(n) => Ok(n),
+        None if room == 0 => Err(format!(
+            "text_input: a prompt of {} tokens leaves no room in the context length of {context} tokens",
+            prompt.len()
+        )),
+        None => Ok(generator.spec.budgets.max_tokens.min(room)),
     }
-    let answering = Answering {
-        id,
-        model: served.model.clone(),
-        version: served.label.clone(),
-        stream: request.stream,
-    };
-    tasks.spawn(move |stop| relay(job, answering, receiver, stop, on_board, Instant::now()));
 }
 
 /// Carries one job's events to its reply queue until its end.
@@ -325,7 +356,6 @@ async fn relay(
     mut events: mpsc::UnboundedReceiver<Event>,
     stop: CancellationToken,
     _on_board: Option<OnBoard>,
-    _started: Instant,
 ) {
     let id = answering.id.clone();
     let mut text = String::new();

@@ -104,6 +104,9 @@ pub struct Generator {
     inbox: mpsc::UnboundedSender<GenerationJob>,
     pub spec: Arc<DecoderSpec>,
     pub tokenizer: Arc<tokenizers::Tokenizer>,
+    /// Bytes of the tokenizer's longest vocabulary entry (as its `tokenizer.json` writes it,
+    /// never shorter than the text it stands for).
+    longest_token: usize,
 }
 
 impl Generator {
@@ -123,11 +126,28 @@ impl Generator {
             .name(format!("gen-{name}"))
             .spawn(move || engine.serve(receiver))
             .map_err(|e| format!("generation thread: {e}"))?;
+        let longest_token = tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Ok(Generator {
             inbox,
             spec,
             tokenizer,
+            longest_token,
         })
+    }
+
+    /// Bytes of prompt beyond which it cannot fit the context: twice the context of the
+    /// longest tokens (twice: a normalizer may shorten text before it is split into tokens).
+    pub fn prompt_bytes_limit(&self) -> usize {
+        self.spec
+            .context_length
+            .saturating_mul(self.longest_token)
+            .saturating_mul(2)
     }
 
     /// What metadata says of the generation: context, layout, budgets and defaults.
