@@ -529,6 +529,19 @@ async fn a_job_running_when_its_worker_stops_is_generated_again_by_another() {
     second.stop().await;
 }
 
+/// Publishes `body` to `queue` on a channel of the test's own, answers to `reply_to`.
+async fn publish_raw(channel: &lapin::Channel, queue: &str, body: &Value, reply_to: &str) {
+    let properties = BasicProperties::default()
+        .with_reply_to(reply_to.into())
+        .with_correlation_id("raw".into());
+    let body = serde_json::to_vec(body).unwrap();
+    let options = BasicPublishOptions::default();
+    channel
+        .basic_publish("".into(), queue.into(), options, &body, properties)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_to_direct_reply_to_arrives_once() {
     use futures_util::StreamExt;
@@ -543,19 +556,8 @@ async fn a_stream_to_direct_reply_to_arrives_once() {
     let mut replies = consume(&channel, "amq.rabbitmq.reply-to").await;
     for stream in [true, false] {
         let body = json!({"text_input": "And God said", "parameters": {"max_tokens": 12, "stream": stream}});
-        let properties = BasicProperties::default()
-            .with_reply_to("amq.rabbitmq.reply-to".into())
-            .with_correlation_id("direct".into());
-        channel
-            .basic_publish(
-                "".into(),
-                worker.queue("storyteller").as_str().into(),
-                BasicPublishOptions::default(),
-                &serde_json::to_vec(&body).unwrap(),
-                properties,
-            )
-            .await
-            .unwrap();
+        let queue = worker.queue("storyteller");
+        publish_raw(&channel, &queue, &body, "amq.rabbitmq.reply-to").await;
         let mut messages = Vec::new();
         loop {
             let next = tokio::time::timeout(Duration::from_secs(30), replies.next()).await;
@@ -616,19 +618,7 @@ async fn a_stream_whose_reply_queue_is_gone_is_dead_lettered_not_generated_again
         .unwrap();
     let mut pieces = consume(&channel, &replies).await;
     let body = json!({"id": "gone", "text_input": "And", "parameters": {"max_tokens": 200, "stream": true}});
-    let properties = BasicProperties::default()
-        .with_reply_to(replies.as_str().into())
-        .with_correlation_id("gone".into());
-    channel
-        .basic_publish(
-            "".into(),
-            worker.queue("storyteller").as_str().into(),
-            BasicPublishOptions::default(),
-            &serde_json::to_vec(&body).unwrap(),
-            properties,
-        )
-        .await
-        .unwrap();
+    publish_raw(&channel, &worker.queue("storyteller"), &body, &replies).await;
     // The first piece arrives; then the reply queue goes.
     tokio::time::timeout(Duration::from_secs(30), pieces.next())
         .await
