@@ -400,18 +400,7 @@ fn list_models(settings: &Settings) -> anyhow::Result<()> {
         signature,
     ) {
         Ok(None) => None,
-        Ok(Some(spec)) => Some(serde_json::json!({
-            "found_by": spec.found_by,
-            "context_length": spec.context_length,
-            "layers": spec.caches.len(),
-            "kv_heads": spec.kv_heads,
-            "head_size": spec.head_size,
-            "eos_token_ids": spec.eos_token_ids,
-            "kv_cache_bytes_admitted": spec.kv_bytes_admitted(),
-            "max_active_rows": spec.budgets.max_active_rows,
-            "max_prefill_tokens": spec.budgets.max_prefill_tokens,
-            "max_tokens": spec.budgets.max_tokens,
-        })),
+        Ok(Some(spec)) => Some(spec.describe()),
         Err(refused) => Some(serde_json::json!({"refused": refused})),
     };
     let listing = describe(&store, signature, generation)?;

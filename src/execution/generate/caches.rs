@@ -109,11 +109,12 @@ impl Caches {
                     CacheLayout::LeftPadded => (from.width - len, width - len),
                     CacheLayout::RowLengths => (0, 0),
                 };
+                // A value's bytes are asked of ONNX Runtime: once per row, not per head.
+                let from_bytes = from.buffers[b].bytes();
                 for h in 0..heads {
                     let src = ((row * heads + h) * from.width + src_start) * pb;
                     let dst = ((r * heads + h) * width + dst_start) * pb;
-                    buffer[dst..dst + len * pb]
-                        .copy_from_slice(&from.buffers[b].bytes()[src..src + len * pb]);
+                    buffer[dst..dst + len * pb].copy_from_slice(&from_bytes[src..src + len * pb]);
                 }
             }
         }

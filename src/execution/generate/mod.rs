@@ -152,19 +152,7 @@ impl Generator {
 
     /// What metadata says of the generation: context, layout, budgets and defaults.
     pub fn describe(&self) -> serde_json::Value {
-        let s = &self.spec;
-        let b = s.budgets;
-        serde_json::json!({
-            "context_length": s.context_length,
-            "found_by": s.found_by,
-            "cache_layout": match s.layout { CacheLayout::LeftPadded => "left_padded", CacheLayout::RowLengths => "row_lengths" },
-            "eos_token_ids": s.eos_token_ids,
-            "kv_cache_bytes_per_token": s.kv_bytes_per_token(),
-            "max_active_rows": b.max_active_rows,
-            "max_prefill_tokens": b.max_prefill_tokens,
-            "max_waiting_jobs": b.max_waiting_jobs,
-            "defaults": {"max_tokens": b.max_tokens, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "stream": false},
-        })
+        self.spec.describe()
     }
 
     /// Hands `job` to the engine; false when the engine has stopped (the job is dropped).

@@ -72,6 +72,31 @@ impl DecoderSpec {
         self.caches.len() as u64 * 2 * self.kv_heads as u64 * self.head_size as u64 * elem
     }
 
+    /// What metadata, `/v2/models` and `infermq models` say of the generation: where it was
+    /// found, its sizes, context, layout, budgets and defaults.
+    pub fn describe(&self) -> serde_json::Value {
+        let b = self.budgets;
+        let layout = match self.layout {
+            CacheLayout::LeftPadded => "left_padded",
+            CacheLayout::RowLengths => "row_lengths",
+        };
+        serde_json::json!({
+            "context_length": self.context_length,
+            "found_by": self.found_by,
+            "cache_layout": layout,
+            "layers": self.caches.len(),
+            "kv_heads": self.kv_heads,
+            "head_size": self.head_size,
+            "eos_token_ids": self.eos_token_ids,
+            "kv_cache_bytes_per_token": self.kv_bytes_per_token(),
+            "kv_cache_bytes_admitted": self.kv_bytes_admitted(),
+            "max_active_rows": b.max_active_rows,
+            "max_prefill_tokens": b.max_prefill_tokens,
+            "max_waiting_jobs": b.max_waiting_jobs,
+            "defaults": {"max_tokens": b.max_tokens, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "stream": false},
+        })
+    }
+
     /// The caches of every row at full context: what memory admission counts beside the
     /// weights.
     pub fn kv_bytes_admitted(&self) -> u64 {
