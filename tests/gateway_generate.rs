@@ -154,7 +154,9 @@ async fn generate_and_generate_stream_answer_the_reference_text() {
         assert_eq!(whole["finish_reason"], case["finish_reason"]);
         let completion_tokens = case["output_ids"].as_array().unwrap().len();
         assert_eq!(whole["usage"]["completion_tokens"], completion_tokens);
-        // The same job streamed: one event per piece, in order, the last with the reason.
+        // The same job streamed: one event per stream message (the first piece alone, later
+        // pieces grouped while a message waits for its confirm), in order, the last with the
+        // reason.
         let streamed = post(
             &fleet.url("/v2/models/storyteller/versions/1/generate_stream"),
             &body,
@@ -168,7 +170,7 @@ async fn generate_and_generate_stream_answer_the_reference_text() {
             .iter()
             .map(|e| serde_json::from_str(e).unwrap())
             .collect();
-        assert!(events.len() > 2, "{events:?}");
+        assert!(events.len() >= 2, "{events:?}");
         for (i, event) in events.iter().enumerate() {
             assert_eq!(event["sequence"], i, "{event}");
             assert_eq!(event["id"], "mine");

@@ -6,13 +6,15 @@
 //! The body is checked field by field (an unknown field is refused: a typo must not pass
 //! silently), the prompt tokenized and checked against the context length, and the job handed
 //! to its version's engine ([`crate::execution::generate`]). A relay task per job then carries
-//! the engine's events to the job's reply queue: one answer, or with `stream` one message per
-//! piece of text (each confirmed by the broker) and a last one with the finish reason and
-//! usage. The job is acked once its last message is confirmed; a piece the broker did not keep
-//! sends the job back to its queue, to be generated again from the start, and a piece returned
+//! the engine's events to the job's reply queue: one answer, or with `stream` messages of the
+//! text as it comes (each confirmed by the broker; pieces grouped while the previous message
+//! waits for its confirm, [`super::pacing`]) and a last one with the finish reason and usage.
+//! The job is acked once its last message is confirmed; a piece the broker did not keep sends
+//! the job back to its queue, to be generated again from the start, and a piece returned
 //! as unroutable (its reply queue is gone) dead-letters it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde_json::{json, Map, Value};
@@ -23,6 +25,7 @@ use super::cancel::{CancelBoard, OnBoard};
 use super::error::JobError;
 use super::inflight::InFlight;
 use super::kind::JobTasks;
+use super::pacing::StreamPacer;
 use crate::broker::headers::JobHeaders;
 use crate::broker::publisher::Streamed;
 use crate::execution::generate::sampling::SamplingParams;
@@ -205,6 +208,7 @@ struct Answering {
     model: Arc<str>,
     version: Arc<str>,
     stream: bool,
+    stream_interval: std::time::Duration,
 }
 
 impl Answering {
@@ -318,6 +322,7 @@ pub fn accept(
             model: served.model.clone(),
             version: served.label.clone(),
             stream: request.stream,
+            stream_interval: generator.spec.budgets.stream_interval,
         };
         relay(job, answering, receiver, stop, on_board).await
     });
@@ -349,7 +354,9 @@ fn max_tokens(
     }
 }
 
-/// Carries one job's events to its reply queue until its end.
+/// Carries one job's events to its reply queue until its end. Streamed text goes through a
+/// [`StreamPacer`]: the first piece at once, later ones grouped while the job's last message
+/// waits for its confirm or `stream_interval` has not passed.
 async fn relay(
     job: InFlight,
     answering: Answering,
@@ -360,8 +367,10 @@ async fn relay(
     let id = answering.id.clone();
     let mut text = String::new();
     let mut sequence = 0u64;
-    let mut confirms = Vec::new();
+    let mut pacer = StreamPacer::new(answering.stream_interval);
+    let mut in_flight: Option<oneshot::Receiver<Streamed>> = None;
     loop {
+        let due = pacer.due(Instant::now());
         let event = tokio::select! {
             event = events.recv() => event,
             () = stop.cancelled() => {
@@ -370,27 +379,38 @@ async fn relay(
                 let error = JobError::stopped("the worker stopped consuming before the generation ended");
                 return job.fail(error, id.as_deref());
             }
+            outcome = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                in_flight = None;
+                match outcome.unwrap_or(Streamed::NotKept) {
+                    Streamed::Kept => pacer.confirmed(),
+                    // A piece refused ends the job now, not once it is generated.
+                    refused => return fail_stream(job, refused, id.as_deref()),
+                }
+                send_held(&job, &answering, &mut pacer, &mut sequence, &mut in_flight);
+                continue;
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                send_held(&job, &answering, &mut pacer, &mut sequence, &mut in_flight);
+                continue;
+            }
         };
         match event {
             Some(Event::Piece(piece)) if answering.stream => {
-                // A piece already refused ends the job now, not once it is generated.
-                if let Some(refused) = refused(&mut confirms) {
-                    return fail_stream(job, refused, id.as_deref());
-                }
-                let body = answering.body(&piece, Some(sequence), None);
-                confirms.push(job.stream(body, sequence_header(sequence)));
-                sequence += 1;
+                pacer.push(&piece);
+                send_held(&job, &answering, &mut pacer, &mut sequence, &mut in_flight);
             }
             Some(Event::Piece(piece)) => text.push_str(&piece),
             Some(Event::Done(end)) => {
-                for confirmed in confirms {
-                    let outcome = confirmed.await.unwrap_or(Streamed::NotKept);
+                if let Some(confirm) = in_flight.take() {
+                    let outcome = confirm.await.unwrap_or(Streamed::NotKept);
                     if outcome != Streamed::Kept {
                         return fail_stream(job, outcome, id.as_deref());
                     }
                 }
                 let (body, headers) = if answering.stream {
-                    let body = answering.body(&end.piece, Some(sequence), Some(&end));
+                    let mut last = pacer.finish();
+                    last.push_str(&end.piece);
+                    let body = answering.body(&last, Some(sequence), Some(&end));
                     (body, sequence_header(sequence))
                 } else {
                     text.push_str(&end.piece);
@@ -412,23 +432,19 @@ async fn relay(
     }
 }
 
-/// The first outcome other than [`Streamed::Kept`] among the pieces the broker has answered
-/// for; those kept are forgotten.
-fn refused(confirms: &mut Vec<oneshot::Receiver<Streamed>>) -> Option<Streamed> {
-    let mut refused = None;
-    confirms.retain_mut(|confirm| match confirm.try_recv() {
-        Ok(Streamed::Kept) => false,
-        Ok(other) => {
-            refused.get_or_insert(other);
-            false
-        }
-        Err(oneshot::error::TryRecvError::Empty) => true,
-        Err(oneshot::error::TryRecvError::Closed) => {
-            refused.get_or_insert(Streamed::NotKept);
-            false
-        }
-    });
-    refused
+/// Publishes the text `pacer` holds, if it may go now, as the stream's next message.
+fn send_held(
+    job: &InFlight,
+    answering: &Answering,
+    pacer: &mut StreamPacer,
+    sequence: &mut u64,
+    in_flight: &mut Option<oneshot::Receiver<Streamed>>,
+) {
+    if let Some(text) = pacer.take(Instant::now()) {
+        let body = answering.body(&text, Some(*sequence), None);
+        *in_flight = Some(job.stream(body, sequence_header(*sequence)));
+        *sequence += 1;
+    }
 }
 
 /// Ends a streamed job one of whose pieces the broker did not keep: a piece returned as

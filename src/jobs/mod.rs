@@ -29,5 +29,6 @@ pub mod generate;
 pub mod inflight;
 pub mod kind;
 pub mod metadata;
+pub mod pacing;
 pub mod predict;
 pub mod train;

@@ -163,6 +163,9 @@ pub struct GenerateConfig {
     pub max_waiting_jobs: Option<usize>,
     /// `max_tokens` of a job that sets none.
     pub max_tokens: Option<usize>,
+    /// A streamed job's messages go at least this far apart (ms; its first piece at once);
+    /// 0: each piece as soon as the job's previous message is confirmed.
+    pub stream_interval_ms: Option<u64>,
 }
 
 impl ModelConfig {

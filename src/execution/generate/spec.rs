@@ -2,6 +2,8 @@
 //! its inputs and outputs, its sizes and token ids, and the engine's budgets. Found in a
 //! version's files by `serving::decoder`.
 
+use std::time::Duration;
+
 use crate::protocol::DataType;
 use crate::repository::config::GenerateConfig;
 
@@ -23,10 +25,13 @@ pub struct GenerateBudgets {
     pub max_waiting_jobs: usize,
     /// `max_tokens` of a job that sets none (cut to what its context leaves).
     pub max_tokens: usize,
+    /// The least time between two messages of a streamed job (its first piece goes at once).
+    pub stream_interval: Duration,
 }
 
 impl GenerateBudgets {
-    /// 32 rows, 512 prompt tokens per step, 32 waiting jobs, 128 tokens by default.
+    /// 32 rows, 512 prompt tokens per step, 32 waiting jobs, 128 tokens, streamed pieces sent
+    /// as soon as confirms allow, by default.
     pub fn from_config(config: Option<&GenerateConfig>) -> Result<GenerateBudgets, String> {
         let get = |value: Option<usize>, default: usize, key: &str| match value {
             Some(0) => Err(format!("[generate] {key} must be at least 1")),
@@ -34,11 +39,18 @@ impl GenerateBudgets {
             None => Ok(default),
         };
         let c = config.cloned().unwrap_or_default();
+        let interval = c.stream_interval_ms.unwrap_or(0);
+        if interval > 60_000 {
+            return Err(format!(
+                "[generate] stream_interval_ms must be at most 60000 (a minute), not {interval}"
+            ));
+        }
         Ok(GenerateBudgets {
             max_active_rows: get(c.max_active_rows, 32, "max_active_rows")?,
             max_prefill_tokens: get(c.max_prefill_tokens, 512, "max_prefill_tokens")?,
             max_waiting_jobs: get(c.max_waiting_jobs, 32, "max_waiting_jobs")?,
             max_tokens: get(c.max_tokens, 128, "max_tokens")?,
+            stream_interval: Duration::from_millis(interval),
         })
     }
 }
@@ -93,6 +105,7 @@ impl DecoderSpec {
             "max_active_rows": b.max_active_rows,
             "max_prefill_tokens": b.max_prefill_tokens,
             "max_waiting_jobs": b.max_waiting_jobs,
+            "stream_interval_ms": b.stream_interval.as_millis() as u64,
             "defaults": {"max_tokens": b.max_tokens, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "stream": false},
         })
     }
