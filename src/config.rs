@@ -185,6 +185,9 @@ pub struct WorkerSettings {
     /// A refused model makes `/readyz` answer 503 (Triton's strict readiness); off, a refused
     /// model is named under `ready` and the others serve.
     pub strict_readiness: bool,
+    /// Distinct tenant names (the `x-infermq-tenant` header) given a label of their own in the
+    /// per-tenant counters; later names count as `other`.
+    pub max_tenants: usize,
 }
 
 impl WorkerSettings {

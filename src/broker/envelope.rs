@@ -11,12 +11,15 @@
 //!   job's first failure its last.
 //! - **The contract's headers** ([`JobHeaders`]): read here, with the error naming the header
 //!   kept for the job's answer (the route and names are known even when a header is bad).
+//! - **Whose job it is**: the `x-infermq-tenant` header, for counting only ([`TenantTag`]; any
+//!   producer may set it, so it grants nothing).
 
 use lapin::types::ShortString;
 use lapin::BasicProperties;
 
-use super::headers::{HeaderError, JobHeaders};
+use super::headers::{as_string, find, HeaderError, JobHeaders, TENANT};
 use super::Topology;
+use crate::protocol::TenantTag;
 
 /// Where a job's answers may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +50,8 @@ pub struct Envelope {
     pub delivery_count: u32,
     /// The contract's headers, or the first one that could not be read.
     pub headers: Result<JobHeaders, HeaderError>,
+    /// The `x-infermq-tenant` header.
+    pub tenant: TenantTag,
 }
 
 impl Envelope {
@@ -73,6 +78,10 @@ impl Envelope {
             (Ok(h), true) => h.delivery_count,
             _ => 0,
         };
+        let tenant = match find(properties.headers().as_ref(), TENANT) {
+            None => TenantTag::Anonymous,
+            Some(value) => TenantTag::of(as_string(value).as_deref()),
+        };
         Envelope {
             reply: Reply {
                 route,
@@ -82,6 +91,7 @@ impl Envelope {
             user_id: properties.user_id().as_ref().map(|u| u.to_string()),
             delivery_count,
             headers,
+            tenant,
         }
     }
 }
@@ -111,6 +121,27 @@ mod tests {
             Envelope::read(&with_count(3), true, &topology()).delivery_count,
             3
         );
+    }
+
+    #[test]
+    fn the_tenant_header_is_a_name_anonymous_or_invalid() {
+        let tenant = |value: Option<AMQPValue>| {
+            let mut table = FieldTable::default();
+            if let Some(value) = value {
+                table.insert("x-infermq-tenant".into(), value);
+            }
+            let p = BasicProperties::default().with_headers(table);
+            Envelope::read(&p, false, &topology()).tenant
+        };
+        assert_eq!(tenant(None), TenantTag::Anonymous);
+        let named = tenant(Some(AMQPValue::LongString("team-a".into())));
+        assert!(matches!(named, TenantTag::Named(n) if n.as_str() == "team-a"));
+        let long = "x".repeat(65);
+        assert_eq!(
+            tenant(Some(AMQPValue::LongString(long.as_str().into()))),
+            TenantTag::Invalid
+        );
+        assert_eq!(tenant(Some(AMQPValue::Boolean(true))), TenantTag::Invalid);
     }
 
     #[test]

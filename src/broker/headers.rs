@@ -20,6 +20,9 @@ pub const DELIVERY_COUNT: &str = "x-delivery-count";
 pub const ERROR_CODE: &str = "x-error-code";
 /// An error result's (or dead-lettered job's) header: the message, at most 1 KiB.
 pub const ERROR: &str = "x-error";
+/// The tenant a job is for (the gateway sets the API key's name): informative, never checked,
+/// read once into the envelope for the per-tenant counters.
+pub const TENANT: &str = "x-infermq-tenant";
 
 /// A header by name, matched case-insensitively (`Inference-Header-Content-Length` works too).
 pub fn find<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {

@@ -15,6 +15,7 @@ use crate::protocol::{
     encode_response, ErrorCode, InferenceResponse, OutputTensor, ResultParameters, Tensor,
 };
 use crate::serving::ServedVersion;
+use crate::telemetry::tenants::TenantUsage;
 use crate::telemetry::ModelMetrics;
 
 /// Which outputs to return, in order, and whether each is binary.
@@ -36,6 +37,8 @@ struct Progress {
     compute: Option<(Instant, Instant)>,
     /// The runs' time, summed over chunks.
     compute_time: Duration,
+    /// The job's share of those runs: each run's time times the chunk's rows over the run's.
+    compute_share: f64,
     finished: bool,
 }
 
@@ -50,21 +53,24 @@ pub struct JobState {
     pub deadline: Option<SystemTime>,
     pub received: Instant,
     pub metrics: ModelMetrics,
+    /// Rows of each chunk, in order.
+    part_rows: Vec<usize>,
     inflight: Mutex<Option<InFlight>>,
     progress: Mutex<Progress>,
 }
 
 impl JobState {
-    /// Takes over `inflight` (already attached to `served`'s metrics) for a job `id` of
-    /// `chunks` parts run by `served`.
+    /// Takes over `inflight` (already attached to `served`'s metrics) for a job `id` run by
+    /// `served` in chunks of `part_rows` rows.
     pub fn new(
         served: &ServedVersion,
         id: Option<String>,
         plan: OutputPlan,
         deadline: Option<SystemTime>,
         inflight: InFlight,
-        chunks: usize,
+        part_rows: Vec<usize>,
     ) -> JobState {
+        let chunks = part_rows.len();
         JobState {
             id,
             model: served.model.clone(),
@@ -74,6 +80,7 @@ impl JobState {
             deadline,
             received: inflight.received(),
             metrics: served.metrics.clone(),
+            part_rows,
             inflight: Mutex::new(Some(inflight)),
             progress: Mutex::new(Progress {
                 outputs: (0..chunks).map(|_| None).collect(),
@@ -82,6 +89,7 @@ impl JobState {
                 batched: None,
                 compute: None,
                 compute_time: Duration::ZERO,
+                compute_share: 0.0,
                 finished: false,
             }),
         }
@@ -192,7 +200,10 @@ impl BatchJob for JobState {
             Some((first, _)) => (first.min(compute.0), compute.1),
             None => compute,
         });
-        progress.compute_time += compute.1.duration_since(compute.0);
+        let ran = compute.1.duration_since(compute.0);
+        progress.compute_time += ran;
+        let rows = self.part_rows.get(part).copied().unwrap_or(0);
+        progress.compute_share += ran.as_secs_f64() * rows as f64 / batch_rows.max(1) as f64;
         progress.batch_rows = progress.batch_rows.max(batch_rows);
         progress.remaining -= 1;
         if progress.remaining > 0 {
@@ -217,6 +228,11 @@ impl BatchJob for JobState {
         if let Ok(mut inflight) = self.inflight.lock() {
             if let Some(inflight) = inflight.as_mut() {
                 inflight.record_batch(progress.batched, progress.compute, seen);
+                inflight.record_usage(TenantUsage {
+                    rows: self.part_rows.iter().sum::<usize>() as u64,
+                    compute_seconds: progress.compute_share,
+                    ..TenantUsage::default()
+                });
             }
         }
         drop(progress);

@@ -419,6 +419,7 @@ async fn relay(
                         FieldTable::default(),
                     )
                 };
+                let job = job.generated(end.prompt_tokens, end.completion_tokens);
                 return job.answer(body, "application/json", headers);
             }
             Some(Event::Failed(message)) => {

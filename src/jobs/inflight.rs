@@ -7,7 +7,8 @@
 //! `infermq_jobs_total` (or the training counters) by outcome when the broker did what was
 //! asked, the pending gauge and the worker's unsettled count always. A guard dropped without
 //! being settled (a bug, or a panic on the way) requeues its job and logs it, so no job is
-//! ever left unacked on a live channel.
+//! ever left unacked on a live channel. A prediction or generation job is also counted under
+//! its tenant ([`InFlight::for_tenant`]) with what it used, once, when it is settled.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +24,8 @@ use crate::broker::envelope::{Reply, Route};
 use crate::broker::headers::{table_size, MAX_HEADERS_BYTES};
 use crate::broker::publisher::{submit, with_error_headers, Settled, Streamed};
 use crate::broker::{Command, Disposition, OutgoingMessage, Settlement};
-use crate::protocol::{encode_error, ErrorCode};
+use crate::protocol::{encode_error, ErrorCode, TenantTag};
+use crate::telemetry::tenants::TenantUsage;
 use crate::telemetry::trace::{JobAttributes, JobStages, JobTrace, TraceContext};
 use crate::telemetry::{ModelMetrics, Outcome};
 
@@ -72,6 +74,9 @@ struct Held {
     delivery_count: u32,
     received: Instant,
     tally: Tally,
+    /// Counted per tenant when set ([`InFlight::for_tenant`]), with what the job used.
+    tenant: Option<TenantTag>,
+    usage: TenantUsage,
 }
 
 /// One delivery between receipt and settlement. Settles exactly once: each settling method
@@ -110,8 +115,37 @@ impl InFlight {
                 delivery_count,
                 received,
                 tally,
+                tenant: None,
+                usage: TenantUsage::default(),
             }),
         }
+    }
+
+    /// Counts the job under `tenant` (`infermq_tenant_*`) when it is settled.
+    pub fn for_tenant(mut self, tenant: TenantTag) -> InFlight {
+        if let Some(held) = self.held.as_mut() {
+            held.tenant = Some(tenant);
+        }
+        self
+    }
+
+    /// Adds to what the job used, counted under its tenant when it is settled.
+    pub fn record_usage(&mut self, usage: TenantUsage) {
+        if let Some(held) = self.held.as_mut() {
+            held.usage += usage;
+        }
+    }
+
+    /// A generation job's usage: its tokens, and its time from receipt to now (its last token).
+    pub fn generated(mut self, prompt_tokens: usize, completion_tokens: usize) -> InFlight {
+        let compute_seconds = self.received().elapsed().as_secs_f64();
+        self.record_usage(TenantUsage {
+            prompt_tokens: prompt_tokens as u64,
+            completion_tokens: completion_tokens as u64,
+            compute_seconds,
+            ..TenantUsage::default()
+        });
+        self
     }
 
     fn held(&self) -> &Held {
@@ -351,6 +385,8 @@ impl Held {
             mut stages,
             batch,
             correlation_id,
+            tenant,
+            usage,
             ..
         } = self;
         let published = message.is_some();
@@ -378,6 +414,9 @@ impl Held {
                     received.elapsed().as_secs_f64(),
                 ),
                 _ => {}
+            }
+            if let (true, true, Some(tenant)) = (ok, answered, &tenant) {
+                done.metrics().tenants.job(&model, tenant, &usage);
             }
             if ok && disposition != Disposition::Requeue {
                 stages.publish_started = published.then_some(handed);

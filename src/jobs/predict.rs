@@ -175,6 +175,7 @@ pub fn handle_delivery(
         user_id,
         delivery_count,
         headers,
+        tenant,
         ..
     } = envelope;
     let answerer = &ctx.answerer;
@@ -187,7 +188,8 @@ pub fn handle_delivery(
         model.clone(),
         received,
         tally,
-    );
+    )
+    .for_tenant(tenant);
     let Some(job) = job
         .routable()
         .and_then(|job| job.within(ctx.max_message_bytes, message_id.as_deref()))
@@ -378,7 +380,7 @@ fn submit(
         plan,
         headers.deadline,
         job,
-        ranges.len(),
+        ranges.iter().map(|range| range.len()).collect(),
     ));
     let single = ranges.len() == 1;
     for (part, range) in ranges.into_iter().enumerate() {

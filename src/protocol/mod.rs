@@ -6,7 +6,7 @@
 //! - [`decode_request`] / [`encode_request`]: prediction jobs, JSON or binary extension.
 //! - [`validate_request`]: a decoded job against the model's [`ModelSignature`].
 //! - [`encode_response`] / [`encode_error`] / [`decode_response`]: results.
-//! - [`ModelName`]: the one rule for a model's name.
+//! - [`ModelName`]: the one rule for a model's name; [`TenantName`] for a tenant's.
 //! - [`Tensor::concat_rows`] / [`Tensor::slice_rows`]: batching along dimension 0.
 //!
 //! JSON conventions (non-finite floats as `"NaN"`/`"Infinity"`/`"-Infinity"`, integers
@@ -23,6 +23,7 @@ pub(crate) mod request;
 mod request_fast;
 pub(crate) mod response;
 pub(crate) mod tensor;
+pub(crate) mod tenant;
 pub(crate) mod text;
 pub(crate) mod types;
 mod validate;
@@ -42,6 +43,7 @@ pub use response::{
     decode_response, encode_error, encode_response, DecodedResponse, EncodedBody,
     InferenceResponse, OutputTensor, ResultParameters,
 };
+pub use tenant::{TenantName, TenantTag};
 pub use tensor::{Tensor, TensorData};
 pub use types::{DataType, ErrorCode, ModelSignature, TensorSpec};
 pub use validate::validate_request;

@@ -3,8 +3,9 @@
 //! Shared as `Arc<Metrics>` (no globals), so a test can build its own and assert on
 //! [`Metrics::render`]. The hot path (decode → batch → run → publish) goes through a
 //! [`ModelMetrics`] resolved once per model version: every child series is looked up when the
-//! version is loaded, never per job. Labels are `model`, `version` and `outcome` only; job ids
-//! never become labels. `docs/METRICS.md` lists every series and example queries.
+//! version is loaded, never per job. Labels are `model`, `version` and `outcome`, and the
+//! bounded `tenant` of [`super::tenants`]; job ids never become labels. `docs/METRICS.md`
+//! lists every series and example queries.
 
 pub use super::outcome::Outcome;
 use prometheus::{
@@ -61,6 +62,8 @@ pub struct Metrics {
     pub load: super::load::Load,
     /// Tokens, time to first token and per token, the generation engines' state.
     pub generation: super::generation::Generation,
+    /// Jobs, rows, tokens and compute seconds by model and tenant.
+    pub tenants: super::tenants::Tenants,
 }
 
 const MV: &[&str] = &["model", "version"];
@@ -154,6 +157,7 @@ impl Metrics {
             supervision: super::supervision::Supervision::new(&r),
             load: super::load::Load::new(&r),
             generation: super::generation::Generation::new(&r, &LATENCY_BUCKETS),
+            tenants: super::tenants::Tenants::new(&r),
             registry: r,
         }
     }

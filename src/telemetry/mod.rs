@@ -14,6 +14,7 @@ pub mod logging;
 pub(crate) mod metrics;
 mod outcome;
 pub(crate) mod supervision;
+pub mod tenants;
 pub mod trace;
 
 pub(crate) use http::{serve, HttpState, StatusSource};

@@ -174,6 +174,7 @@ async fn start(
         env!("CARGO_PKG_VERSION"),
         env::loaded_version().unwrap_or("unknown"),
     ));
+    metrics.tenants.set_cap(settings.worker.max_tenants);
     let broker = &settings.broker;
     let topology = Topology::new(broker.prefix.clone(), broker.delivery_limit);
     let tracer = JobTracer::new(&settings.telemetry.otlp_endpoint, &hostname())?;
