@@ -50,7 +50,7 @@ pub struct Client {
 }
 
 /// The user named in `url` (`amqp://user:pass@host`), when it names one.
-fn url_user(url: &str) -> Option<String> {
+pub(crate) fn url_user(url: &str) -> Option<String> {
     let authority = url.split_once("://")?.1.split(['/', '?']).next()?;
     if !authority.contains('@') {
         return None;

@@ -225,6 +225,53 @@ pub struct GatewaySettings {
     pub gather_window: usize,
     /// How long a request that could go at once is held for others to join it; 0: never.
     pub gather_delay_us: u64,
+    /// The API keys (TOML, `[[key]]` entries, see `docs/GATEWAY.md`); empty: no keys, every
+    /// request is anonymous.
+    pub api_keys_file: PathBuf,
+    /// Without `api_keys_file`, serve on an address other than loopback all the same.
+    pub allow_anonymous: bool,
+    /// How often `api_keys_file` and the TLS files are checked for changes (SIGHUP: at once).
+    pub reload_poll_ms: u64,
+    /// Failed key checks from one client address within a minute before it is answered 429.
+    pub auth_failures_per_minute: u32,
+    /// A header that names the client's address (the rightmost one is taken), set by a proxy in
+    /// front; empty: the TCP peer's address.
+    pub client_address_header: String,
+    /// The usage log (JSONL, one line per request); empty: none.
+    pub usage_log: PathBuf,
+    /// Size at which the usage log is rotated (renamed `.1`, older ones shifted).
+    pub usage_log_max_bytes: u64,
+    /// Rotated usage logs kept beside the current one.
+    pub usage_log_files: usize,
+    pub tls: GatewayTlsSettings,
+}
+
+/// HTTPS for the gateway: a certificate chain and its private key, PEM files reloaded when
+/// they change; both empty: plain HTTP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayTlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl GatewayTlsSettings {
+    /// True when the gateway serves HTTPS.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+}
+
+impl GatewaySettings {
+    /// The keys file, `None` when no keys are set (every request anonymous).
+    pub fn api_keys_file(&self) -> Option<&Path> {
+        (!self.api_keys_file.as_os_str().is_empty()).then_some(self.api_keys_file.as_path())
+    }
+
+    /// The usage log, `None` when none is written.
+    pub fn usage_log(&self) -> Option<&Path> {
+        (!self.usage_log.as_os_str().is_empty()).then_some(self.usage_log.as_path())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,15 +5,15 @@
 //! the binary extension with the `inference-header-content-length` header); `reply_to`,
 //! `correlation_id` and `user_id` when the producer gives them; and the contract's headers:
 //! `x-deadline-ms`, `x-model-version`, the W3C trace context (`traceparent`, `tracestate`, or
-//! the span links of a gathered job) and a metadata request's `x-infermq-request`. A job
-//! without any header carries no header table.
+//! the span links of a gathered job), a metadata request's `x-infermq-request` and the
+//! tenant a job is for (`x-infermq-tenant`). A job without any header carries no header table.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-use crate::broker::headers::{BINARY_HEADER, DEADLINE_MS, MODEL_VERSION};
+use crate::broker::headers::{BINARY_HEADER, DEADLINE_MS, MODEL_VERSION, TENANT};
 use crate::protocol::metadata::{METADATA_REQUEST, REQUEST_HEADER};
 use crate::telemetry::trace::context::{TraceContext, TRACEPARENT, TRACESTATE};
 use crate::telemetry::trace::links::inject_links;
@@ -99,6 +99,15 @@ impl JobProperties {
     pub fn trace_links(mut self, links: &[TraceContext]) -> JobProperties {
         inject_links(links, &mut self.headers);
         self
+    }
+
+    /// `x-infermq-tenant`: who the job is for (an API key's name), counted per tenant by the
+    /// workers; informative, never checked.
+    pub fn tenant(self, tenant: Option<&str>) -> JobProperties {
+        match tenant {
+            Some(tenant) => self.text_header(TENANT, tenant),
+            None => self,
+        }
     }
 
     /// A metadata request (`x-infermq-request: metadata`) instead of a prediction.

@@ -134,6 +134,30 @@ impl GatewaySettings {
             self.gather_delay_us > 1_000_000,
             "gateway.gather_delay_us",
             "must be at most 1000000 (one second)",
+        )?;
+        for (key, value) in [
+            ("gateway.reload_poll_ms", self.reload_poll_ms),
+            (
+                "gateway.auth_failures_per_minute",
+                u64::from(self.auth_failures_per_minute),
+            ),
+            ("gateway.usage_log_max_bytes", self.usage_log_max_bytes),
+        ] {
+            refuse_if(value == 0, key, AT_LEAST_ONE)?;
+        }
+        refuse_if(
+            self.client_address_header
+                .parse::<axum::http::HeaderName>()
+                .is_err()
+                && !self.client_address_header.is_empty(),
+            "gateway.client_address_header",
+            "must be an HTTP header name (e.g. x-forwarded-for) or empty",
+        )?;
+        let tls = &self.tls;
+        refuse_if(
+            tls.cert_file.as_os_str().is_empty() != tls.key_file.as_os_str().is_empty(),
+            "gateway.tls",
+            "cert_file and key_file are set together or not at all",
         )
     }
 }

@@ -54,6 +54,7 @@ impl Waiter {
             header_len: self.header_len,
             traceparent: self.trace.0.as_deref(),
             tracestate: self.trace.1.as_deref(),
+            tenant: self.candidate.key.tenant.as_deref(),
         }
     }
 
@@ -159,6 +160,7 @@ fn route(
         path_version: version,
         own_deadline: request.timeout < gw.default_timeout(),
         binary_header_len: request.header_len,
+        tenant: request.tenant,
     };
     // Before the metadata: a request that goes alone anyway never asks the fleet for it.
     if let Some(reason) = traits.solo() {
@@ -312,7 +314,8 @@ async fn retry(gw: &Arc<Gateway>, group: Vec<Waiter>) {
 }
 
 /// The merged job's properties: the group's latest deadline (each request still waits only
-/// its own timeout), the version, binary framing, and a span link to each traced request.
+/// its own timeout), the version, binary framing, a span link to each traced request, and
+/// the tenant the group's requests share.
 fn properties(
     deadline: SystemTime,
     key: &GatherKey,
@@ -324,6 +327,7 @@ fn properties(
         .model_version(key.version.as_deref())
         .binary_header_len(merged.header_len)
         .trace_links(links)
+        .tenant(key.tenant.as_deref())
 }
 
 /// A request's part of a merged result, framed as the worker frames a result.

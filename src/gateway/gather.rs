@@ -90,6 +90,8 @@ pub struct GatherKey {
     pub row_shapes: Vec<Vec<usize>>,
     /// The request's `outputs` names, in its order; `None`: every output.
     pub outputs: Option<Vec<String>>,
+    /// The tenant its job is stamped with (`x-infermq-tenant`): tenants never share a job.
+    pub tenant: Option<String>,
 }
 
 /// Why a request travels alone: a bounded label for metrics.
@@ -168,6 +170,8 @@ pub struct Traits<'a> {
     /// The request's timeout is shorter than `gateway.timeout_ms`.
     pub own_deadline: bool,
     pub binary_header_len: Option<usize>,
+    /// The API key's name, stamped on the job.
+    pub tenant: Option<&'a str>,
 }
 
 impl Traits<'_> {
@@ -229,6 +233,7 @@ pub fn prepare(traits: Traits<'_>, body: &[u8], info: &ModelInfo, max_bytes: usi
             .outputs
             .as_ref()
             .map(|o| o.iter().map(|o| o.name.clone()).collect()),
+        tenant: traits.tenant.map(str::to_string),
     };
     Prepared::Gather(Box::new(Candidate {
         key,

@@ -16,6 +16,7 @@ fn traits(header_len: Option<usize>) -> Traits<'static> {
         path_version: None,
         own_deadline: false,
         binary_header_len: header_len,
+        tenant: None,
     }
 }
 
@@ -103,7 +104,7 @@ fn what_the_worker_refuses_is_refused_with_its_id_and_error() {
 }
 
 #[test]
-fn keys_differ_by_version_shape_and_outputs() {
+fn keys_differ_by_version_shape_outputs_and_tenant() {
     let info = ModelInfo::parse(
         br#"{"inputs":[{"name":"t","datatype":"FP32","shape":[-1,-1]}],
         "outputs":[{"name":"o","datatype":"FP32","shape":[-1,-1]},{"name":"p","datatype":"FP32","shape":[-1]}],
@@ -127,4 +128,13 @@ fn keys_differ_by_version_shape_and_outputs() {
     };
     assert_eq!(key(v2, two).version.as_deref(), Some("2"));
     assert_ne!(a, key(v2, two));
+    // Each job is stamped with one tenant: two keys' requests never share one.
+    let team = |name| Traits {
+        tenant: Some(name),
+        ..traits(None)
+    };
+    assert_eq!(key(team("a"), two).tenant.as_deref(), Some("a"));
+    assert_eq!(key(team("a"), two), key(team("a"), two));
+    assert_ne!(key(team("a"), two), key(team("b"), two));
+    assert_ne!(a, key(team("a"), two));
 }

@@ -3,17 +3,19 @@
 //! answer, and `/generate_stream` with its pieces as server-sent events (`data: {json}`), as
 //! they come. The route decides `parameters.stream`; the client's `id` is echoed, while on the
 //! wire the job carries the gateway's own ([`super::generation`]). Admission is `/infer`'s:
-//! `gateway.max_in_flight` and `gateway.max_queue_depth` (429), a missing queue (404).
+//! the key's models (403), `gateway.max_in_flight` and `gateway.max_queue_depth` (429), a
+//! missing queue (404).
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+use super::auth::Access;
 use super::generation::{event_stream, sse_event, JobRequest};
 use super::http::{
     admit, check_path, counted, error, read_body, request_timeout, take_place, trace_header,
@@ -26,6 +28,7 @@ use crate::protocol::{encode_error, ErrorCode};
 
 pub async fn generate(
     State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
     Path(path): Path<ModelPath>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -33,13 +36,20 @@ pub async fn generate(
 ) -> Response {
     let model = path.model.clone();
     counted(&gw, &model, Endpoint::Generate, async {
-        serve(&gw, &path, query.as_deref(), &headers, body, false).await
+        let request = Asked {
+            path: &path,
+            query: query.as_deref(),
+            headers: &headers,
+            access: &access,
+        };
+        serve(&gw, request, body, false).await
     })
     .await
 }
 
 pub async fn generate_stream(
     State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
     Path(path): Path<ModelPath>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -47,25 +57,43 @@ pub async fn generate_stream(
 ) -> Response {
     let model = path.model.clone();
     counted(&gw, &model, Endpoint::GenerateStream, async {
-        serve(&gw, &path, query.as_deref(), &headers, body, true).await
+        let request = Asked {
+            path: &path,
+            query: query.as_deref(),
+            headers: &headers,
+            access: &access,
+        };
+        serve(&gw, request, body, true).await
     })
     .await
+}
+
+/// What a generate request brings besides its body.
+struct Asked<'a> {
+    path: &'a ModelPath,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+    access: &'a Access,
 }
 
 /// Answers one generate request; `(known, response)` as [`counted`] takes them.
 async fn serve(
     gw: &Arc<Gateway>,
-    path: &ModelPath,
-    query: Option<&str>,
-    headers: &HeaderMap,
+    asked: Asked<'_>,
     body: Result<Bytes, BytesRejection>,
     stream: bool,
 ) -> (bool, Response) {
+    let Asked {
+        path,
+        query,
+        headers,
+        access,
+    } = asked;
     let permit = match take_place(gw) {
         Ok(permit) => permit,
         Err(refusal) => return refusal.answer(),
     };
-    let model = match check_path(path) {
+    let model = match check_path(path, access) {
         Ok(model) => model,
         Err(refusal) => return refusal.answer(),
     };
@@ -101,6 +129,8 @@ async fn serve(
         timeout,
         traceparent: trace_header(headers, "traceparent"),
         tracestate: trace_header(headers, "tracestate"),
+        tenant: access.stamp(),
+        meter: access.meter.clone(),
     };
     let mut generation = match gw.generate(request, permit).await {
         Ok(generation) => generation,

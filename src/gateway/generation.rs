@@ -8,6 +8,13 @@
 //! the client left, the response was cut, the gateway gave up waiting — publishes a cancel
 //! message for its job, so no worker keeps generating for nobody. A [`Generation`] holds its
 //! request's place in `gateway.max_in_flight` until it is dropped.
+//!
+//! The job carries the API key's name (`x-infermq-tenant`), and its request's [`Meter`] is
+//! given the tokens of its last answer (and charges them to the key's `tokens_per_minute`). A
+//! generation dropped before its last answer hands its reply stream to a task that waits for
+//! that answer (the worker ends a cancelled job with one, `finish_reason: cancelled` and its
+//! usage), at most until the job's deadline and [`GRACE`], so a client that leaves a stream
+//! early still pays for what was generated.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +28,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::job::{job_body, Answer, Failure, Sequencer};
 use super::replies::{BrokerPools, CallError, ReplyStream};
+use super::usage::Meter;
 use super::Gateway;
 use crate::broker::headers::{as_string, find, ERROR_CODE};
 use crate::client::JobProperties;
@@ -40,6 +48,10 @@ pub struct JobRequest<'a> {
     pub timeout: Duration,
     pub traceparent: Option<&'a str>,
     pub tracestate: Option<&'a str>,
+    /// The API key's name, stamped on the job.
+    pub tenant: Option<&'a str>,
+    /// The request's usage: given the job's tokens.
+    pub meter: Meter,
 }
 
 /// A published generation job: its answers, in order, without the repeats of a restarted
@@ -47,11 +59,13 @@ pub struct JobRequest<'a> {
 pub struct Generation {
     /// The job's id on the wire (the gateway's, not the client's).
     id: String,
-    replies: ReplyStream,
+    /// `None` once handed to the task that waits for the last answer ([`Drop`]).
+    replies: Option<ReplyStream>,
     sequencer: Sequencer,
     deadline: tokio::time::Instant,
     timeout: Duration,
     done: bool,
+    meter: Meter,
     cancel: CancelOnDrop,
     _permit: OwnedSemaphorePermit,
 }
@@ -73,7 +87,8 @@ impl Gateway {
         let properties = JobProperties::new()
             .deadline(SystemTime::now() + request.timeout)
             .model_version(request.version)
-            .trace_context(request.traceparent, request.tracestate);
+            .trace_context(request.traceparent, request.tracestate)
+            .tenant(request.tenant);
         let queue = self.queue(request.model);
         self.metrics.published(request.model.as_str(), 1);
         let replies = self
@@ -89,11 +104,12 @@ impl Gateway {
                 armed: true,
             },
             id,
-            replies,
+            replies: Some(replies),
             sequencer: Sequencer::default(),
             deadline: tokio::time::Instant::now() + request.timeout,
             timeout: request.timeout,
             done: false,
+            meter: request.meter,
             _permit: permit,
         })
     }
@@ -132,8 +148,9 @@ impl Generation {
         if self.done {
             return None;
         }
+        let replies = self.replies.as_mut()?;
         loop {
-            let message = tokio::time::timeout_at(self.deadline + GRACE, self.replies.next());
+            let message = tokio::time::timeout_at(self.deadline + GRACE, replies.next());
             let delivery = match message.await {
                 Ok(Some(delivery)) => delivery,
                 Ok(None) => {
@@ -162,10 +179,50 @@ impl Generation {
                 _ => {
                     self.done = true;
                     self.cancel.armed = false;
+                    if let Ok(Answer {
+                        usage: Some(used), ..
+                    }) = &answer
+                    {
+                        self.meter
+                            .tokens(used.prompt_tokens, used.completion_tokens);
+                    }
                 }
             }
             return Some(answer);
         }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Dropped outside a runtime (never in the gateway): nothing is metered.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(mut replies) = self.replies.take() else {
+            return;
+        };
+        let meter = self.meter.clone();
+        let until = self.deadline + GRACE;
+        runtime.spawn(async move {
+            while let Ok(Some(delivery)) = tokio::time::timeout_at(until, replies.next()).await {
+                let code =
+                    find(delivery.properties.headers().as_ref(), ERROR_CODE).and_then(as_string);
+                match Answer::read(&delivery.data, code.as_deref()) {
+                    Ok(answer) if answer.is_last() => {
+                        if let Some(used) = answer.usage {
+                            meter.tokens(used.prompt_tokens, used.completion_tokens);
+                        }
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
     }
 }
 

@@ -1,13 +1,16 @@
 //! The KServe v2 REST routes of the gateway. Each handler reads and checks the request's own
 //! fields ([`super::policy`]), asks the broker or the fleet ([`Gateway`]), and turns the answer
 //! into an HTTP response; bodies of inference requests and results are relayed as they are.
+//! Every route but health, readiness and `/metrics` is behind the key check
+//! ([`super::auth::authenticate`]), whose [`Access`] says which models the request may use
+//! (403 for the others) and meters it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::auth::{self, Access};
 use super::metrics::Endpoint;
 use super::policy::{self, Admission};
 use super::{generate, v1};
@@ -31,16 +35,18 @@ pub struct ModelPath {
     pub version: Option<String>,
 }
 
-/// Every route of the gateway.
+/// Every route of the gateway: health, readiness and metrics open, the others behind the key
+/// check.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let limit = gateway.settings.max_body_bytes;
-    Router::new()
-        .route("/v2", get(server_metadata))
+    let open = Router::new()
         .route("/v2/health/live", get(live))
         .route("/healthz", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    let guarded = Router::new()
+        .route("/v2", get(server_metadata))
         .route("/v2/models/{model}", get(metadata))
         .route("/v2/models/{model}/versions/{version}", get(metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
@@ -67,6 +73,11 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/v2/models/{model}/versions/{version}/generate_stream",
             post(generate::generate_stream),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            auth::authenticate,
+        ));
+    open.merge(guarded)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gateway)
 }
@@ -162,13 +173,16 @@ where
     response
 }
 
-/// Checks the path's model and version; the refusal is a 400.
-pub(super) fn check_path(path: &ModelPath) -> Result<ModelName, Refusal> {
+/// Checks the path's model and version (a 400), and that the key may use the model (a 403);
+/// the model is metered.
+pub(super) fn check_path(path: &ModelPath, access: &Access) -> Result<ModelName, Refusal> {
     let bad = |message: String| Refusal::new(false, StatusCode::BAD_REQUEST, message);
     let model = policy::check_model(&path.model).map_err(bad)?;
     if let Some(v) = &path.version {
         policy::check_version(v).map_err(bad)?;
     }
+    access.meter.model(model.as_str());
+    access.allows(model.as_str()).map_err(Refusal::forbidden)?;
     Ok(model)
 }
 
@@ -189,6 +203,11 @@ impl Refusal {
             message,
             retry_after: None,
         }
+    }
+
+    /// A model the request's key may not use.
+    pub(super) fn forbidden(message: String) -> Refusal {
+        Refusal::new(false, StatusCode::FORBIDDEN, message)
     }
 
     pub(super) fn retry(mut self, seconds: u64) -> Refusal {
@@ -215,6 +234,9 @@ impl Refusal {
     }
 
     pub(super) fn answer(self) -> (bool, Response) {
+        if self.status == StatusCode::FORBIDDEN {
+            return (self.known, auth::forbidden(false, self.message));
+        }
         let response = match self.retry_after {
             Some(seconds) => retry_later(self.status, &self.message, seconds),
             None => error(self.status, &self.message),
@@ -253,10 +275,14 @@ pub(super) async fn admit(gw: &Gateway, model: &ModelName, max_depth: u32) -> Re
     }
 }
 
-async fn metadata(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
+async fn metadata(
+    State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
+    Path(path): Path<ModelPath>,
+) -> Response {
     let model = path.model.clone();
     counted(&gw, &model, Endpoint::Metadata, async {
-        let model = match check_path(&path) {
+        let model = match check_path(&path, &access) {
             Ok(model) => model,
             Err(refusal) => return refusal.answer(),
         };
@@ -268,10 +294,14 @@ async fn metadata(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -
     .await
 }
 
-async fn model_ready(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
+async fn model_ready(
+    State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
+    Path(path): Path<ModelPath>,
+) -> Response {
     let model = path.model.clone();
     counted(&gw, &model, Endpoint::Ready, async {
-        let model = match check_path(&path) {
+        let model = match check_path(&path, &access) {
             Ok(model) => model,
             Err(refusal) => return refusal.answer(),
         };
@@ -295,6 +325,7 @@ async fn model_ready(State(gw): State<Arc<Gateway>>, Path(path): Path<ModelPath>
 
 async fn infer(
     State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
     Path(path): Path<ModelPath>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -306,7 +337,7 @@ async fn infer(
             Ok(permit) => permit,
             Err(refusal) => return refusal.answer(),
         };
-        let model = match check_path(&path) {
+        let model = match check_path(&path, &access) {
             Ok(model) => model,
             Err(refusal) => return refusal.answer(),
         };
@@ -314,7 +345,8 @@ async fn infer(
             Ok(body) => body,
             Err(refusal) => return refusal.answer(),
         };
-        let request = match InferRequest::read(&gw, query.as_deref(), &headers, &body) {
+        let request = InferRequest::read(&gw, query.as_deref(), &headers, &body, &access);
+        let request = match request {
             Ok(request) => request,
             Err(message) => return (false, error(StatusCode::BAD_REQUEST, &message)),
         };
@@ -322,7 +354,11 @@ async fn infer(
             return refusal.answer();
         }
         let version = path.version.as_deref();
+        let rows = policy::request_rows(&body, request.header_len);
         let response = Gateway::infer(&gw, &model, version, request, body).await;
+        if response.status() == StatusCode::OK {
+            access.meter.rows(rows);
+        }
         (true, response)
     })
     .await
@@ -395,6 +431,8 @@ pub struct InferRequest<'a> {
     pub header_len: Option<usize>,
     pub traceparent: Option<&'a str>,
     pub tracestate: Option<&'a str>,
+    /// The API key's name, stamped on the job (`x-infermq-tenant`).
+    pub tenant: Option<&'a str>,
 }
 
 impl<'a> InferRequest<'a> {
@@ -403,6 +441,7 @@ impl<'a> InferRequest<'a> {
         query: Option<&str>,
         headers: &'a HeaderMap,
         body: &[u8],
+        access: &'a Access,
     ) -> Result<InferRequest<'a>, String> {
         let timeout = request_timeout(gw, query, headers)?;
         let binary = headers
@@ -414,6 +453,7 @@ impl<'a> InferRequest<'a> {
             header_len,
             traceparent: trace_header(headers, "traceparent"),
             tracestate: trace_header(headers, "tracestate"),
+            tenant: access.stamp(),
         })
     }
 }

@@ -142,6 +142,7 @@ fn candidate(sent: &Sent) -> Candidate {
         path_version: None,
         own_deadline: false,
         binary_header_len: sent.header_len,
+        tenant: None,
     };
     match prepare(traits, &sent.body, &info(), 1 << 20) {
         Prepared::Gather(c) => *c,

@@ -2,12 +2,16 @@
 //!
 //! Labels: `model` (a name whose queue exists, else `""`: names typed into a URL never become
 //! labels), `endpoint` ([`Endpoint`]: `infer`, `metadata`, `ready`, `generate`,
-//! `generate_stream`, `completions`, `chat_completions`, `models`) and `status` (the HTTP status
-//! code, a bounded set), `reason` (why a request travelled alone: [`super::gather::Solo`]). Pool gauges
-//! are read from the pools at each scrape.
+//! `generate_stream`, `completions`, `chat_completions`, `models`, `server`) and `status` (the
+//! HTTP status code, a bounded set), `reason` (why a request travelled alone:
+//! [`super::gather::Solo`]; why a key check failed: [`AuthFailure`]), `tenant` (an API key's
+//! name from the keys file, `anonymous` without keys, `-` for a request refused before its key
+//! was known), `limit` (`requests`, `tokens`). Pool gauges are read from the pools at each
+//! scrape.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use super::gather::Solo;
@@ -24,9 +28,38 @@ pub enum Endpoint {
     Completions,
     ChatCompletions,
     Models,
+    /// `GET /v2`, the server's metadata.
+    Server,
 }
 
 impl Endpoint {
+    /// The endpoint of a route, by its path as the router declares it.
+    pub fn of_route(route: &str) -> Endpoint {
+        let last = route.rsplit('/').next().unwrap_or("");
+        match (route, last) {
+            ("/v1/completions", _) => Endpoint::Completions,
+            ("/v1/chat/completions", _) => Endpoint::ChatCompletions,
+            ("/v2", _) => Endpoint::Server,
+            (_, "infer") => Endpoint::Infer,
+            (_, "ready") => Endpoint::Ready,
+            (_, "generate") => Endpoint::Generate,
+            (_, "generate_stream") => Endpoint::GenerateStream,
+            _ if route.starts_with("/v1/models") => Endpoint::Models,
+            _ => Endpoint::Metadata,
+        }
+    }
+
+    /// True for the routes that run a generation job (they spend `tokens_per_minute`).
+    pub fn generates(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Generate
+                | Endpoint::GenerateStream
+                | Endpoint::Completions
+                | Endpoint::ChatCompletions
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::Infer => "infer",
@@ -37,6 +70,38 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Models => "models",
+            Endpoint::Server => "server",
+        }
+    }
+}
+
+/// Why a key check failed (the `reason` label of `infermq_gateway_auth_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization: Bearer` nor `x-api-key` header.
+    Missing,
+    /// A key the keys file does not hold (or an unreadable header).
+    Unknown,
+    /// A key in the query string.
+    Query,
+    /// A client address refused for its failures, before its key was looked at.
+    Blocked,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 4] = [
+        AuthFailure::Missing,
+        AuthFailure::Unknown,
+        AuthFailure::Query,
+        AuthFailure::Blocked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::Query => "query",
+            AuthFailure::Blocked => "blocked",
         }
     }
 }
@@ -52,6 +117,16 @@ pub struct GatewayMetrics {
     per_message: HistogramVec,
     gathered: IntCounterVec,
     solo: IntCounterVec,
+    tenant_requests: IntCounterVec,
+    tenant_seconds: CounterVec,
+    tenant_rows: IntCounterVec,
+    tenant_tokens: IntCounterVec,
+    auth_failures: IntCounterVec,
+    rate_limited: IntCounterVec,
+    keys: IntGauge,
+    reloads: IntCounterVec,
+    usage_lines_dropped: IntCounter,
+    tls_handshake_failures: IntCounter,
 }
 
 /// Buckets of requests per message: 1 (alone) to 1024.
@@ -110,8 +185,84 @@ impl GatewayMetrics {
             "Inference requests that travelled as their own job, by model and reason",
             &["model", "reason"],
         );
+        let tenant_requests = counter_vec(
+            &registry,
+            "infermq_gateway_tenant_requests_total",
+            "HTTP requests answered, by tenant (the API key's name), endpoint and HTTP status",
+            &["tenant", "endpoint", "status"],
+        );
+        let tenant_seconds = CounterVec::new(
+            Opts::new(
+                "infermq_gateway_tenant_request_seconds_total",
+                "Seconds from arrival to the end of the answer (a stream: its last event), by tenant and endpoint",
+            ),
+            &["tenant", "endpoint"],
+        )
+        .expect("valid metric");
+        register(&registry, tenant_seconds.clone());
+        let tenant_rows = counter_vec(
+            &registry,
+            "infermq_gateway_tenant_rows_total",
+            "Rows of inference requests answered 200, by tenant and model",
+            &["tenant", "model"],
+        );
+        let tenant_tokens = counter_vec(
+            &registry,
+            "infermq_gateway_tenant_tokens_total",
+            "Tokens of generation requests (their answer's usage), by tenant, model and kind (prompt, completion)",
+            &["tenant", "model", "kind"],
+        );
+        let auth_failures = counter_vec(
+            &registry,
+            "infermq_gateway_auth_failures_total",
+            "Requests refused by the key check, by reason (missing, unknown, query, blocked)",
+            &["reason"],
+        );
+        for reason in AuthFailure::ALL {
+            auth_failures.with_label_values(&[reason.as_str()]);
+        }
+        let rate_limited = counter_vec(
+            &registry,
+            "infermq_gateway_rate_limited_total",
+            "Requests answered 429 by an API key's limit, by tenant and limit (requests, tokens)",
+            &["tenant", "limit"],
+        );
+        let keys = IntGauge::new(
+            "infermq_gateway_api_keys",
+            "API keys loaded from gateway.api_keys_file",
+        )
+        .expect("valid metric");
+        register(&registry, keys.clone());
+        let reloads = counter_vec(
+            &registry,
+            "infermq_gateway_reloads_total",
+            "Reloads of a changed file (file: api_keys, tls), by result (ok, error: the old one is kept)",
+            &["file", "result"],
+        );
+        let usage_lines_dropped = IntCounter::new(
+            "infermq_gateway_usage_lines_dropped_total",
+            "Usage log lines dropped because the writer fell behind or failed",
+        )
+        .expect("valid metric");
+        register(&registry, usage_lines_dropped.clone());
+        let tls_handshake_failures = IntCounter::new(
+            "infermq_gateway_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out",
+        )
+        .expect("valid metric");
+        register(&registry, tls_handshake_failures.clone());
         GatewayMetrics {
             registry,
+            tenant_requests,
+            tenant_seconds,
+            tenant_rows,
+            tenant_tokens,
+            auth_failures,
+            rate_limited,
+            keys,
+            reloads,
+            usage_lines_dropped,
+            tls_handshake_failures,
             requests,
             duration,
             in_flight,
@@ -149,6 +300,76 @@ impl GatewayMetrics {
         self.duration
             .with_label_values(&[model, endpoint.as_str()])
             .observe(seconds);
+    }
+
+    /// Counts one request of `tenant` by endpoint and status, and its seconds.
+    pub fn tenant_request(&self, tenant: &str, endpoint: Endpoint, status: u16, seconds: f64) {
+        let status = status.to_string();
+        self.tenant_requests
+            .with_label_values(&[tenant, endpoint.as_str(), &status])
+            .inc();
+        self.tenant_seconds
+            .with_label_values(&[tenant, endpoint.as_str()])
+            .inc_by(seconds.max(0.0));
+    }
+
+    /// Counts rows of `model` answered to `tenant`.
+    pub fn tenant_rows(&self, tenant: &str, model: &str, rows: u64) {
+        self.tenant_rows
+            .with_label_values(&[tenant, model])
+            .inc_by(rows);
+    }
+
+    /// Counts a generation's tokens for `tenant`.
+    pub fn tenant_tokens(&self, tenant: &str, model: &str, prompt: u64, completion: u64) {
+        self.tenant_tokens
+            .with_label_values(&[tenant, model, "prompt"])
+            .inc_by(prompt);
+        self.tenant_tokens
+            .with_label_values(&[tenant, model, "completion"])
+            .inc_by(completion);
+    }
+
+    /// Counts a request refused by the key check.
+    pub fn auth_failure(&self, reason: AuthFailure) {
+        self.auth_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Counts a request refused by a key's limit.
+    pub fn rate_limited(&self, tenant: &str, limit: super::quota::Limit) {
+        self.rate_limited
+            .with_label_values(&[tenant, limit.as_str()])
+            .inc();
+    }
+
+    /// The keys loaded: their number, and each tenant's series at zero (so that `rate()` sees
+    /// a tenant's first refusal).
+    pub fn keys_loaded<'a>(&self, tenants: impl Iterator<Item = &'a str>) {
+        let mut n = 0;
+        for tenant in tenants {
+            n += 1;
+            for limit in [super::quota::Limit::Requests, super::quota::Limit::Tokens] {
+                self.rate_limited
+                    .with_label_values(&[tenant, limit.as_str()]);
+            }
+        }
+        self.keys.set(n);
+    }
+
+    /// Counts a reload of `file` (`api_keys`, `tls`).
+    pub fn reload(&self, file: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.with_label_values(&[file, result]).inc();
+    }
+
+    pub fn usage_line_dropped(&self) {
+        self.usage_lines_dropped.inc();
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
     }
 
     pub fn in_flight(&self) -> &IntGauge {
@@ -232,6 +453,51 @@ mod tests {
         assert!(text.contains(
             r#"infermq_gateway_request_duration_seconds_count{endpoint="infer",model="iris"} 2"#
         ));
+    }
+
+    #[test]
+    fn routes_have_their_endpoints() {
+        for (route, endpoint) in [
+            ("/v2", "server"),
+            ("/v2/models/{model}", "metadata"),
+            ("/v2/models/{model}/versions/{version}", "metadata"),
+            ("/v2/models/{model}/versions/{version}/ready", "ready"),
+            ("/v2/models/{model}/infer", "infer"),
+            ("/v2/models/{model}/generate", "generate"),
+            (
+                "/v2/models/{model}/versions/{version}/generate_stream",
+                "generate_stream",
+            ),
+            ("/v1/completions", "completions"),
+            ("/v1/chat/completions", "chat_completions"),
+            ("/v1/models", "models"),
+            ("/v1/models/{model}", "models"),
+        ] {
+            assert_eq!(Endpoint::of_route(route).as_str(), endpoint, "{route}");
+        }
+    }
+
+    #[test]
+    fn tenant_series_and_auth_failures() {
+        let m = GatewayMetrics::new();
+        m.keys_loaded(["team-a"].into_iter());
+        m.tenant_request("team-a", Endpoint::Infer, 200, 0.5);
+        m.tenant_rows("team-a", "iris", 3);
+        m.tenant_tokens("team-a", "llm", 4, 8);
+        m.auth_failure(AuthFailure::Unknown);
+        let text = m.render();
+        for line in [
+            r#"infermq_gateway_tenant_requests_total{endpoint="infer",status="200",tenant="team-a"} 1"#,
+            r#"infermq_gateway_tenant_request_seconds_total{endpoint="infer",tenant="team-a"} 0.5"#,
+            r#"infermq_gateway_tenant_rows_total{model="iris",tenant="team-a"} 3"#,
+            r#"infermq_gateway_tenant_tokens_total{kind="completion",model="llm",tenant="team-a"} 8"#,
+            r#"infermq_gateway_auth_failures_total{reason="unknown"} 1"#,
+            r#"infermq_gateway_auth_failures_total{reason="blocked"} 0"#,
+            r#"infermq_gateway_rate_limited_total{limit="tokens",tenant="team-a"} 0"#,
+            "infermq_gateway_api_keys 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

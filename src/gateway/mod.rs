@@ -13,11 +13,19 @@
 //! [`groups`] when, [`merge`] joins bodies and splits results, [`dispatch`] publishes and
 //! answers each request).
 //!
+//! In front of every route but health, readiness and `/metrics`, the key check ([`auth`]):
+//! API keys from `gateway.api_keys_file` ([`keys`]) with each key's models and limits
+//! ([`quota`]), and each request's usage ([`usage`]: per-tenant counters and the usage log).
+//! The keys file and the TLS files ([`tls`]: HTTPS with rustls) are read again when they change
+//! ([`reload`]) or on SIGHUP. Without keys the gateway serves anyone, so it refuses to listen
+//! on an address other than loopback unless `gateway.allow_anonymous` says so.
+//!
 //! Shutdown: on SIGTERM the listener stops accepting, requests in flight are answered (their
 //! results still arrive over the open channels), then the connections close — all within
 //! `gateway.shutdown_timeout_ms`. A request cut at the deadline has still been published: its
 //! job runs and its result is dropped by the broker (direct reply-to has no queue to keep it).
 
+mod auth;
 mod cache;
 pub(crate) mod chat;
 mod dispatch;
@@ -27,11 +35,16 @@ mod generation;
 mod groups;
 mod http;
 pub(crate) mod job;
+mod keys;
 mod merge;
 mod metrics;
 pub(crate) mod openai;
 mod policy;
+mod quota;
+mod reload;
 mod replies;
+mod tls;
+mod usage;
 mod v1;
 
 use std::future::IntoFuture;
@@ -41,15 +54,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::topology::predict_queue;
 use crate::client::JobProperties;
 use crate::config::{GatewaySettings, RepositorySettings, Settings};
 use crate::protocol::ModelName;
+use auth::{KeyStore, Peer};
 use cache::{Lookup, TtlCache};
 use dispatch::Waiter;
 use gather::{GatherKey, ModelInfo};
@@ -58,6 +72,8 @@ use http::{error, relay, InferRequest};
 use metrics::GatewayMetrics;
 use policy::QueueState;
 use replies::{BrokerPools, CallError};
+use tls::{TlsFiles, TlsListener};
+use usage::{Usage, UsageLog};
 
 /// The HTTP header that sets a request's timeout (the `timeout_ms` query parameter wins).
 pub const TIMEOUT_HEADER: &str = "infermq-timeout-ms";
@@ -74,6 +90,14 @@ pub enum GatewayError {
     Pool(String),
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Keys(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("gateway.usage_log = {0}")]
+    UsageLog(String),
+    #[error("gateway.listen = {addr} is not a loopback address and gateway.api_keys_file is not set: anyone who reaches the port could run every model. Set gateway.api_keys_file (docs/GATEWAY.md#api-keys), or listen on 127.0.0.1, or set gateway.allow_anonymous = true when something in front authenticates")]
+    Exposed { addr: SocketAddr },
 }
 
 /// Everything the handlers share.
@@ -95,6 +119,16 @@ pub struct Gateway {
     repository: RepositorySettings,
     /// Each model's chat template, or why it has none (for `metadata_cache_ms`).
     templates: TtlCache<Arc<Result<Arc<chat::ChatTemplate>, String>>>,
+    /// The API keys (none: every request anonymous).
+    keys: Arc<KeyStore>,
+    /// HTTPS: the certificate and key in use.
+    tls: Option<Arc<TlsFiles>>,
+    /// Where each request's usage is recorded.
+    usage: Arc<Usage>,
+    /// `gateway.client_address_header`, parsed.
+    client_header: Option<HeaderName>,
+    /// Notified to read the keys and TLS files again at once (SIGHUP).
+    reload_now: Arc<Notify>,
 }
 
 impl Gateway {
@@ -107,13 +141,34 @@ impl Gateway {
             gw.channels,
         )
         .map_err(GatewayError::Pool)?;
+        let metrics = Arc::new(GatewayMetrics::new());
+        let keys = KeyStore::open(
+            gw.api_keys_file().map(Into::into),
+            gw.auth_failures_per_minute,
+            metrics.clone(),
+        )
+        .map_err(GatewayError::Keys)?;
+        let tls = match gw.tls.enabled() {
+            true => Some(Arc::new(
+                TlsFiles::open(&gw.tls, metrics.clone()).map_err(GatewayError::Tls)?,
+            )),
+            false => None,
+        };
+        let log = match gw.usage_log() {
+            Some(path) => Some(
+                UsageLog::open(path, gw.usage_log_max_bytes, gw.usage_log_files)
+                    .map_err(GatewayError::UsageLog)?,
+            ),
+            None => None,
+        };
         Ok(Gateway {
             settings: gw.clone(),
             prefix: settings.broker.prefix.clone(),
             broker,
             queues: TtlCache::new(Duration::from_millis(gw.queue_check_ms)),
             metadata: TtlCache::new(Duration::from_millis(gw.metadata_cache_ms)),
-            metrics: Arc::new(GatewayMetrics::new()),
+            usage: Arc::new(Usage::new(metrics.clone(), log)),
+            metrics,
             in_flight: Arc::new(Semaphore::new(gw.max_in_flight)),
             stopping: AtomicBool::new(false),
             models: TtlCache::new(Duration::from_millis(gw.metadata_cache_ms)),
@@ -125,7 +180,16 @@ impl Gateway {
             gather_bytes: settings.broker.max_message_bytes.saturating_sub(64 << 10),
             repository: settings.repository.clone(),
             templates: TtlCache::new(Duration::from_millis(gw.metadata_cache_ms)),
+            keys: Arc::new(keys),
+            tls,
+            client_header: gw.client_address_header.parse().ok(),
+            reload_now: Arc::new(Notify::new()),
         })
+    }
+
+    /// Reads the keys and TLS files again now, changed or not (what SIGHUP does).
+    pub fn reload_files(&self) {
+        self.reload_now.notify_one();
     }
 
     fn queue(&self, model: &ModelName) -> String {
@@ -201,7 +265,8 @@ impl Gateway {
             .deadline(SystemTime::now() + request.timeout)
             .model_version(version)
             .binary_header_len(request.header_len)
-            .trace_context(request.traceparent, request.tracestate);
+            .trace_context(request.traceparent, request.tracestate)
+            .tenant(request.tenant);
         self.metrics.published(model.as_str(), 1);
         self.call(model, body, properties, request.timeout).await
     }
@@ -268,12 +333,28 @@ impl Gateway {
     }
 }
 
+/// Refuses a gateway that would serve anyone on an address other than loopback: no keys, and
+/// `gateway.allow_anonymous` not set.
+pub fn check_exposure(settings: &GatewaySettings) -> Result<(), GatewayError> {
+    let addr = settings.listen;
+    if settings.api_keys_file().is_some() || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if settings.allow_anonymous {
+        tracing::warn!(%addr, "Gateway without API keys on an address other than loopback (gateway.allow_anonymous): anyone who reaches it may run every model");
+        return Ok(());
+    }
+    Err(GatewayError::Exposed { addr })
+}
+
 /// Runs the gateway until `shutdown` is cancelled; `started` receives the bound address.
+/// SIGHUP reads the keys and TLS files again.
 pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
     started: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), GatewayError> {
+    check_exposure(&settings.gateway)?;
     let addr = settings.gateway.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -282,20 +363,57 @@ pub async fn run(
         .local_addr()
         .map_err(|source| GatewayError::Listen { addr, source })?;
     let gateway = Arc::new(Gateway::new(&settings)?);
-    tracing::info!(addr = %local, prefix = %settings.broker.prefix, "Gateway listening");
+    let scheme = if gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(addr = %local, scheme, prefix = %settings.broker.prefix, api_keys = gateway.keys.enabled(), "Gateway listening");
     if let Some(started) = started {
         let _ = started.send(local);
     }
-    serve(gateway, listener, shutdown).await
+    #[cfg(unix)]
+    {
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(GatewayError::Serve)?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    got = hangups.recv() => match got {
+                        Some(()) => {
+                            tracing::info!("SIGHUP: reading the API keys and TLS files again");
+                            gateway.reload_files();
+                        }
+                        None => return,
+                    },
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+    match gateway.tls.clone() {
+        Some(files) => {
+            let listener = TlsListener::new(listener, files).map_err(GatewayError::Serve)?;
+            serve(gateway, listener, shutdown).await
+        }
+        None => serve(gateway, listener, shutdown).await,
+    }
 }
 
-/// Serves `gateway` on `listener` until `shutdown` is cancelled, then answers the requests in
-/// flight (within `gateway.shutdown_timeout_ms`) and closes the broker connections.
-pub async fn serve(
+/// Serves `gateway` on `listener` (TCP, or TLS) until `shutdown` is cancelled, then answers the
+/// requests in flight (within `gateway.shutdown_timeout_ms`), writes the usage log out and
+/// closes the broker connections.
+pub async fn serve<L>(
     gateway: Arc<Gateway>,
-    listener: tokio::net::TcpListener,
+    listener: L,
     shutdown: CancellationToken,
-) -> Result<(), GatewayError> {
+) -> Result<(), GatewayError>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     let stop = {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
@@ -305,7 +423,13 @@ pub async fn serve(
             tracing::info!("Gateway stopping: answering requests in flight");
         }
     };
-    let server = axum::serve(listener, http::router(gateway.clone()))
+    tokio::spawn(reload_task(
+        gateway.clone(),
+        Duration::from_millis(gateway.settings.reload_poll_ms),
+        shutdown.clone(),
+    ));
+    let app = http::router(gateway.clone()).into_make_service_with_connect_info::<Peer>();
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .into_future();
     let mut server = std::pin::pin!(server);
@@ -322,7 +446,32 @@ pub async fn serve(
             }
         }
     };
+    gateway.usage.close().await;
     gateway.broker.close().await;
     tracing::info!("Gateway stopped");
     result.map_err(GatewayError::Serve)
+}
+
+/// Checks the keys and the TLS files every `every`, and at once (forced) when
+/// [`Gateway::reload_files`] asks, until `shutdown`.
+async fn reload_task(gateway: Arc<Gateway>, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let force = tokio::select! {
+            _ = ticks.tick() => false,
+            () = gateway.reload_now.notified() => true,
+            () = shutdown.cancelled() => return,
+        };
+        // Reading a file blocks: not on the async threads.
+        let keys = gateway.keys.clone();
+        let tls = gateway.tls.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            keys.reload(force);
+            if let Some(tls) = tls {
+                tls.reload(force);
+            }
+        })
+        .await;
+    }
 }

@@ -1,6 +1,6 @@
 //! The gateway's decisions, apart from I/O: which HTTP status a worker's answer becomes, whether
 //! a request is admitted to its model's queue, and how the request's own fields (model name,
-//! timeout, binary header, trace context) are read. Every refusal names the field and echoes at
+//! timeout, binary header, trace context, rows for the usage) are read. Every refusal names the field and echoes at
 //! most [`MAX_ECHO`] bytes of what came.
 
 use std::time::Duration;
@@ -149,6 +149,28 @@ pub fn trace_header(value: &[u8]) -> Option<&str> {
     std::str::from_utf8(value).ok()
 }
 
+/// Rows of an inference request for its usage: dimension 0 of its first input (1 for a scalar
+/// input), read from the JSON (a binary body's JSON part); 0 when the body does not say.
+pub fn request_rows(body: &[u8], header_len: Option<usize>) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        inputs: Vec<Input>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Input {
+        shape: Vec<u64>,
+    }
+    let json = match header_len {
+        Some(n) => body.get(..n).unwrap_or(body),
+        None => body,
+    };
+    serde_json::from_slice::<Head>(json)
+        .ok()
+        .and_then(|head| head.inputs.into_iter().next())
+        .map(|input| input.shape.first().copied().unwrap_or(1))
+        .unwrap_or(0)
+}
+
 /// `Retry-After` seconds for a 429: one queue check period, at least one second.
 pub fn retry_after(queue_check: Duration) -> u64 {
     queue_check.as_secs().max(1)
@@ -172,6 +194,20 @@ mod tests {
         for (code, status) in cases {
             assert_eq!(status_for_code(code).as_u16(), status, "{code}");
         }
+    }
+
+    #[test]
+    fn rows_are_the_first_inputs_dimension_0() {
+        let json = br#"{"id":"a","inputs":[{"name":"input","shape":[3,4],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10,11,12]},{"name":"b","shape":[9]}]}"#;
+        assert_eq!(request_rows(json, None), 3);
+        let scalar = br#"{"inputs":[{"name":"sr","shape":[],"datatype":"FP32","data":[1]}]}"#;
+        assert_eq!(request_rows(scalar, None), 1);
+        let binary = br#"{"inputs":[{"name":"x","shape":[2,1],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let mut body = binary.to_vec();
+        body.extend_from_slice(&[0u8; 8]);
+        assert_eq!(request_rows(&body, Some(binary.len())), 2);
+        assert_eq!(request_rows(b"not json", None), 0);
+        assert_eq!(request_rows(b"{}", None), 0);
     }
 
     #[test]

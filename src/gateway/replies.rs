@@ -4,6 +4,9 @@
 //! pseudo-queue (`amq.rabbitmq.reply-to`, no-ack, set up before anything is published
 //! on the channel) and hands each answer to the request waiting for its correlation id.
 //!
+//! Every job carries `user_id` = the broker user of `broker.url` (RabbitMQ checks it against
+//! the connection's user), so a model's `allowed_users` can name the gateway's user.
+//!
 //! A request holds a reply channel only while it publishes; the confirm and the answer are
 //! awaited after the channel went back to the pool, so a few channels carry many requests at
 //! once. A reply channel that closed (broker restart, lost connection) fails its waiting
@@ -24,7 +27,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ErrorKind};
 
 use crate::broker::connection::connect_any;
-use crate::broker::tls::{ConnectError, TlsSettings};
+use crate::broker::tls::{ConnectError, TlsAuth, TlsSettings};
 use crate::broker::{PublishOutcome, Topology};
 use crate::client::JobProperties;
 use tokio::sync::{mpsc, oneshot};
@@ -252,6 +255,10 @@ pub struct BrokerPools {
     /// Correlation ids: this gateway's random prefix and a counter.
     instance: Arc<str>,
     next_id: Arc<AtomicU64>,
+    /// Sent as every job's `user_id`: the broker user of `broker.url` (none when the login is
+    /// the client certificate's), which RabbitMQ checks, so a model's `allowed_users` can name
+    /// the gateway.
+    user_id: Option<Arc<str>>,
 }
 
 impl BrokerPools {
@@ -279,11 +286,16 @@ impl BrokerPools {
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| e.to_string())?;
+        let user_id = match tls.auth {
+            TlsAuth::Plain => urls.iter().find_map(|url| crate::client::url_user(url)),
+            TlsAuth::External => None,
+        };
         Ok(BrokerPools {
             connections,
             reply_channels,
             instance: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
             next_id: Arc::default(),
+            user_id: user_id.map(Arc::from),
         })
     }
 
@@ -396,7 +408,11 @@ impl BrokerPools {
         } else {
             DIRECT_REPLY_TO
         };
-        let properties = properties.reply_to(reply_to).correlation_id(id).build();
+        let properties = properties
+            .reply_to(reply_to)
+            .correlation_id(id)
+            .user_id(self.user_id.as_deref())
+            .build();
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()

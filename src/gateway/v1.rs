@@ -2,8 +2,8 @@
 //! generation job each, answered whole or, with `stream: true`, as `data: {chunk}` events
 //! ending with `data: [DONE]`), `GET /v1/models` and `GET /v1/models/{model}`. Requests and
 //! answers are translated in [`super::openai`], chat messages rendered in [`super::chat`], the
-//! job published and read in [`super::generation`]; admission is `/infer`'s. Every error is in
-//! the API's shape.
+//! job published and read in [`super::generation`]; admission is `/infer`'s, after the key's
+//! models (403; `/v1/models` lists only those). Every error is in the API's shape.
 //!
 //! `/v1/models` lists the models of `repository.path` (or `repository.models` when set) whose
 //! fleet metadata has a `generate` object: the gateway asks each model's workers through its
@@ -15,11 +15,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use super::auth::{self, Access};
 use super::chat::{self, ChatTemplate};
 use super::generation::{event_stream, sse_event, Generation, JobRequest};
 use super::http::{admit, read_body, request_timeout, take_place, trace_header, Refusal};
@@ -36,26 +37,48 @@ pub const FINISH_REASON_HEADER: &str = "infermq-finish-reason";
 
 pub async fn completions(
     State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     timed(&gw, Endpoint::Completions, async {
-        serve(&gw, Kind::Completion, query.as_deref(), &headers, body).await
+        let asked = Asked {
+            kind: Kind::Completion,
+            query: query.as_deref(),
+            headers: &headers,
+            access: &access,
+        };
+        serve(&gw, asked, body).await
     })
     .await
 }
 
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     timed(&gw, Endpoint::ChatCompletions, async {
-        serve(&gw, Kind::Chat, query.as_deref(), &headers, body).await
+        let asked = Asked {
+            kind: Kind::Chat,
+            query: query.as_deref(),
+            headers: &headers,
+            access: &access,
+        };
+        serve(&gw, asked, body).await
     })
     .await
+}
+
+/// What a completion request brings besides its body.
+struct Asked<'a> {
+    kind: Kind,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+    access: &'a Access,
 }
 
 /// Counts and times an answer, labelled with the model when its queue exists.
@@ -106,11 +129,15 @@ fn refused(refusal: &Refusal) -> Response {
 
 async fn serve(
     gw: &Arc<Gateway>,
-    kind: Kind,
-    query: Option<&str>,
-    headers: &HeaderMap,
+    asked: Asked<'_>,
     body: Result<Bytes, BytesRejection>,
 ) -> (Option<ModelName>, Response) {
+    let Asked {
+        kind,
+        query,
+        headers,
+        access,
+    } = asked;
     let permit = match take_place(gw) {
         Ok(permit) => permit,
         Err(refusal) => return (None, refused(&refusal)),
@@ -127,6 +154,10 @@ async fn serve(
         Ok(model) => model,
         Err(message) => return (None, api_error(&ApiError::invalid("model", message), None)),
     };
+    access.meter.model(model.as_str());
+    if let Err(message) = access.allows(model.as_str()) {
+        return (None, auth::forbidden(true, message));
+    }
     let timeout = match request_timeout(gw, query, headers) {
         Ok(timeout) => timeout,
         Err(message) => {
@@ -166,6 +197,8 @@ async fn serve(
         timeout,
         traceparent: trace_header(headers, "traceparent"),
         tracestate: trace_header(headers, "tracestate"),
+        tenant: access.stamp(),
+        meter: access.meter.clone(),
     };
     let mut generation = match gw.generate(job, permit).await {
         Ok(generation) => generation,
@@ -267,10 +300,15 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `GET /v1/models`: the generating models of the repository that workers serve.
-pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
+/// `GET /v1/models`: the generating models of the repository that workers serve and the key
+/// may use.
+pub async fn models(
+    State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
+) -> Response {
     timed(&gw, Endpoint::Models, async {
-        let names = gw.repository_models();
+        let mut names = gw.repository_models();
+        names.retain(|name| access.allows(name.as_str()).is_ok());
         let found = futures_util::future::join_all(names.iter().map(|name| gw.generating(name)));
         let data: Vec<Value> = found.await.into_iter().flatten().collect();
         (
@@ -281,8 +319,12 @@ pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
     .await
 }
 
-/// `GET /v1/models/{model}`: one generating model, or 404.
-pub async fn model(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+/// `GET /v1/models/{model}`: one generating model, or 404 (403: one the key may not use).
+pub async fn model(
+    State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
+    Path(name): Path<String>,
+) -> Response {
     timed(&gw, Endpoint::Models, async {
         let Ok(model) = ModelName::parse(&name) else {
             let error = ApiError::invalid(
@@ -291,6 +333,10 @@ pub async fn model(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> 
             );
             return (None, api_error(&error, None));
         };
+        access.meter.model(model.as_str());
+        if let Err(message) = access.allows(model.as_str()) {
+            return (None, auth::forbidden(true, message));
+        }
         match gw.generating(&model).await {
             Some(entry) => (Some(model), axum::Json(entry).into_response()),
             None => {

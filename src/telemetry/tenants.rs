@@ -122,7 +122,9 @@ impl Tenants {
             series.rows.inc_by(usage.rows);
             series.prompt_tokens.inc_by(usage.prompt_tokens);
             series.completion_tokens.inc_by(usage.completion_tokens);
-            series.compute_seconds.inc_by(usage.compute_seconds.max(0.0));
+            series
+                .compute_seconds
+                .inc_by(usage.compute_seconds.max(0.0));
         };
         let Ok(mut state) = self.state.lock() else {
             return;
