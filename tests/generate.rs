@@ -168,7 +168,7 @@ async fn both_layouts_answer_the_reference_text_alone_and_batched() {
         .unwrap();
     assert_eq!(status, 200);
     let models: Value = serde_json::from_str(&models).unwrap();
-    let layouts: Vec<(&str, &str)> = models
+    let layouts: Vec<(&str, &str, &str)> = models
         .as_array()
         .unwrap()
         .iter()
@@ -177,14 +177,17 @@ async fn both_layouts_answer_the_reference_text_alone_and_batched() {
             (
                 g["cache_layout"].as_str().unwrap(),
                 g["found_by"].as_str().unwrap(),
+                g["kv_cache"].as_str().unwrap(),
             )
         })
         .collect();
+    // The GroupQueryAttention export's caches are written in place (the text above was
+    // generated that way), the plain export's gathered.
     assert_eq!(
         layouts,
         vec![
-            ("row_lengths", "genai_config.json"),
-            ("left_padded", "past_key_values")
+            ("row_lengths", "genai_config.json", "in_place"),
+            ("left_padded", "past_key_values", "gathered")
         ]
     );
     assert_eq!(models[1]["versions"][0]["generate"]["context_length"], 256);

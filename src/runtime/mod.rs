@@ -25,7 +25,7 @@ use crate::protocol::{ModelSignature, Tensor};
 pub(crate) use instances::InstancePool;
 pub use session::{to_ort, value_view, DimNames, SessionOptions};
 
-pub use shared::SharedSession;
+pub use shared::{SharedSession, TensorView};
 pub use version::load_version;
 
 /// An execution provider name as configured (`runtime.execution_providers`).

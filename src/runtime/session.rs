@@ -149,7 +149,7 @@ pub fn datatype_of(ty: TensorElementType) -> Option<DataType> {
     })
 }
 
-fn element_type_of(dt: DataType) -> TensorElementType {
+pub(super) fn element_type_of(dt: DataType) -> TensorElementType {
     match dt {
         DataType::Bool => TensorElementType::Bool,
         DataType::U8 => TensorElementType::Uint8,

@@ -9,13 +9,15 @@
 use std::ffi::CString;
 use std::ptr::{self, NonNull};
 
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
+use ort::sys::OrtValue;
 use ort::value::DynValue;
 use ort::AsPointer;
 
-use super::session::{dim_names_of, from_ort, signature_of, to_ort, DimNames};
+use super::session::{dim_names_of, element_type_of, from_ort, signature_of, to_ort, DimNames};
 use super::RuntimeError;
-use crate::protocol::{ModelSignature, Tensor};
+use crate::protocol::{DataType, ModelSignature, Tensor};
 
 /// A session whose [`SharedSession::run`] takes `&self`.
 pub struct SharedSession {
@@ -93,12 +95,19 @@ impl SharedSession {
             .iter()
             .map(|t| Ok((t.name.as_str(), to_ort(t)?)))
             .collect::<ort::Result<Vec<_>>>()?;
-        let refs: Vec<(&str, &DynValue)> = values.iter().map(|(n, v)| (*n, v)).collect();
-        let owned = self.run_raw(&refs)?;
+        let refs: Vec<(&str, *const OrtValue)> =
+            values.iter().map(|(n, v)| (*n, v.ptr())).collect();
+        let owned = self.run_raw(&refs, &[])?;
         owned
             .iter()
             .zip(&self.signature.outputs)
-            .map(|(value, spec)| from_ort(&spec.name, value))
+            .map(|(value, spec)| match value {
+                Some(value) => from_ort(&spec.name, value),
+                None => Err(ort::Error::new(format!(
+                    "output {} was not returned",
+                    spec.name
+                ))),
+            })
             .collect()
     }
 
@@ -107,11 +116,52 @@ impl SharedSession {
     /// feeds a run's outputs to the next run (a decoder's caches) without copying them out and
     /// back in.
     pub fn run_values(&self, inputs: &[(&str, &DynValue)]) -> Result<Vec<DynValue>, RuntimeError> {
-        self.run_raw(inputs)
+        let inputs: Vec<(&str, *const OrtValue)> =
+            inputs.iter().map(|(name, v)| (*name, v.ptr())).collect();
+        let outputs = self
+            .run_raw(&inputs, &[])
+            .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        outputs
+            .into_iter()
+            .zip(&self.signature.outputs)
+            .map(|(value, spec)| {
+                value.ok_or_else(|| {
+                    RuntimeError::Run(format!("output {} was not returned", spec.name))
+                })
+            })
+            .collect()
+    }
+
+    /// Runs with `given` outputs written into memory the caller holds ([`TensorView`]s, which
+    /// may also be inputs: a decoder's cache bound as both its past and its present, written
+    /// in place). Returns the other outputs as ONNX Runtime made them, signature order, `None`
+    /// for those given.
+    pub fn run_into(
+        &self,
+        inputs: &[(&str, &DynValue)],
+        views: &[(&str, &TensorView<'_>)],
+        given: &[(&str, &TensorView<'_>)],
+    ) -> Result<Vec<Option<DynValue>>, RuntimeError> {
+        let mut all: Vec<(&str, *const OrtValue)> =
+            inputs.iter().map(|(name, v)| (*name, v.ptr())).collect();
+        all.extend(
+            views
+                .iter()
+                .map(|(name, v)| (*name, v.ptr.as_ptr().cast_const())),
+        );
+        let given: Vec<(&str, *mut OrtValue)> = given
+            .iter()
+            .map(|(name, v)| (*name, v.ptr.as_ptr()))
+            .collect();
+        self.run_raw(&all, &given)
             .map_err(|e| RuntimeError::Run(e.to_string()))
     }
 
-    fn run_raw(&self, inputs: &[(&str, &DynValue)]) -> ort::Result<Vec<DynValue>> {
+    fn run_raw(
+        &self,
+        inputs: &[(&str, *const OrtValue)],
+        given: &[(&str, *mut OrtValue)],
+    ) -> ort::Result<Vec<Option<DynValue>>> {
         let mut names = Vec::with_capacity(inputs.len());
         for (name, _) in inputs {
             let index = self.signature.inputs.iter().position(|s| s.name == *name);
@@ -119,14 +169,23 @@ impl SharedSession {
                 index.ok_or_else(|| ort::Error::new(format!("the model has no input {name}")))?;
             names.push(self.inputs[index].as_ptr());
         }
-        let value_ptrs: Vec<*const ort::sys::OrtValue> =
-            inputs.iter().map(|(_, v)| v.ptr()).collect();
+        let value_ptrs: Vec<*const OrtValue> = inputs.iter().map(|(_, v)| *v).collect();
         let output_names: Vec<_> = self.outputs.iter().map(|n| n.as_ptr()).collect();
-        let mut outputs: Vec<*mut ort::sys::OrtValue> = vec![ptr::null_mut(); output_names.len()];
+        let mut outputs: Vec<*mut OrtValue> = vec![ptr::null_mut(); output_names.len()];
+        let mut is_given = vec![false; output_names.len()];
+        for (name, value) in given {
+            let index = self.signature.outputs.iter().position(|s| s.name == *name);
+            let index =
+                index.ok_or_else(|| ort::Error::new(format!("the model has no output {name}")))?;
+            outputs[index] = *value;
+            is_given[index] = true;
+        }
         // SAFETY: the session pointer is valid while `self.session` lives; the name and value
         // arrays hold `len` valid pointers each and outlive the call; `outputs` has room for
-        // every output and ONNX Runtime fills it with values it allocated. Concurrent `Run`
-        // calls on one session are supported by ONNX Runtime (module documentation).
+        // every output: ONNX Runtime writes the given ones in place (their memory outlives the
+        // call, borrowed by their views) and fills the null ones with values it allocated.
+        // Concurrent `Run` calls on one session are supported by ONNX Runtime (module
+        // documentation).
         let status = unsafe {
             (ort::api().Run)(
                 self.session.ptr().cast_mut(),
@@ -141,10 +200,15 @@ impl SharedSession {
         };
         // SAFETY: `status` was just returned by ONNX Runtime and is released here once.
         let result = unsafe { ort::Error::result_from_status(status) };
-        // Take ownership of whatever was returned, so it is released even on an error.
+        // Take ownership of whatever ONNX Runtime allocated, so it is released even on an
+        // error; the given values stay their owners'.
         let owned: Vec<Option<DynValue>> = outputs
             .iter()
-            .map(|&p| {
+            .zip(&is_given)
+            .map(|(&p, &given)| {
+                if given {
+                    return None;
+                }
                 // SAFETY: a non-null pointer is an OrtValue ONNX Runtime allocated with the
                 // session's allocator for this call; nothing else owns it.
                 NonNull::new(p)
@@ -152,14 +216,81 @@ impl SharedSession {
             })
             .collect();
         result?;
-        owned
-            .into_iter()
-            .zip(&self.signature.outputs)
-            .map(|(value, spec)| {
-                value.ok_or_else(|| {
-                    ort::Error::new(format!("output {} was not returned", spec.name))
-                })
-            })
-            .collect()
+        for ((value, spec), given) in owned.iter().zip(&self.signature.outputs).zip(&is_given) {
+            if value.is_none() && !given {
+                return Err(ort::Error::new(format!(
+                    "output {} was not returned",
+                    spec.name
+                )));
+            }
+        }
+        Ok(owned)
+    }
+}
+
+/// An ONNX Runtime tensor over CPU memory the caller holds: a run reads it, or writes it in
+/// place when it is given as an output ([`SharedSession::run_into`]). It borrows its memory
+/// for as long as it lives.
+pub struct TensorView<'a> {
+    ptr: NonNull<OrtValue>,
+    _memory: std::marker::PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> TensorView<'a> {
+    /// `bytes` as a tensor of `shape` and `datatype` (a fixed-size type); its length must be
+    /// exactly what the shape needs.
+    pub fn new(
+        bytes: &'a mut [u8],
+        shape: &[usize],
+        datatype: DataType,
+    ) -> Result<TensorView<'a>, RuntimeError> {
+        let elements: usize = shape.iter().product();
+        let needed = datatype.element_size().map(|size| size * elements);
+        if needed != Some(bytes.len()) {
+            return Err(RuntimeError::Run(format!(
+                "a tensor view of {shape:?} {datatype:?} over {} bytes",
+                bytes.len()
+            )));
+        }
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let info = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let mut value: *mut OrtValue = ptr::null_mut();
+        // SAFETY: `bytes` is valid for reads and writes of its length for 'a, which the view
+        // cannot outlive; ONNX Runtime keeps the pointer, not the memory info (copied into the
+        // value).
+        let status = unsafe {
+            (ort::api().CreateTensorWithDataAsOrtValue)(
+                info.ptr(),
+                bytes.as_mut_ptr().cast(),
+                bytes.len(),
+                dims.as_ptr(),
+                dims.len(),
+                element_type_of(datatype).into(),
+                &mut value,
+            )
+        };
+        // SAFETY: `status` was just returned by ONNX Runtime and is released here once.
+        unsafe { ort::Error::result_from_status(status) }
+            .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let ptr = NonNull::new(value)
+            .ok_or_else(|| RuntimeError::Run("ONNX Runtime made no tensor".into()))?;
+        Ok(TensorView {
+            ptr,
+            _memory: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Drop for TensorView<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the value was made by CreateTensorWithDataAsOrtValue and is released once; it
+        // does not own the memory it points to.
+        unsafe { (ort::api().ReleaseValue)(self.ptr.as_ptr()) };
     }
 }

@@ -26,6 +26,7 @@
 pub mod caches;
 pub mod detokenize;
 pub mod sampling;
+pub mod slots;
 pub mod spec;
 
 use std::collections::VecDeque;
@@ -34,12 +35,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::{Instant, SystemTime};
 
+use ort::value::DynValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::caches::{Buffer, Caches, Geometry};
 use self::detokenize::TextStream;
 use self::sampling::{Sampler, SamplingParams};
+use self::slots::Slots;
 use self::spec::{element_size, CacheLayout, DecoderSpec};
 use crate::protocol::{DataType, Tensor, TensorData};
 use crate::runtime::{to_ort, Backend, SharedSession};
@@ -107,6 +110,8 @@ pub struct Generator {
     /// Bytes of the tokenizer's longest vocabulary entry (as its `tokenizer.json` writes it,
     /// never shorter than the text it stands for).
     longest_token: usize,
+    /// Whether the engine writes the caches in place ([`slots`]) or gathers them.
+    in_place: bool,
 }
 
 impl Generator {
@@ -121,6 +126,7 @@ impl Generator {
     ) -> Result<Generator, String> {
         let mut engine = Engine::new(spec.clone(), tokenizer.clone(), backend, metrics)?;
         engine.check()?;
+        let in_place = engine.slots.is_some();
         let (inbox, receiver) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name(format!("gen-{name}"))
@@ -138,6 +144,7 @@ impl Generator {
             spec,
             tokenizer,
             longest_token,
+            in_place,
         })
     }
 
@@ -150,9 +157,17 @@ impl Generator {
             .saturating_mul(2)
     }
 
-    /// What metadata says of the generation: context, layout, budgets and defaults.
+    /// What metadata says of the generation: context, layout, budgets and defaults, and
+    /// whether the caches are written in place (`kv_cache`: `in_place` or `gathered`).
     pub fn describe(&self) -> serde_json::Value {
-        self.spec.describe()
+        let mut described = self.spec.describe();
+        let kv_cache = if self.in_place {
+            "in_place"
+        } else {
+            "gathered"
+        };
+        described["kv_cache"] = kv_cache.into();
+        described
     }
 
     /// Hands `job` to the engine; false when the engine has stopped (the job is dropped).
@@ -202,6 +217,10 @@ struct Engine {
     prefilling: VecDeque<Prefill>,
     rows: Vec<Row>,
     caches: Caches,
+    /// For a decoder that writes its caches in place (GroupQueryAttention on the CPU): the
+    /// rows' caches, used instead of `caches` once the check at load found them to give the
+    /// same logits.
+    slots: Option<Slots>,
 }
 
 impl Engine {
@@ -242,6 +261,7 @@ impl Engine {
             waiting: VecDeque::new(),
             prefilling: VecDeque::new(),
             rows: Vec::new(),
+            slots: None,
         })
     }
 
@@ -333,8 +353,11 @@ impl Engine {
         self.metrics
             .active_rows
             .set((self.rows.len() + self.prefilling.len()) as i64);
-        // The buffers hold every row at the longest row's width.
-        let held = (self.caches.rows * self.caches.width) as u64;
+        // The buffers hold every row at the longest row's width, or a slot of the context.
+        let held = match self.slots {
+            Some(_) => (self.rows.len() * self.spec.context_length) as u64,
+            None => (self.caches.rows * self.caches.width) as u64,
+        };
         self.metrics
             .kv_cache_bytes
             .set((held * self.spec.kv_bytes_per_token()) as i64);
@@ -455,6 +478,9 @@ impl Engine {
 impl Engine {
     /// Runs a one-token prompt and one decode step, as every job will: a decoder that cannot is
     /// refused at load, not at its first job.
+    /// For a decoder that may write its caches in place (GroupQueryAttention, on a CPU
+    /// session), the step is also run in place: if it gives the same logits, the engine keeps
+    /// its caches in [`Slots`] from then on; if not, it gathers them, and says why.
     fn check(&mut self) -> Result<(), String> {
         let caches = Caches::zeros(self.present_at.len(), 1, 0, &self.geometry);
         let (logits, caches) = self.forward(vec![0], 1, 1, vec![1], 1, vec![0], caches)?;
@@ -466,14 +492,71 @@ impl Engine {
                 logits.len()
             ));
         }
-        self.forward(vec![0], 1, 1, vec![1, 1], 2, vec![1], caches)
-            .map(|_| ())
-            .map_err(|e| format!("decoder check (a one-token prompt, then one step): {e}"))
+        let on_cpu = self.session.as_ref().is_some_and(|s| s.device().is_none());
+        let mut slots = (self.spec.layout == CacheLayout::RowLengths && on_cpu).then(|| {
+            Slots::new(
+                self.present_at.len(),
+                self.spec.budgets.max_active_rows,
+                self.spec.context_length,
+                self.geometry,
+                self.spec.kv_type,
+            )
+        });
+        if let Some(slots) = &mut slots {
+            slots.put(0, &caches, 0, 1);
+        }
+        let (gathered, _) = self
+            .forward(vec![0], 1, 1, vec![1, 1], 2, vec![1], caches)
+            .map_err(|e| format!("decoder check (a one-token prompt, then one step): {e}"))?;
+        if slots.is_some() {
+            self.slots = slots;
+            let kept = match self.step_in_place(&[0], &[1, 1], 2, &[1]) {
+                Ok(in_place) => {
+                    let most = in_place
+                        .iter()
+                        .zip(&gathered)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    if in_place.len() == gathered.len() && most <= 1e-4 {
+                        Ok(())
+                    } else {
+                        Err(format!("logits differ by {most} from the gathered caches'"))
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(why) = kept {
+                tracing::warn!(reason = %why, "Decoder caches cannot be written in place; gathering them at each step instead");
+                self.slots = None;
+            }
+        }
+        Ok(())
     }
 
     /// The rows that did not end, then those that `joined`, with their caches gathered into
     /// one batch.
     fn regather(&mut self, joined: Vec<(Row, Caches)>) {
+        if let Some(slots) = &mut self.slots {
+            // In place: an ended row's slot takes the last row; joining rows take the next
+            // slots. Only the rows that move are copied.
+            let rows = &mut self.rows;
+            let mut i = 0;
+            while i < rows.len() {
+                if !rows[i].ended {
+                    i += 1;
+                    continue;
+                }
+                rows.swap_remove(i);
+                if i < rows.len() {
+                    slots.move_row(rows.len(), i, rows[i].len);
+                }
+            }
+            for (row, caches) in joined {
+                slots.put(rows.len(), &caches, 0, row.len);
+                rows.push(row);
+            }
+            return;
+        }
         let old = std::mem::take(&mut self.caches);
         let rows = std::mem::take(&mut self.rows);
         let mut kept = Vec::with_capacity(rows.len() + joined.len());
@@ -523,10 +606,18 @@ impl Engine {
                 (mask, width)
             }
         };
-        let caches = std::mem::take(&mut self.caches);
-        match self.forward(ids, rows, 1, mask, width, positions, caches) {
-            Ok((logits, caches)) => {
-                self.caches = caches;
+        let result = if self.slots.is_some() {
+            self.step_in_place(&ids, &mask, width, &positions)
+        } else {
+            let caches = std::mem::take(&mut self.caches);
+            self.forward(ids, rows, 1, mask, width, positions, caches)
+                .map(|(logits, caches)| {
+                    self.caches = caches;
+                    logits
+                })
+        };
+        match result {
+            Ok(logits) => {
                 let vocab = logits.len() / rows.max(1);
                 let mut rows = std::mem::take(&mut self.rows);
                 for (r, row) in rows.iter_mut().enumerate() {
@@ -620,32 +711,7 @@ impl Engine {
             }
         };
         let names = &self.backend.signature().outputs;
-        let (shape, datatype, bytes) = outputs[self.logits_at].view()?;
-        let (vocab, last) = match shape.as_slice() {
-            &[r, s, v] if r == rows && s == seq && v > 0 => (v, s - 1),
-            other => {
-                return Err(format!(
-                    "decoder returned {} of shape {other:?}, expected [{rows}, {seq}, vocabulary]",
-                    spec.logits
-                ))
-            }
-        };
-        let mut last_logits = Vec::with_capacity(rows * vocab);
-        for r in 0..rows {
-            let at = (r * seq + last) * vocab;
-            match datatype {
-                DataType::F16 => last_logits.extend(
-                    bytes[at * 2..(at + vocab) * 2]
-                        .chunks_exact(2)
-                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-                ),
-                _ => last_logits.extend(
-                    bytes[at * 4..(at + vocab) * 4]
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                ),
-            }
-        }
+        let last_logits = last_logits(&outputs[self.logits_at], rows, seq, &spec.logits)?;
         let mut outputs: Vec<Option<Buffer>> = outputs.into_iter().map(Some).collect();
         let mut present = Caches {
             buffers: Vec::with_capacity(self.present_at.len()),
@@ -672,6 +738,90 @@ impl Engine {
         }
         Ok((last_logits, present))
     }
+}
+
+impl Engine {
+    /// One decode step on the caches in [`Slots`], written in place: `ids` one token per row,
+    /// `mask` `[rows, width]`, `positions` one per row (if the decoder takes them). Returns
+    /// each row's logits.
+    fn step_in_place(
+        &mut self,
+        ids: &[i64],
+        mask: &[i64],
+        width: usize,
+        positions: &[i64],
+    ) -> Result<Vec<f32>, String> {
+        let rows = ids.len();
+        let spec = self.spec.clone();
+        let session = self
+            .session
+            .clone()
+            .ok_or("in-place caches need a session")?;
+        let slots = self.slots.as_mut().ok_or("no slots")?;
+        let mut inputs = vec![
+            Tensor::from_i64(&spec.input_ids, vec![rows, 1], ids),
+            Tensor::from_i64(&spec.attention_mask, vec![rows, width], mask),
+        ];
+        if let Some(name) = &spec.position_ids {
+            inputs.push(Tensor::from_i64(name, vec![rows, 1], positions));
+        }
+        let values = inputs
+            .iter()
+            .map(|t| to_ort(t).map(|v| (t.name.as_str(), v)))
+            .collect::<Result<Vec<(&str, DynValue)>, _>>()
+            .map_err(|e| e.to_string())?;
+        let refs: Vec<(&str, &DynValue)> = values.iter().map(|(n, v)| (*n, v)).collect();
+        let views = slots.views(rows)?;
+        let past: Vec<_> = views
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (spec.caches[i / 2][i % 2].as_str(), v))
+            .collect();
+        let present: Vec<_> = views
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (spec.caches[i / 2][2 + i % 2].as_str(), v))
+            .collect();
+        let mut outputs = session
+            .run_into(&refs, &past, &present)
+            .map_err(|e| e.to_string())?;
+        let logits = outputs
+            .get_mut(self.logits_at)
+            .and_then(Option::take)
+            .ok_or_else(|| format!("decoder returned no {}", spec.logits))?;
+        last_logits(&Buffer::Value(logits), rows, 1, &spec.logits)
+    }
+}
+
+/// The logits of each row's last position, as FP32, from a run's `logits` output
+/// (`[rows, seq, vocabulary]`).
+fn last_logits(output: &Buffer, rows: usize, seq: usize, name: &str) -> Result<Vec<f32>, String> {
+    let (shape, datatype, bytes) = output.view()?;
+    let (vocab, last) = match shape.as_slice() {
+        &[r, s, v] if r == rows && s == seq && v > 0 => (v, s - 1),
+        other => {
+            return Err(format!(
+                "decoder returned {name} of shape {other:?}, expected [{rows}, {seq}, vocabulary]"
+            ))
+        }
+    };
+    let mut logits = Vec::with_capacity(rows * vocab);
+    for r in 0..rows {
+        let at = (r * seq + last) * vocab;
+        match datatype {
+            DataType::F16 => logits.extend(
+                bytes[at * 2..(at + vocab) * 2]
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            _ => logits.extend(
+                bytes[at * 4..(at + vocab) * 4]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+        }
+    }
+    Ok(logits)
 }
 
 /// Why `job` must end now without another token, if it must.
