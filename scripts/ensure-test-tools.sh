@@ -17,7 +17,8 @@ if ! python3 -c "import onnx" >/dev/null 2>&1; then
   python3 -m pip install --quiet onnx
 fi
 # The deploy hardening check (scripts/check-deploy-security.sh): kubernetes-validate (PyPI) and
-# systemd-analyze (Debian's systemd package); the TLS test's certificates: openssl.
+# systemd-analyze (Debian's systemd package); the TLS tests' certificates (tests/tls.rs,
+# tests/gateway_auth/binary.rs): openssl.
 if ! command -v kubernetes-validate >/dev/null 2>&1; then
   python3 -m pip install --quiet kubernetes-validate
 fi
@@ -28,6 +29,11 @@ fi
 # Runtime's Python package (same version as .ort/).
 if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl
+fi
+# The OpenAI-compatible routes (tests/gateway_generate.rs, tests/gateway_auth.rs): the openai
+# package, unchanged. Not fatal: without it those tests say SKIPPED.
+if ! python3 -c "import openai" >/dev/null 2>&1; then
+  python3 -m pip install --quiet openai || echo "warning: pip could not install openai" >&2
 fi
 if ! python3 -c "import tritonclient.http, onnxruntime, numpy" >/dev/null 2>&1; then
   # Not fatal: without them tests/gateway.rs says SKIPPED for the tritonclient test.

@@ -1,20 +1,46 @@
-//! The gateway the dashboards test scrapes: `infermq gateway` in the test process, a burst of
-//! concurrent iris requests through it (sent by one curl, `--parallel`) that it gathers, and a
-//! request to each generation route.
+//! The gateway the dashboards test scrapes: `infermq gateway` in the test process with an API
+//! key (its tenant fills the Tenants row), a burst of concurrent iris requests through it (sent
+//! by one curl, `--parallel`) that it gathers, and a request to each generation route.
 use std::path::Path;
+use std::sync::OnceLock;
 
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::common::gateway::{start_gateway, TestGateway};
 
+/// The key every request of the test sends.
+const KEY: &str = "sk-dashboards-test";
+const AUTHORIZATION: &str = "Authorization: Bearer sk-dashboards-test";
+
+/// The keys file: one key, `dashboards`, every model (kept for the whole test process).
+fn keys_file() -> std::path::PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let digest: String = Sha256::digest(KEY.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let keys = format!(
+            "[[key]]\nname = \"dashboards\"\nsha256 = \"{digest}\"\nmodels = [\"*\"]\ntokens_per_minute = 1000000\n"
+        );
+        std::fs::write(dir.path().join("keys.toml"), keys).expect("keys file");
+        dir
+    });
+    dir.path().join("keys.toml")
+}
+
 impl TestGateway {
-    /// A gateway for `prefix` on a free port, reading chat templates from `models`; a short hold
-    /// makes a burst gather for certain.
+    /// A gateway for `prefix` on a free port with an API key, reading chat templates from
+    /// `models`; a short hold makes a burst gather for certain.
     pub async fn start(prefix: &str, models: &Path) -> TestGateway {
         let models = models.display().to_string();
+        let keys = keys_file().display().to_string();
         let env = [
             ("INFERMQ__GATEWAY__GATHER_DELAY_US", "20000"),
             ("INFERMQ__REPOSITORY__PATH", models.as_str()),
+            ("INFERMQ__GATEWAY__API_KEYS_FILE", keys.as_str()),
         ];
         start_gateway(prefix, &env).await
     }
@@ -45,7 +71,7 @@ impl TestGateway {
             }
             let url = format!("http://{}{path}", self.addr);
             command.args(["-o", "/dev/null", "-w", "%{http_code}\n"]);
-            command.args(["-H", "Content-Type: application/json"]);
+            command.args(["-H", "Content-Type: application/json", "-H", AUTHORIZATION]);
             command.args(["-d", &body.to_string(), &url]);
         }
         let out = command.output().await.expect("curl runs");
@@ -87,7 +113,8 @@ impl TestGateway {
             if i > 0 {
                 command.arg("--next");
             }
-            command.args(["-o", "/dev/null", "-w", "%{http_code}\n", "-d", body, &url]);
+            command.args(["-o", "/dev/null", "-w", "%{http_code}\n", "-H", AUTHORIZATION]);
+            command.args(["-d", body, &url]);
         }
         let out = command.output().await.expect("curl runs");
         let codes = String::from_utf8_lossy(&out.stdout);
