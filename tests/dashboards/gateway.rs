@@ -113,8 +113,8 @@ impl TestGateway {
             if i > 0 {
                 command.arg("--next");
             }
-            command.args(["-o", "/dev/null", "-w", "%{http_code}\n", "-H", AUTHORIZATION]);
-            command.args(["-d", body, &url]);
+            command.args(["-o", "/dev/null", "-w", "%{http_code}\n"]);
+            command.args(["-H", AUTHORIZATION, "-d", body, &url]);
         }
         let out = command.output().await.expect("curl runs");
         let codes = String::from_utf8_lossy(&out.stdout);
