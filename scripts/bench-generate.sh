@@ -14,9 +14,9 @@
 #     and the genai export as `bench-genai`, both with `[generate] max_active_rows = 64,
 #     eos_token_ids = [0]` (pad: every job runs to its max_tokens, so both systems generate the
 #     same tokens; the genai side ignores EOS the same way);
-#  5. infermq at concurrency $LEVELS on bench-plain (closed loop), then the mixed case: the same
-#     $MIXED_JOBS jobs at concurrency $MIXED_JOBS and at 1 (the speedup), on bench-plain and on
-#     bench-genai (the genai layout served by infermq);
+#  5. infermq at concurrency $LEVELS on bench-plain and bench-genai (the genai layout served by
+#     infermq; closed loop), then the mixed case: the same $MIXED_JOBS jobs at concurrency
+#     $MIXED_JOBS and at 1 (the speedup), on both;
 #  6. onnxruntime-genai on the mixed jobs: Engine with dynamic batching (refused on CPU by this
 #     export: the error is recorded), Engine static batching, Generator static batching at
 #     $MIXED_JOBS and 1 (the Generator refuses batches over 32: recorded too); then the
@@ -28,7 +28,8 @@
 # level gets its own slice of the job file), MIXED_JOBS=48, GENAI_LEVELS="$LEVELS",
 # INTRA_THREADS=2 (ONNX Runtime intra-op threads, both systems), MAX_ACTIVE_ROWS=64,
 # MAX_WAITING_JOBS=64, MAX_PREFILL_TOKENS=512, SEED=7, PROMPT_MIN=8 PROMPT_MAX=200,
-# MAXTOK_MIN=16 MAXTOK_MAX=256, MODEL_DIR=target/llm-bench, OUT=target/bench-generate,
+# MAXTOK_MIN=16 MAXTOK_MAX=256, STREAM_INTERVAL_MS=0 ([generate] stream_interval_ms of both
+# models), MODEL_DIR=target/llm-bench, OUT=target/bench-generate, SKIP_GENAI=1 (infermq only),
 # PYTHON=/tmp/llmvenv/bin/python (torch, transformers, onnxruntime, onnxruntime-genai),
 # AMQP_URL. SKIP_BUILD=1 uses the binaries already built.
 set -euo pipefail
@@ -48,6 +49,7 @@ PROMPT_MIN=${PROMPT_MIN:-8}
 PROMPT_MAX=${PROMPT_MAX:-200}
 MAXTOK_MIN=${MAXTOK_MIN:-16}
 MAXTOK_MAX=${MAXTOK_MAX:-256}
+STREAM_INTERVAL_MS=${STREAM_INTERVAL_MS:-0}
 MODEL_DIR=${MODEL_DIR:-target/llm-bench}
 OUT=${OUT:-target/bench-generate}
 PYTHON=${PYTHON:-/tmp/llmvenv/bin/python}
@@ -85,6 +87,7 @@ conf="[generate]
 max_active_rows = $MAX_ACTIVE_ROWS
 max_waiting_jobs = $MAX_WAITING_JOBS
 max_prefill_tokens = $MAX_PREFILL_TOKENS
+stream_interval_ms = $STREAM_INTERVAL_MS
 eos_token_ids = [0]"
 for layout in plain genai; do
   mkdir -p "$models/bench-$layout"
@@ -148,12 +151,14 @@ genai() { # genai NAME MODE CONCURRENCY COUNT SKIP
 skip=0
 for i in "${!levels[@]}"; do
   gb "infermq-c${levels[$i]}" bench-plain "${levels[$i]}" "${level_jobs[$i]}" "$skip"
+  gb "infermq-genai-c${levels[$i]}" bench-genai "${levels[$i]}" "${level_jobs[$i]}" "$skip"
   skip=$((skip + level_jobs[i]))
 done
 mixed_skip=$skip
 gb "infermq-mixed-c$MIXED_JOBS" bench-plain "$MIXED_JOBS" "$MIXED_JOBS" "$mixed_skip"
 gb "infermq-genai-mixed-c$MIXED_JOBS" bench-genai "$MIXED_JOBS" "$MIXED_JOBS" "$mixed_skip"
 gb "infermq-mixed-c1" bench-plain 1 "$MIXED_JOBS" "$mixed_skip"
+gb "infermq-genai-mixed-c1" bench-genai 1 "$MIXED_JOBS" "$mixed_skip"
 
 # Stop the worker before the genai runs: they get the machine to themselves, as the worker did.
 kill -TERM "$worker" 2>/dev/null || true
@@ -162,6 +167,7 @@ worker=
 stamp "worker stopped"
 
 # 6. onnxruntime-genai on the mixed jobs, then the levels.
+if [ -z "${SKIP_GENAI:-}" ]; then
 genai "genai-dynamic-mixed-c$MIXED_JOBS" engine-dynamic "$MIXED_JOBS" "$MIXED_JOBS" "$mixed_skip"
 genai "genai-engine-mixed-c$MIXED_JOBS" engine-static "$MIXED_JOBS" "$MIXED_JOBS" "$mixed_skip"
 genai "genai-generator-mixed-c$MIXED_JOBS" generator "$MIXED_JOBS" "$MIXED_JOBS" "$mixed_skip"
@@ -179,6 +185,7 @@ if [ -n "$GENAI_LEVELS" ]; then
     skip=$((skip + level_jobs[i]))
   done
 fi
+fi
 
 # 7. the table
 stamp "done"
@@ -187,8 +194,10 @@ import json, sys
 from pathlib import Path
 out, mixed = Path(sys.argv[1]), sys.argv[2]
 order = (sorted(out.glob("infermq-c*.json"), key=lambda p: int(p.stem.split("-c")[-1]))
-         + [out / f"infermq-mixed-c{mixed}.json", out / f"infermq-genai-mixed-c{mixed}.json",
-            out / "infermq-mixed-c1.json", out / f"genai-dynamic-mixed-c{mixed}.json",
+         + sorted(out.glob("infermq-genai-c*.json"), key=lambda p: int(p.stem.split("-c")[-1]))
+         + [out / f"infermq-mixed-c{mixed}.json", out / "infermq-mixed-c1.json",
+            out / f"infermq-genai-mixed-c{mixed}.json", out / "infermq-genai-mixed-c1.json",
+            out / f"genai-dynamic-mixed-c{mixed}.json",
             out / f"genai-engine-mixed-c{mixed}.json", out / f"genai-generator-mixed-c{mixed}.json",
             out / "genai-generator-mixed-c1.json"]
          + sorted(out.glob("genai-generator-mixed-b*.json"), key=lambda p: int(p.stem.split("-b")[-1]))
@@ -220,18 +229,22 @@ def speed(a, b):
     if a in rows and b in rows and rows[b]["tokens_per_s"]:
         return rows[a]["tokens_per_s"] / rows[b]["tokens_per_s"]
 s1 = speed(f"infermq-mixed-c{mixed}", "infermq-mixed-c1")
+s1g = speed(f"infermq-genai-mixed-c{mixed}", "infermq-genai-mixed-c1")
 s2 = speed(f"genai-generator-mixed-c{mixed}", "genai-generator-mixed-c1")
 s3 = speed(f"infermq-mixed-c{mixed}", f"genai-generator-mixed-c{mixed}")
 s4 = speed(f"infermq-mixed-c{mixed}", f"genai-engine-mixed-c{mixed}")
 print()
-if s1: print(f"infermq mixed {mixed} jobs: concurrency {mixed} vs 1: {s1:.2f}x tokens/s")
+if s1: print(f"infermq mixed {mixed} jobs, plain layout: concurrency {mixed} vs 1: {s1:.2f}x tokens/s")
+if s1g: print(f"infermq mixed {mixed} jobs, genai layout: concurrency {mixed} vs 1: {s1g:.2f}x tokens/s")
 if s2: print(f"onnxruntime-genai Generator mixed {mixed} jobs: batches of {mixed} vs 1: {s2:.2f}x tokens/s")
 if s3: print(f"infermq continuous vs genai Generator static batching, mixed {mixed} at {mixed}: {s3:.2f}x tokens/s")
 best = max((k for k in rows if k.startswith("genai-generator-mixed-") and rows[k]["tokens_per_s"]),
            key=lambda k: rows[k]["tokens_per_s"], default=None)
 if best:
     s6 = speed(f"infermq-mixed-c{mixed}", best)
-    print(f"infermq continuous (48 at once) vs genai's best Generator batching of the same jobs ({best}): {s6:.2f}x tokens/s")
+    s6g = speed(f"infermq-genai-mixed-c{mixed}", best)
+    print(f"infermq continuous ({mixed} at once, plain layout) vs genai's best Generator batching of the same jobs ({best}): {s6:.2f}x tokens/s")
+    if s6g: print(f"infermq continuous ({mixed} at once, genai layout) vs genai's best Generator batching of the same jobs ({best}): {s6g:.2f}x tokens/s")
 s5 = speed(f"genai-engine-mixed-c{mixed}", "genai-generator-mixed-c1")
 if s5: print(f"onnxruntime-genai Engine static batching mixed {mixed} at {mixed} vs Generator at 1: {s5:.2f}x tokens/s")
 if s4: print(f"infermq continuous vs genai Engine static batching, mixed {mixed} at {mixed}: {s4:.2f}x tokens/s")
