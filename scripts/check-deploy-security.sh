@@ -3,7 +3,8 @@
 # - every Kubernetes manifest passes `kubernetes-validate --strict`;
 # - every pod template meets the "restricted" Pod Security Standard, reads no secret through an
 #   environment variable, and the ConfigMap holds no broker URL; a PodDisruptionBudget and a
-#   NetworkPolicy select the workers;
+#   NetworkPolicy select the workers; a gateway container has API keys (gateway.api_keys_file)
+#   from a Secret;
 # - the systemd unit passes `systemd-analyze verify` and `systemd-analyze security` scores it
 #   2.0 or better.
 # Exit status 2: a checker is not installed (scripts/ensure-test-tools.sh installs them).
@@ -55,6 +56,14 @@ for d in docs:
         for e in c.get("env", []):
             if "secretKeyRef" in e.get("valueFrom", {}):
                 errors.append(f"{where}: secret {e['name']} in an environment variable")
+        if "gateway" in c.get("args", []):
+            keys = next((e.get("value", "") for e in c.get("env", [])
+                         if e["name"] == "INFERMQ__GATEWAY__API_KEYS_FILE"), "")
+            secrets = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
+            from_secret = any(keys.startswith(m["mountPath"].rstrip("/") + "/")
+                              for m in c.get("volumeMounts", []) if m["name"] in secrets)
+            if not from_secret:
+                errors.append(f"{where}: a gateway without gateway.api_keys_file from a Secret")
         mounted = {m["name"]: m for m in c.get("volumeMounts", [])}
         for v, m in mounted.items():
             if v not in writable and not m.get("readOnly"):
