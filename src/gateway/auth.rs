@@ -142,8 +142,9 @@ impl KeyStore {
         let Some(path) = &self.path else {
             return;
         };
+        // A file gone is `None`: refused once, then not again until it is back.
         let now = FileStamp::of(path);
-        let unchanged = self.stamp.lock().is_ok_and(|s| *s == now && now.is_some());
+        let unchanged = self.stamp.lock().is_ok_and(|s| *s == now);
         if unchanged && !force {
             return;
         }
@@ -497,6 +498,60 @@ mod tests {
             key(&[("authorization", "Bearer a"), ("x-api-key", "b")]),
             Some(b"a".to_vec())
         );
+    }
+
+    fn key_file(names: &[&str]) -> String {
+        use sha2::Digest;
+        names
+            .iter()
+            .map(|name| {
+                let digest: String = sha2::Sha256::digest(format!("sk-{name}").as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("[[key]]\nname = \"{name}\"\nsha256 = \"{digest}\"\nmodels = [\"*\"]\n")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_changed_file_is_read_again_and_a_bad_or_missing_one_refused_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        std::fs::write(&path, key_file(&["a"])).unwrap();
+        let metrics = Arc::new(GatewayMetrics::new());
+        let store = KeyStore::open(Some(path.clone()), 30, metrics.clone()).unwrap();
+        let name = |key: &str| store.find(key.as_bytes()).map(|t| t.name.to_string());
+        assert_eq!(name("sk-a").as_deref(), Some("a"));
+        assert_eq!(name("sk-b"), None);
+        store.reload(false);
+        let replace = |text: String| {
+            let next = dir.path().join("next.toml");
+            std::fs::write(&next, text).unwrap();
+            std::fs::rename(&next, &path).unwrap();
+        };
+        replace(key_file(&["a", "b"]));
+        store.reload(false);
+        assert_eq!(name("sk-b").as_deref(), Some("b"));
+        replace("[[key]]\nname = 3\n".into());
+        store.reload(false);
+        store.reload(false);
+        assert_eq!(name("sk-b").as_deref(), Some("b"), "the keys in use stay");
+        std::fs::remove_file(&path).unwrap();
+        store.reload(false);
+        store.reload(false);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"infermq_gateway_reloads_total{file="api_keys",result="error"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"infermq_gateway_reloads_total{file="api_keys",result="ok"} 1"#));
+        replace(key_file(&["c"]));
+        store.reload(false);
+        assert_eq!(name("sk-a"), None);
+        assert_eq!(name("sk-c").as_deref(), Some("c"));
+        let missing = KeyStore::open(Some(dir.path().join("nope.toml")), 30, metrics);
+        assert!(matches!(missing, Err(e) if e.contains("nope.toml")));
     }
 
     #[test]
