@@ -5,34 +5,46 @@
 #
 # What it does:
 #  1. builds the release binaries (infermq, generate-bench); makes the benchmark model with
-#     scripts/make-llm.py --bench $MODEL_DIR if it is missing; installs `openai` into $PYTHON
-#     when it lacks it;
+#     scripts/make-llm.py --bench $MODEL_DIR if it is missing; with CLIENT=openai, installs
+#     `openai` into $PYTHON when it lacks it;
 #  2. writes a job mix (JSONL, fixed seed): prompts cut from consecutive verses of
 #     models/encoder/genesis.txt to PROMPT_MIN..PROMPT_MAX tokens, max_tokens
 #     MAXTOK_MIN..MAXTOK_MAX; each concurrency level gets its own slice, the same slice for
-#     both paths;
-#  3. starts a worker (own prefix and HTTP port) serving the plain export as `bench-plain` with
-#     `[generate] max_active_rows = 64, eos_token_ids = [0]` (pad: every job runs to its
-#     max_tokens, so both paths generate the same tokens), and `infermq gateway` on its own port
-#     with the same prefix (`repository.path` = the models, for chat templates);
+#     every path;
+#  3. starts a worker (own prefix and HTTP port) serving the plain export as `bench-plain` and
+#     the onnxruntime-genai export as `bench-genai` (as scripts/bench-generate.sh does), both
+#     with `[generate] max_active_rows = 64, eos_token_ids = [0]` (pad: every job runs to its
+#     max_tokens, so every path generates the same tokens) and `stream_interval_ms =
+#     $STREAM_INTERVAL_MS`, and `infermq gateway` on its own port with the same prefix
+#     (`repository.path` = the models, for chat templates); the jobs go to MODEL only;
 #  4. for ROUNDS rounds, at each of LEVELS: (a) direct, tools' generate-bench on the queue;
-#     (b) gateway, scripts/bench-gateway-openai.py (the `openai` package's AsyncOpenAI, one task
-#     per client, `stream: true`, `stream_options.include_usage`) on ROUTE (`completions`:
-#     /v1/completions with the prompt as is, the default; `chat`: /v1/chat/completions, whose
-#     template adds "user: " and "\nassistant:" to every prompt); CPU seconds of the worker,
-#     the gateway, the broker and the load generator are read around each run;
+#     (b) through the gateway, with each client of CLIENT: `rust`, generate-bench --gateway
+#     (one keep-alive HTTP/1.1 connection per client, the server-sent events parsed in Rust),
+#     and `openai`, scripts/bench-gateway-openai.py (the `openai` package's AsyncOpenAI, one
+#     task per client); both send `stream: true` and `stream_options.include_usage` to ROUTE
+#     (`completions`: /v1/completions with the prompt as is, the default; `chat`:
+#     /v1/chat/completions, whose template adds "user: " and "\nassistant:" to every prompt) and
+#     measure as generate-bench does on the queue (TTFT: request → first chunk with text; TPOT:
+#     (last chunk − first) / (completion tokens − 1); tokens from the usage chunk). CPU seconds
+#     of the worker, the gateway, the broker and the load generator (its own process) are read
+#     around each run; the order of the paths alternates by round, so that none always runs on
+#     a machine another just warmed;
 #  5. stops both, deletes the prefix's queues, prints the table (per-job results pooled over the
 #     rounds: tokens/s = all tokens / all walls; percentiles over every job) and the CPU table.
 #
 # On a machine with few cores the load generator competes with the worker: the CPU table says
-# what each client cost (the Python client parses every chunk; generate-bench is Rust).
+# what each client cost. The Python client parses every chunk into pydantic objects (about 7×
+# generate-bench's CPU per token), so the gateway/direct ratio compares like with like with the
+# Rust client, the default; CLIENT=openai (or "rust openai", a row each) measures what that
+# package's users see.
 #
 # Sizes (environment): LEVELS="1 32", JOBS_PER_LEVEL="24 192", ROUNDS=2, ROUTE=completions,
-# MAX_ACTIVE_ROWS=64, INTRA_THREADS=2, GATEWAY_THREADS=1 (gateway.async_threads),
-# SEED=11, PROMPT_MIN=8, PROMPT_MAX=200, MAXTOK_MIN=64, MAXTOK_MAX=128,
-# MODEL_DIR=target/llm-bench, OUT=target/bench-gateway-generate,
-# PYTHON=/tmp/llmvenv/bin/python (tokenizers, openai), AMQP_URL. SKIP_BUILD=1 uses the
-# binaries already built.
+# CLIENT=rust (rust, openai, or both: "rust openai"), MODEL=bench-genai (or bench-plain),
+# STREAM_INTERVAL_MS=0, MAX_ACTIVE_ROWS=64, INTRA_THREADS=2, GATEWAY_THREADS=1
+# (gateway.async_threads), SEED=11, PROMPT_MIN=8, PROMPT_MAX=200, MAXTOK_MIN=64,
+# MAXTOK_MAX=128, MODEL_DIR=target/llm-bench, OUT=target/bench-gateway-generate,
+# PYTHON=/tmp/llmvenv/bin/python (tokenizers; openai for CLIENT=openai), AMQP_URL.
+# SKIP_BUILD=1 uses the binaries already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +52,9 @@ LEVELS=${LEVELS:-"1 32"}
 JOBS_PER_LEVEL=${JOBS_PER_LEVEL:-"24 192"}
 ROUNDS=${ROUNDS:-2}
 ROUTE=${ROUTE:-completions}
+CLIENT=${CLIENT:-rust}
+MODEL=${MODEL:-bench-genai}
+STREAM_INTERVAL_MS=${STREAM_INTERVAL_MS:-0}
 MAX_ACTIVE_ROWS=${MAX_ACTIVE_ROWS:-64}
 INTRA_THREADS=${INTRA_THREADS:-2}
 GATEWAY_THREADS=${GATEWAY_THREADS:-1}
@@ -55,12 +70,18 @@ export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 target=${CARGO_TARGET_DIR:-target}
 bin=$target/release/infermq
 genbench=$target/release/generate-bench
-model=bench-plain
+model=$MODEL
 
 read -r -a levels <<<"$LEVELS"
 read -r -a level_jobs <<<"$JOBS_PER_LEVEL"
 [ ${#levels[@]} -eq ${#level_jobs[@]} ] || { echo "LEVELS and JOBS_PER_LEVEL differ in length" >&2; exit 2; }
 case $ROUTE in completions | chat) ;; *) echo "ROUTE is completions or chat, not $ROUTE" >&2; exit 2 ;; esac
+case $MODEL in bench-plain | bench-genai) ;; *) echo "MODEL is bench-plain or bench-genai, not $MODEL" >&2; exit 2 ;; esac
+read -r -a clients <<<"$CLIENT"
+[ ${#clients[@]} -gt 0 ] || { echo "CLIENT names no client" >&2; exit 2; }
+for client in "${clients[@]}"; do
+  case $client in rust | openai) ;; *) echo "CLIENT is rust, openai or both, not $client" >&2; exit 2 ;; esac
+done
 
 t0=$(date +%s)
 load0=$(cut -d" " -f1-3 /proc/loadavg)
@@ -72,21 +93,29 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release --quiet --bin infermq
   cargo build --release --quiet -p infermq-tools --bin generate-bench
 fi
-if [ ! -f "$MODEL_DIR/plain/model.onnx" ]; then
+if [ ! -f "$MODEL_DIR/plain/model.onnx" ] || [ ! -f "$MODEL_DIR/genai/genai_config.json" ]; then
   stamp "making the benchmark model in $MODEL_DIR"
   "$PYTHON" scripts/make-llm.py --bench "$MODEL_DIR"
 fi
-"$PYTHON" -c "import openai" 2>/dev/null || "$PYTHON" -m pip install --quiet openai
+case " $CLIENT " in *" openai "*)
+  "$PYTHON" -c "import openai" 2>/dev/null || "$PYTHON" -m pip install --quiet openai ;;
+esac
 
 scripts/ensure-rabbitmq.sh >/dev/null
 rm -rf "$OUT"
 mkdir -p "$OUT"
-# A copy, so that a rebuild of $MODEL_DIR during the run changes nothing.
+# Copies, so that a rebuild of $MODEL_DIR during the run changes nothing.
 models=$OUT/models
-mkdir -p "$models/$model"
-cp -r "$MODEL_DIR/plain" "$models/$model/1"
-printf '[generate]\nmax_active_rows = %s\nmax_waiting_jobs = 64\neos_token_ids = [0]\n' \
-  "$MAX_ACTIVE_ROWS" >"$models/$model/config.toml"
+conf="[generate]
+max_active_rows = $MAX_ACTIVE_ROWS
+max_waiting_jobs = 64
+stream_interval_ms = $STREAM_INTERVAL_MS
+eos_token_ids = [0]"
+for layout in plain genai; do
+  mkdir -p "$models/bench-$layout"
+  cp -r "$MODEL_DIR/$layout" "$models/bench-$layout/1"
+  printf '%s\n' "$conf" >"$models/bench-$layout/config.toml"
+done
 
 # 2. the job mix: every level's slice.
 total=0
@@ -138,6 +167,7 @@ ticks() {
   echo
 }
 failures=0
+reversed=()
 direct() { # direct NAME CONCURRENCY COUNT SKIP
   local name=$1 c=$2 n=$3 skip=$4
   stamp "direct c=$c jobs=$n"
@@ -148,46 +178,68 @@ direct() { # direct NAME CONCURRENCY COUNT SKIP
     >/dev/null 2>>"$OUT/client.log" || { failures=$((failures + 1)); tail -2 "$OUT/client.log" >&2; }
   ticks >>"$OUT/$name.ticks"
 }
-through_gateway() { # through_gateway NAME CONCURRENCY COUNT SKIP
-  local name=$1 c=$2 n=$3 skip=$4
-  stamp "gateway /v1 $ROUTE c=$c jobs=$n"
+client_command() { # client_command CLIENT: the load generator's command through the gateway, in $cmd
+  if [ "$1" = rust ]; then
+    cmd=("$genbench" --gateway "http://127.0.0.1:$gport" --route "$ROUTE" --model "$model"
+      --jobs "$jobs" --system gateway --mode rust)
+  else
+    cmd=("$PYTHON" scripts/bench-gateway-openai.py --url "http://127.0.0.1:$gport" --route "$ROUTE"
+      --model "$model" --jobs "$jobs")
+  fi
+}
+through_gateway() { # through_gateway CLIENT NAME CONCURRENCY COUNT SKIP
+  local client=$1 name=$2 c=$3 n=$4 skip=$5
+  stamp "gateway /v1 $ROUTE ($client) c=$c jobs=$n"
+  client_command "$client"
   ticks >"$OUT/$name.ticks"
-  /usr/bin/time -f '%U %S' -o "$OUT/$name.time" \
-    "$PYTHON" scripts/bench-gateway-openai.py --url "http://127.0.0.1:$gport" --model "$model" \
-    --jobs "$jobs" --concurrency "$c" --count "$n" --skip "$skip" --route "$ROUTE" \
-    --out "$OUT/$name.json" --per-job \
+  /usr/bin/time -f '%U %S' -o "$OUT/$name.time" "${cmd[@]}" \
+    --concurrency "$c" --count "$n" --skip "$skip" --out "$OUT/$name.json" --per-job \
     >/dev/null 2>>"$OUT/client.log" || { failures=$((failures + 1)); tail -2 "$OUT/client.log" >&2; }
   ticks >>"$OUT/$name.ticks"
 }
 
 # Warm-up (sessions, connections, channels): a few short jobs on each path, not reported.
 "$genbench" --prefix "$prefix" --model "$model" --jobs "$jobs" --concurrency 4 --count 4 >/dev/null 2>&1 || true
-"$PYTHON" scripts/bench-gateway-openai.py --url "http://127.0.0.1:$gport" --model "$model" \
-  --jobs "$jobs" --concurrency 4 --count 4 --route "$ROUTE" >/dev/null 2>&1 || true
+for client in "${clients[@]}"; do
+  client_command "$client"
+  "${cmd[@]}" --concurrency 4 --count 4 >/dev/null 2>&1 || true
+done
 
-# 4. the rounds: at each level, direct then gateway on the same slice (the order alternates by
-# round, so that neither path always runs on a machine the other just warmed).
+# 4. the rounds: at each level, direct then each client through the gateway on the same slice
+# (the order reversed every other round, so that no path always runs on a machine another just
+# warmed).
 for round in $(seq 1 "$ROUNDS"); do
   skip=0
   for i in "${!levels[@]}"; do
     c=${levels[$i]} n=${level_jobs[$i]}
-    if [ $((round % 2)) -eq 1 ]; then
-      direct "direct-c$c-r$round" "$c" "$n" "$skip"
-      through_gateway "gateway-c$c-r$round" "$c" "$n" "$skip"
-    else
-      through_gateway "gateway-c$c-r$round" "$c" "$n" "$skip"
-      direct "direct-c$c-r$round" "$c" "$n" "$skip"
+    paths=(direct "${clients[@]}")
+    if [ $((round % 2)) -eq 0 ]; then
+      for ((j = ${#paths[@]} - 1; j >= 0; j--)); do reversed+=("${paths[$j]}"); done
+      paths=("${reversed[@]}") reversed=()
     fi
+    for path in "${paths[@]}"; do
+      if [ "$path" = direct ]; then
+        direct "direct-c$c-r$round" "$c" "$n" "$skip"
+      else
+        through_gateway "$path" "gateway-$path-c$c-r$round" "$c" "$n" "$skip"
+      fi
+    done
     skip=$((skip + n))
   done
 done
 
 # 5. the tables
 stamp "done"
-"$PYTHON" - "$OUT" "$(getconf CLK_TCK)" "$ROUTE" "$LEVELS" <<'EOF'
+"$PYTHON" - "$OUT" "$(getconf CLK_TCK)" "$ROUTE" "$LEVELS" "$CLIENT" <<'EOF'
 import json, math, sys
 from pathlib import Path
-out, hz, route, levels = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4].split()
+out, hz, route, levels, clients = (Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
+                                   sys.argv[4].split(), sys.argv[5].split())
+paths = ["direct"] + [f"gateway-{c}" for c in clients]
+endpoint = f"/v1/{'chat/completions' if route == 'chat' else 'completions'}"
+labels = {"direct": "direct (generate-bench → queue)",
+          "gateway-rust": f"gateway (generate-bench → {endpoint})",
+          "gateway-openai": f"gateway (openai → {endpoint})"}
 
 def nearest(values, p):
     v = sorted(values)
@@ -204,7 +256,7 @@ def pooled(path, c):
         for k, a, b in zip(("worker", "gateway", "broker"), before, after):
             cpu[k] += (b - a) / hz
         # The Python client's own count covers the load only (not its imports); generate-bench's
-        # whole process is hardly more than its load.
+        # whole process (/usr/bin/time) is hardly more than its load.
         report = json.loads(f.read_text())
         user, system = map(float, (out / f"{f.stem}.time").read_text().split()[-2:])
         cpu["client"] += report.get("client_cpu_s", user + system)
@@ -212,13 +264,12 @@ def pooled(path, c):
         cpu["gateway"] = None
     return reports, jobs, cpu
 
-rows, ratio = [], {}
 print(f"| path | clients | runs | jobs | tokens | tokens/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | gateway / direct tokens/s |")
 print("|---|---:|---:|---:|---:|---:|---|---|---:|")
 cpu_rows = []
 for c in levels:
     tps = {}
-    for path in ("direct", "gateway"):
+    for path in paths:
         reports, jobs, cpu = pooled(path, c)
         if not reports:
             continue
@@ -229,11 +280,9 @@ for c in levels:
         tpot = [j["tpot_ms"] for j in jobs if j["tpot_ms"] is not None]
         errors = sum(r["errors"] + r.get("unfinished", 0) for r in reports)
         prompt = sum(r["total_prompt_tokens"] for r in reports)
-        label = "direct (generate-bench → queue)" if path == "direct" else (
-            f"gateway (openai → /v1/{'chat/completions' if route == 'chat' else 'completions'})")
-        r = f"{tps['gateway'] / tps['direct']:.2f}" if path == "gateway" and "direct" in tps and tps["direct"] else ""
+        r = f"{tps[path] / tps['direct']:.2f}" if path != "direct" and tps.get("direct") else ""
         note = f" ({errors} errors)" if errors else ""
-        print(f"| {label}{note} | {c} | {len(reports)} | {sum(x['jobs'] for x in reports)} | {tokens} | "
+        print(f"| {labels[path]}{note} | {c} | {len(reports)} | {sum(x['jobs'] for x in reports)} | {tokens} | "
               f"{tps[path]:.0f} | {nearest(ttft, 50):.1f} / {nearest(ttft, 99):.1f} | "
               f"{nearest(tpot, 50):.2f} / {nearest(tpot, 99):.2f} | {r} |")
         per_k = {k: (v / tokens * 1000 if v is not None and tokens else None) for k, v in cpu.items()}
@@ -249,7 +298,7 @@ per_worker = {}
 for path, c, wall, cpu, per_k, prompt in cpu_rows:
     per_worker[path, c] = 1000 / per_k["worker"] if per_k["worker"] else 0.0
     direct = per_worker.get(("direct", c))
-    r = f"{per_worker[path, c] / direct:.2f}" if path == "gateway" and direct else ""
+    r = f"{per_worker[path, c] / direct:.2f}" if path != "direct" and direct else ""
     cell = lambda k: "-" if per_k[k] is None else f"{per_k[k]:.2f} ({cpu[k] / wall:.2f})"
     total = sum(v for v in cpu.values() if v is not None)
     all_k = sum(v for v in per_k.values() if v is not None)
@@ -257,5 +306,6 @@ for path, c, wall, cpu, per_k, prompt in cpu_rows:
           f"{all_k:.2f} ({total / wall:.2f}) | {prompt} | {per_worker[path, c]:.0f} | {r} |")
 EOF
 echo
+echo "model $MODEL (stream_interval_ms $STREAM_INTERVAL_MS), route $ROUTE, clients: $CLIENT"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average at the start: $load0, at the end: $(cut -d' ' -f1-3 /proc/loadavg); results: $OUT/*.json"
 exit $((failures > 0))
