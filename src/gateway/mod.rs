@@ -148,19 +148,17 @@ impl Gateway {
             metrics.clone(),
         )
         .map_err(GatewayError::Keys)?;
-        let tls = match gw.tls.enabled() {
-            true => Some(Arc::new(
-                TlsFiles::open(&gw.tls, metrics.clone()).map_err(GatewayError::Tls)?,
-            )),
-            false => None,
-        };
-        let log = match gw.usage_log() {
-            Some(path) => Some(
-                UsageLog::open(path, gw.usage_log_max_bytes, gw.usage_log_files)
-                    .map_err(GatewayError::UsageLog)?,
-            ),
-            None => None,
-        };
+        let tls = gw
+            .tls
+            .enabled()
+            .then(|| TlsFiles::open(&gw.tls, metrics.clone()).map(Arc::new))
+            .transpose()
+            .map_err(GatewayError::Tls)?;
+        let log = gw
+            .usage_log()
+            .map(|path| UsageLog::open(path, gw.usage_log_max_bytes, gw.usage_log_files))
+            .transpose()
+            .map_err(GatewayError::UsageLog)?;
         Ok(Gateway {
             settings: gw.clone(),
             prefix: settings.broker.prefix.clone(),
