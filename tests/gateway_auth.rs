@@ -96,6 +96,18 @@ impl Reply {
 
 /// Runs curl with `args` (headers as `-H` values, a JSON body when given) against `url`.
 async fn curl(url: &str, headers: &[String], body: Option<&Value>, args: &[&str]) -> Reply {
+    try_curl(url, headers, body, args)
+        .await
+        .unwrap_or_else(|| panic!("no HTTP answer from curl {args:?} {url}"))
+}
+
+/// [`curl`], `None` when no answer came (nothing listens yet, a TLS failure).
+async fn try_curl(
+    url: &str,
+    headers: &[String],
+    body: Option<&Value>,
+    args: &[&str],
+) -> Option<Reply> {
     let mut command = tokio::process::Command::new("curl");
     command.args(["-s", "-i", "-N", "--max-time", "60", "-H", "Expect:"]);
     for header in headers {
@@ -108,7 +120,13 @@ async fn curl(url: &str, headers: &[String], body: Option<&Value>, args: &[&str]
     command.args(args);
     let out = command.arg(url).output().await.expect("curl runs");
     parse_reply(&out.stdout)
-        .unwrap_or_else(|| panic!("no HTTP answer from curl {args:?} {url}: {:?}", out.status))
+}
+
+/// True when a GET of `url` (curl with `args`) is answered 200.
+async fn answers_200(url: &str, args: &[&str]) -> bool {
+    try_curl(url, &[], None, args)
+        .await
+        .is_some_and(|reply| reply.status == 200)
 }
 
 /// An answer from curl's `-i` output; `None` when nothing came.
@@ -467,7 +485,9 @@ async fn limits_hold_under_bursts_and_answer_429_with_retry_after() {
         Duration::from_secs(5),
         "admitted after the bucket refills",
         || {
-            let (url, key, body) = (infer.clone(), requests.bearer(), one.clone());
+            let url = infer.clone();
+            let key = requests.bearer();
+            let body = one.clone();
             async move { curl(&url, &[key], Some(&body), &[]).await.status == 200 }
         },
     )
@@ -528,7 +548,8 @@ async fn keys_are_reloaded_without_a_restart_and_a_bad_file_keeps_them() {
     let infer = fleet.url("/v2/models/iris/infer");
     let one = iris_rows(1);
     let status = |key: Key| {
-        let (url, body) = (infer.clone(), one.clone());
+        let url = infer.clone();
+        let body = one.clone();
         async move { curl(&url, &[key.bearer()], Some(&body), &[]).await.status }
     };
     assert_eq!(status(a.clone()).await, 200);
@@ -589,7 +610,8 @@ async fn the_usage_log_adds_up_to_the_answers() {
     }
     assert_eq!(rows, 11);
     // Generation, whole and streamed, through both APIs: each answer's usage.
-    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut prompt_tokens = 0;
+    let mut completion_tokens = 0;
     let mut add = |usage: &Value| {
         prompt_tokens += usage["prompt_tokens"].as_u64().unwrap();
         completion_tokens += usage["completion_tokens"].as_u64().unwrap();
