@@ -38,10 +38,11 @@ EOF
 usage=$out/gateway-keys-bench-usage.jsonl
 rm -f "$usage"*
 declare -A gport gpid
-start_gateway() { # start_gateway NAME PORT BINARY [VAR=VALUE...]
-  local name=$1 p=$2 binary=$3
+start_gateway() { # start_gateway NAME PORT COMMAND [VAR=VALUE...] (COMMAND: words, no spaces in them)
+  local name=$1 p=$2 command=$3
   shift 3
-  bench_start "$out/gateway-keys-bench.log" "http://127.0.0.1:$p/v2/health/ready" "$@" "$binary" gateway --listen "127.0.0.1:$p"
+  # shellcheck disable=SC2086
+  bench_start "$out/gateway-keys-bench.log" "http://127.0.0.1:$p/v2/health/ready" "$@" $command gateway --listen "127.0.0.1:$p"
   gport[$name]=$p
   gpid[$name]=$started
 }
@@ -50,7 +51,9 @@ start_gateway keys $((port + 2)) "$bin" INFERMQ__GATEWAY__API_KEYS_FILE="$keys"
 start_gateway usage $((port + 3)) "$bin" INFERMQ__GATEWAY__API_KEYS_FILE="$keys" INFERMQ__GATEWAY__USAGE_LOG="$usage"
 names=(off keys usage)
 if [ -n "${BASE_BIN:-}" ]; then
-  start_gateway base $((port + 4)) "$BASE_BIN"
+  # Run from / so that it reads its own compiled-in defaults, not this checkout's
+  # config/default.toml (whose newer keys an older build refuses).
+  start_gateway base $((port + 4)) "env -C / $BASE_BIN"
   names+=(base)
 fi
 body='{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[0.61,-0.23,0.94,0.17]}]}'
