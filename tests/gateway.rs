@@ -20,30 +20,12 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use tokio::sync::mpsc;
 
-/// True when python3 can import what clients.py needs, installing it with pip if not.
-fn python_clients_available() -> Result<(), String> {
-    let imports = "import tritonclient.http, onnxruntime, numpy";
-    let ok = |out: std::io::Result<std::process::Output>| out.is_ok_and(|o| o.status.success());
-    if ok(std::process::Command::new("python3")
-        .args(["-c", imports])
-        .output())
-    {
-        return Ok(());
-    }
-    let install = std::process::Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "tritonclient[http]"])
-        .args(["onnxruntime==1.31.1", "numpy"])
-        .output();
-    match install {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritonclient_against_the_gateway_matches_onnx_runtime() {
-    if let Err(why) = python_clients_available() {
+    if let Err(why) = python_with(
+        "import tritonclient.http, onnxruntime, numpy",
+        &["tritonclient[http]", "onnxruntime==1.31.1", "numpy"],
+    ) {
         eprintln!("SKIPPED: tritonclient/onnxruntime/numpy cannot be installed with pip: {why}");
         return;
     }

@@ -13,6 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::curl::CurlReply;
 use common::gateway::{start_gateway, TestGateway};
 use common::*;
 use serde_json::{json, Value};
@@ -57,45 +58,18 @@ fn write_file(path: &Path, text: &str) {
     std::fs::rename(&next, path).unwrap();
 }
 
-/// An HTTP answer as curl printed it.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("{e}: {}", String::from_utf8_lossy(&self.body));
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// `data:` events of a stream, parsed (`[DONE]` left out).
-    fn events(&self) -> Vec<Value> {
-        self.text()
-            .split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|e| *e != "[DONE]")
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect()
-    }
+/// `data:` events of a stream, parsed (`[DONE]` left out).
+fn json_events(reply: &CurlReply) -> Vec<Value> {
+    reply
+        .events()
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
 }
 
 /// Runs curl with `args` (headers as `-H` values, a JSON body when given) against `url`.
-async fn curl(url: &str, headers: &[String], body: Option<&Value>, args: &[&str]) -> Reply {
+async fn curl(url: &str, headers: &[String], body: Option<&Value>, args: &[&str]) -> CurlReply {
     try_curl(url, headers, body, args)
         .await
         .unwrap_or_else(|| panic!("no HTTP answer from curl {args:?} {url}"))
@@ -107,7 +81,7 @@ async fn try_curl(
     headers: &[String],
     body: Option<&Value>,
     args: &[&str],
-) -> Option<Reply> {
+) -> Option<CurlReply> {
     let mut command = tokio::process::Command::new("curl");
     command.args(["-s", "-i", "-N", "--max-time", "60", "-H", "Expect:"]);
     for header in headers {
@@ -119,7 +93,7 @@ async fn try_curl(
     }
     command.args(args);
     let out = command.arg(url).output().await.expect("curl runs");
-    parse_reply(&out.stdout)
+    CurlReply::parse(&out.stdout)
 }
 
 /// True when a GET of `url` (curl with `args`) is answered 200.
@@ -127,23 +101,6 @@ async fn answers_200(url: &str, args: &[&str]) -> bool {
     try_curl(url, &[], None, args)
         .await
         .is_some_and(|reply| reply.status == 200)
-}
-
-/// An answer from curl's `-i` output; `None` when nothing came.
-fn parse_reply(raw: &[u8]) -> Option<Reply> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let mut lines = head.lines();
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Some(Reply {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    })
 }
 
 /// The status of a GET of `path` with `authorization`, written by hand on a new connection;
@@ -383,7 +340,7 @@ async fn each_status_in_each_apis_shape_and_the_tenant_reaches_the_worker() {
     .await;
     assert_eq!(reply.status, 403);
     // /v1/models lists the key's models only.
-    let listed = |reply: Reply| -> Vec<String> {
+    let listed = |reply: CurlReply| -> Vec<String> {
         let list = reply.json();
         let data = list["data"].as_array().unwrap().clone();
         data.iter()
@@ -635,12 +592,12 @@ async fn the_usage_log_adds_up_to_the_answers() {
         &[],
     )
     .await;
-    let events = reply.events();
+    let events = json_events(&reply);
     add(&events.last().unwrap()["usage"]);
     let job = json!({"text_input": "In the beginning", "parameters": {"max_tokens": 6}});
     let stream = fleet.url("/v2/models/storyteller/generate_stream");
     let reply = curl(&stream, &[b.bearer()], Some(&job), &[]).await;
-    add(&reply.events().last().unwrap()["usage"]);
+    add(&json_events(&reply).last().unwrap()["usage"]);
     let reply = curl(
         &fleet.url("/v2/models/storyteller/generate"),
         &[b.bearer()],
@@ -871,28 +828,9 @@ async fn a_model_with_allowed_users_is_reached_as_the_gateways_broker_user() {
     worker.stop().await;
 }
 
-/// True when python3 can import `openai`, installing it with pip if not.
-fn openai_available() -> Result<(), String> {
-    let ok = |out: std::io::Result<std::process::Output>| out.is_ok_and(|o| o.status.success());
-    if ok(std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .output())
-    {
-        return Ok(());
-    }
-    let install = std::process::Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "openai"])
-        .output();
-    match install {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_with_a_key() {
-    if let Err(why) = openai_available() {
+    if let Err(why) = python_with("import openai", &["openai"]) {
         eprintln!("SKIPPED: the openai package cannot be installed with pip: {why}");
         return;
     }

@@ -10,6 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::curl::CurlReply;
 use common::gateway::{start_gateway, TestGateway};
 use common::*;
 use futures_util::StreamExt;
@@ -20,71 +21,21 @@ use lapin::BasicProperties;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-/// An HTTP answer as curl printed it.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("{e}: {}", String::from_utf8_lossy(&self.body));
-        })
-    }
-
-    /// The `data:` of each server-sent event, in order.
-    fn events(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.body)
-            .split("\n\n")
-            .filter_map(|event| event.strip_prefix("data: "))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
 /// POSTs `body` to `url` with curl (`-N`: events printed as they come), for at most
 /// `max_time` seconds; a cut answer is returned as far as it came.
-async fn post(url: &str, body: &Value, max_time: u32) -> Answer {
+async fn post(url: &str, body: &Value, max_time: u32) -> CurlReply {
     let mut command = tokio::process::Command::new("curl");
     command.args(["-s", "-N", "-i", "-H", "Expect:"]);
     command.args(["-H", "content-type: application/json"]);
     command.args(["--max-time", &max_time.to_string()]);
     command.args(["--data-binary", &body.to_string()]);
     let out = command.arg(url).output().await.expect("curl runs");
-    let raw = &out.stdout;
     // Cut before the head (the client left first): status 0.
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Answer {
-            status: 0,
-            headers: Vec::new(),
-            body: Vec::new(),
-        };
-    };
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
+    CurlReply::parse(&out.stdout).unwrap_or(CurlReply {
+        status: 0,
+        headers: Vec::new(),
+        body: Vec::new(),
+    })
 }
 
 fn reference_cases() -> Vec<Value> {
@@ -426,25 +377,6 @@ async fn a_client_that_leaves_cancels_its_job_and_a_full_gateway_answers_429() {
     fleet.stop().await;
 }
 
-/// True when python3 can import `openai`, installing it with pip if not.
-fn openai_available() -> Result<(), String> {
-    let ok = |out: std::io::Result<std::process::Output>| out.is_ok_and(|o| o.status.success());
-    if ok(std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .output())
-    {
-        return Ok(());
-    }
-    let install = std::process::Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "openai"])
-        .output();
-    match install {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Runs a script of tests/gateway_generate/ with `args`; its stdout.
 async fn python(script: &str, args: &[&str]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -468,7 +400,7 @@ async fn python(script: &str, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_works_unchanged() {
-    if let Err(why) = openai_available() {
+    if let Err(why) = python_with("import openai", &["openai"]) {
         eprintln!("SKIPPED: the openai package cannot be installed with pip: {why}");
         return;
     }

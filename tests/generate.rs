@@ -89,6 +89,23 @@ async fn collect(client: &mut Client, jobs: &[String]) -> HashMap<String, Vec<Va
     answers
 }
 
+/// Every message a job gets, its last one last.
+async fn messages(client: &mut Client, queue: &str, body: &Value) -> Vec<Value> {
+    let id = send(client, queue, body, &[]).await;
+    collect(client, std::slice::from_ref(&id))
+        .await
+        .remove(&id)
+        .unwrap()
+}
+
+/// The texts of a job's messages, joined.
+fn joined(messages: &[Value]) -> String {
+    messages
+        .iter()
+        .map(|m| m["text_output"].as_str().unwrap())
+        .collect()
+}
+
 async fn one(client: &mut Client, queue: &str, body: Value) -> Value {
     let id = send(client, queue, &body, &[]).await;
     collect(client, std::slice::from_ref(&id))
@@ -284,16 +301,8 @@ async fn seeds_repeat_stop_strings_end_the_text_and_bad_jobs_are_refused() {
     let before = &text[..text.find(stop).unwrap()];
     for stream in [false, true] {
         let body = json!({"text_input": "And God said", "parameters": {"max_tokens": 48, "stop": ["zzz", stop], "stream": stream}});
-        let id = send(&client, &queue, &body, &[]).await;
-        let messages = collect(&mut client, std::slice::from_ref(&id))
-            .await
-            .remove(&id)
-            .unwrap();
-        let joined: String = messages
-            .iter()
-            .map(|m| m["text_output"].as_str().unwrap())
-            .collect();
-        assert_eq!(joined, before, "stop {stop:?}, stream {stream}");
+        let messages = messages(&mut client, &queue, &body).await;
+        assert_eq!(joined(&messages), before, "stop {stop:?}, stream {stream}");
         assert_eq!(messages.last().unwrap()["finish_reason"], "stop");
     }
 
@@ -505,16 +514,8 @@ async fn a_stream_interval_groups_pieces_into_fewer_messages() {
     let whole = one(&mut client, &queue, job("And God said", 40)).await;
     let body =
         json!({"text_input": "And God said", "parameters": {"max_tokens": 40, "stream": true}});
-    let id = send(&client, &queue, &body, &[]).await;
-    let messages = collect(&mut client, std::slice::from_ref(&id))
-        .await
-        .remove(&id)
-        .unwrap();
-    let joined: String = messages
-        .iter()
-        .map(|m| m["text_output"].as_str().unwrap())
-        .collect();
-    assert_eq!(joined, whole["text_output"].as_str().unwrap());
+    let messages = messages(&mut client, &queue, &body).await;
+    assert_eq!(joined(&messages), whole["text_output"].as_str().unwrap());
     // 40 steps of 15 ms at least: 600 ms, two or three intervals. Ungrouped, each of the 40
     // tokens would be a message; grouped, fewer than 20 unless a step took over 130 ms.
     assert!(messages.len() >= 2, "{messages:?}");

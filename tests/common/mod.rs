@@ -2,6 +2,7 @@
 //! the real ONNX Runtime, with a random prefix so tests never share queues, and a client.
 #![allow(dead_code)]
 
+pub mod curl;
 pub mod fleet;
 pub mod gateway;
 pub mod otlp;
@@ -307,4 +308,24 @@ pub async fn cleanup(prefix: &str) {
 
 pub fn manifest_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Ok when `python3 -c <imports>` runs, after installing `packages` with pip if it did not.
+pub fn python_with(imports: &str, packages: &[&str]) -> Result<(), String> {
+    let ok = |out: std::io::Result<std::process::Output>| out.is_ok_and(|o| o.status.success());
+    if ok(std::process::Command::new("python3")
+        .args(["-c", imports])
+        .output())
+    {
+        return Ok(());
+    }
+    let install = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(packages)
+        .output();
+    match install {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        Err(e) => Err(e.to_string()),
+    }
 }
