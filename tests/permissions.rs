@@ -1,6 +1,6 @@
 //! Least privilege on the real broker: the users and `rabbitmqctl set_permissions` lines of
 //! docs/SECURITY.md, run for a fresh vhost on the local RabbitMQ (deleted at the end), and what
-//! `training.allowed_users` and a model's `allowed_users` refuse.
+//! `training.allowed_users` and a model's `allowed_users` refuse; the gateway as its own user.
 
 mod common;
 
@@ -47,7 +47,10 @@ impl Drop for Environment {
 fn documented_permissions() -> Vec<(String, [String; 3])> {
     let doc = std::fs::read_to_string(manifest_path("docs/SECURITY.md")).unwrap();
     doc.lines()
-        .filter_map(|l| l.strip_prefix("rabbitmqctl set_permissions -p infermq-prod "))
+        .filter_map(|l| {
+            l.trim_start()
+                .strip_prefix("rabbitmqctl set_permissions -p infermq-prod ")
+        })
         .map(|rest| {
             let words: Vec<String> = rest
                 .split_whitespace()
@@ -126,18 +129,23 @@ async fn restricted_users_do_what_security_md_says() {
     let prefix = format!("test-{run}");
     let name = |role: &str| format!("{vhost}-{role}");
     let (worker_user, producer, trainer) = (name("worker"), name("producer"), name("trainer"));
+    let gateway_user = name("gateway");
     let mut env = Environment {
         vhost: vhost.clone(),
         users: vec![],
     };
     ctl(&["add_vhost", &vhost]).unwrap();
     let password = uuid::Uuid::new_v4().simple().to_string();
-    for user in [&worker_user, &producer, &trainer] {
+    for user in [&worker_user, &producer, &trainer, &gateway_user] {
         ctl(&["add_user", user, &password]).unwrap();
         env.users.push(user.clone());
     }
     let documented = documented_permissions();
-    assert_eq!(documented.len(), 3, "worker, producer and trainer lines");
+    assert_eq!(
+        documented.len(),
+        4,
+        "gateway, worker, producer and trainer lines"
+    );
     for (user, regexes) in &documented {
         let user = user.replace("infermq-", &format!("{vhost}-"));
         let regexes = regexes
@@ -152,7 +160,9 @@ async fn restricted_users_do_what_security_md_says() {
     let models = model_repository(&["iris"]);
     let config = models.path().join("iris/config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!("allowed_users = [{producer:?}]\n"));
+    text.push_str(&format!(
+        "allowed_users = [{producer:?}, {gateway_user:?}]\n"
+    ));
     std::fs::write(&config, text).unwrap();
     let worker_url = url(&worker_user, &password, &vhost);
     let settings = settings(
@@ -229,6 +239,64 @@ async fn restricted_users_do_what_security_md_says() {
     let expected = format!("user_id: {trainer:?} may not send jobs to this model (allowed_users)");
     assert!(body.contains(&expected), "{body}");
     client.close().await;
+
+    // The gateway as its own user: a model that allows that user answers through it, and it
+    // may publish cancel messages, which a producer may not.
+    let gateway_url = url(&gateway_user, &password, &vhost);
+    let gw =
+        common::gateway::start_gateway(&prefix, &[("INFERMQ__BROKER__URL", gateway_url.as_str())])
+            .await;
+    let request =
+        r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+        ])
+        .args(["--data-binary", request])
+        .arg(format!("http://{}/v2/models/iris/infer", gw.addr))
+        .output()
+        .await
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.ends_with("\n200") && text.contains("probabilities"),
+        "{text}"
+    );
+    let cancels = format!("{prefix}.cancel");
+    let cancel = br#"{"id": "nothing-to-cancel"}"#;
+    for (user, allowed) in [(&gateway_user, true), (&producer, false)] {
+        let client = Client::connect(&url(user, &password, &vhost), &Default::default())
+            .await
+            .unwrap();
+        let confirm = client
+            .channel()
+            .basic_publish(
+                cancels.as_str().into(),
+                "".into(),
+                Default::default(),
+                cancel,
+                Default::default(),
+            )
+            .await;
+        // A refused publish closes the channel: the error comes with the publish or its confirm.
+        let published = match confirm {
+            Ok(confirm) => confirm.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match published {
+            Ok(()) => assert!(allowed, "{user} published a cancel message"),
+            Err(e) => {
+                assert!(!allowed, "{user}: {e}");
+                assert!(e.to_string().contains("ACCESS_REFUSED"), "{e}");
+            }
+        }
+        client.close().await;
+    }
+    gw.stop().await;
 
     worker.stop().await;
     drop(env);
