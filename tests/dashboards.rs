@@ -299,7 +299,9 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         let mut list = Vec::new();
         targets(dashboard["panels"].as_array().expect("panels"), &mut list);
         for (panel, ref_id, expr) in list {
-            let model = if expr.contains("infermq_generation_") {
+            let model = if expr.contains("infermq_generation_")
+                || expr.contains("infermq_tenant_tokens_total")
+            {
                 "storyteller"
             } else {
                 "iris"
