@@ -533,5 +533,14 @@ mod tests {
         };
         let refused = find_decoder(dir.path(), Some(&config), &signature).unwrap_err();
         assert_eq!(refused, "[generate] max_active_rows must be at least 1");
+        let config = GenerateConfig {
+            stream_interval_ms: Some(60_001),
+            ..GenerateConfig::default()
+        };
+        let refused = find_decoder(dir.path(), Some(&config), &signature).unwrap_err();
+        assert_eq!(
+            refused,
+            "[generate] stream_interval_ms must be at most 60000 (a minute), not 60001"
+        );
     }
 }
