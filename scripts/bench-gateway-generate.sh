@@ -47,6 +47,7 @@
 # SKIP_BUILD=1 uses the binaries already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 
 LEVELS=${LEVELS:-"1 32"}
 JOBS_PER_LEVEL=${JOBS_PER_LEVEL:-"24 192"}
@@ -87,15 +88,11 @@ t0=$(date +%s)
 load0=$(cut -d" " -f1-3 /proc/loadavg)
 stamp() { echo "[$(( $(date +%s) - t0 )) s, load $(cut -d" " -f1 /proc/loadavg)] $*" >&2; }
 
-# 1. binaries, model, client
+# 1. binaries and client (the model: bench_decoders below)
 if [ -z "${SKIP_BUILD:-}" ]; then
   stamp "building release binaries"
   cargo build --release --quiet --bin infermq
   cargo build --release --quiet -p infermq-tools --bin generate-bench
-fi
-if [ ! -f "$MODEL_DIR/plain/model.onnx" ] || [ ! -f "$MODEL_DIR/genai/genai_config.json" ]; then
-  stamp "making the benchmark model in $MODEL_DIR"
-  "$PYTHON" scripts/make-llm.py --bench "$MODEL_DIR"
 fi
 case " $CLIENT " in *" openai "*)
   "$PYTHON" -c "import openai" 2>/dev/null || "$PYTHON" -m pip install --quiet openai ;;
@@ -104,18 +101,12 @@ esac
 scripts/ensure-rabbitmq.sh >/dev/null
 rm -rf "$OUT"
 mkdir -p "$OUT"
-# Copies, so that a rebuild of $MODEL_DIR during the run changes nothing.
 models=$OUT/models
-conf="[generate]
+bench_decoders "$models" "[generate]
 max_active_rows = $MAX_ACTIVE_ROWS
 max_waiting_jobs = 64
 stream_interval_ms = $STREAM_INTERVAL_MS
 eos_token_ids = [0]"
-for layout in plain genai; do
-  mkdir -p "$models/bench-$layout"
-  cp -r "$MODEL_DIR/$layout" "$models/bench-$layout/1"
-  printf '%s\n' "$conf" >"$models/bench-$layout/config.toml"
-done
 
 # 2. the job mix: every level's slice.
 total=0

@@ -34,6 +34,7 @@
 # AMQP_URL. SKIP_BUILD=1 uses the binaries already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 
 LEVELS=${LEVELS:-"1 8 32 64"}
 JOBS_PER_LEVEL=${JOBS_PER_LEVEL:-"48 96 160 256"}
@@ -73,27 +74,16 @@ if [ -z "${SKIP_BUILD:-}" ]; then
 fi
 
 # 2. the model
-if [ ! -f "$MODEL_DIR/plain/model.onnx" ] || [ ! -f "$MODEL_DIR/genai/genai_config.json" ]; then
-  stamp "making the benchmark model in $MODEL_DIR"
-  "$PYTHON" scripts/make-llm.py --bench "$MODEL_DIR"
-fi
-
 scripts/ensure-rabbitmq.sh >/dev/null
 rm -rf "$OUT"
 mkdir -p "$OUT"
-# Copies, so that a rebuild of $MODEL_DIR during the run changes nothing.
 models=$OUT/models
-conf="[generate]
+bench_decoders "$models" "[generate]
 max_active_rows = $MAX_ACTIVE_ROWS
 max_waiting_jobs = $MAX_WAITING_JOBS
 max_prefill_tokens = $MAX_PREFILL_TOKENS
 stream_interval_ms = $STREAM_INTERVAL_MS
 eos_token_ids = [0]"
-for layout in plain genai; do
-  mkdir -p "$models/bench-$layout"
-  cp -r "$MODEL_DIR/$layout" "$models/bench-$layout/1"
-  printf '%s\n' "$conf" >"$models/bench-$layout/config.toml"
-done
 
 # 3. the job mix: total jobs = every level's slice + the mixed case.
 total=$MIXED_JOBS

@@ -1,5 +1,6 @@
 # Sourced by the benchmark scripts (bench-cpu.sh, bench-latency.sh, bench-gateway.sh): the
-# release binaries, a random queue prefix whose queues are deleted on exit, and a worker on it.
+# release binaries, a random queue prefix whose queues are deleted on exit, and a worker on it;
+# and by the generation benchmarks for their decoder (bench_decoders).
 # After `bench_init NAME`: $bin (the worker), $loadgen (the load generator, infermq-bench),
 # $prefix, $out (target/bench), $port (the worker's HTTP port).
 # INFERMQ_BIN=/path/to/infermq measures that binary (e.g. to compare two builds in turn);
@@ -44,4 +45,21 @@ bench_worker() {
   : >"$log"
   bench_start "$log" "http://127.0.0.1:$port/readyz" "$@" INFERMQ__HTTP__LISTEN="127.0.0.1:$port" "$bin" worker
   worker=$started
+}
+
+# bench_decoders MODELS CONFIG: the benchmark decoder of `scripts/make-llm.py --bench` (made into
+# $MODEL_DIR with $PYTHON if missing) copied to MODELS as bench-plain (the plain export) and
+# bench-genai (onnxruntime-genai's builder export), each with CONFIG as its config.toml. Copies,
+# so that a rebuild of $MODEL_DIR during a run changes nothing.
+bench_decoders() {
+  local models=$1 config=$2 layout
+  if [ ! -f "$MODEL_DIR/plain/model.onnx" ] || [ ! -f "$MODEL_DIR/genai/genai_config.json" ]; then
+    echo "making the benchmark model in $MODEL_DIR" >&2
+    "$PYTHON" scripts/make-llm.py --bench "$MODEL_DIR"
+  fi
+  for layout in plain genai; do
+    mkdir -p "$models/bench-$layout"
+    cp -r "$MODEL_DIR/$layout" "$models/bench-$layout/1"
+    printf '%s\n' "$config" >"$models/bench-$layout/config.toml"
+  done
 }
