@@ -658,16 +658,7 @@ impl Engine {
         caches: Caches,
     ) -> Result<(Vec<f32>, Caches), String> {
         let spec = &self.spec;
-        let mut inputs = Vec::with_capacity(3 + caches.buffers.len());
-        inputs.push(Tensor::from_i64(&spec.input_ids, vec![rows, seq], &ids));
-        inputs.push(Tensor::from_i64(
-            &spec.attention_mask,
-            vec![rows, mask_width],
-            &mask,
-        ));
-        if let Some(name) = &spec.position_ids {
-            inputs.push(Tensor::from_i64(name, vec![rows, seq], &positions));
-        }
+        let mut inputs = token_inputs(spec, &ids, seq, &mask, mask_width, &positions);
         let past_width = caches.width;
         let shape = vec![rows, spec.kv_heads, past_width, spec.head_size];
         let cache_tensor = |i: usize, bytes: Vec<u8>| Tensor {
@@ -758,13 +749,7 @@ impl Engine {
             .clone()
             .ok_or("in-place caches need a session")?;
         let slots = self.slots.as_mut().ok_or("no slots")?;
-        let mut inputs = vec![
-            Tensor::from_i64(&spec.input_ids, vec![rows, 1], ids),
-            Tensor::from_i64(&spec.attention_mask, vec![rows, width], mask),
-        ];
-        if let Some(name) = &spec.position_ids {
-            inputs.push(Tensor::from_i64(name, vec![rows, 1], positions));
-        }
+        let inputs = token_inputs(&spec, ids, 1, mask, width, positions);
         let values = inputs
             .iter()
             .map(|t| to_ort(t).map(|v| (t.name.as_str(), v)))
@@ -791,6 +776,27 @@ impl Engine {
             .ok_or_else(|| format!("decoder returned no {}", spec.logits))?;
         last_logits(&Buffer::Value(logits), rows, 1, &spec.logits)
     }
+}
+
+/// A run's inputs other than the caches: `ids` (`seq` tokens a row), the attention mask
+/// (`mask_width` a row) and, if the decoder takes them, the tokens' positions.
+fn token_inputs(
+    spec: &DecoderSpec,
+    ids: &[i64],
+    seq: usize,
+    mask: &[i64],
+    mask_width: usize,
+    positions: &[i64],
+) -> Vec<Tensor> {
+    let rows = ids.len() / seq.max(1);
+    let mut inputs = vec![
+        Tensor::from_i64(&spec.input_ids, vec![rows, seq], ids),
+        Tensor::from_i64(&spec.attention_mask, vec![rows, mask_width], mask),
+    ];
+    if let Some(name) = &spec.position_ids {
+        inputs.push(Tensor::from_i64(name, vec![rows, seq], positions));
+    }
+    inputs
 }
 
 /// The logits of each row's last position, as FP32, from a run's `logits` output
