@@ -97,17 +97,11 @@ impl SharedSession {
             .collect::<ort::Result<Vec<_>>>()?;
         let refs: Vec<(&str, *const OrtValue)> =
             values.iter().map(|(n, v)| (*n, v.ptr())).collect();
-        let owned = self.run_raw(&refs, &[])?;
+        // With none given, `run_raw` returns every output.
+        let owned = self.run_raw(&refs, &[])?.into_iter().flatten();
         owned
-            .iter()
             .zip(&self.signature.outputs)
-            .map(|(value, spec)| match value {
-                Some(value) => from_ort(&spec.name, value),
-                None => Err(ort::Error::new(format!(
-                    "output {} was not returned",
-                    spec.name
-                ))),
-            })
+            .map(|(value, spec)| from_ort(&spec.name, &value))
             .collect()
     }
 
@@ -121,15 +115,8 @@ impl SharedSession {
         let outputs = self
             .run_raw(&inputs, &[])
             .map_err(|e| RuntimeError::Run(e.to_string()))?;
-        outputs
-            .into_iter()
-            .zip(&self.signature.outputs)
-            .map(|(value, spec)| {
-                value.ok_or_else(|| {
-                    RuntimeError::Run(format!("output {} was not returned", spec.name))
-                })
-            })
-            .collect()
+        // With none given, `run_raw` returns every output.
+        Ok(outputs.into_iter().flatten().collect())
     }
 
     /// Runs with `given` outputs written into memory the caller holds ([`TensorView`]s, which
@@ -157,6 +144,8 @@ impl SharedSession {
             .map_err(|e| RuntimeError::Run(e.to_string()))
     }
 
+    /// Runs `inputs`, writing the `given` outputs in place; the others are returned (`None` at
+    /// a given one's place). An output neither given nor returned is an error.
     fn run_raw(
         &self,
         inputs: &[(&str, *const OrtValue)],
