@@ -365,12 +365,15 @@ async fn relay(
     _on_board: Option<OnBoard>,
 ) {
     let id = answering.id.clone();
-    let mut text = String::new();
     let mut sequence = 0u64;
+    // Holds the text not sent yet: all of it for a job that is not streamed.
     let mut pacer = StreamPacer::new(answering.stream_interval);
     let mut in_flight: Option<oneshot::Receiver<Streamed>> = None;
     loop {
-        let due = pacer.due(Instant::now());
+        let due = answering
+            .stream
+            .then(|| pacer.due(Instant::now()))
+            .flatten();
         let event = tokio::select! {
             event = events.recv() => event,
             () = stop.cancelled() => {
@@ -395,11 +398,12 @@ async fn relay(
             }
         };
         match event {
-            Some(Event::Piece(piece)) if answering.stream => {
+            Some(Event::Piece(piece)) => {
                 pacer.push(&piece);
-                send_held(&job, &answering, &mut pacer, &mut sequence, &mut in_flight);
+                if answering.stream {
+                    send_held(&job, &answering, &mut pacer, &mut sequence, &mut in_flight);
+                }
             }
-            Some(Event::Piece(piece)) => text.push_str(&piece),
             Some(Event::Done(end)) => {
                 if let Some(confirm) = in_flight.take() {
                     let outcome = confirm.await.unwrap_or(Streamed::NotKept);
@@ -407,17 +411,14 @@ async fn relay(
                         return fail_stream(job, outcome, id.as_deref());
                     }
                 }
+                let mut last = pacer.finish();
+                last.push_str(&end.piece);
                 let (body, headers) = if answering.stream {
-                    let mut last = pacer.finish();
-                    last.push_str(&end.piece);
                     let body = answering.body(&last, Some(sequence), Some(&end));
                     (body, sequence_header(sequence))
                 } else {
-                    text.push_str(&end.piece);
-                    (
-                        answering.body(&text, None, Some(&end)),
-                        FieldTable::default(),
-                    )
+                    let body = answering.body(&last, None, Some(&end));
+                    (body, FieldTable::default())
                 };
                 let job = job.generated(end.prompt_tokens, end.completion_tokens);
                 return job.answer(body, "application/json", headers);
