@@ -48,10 +48,6 @@ impl Slots {
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Bytes of one slot of one buffer.
     fn slot_bytes(&self) -> usize {
         self.geometry.kv_heads * self.context * self.geometry.position_bytes
